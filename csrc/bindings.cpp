@@ -1,0 +1,169 @@
+// pybind11 bindings: vggcore._C. Bindings only; every op is declared in ops.h and implemented in dispatch/.
+// Compute releases the GIL; C++ exceptions become Python ones (ValueError, TypeError, MemoryError, RuntimeError).
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include "core/errors.h"
+#include "core/tensor.h"
+#include "ops.h"
+
+#ifdef VGG_WITH_CUDA
+#include "cuda/runtime.h"
+#endif
+
+namespace py = pybind11;
+using vgg::DType;
+using vgg::Tensor;
+
+#ifdef VGG_WITH_SIM
+void bind_simt(py::module_& m);  // csrc/simt/selftest.cpp
+#endif
+
+namespace {
+
+DType dtype_of(const py::array& array) {
+  if (array.dtype().is(py::dtype::of<float>())) return DType::Float32;
+  if (array.dtype().is(py::dtype::of<double>())) return DType::Float64;
+  if (array.dtype().is(py::dtype::of<int64_t>())) return DType::Int64;
+  if (array.dtype().is(py::dtype::of<int32_t>())) return DType::Int32;
+  throw vgg::TypeError("tensor: unsupported numpy dtype " + py::str(array.dtype()).cast<std::string>() +
+                       " (expected float32, float64, int32 or int64)");
+}
+
+py::dtype numpy_dtype(DType dtype) {
+  switch (dtype) {
+    case DType::Float32: return py::dtype::of<float>();
+    case DType::Float64: return py::dtype::of<double>();
+    case DType::Int32: return py::dtype::of<int32_t>();
+    case DType::Int64: return py::dtype::of<int64_t>();
+  }
+  throw vgg::TypeError("unknown dtype");
+}
+
+Tensor from_numpy(const py::array& source, const std::string& device) {
+  const vgg::Device target = vgg::Device::parse(device);
+  const DType dtype = dtype_of(source);
+  // A C-contiguous copy of the caller's array (forcecast keeps the dtype; only the layout may change).
+  const py::array array = py::array::ensure(source, py::array::c_style);
+  if (!array) throw vgg::TypeError("tensor: could not convert the data to a contiguous array");
+  const std::vector<int64_t> shape(array.shape(), array.shape() + array.ndim());
+  const void* src = array.data();
+  py::gil_scoped_release release;
+  return Tensor::from_host(src, shape, dtype, target);
+}
+
+py::array to_numpy(const Tensor& t) {
+  py::array out(numpy_dtype(t.dtype()), std::vector<py::ssize_t>(t.shape().begin(), t.shape().end()));
+  void* dst = out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    t.copy_to_host(dst);
+  }
+  return out;
+}
+
+py::tuple shape_tuple(const Tensor& t) {
+  py::tuple out(t.shape().size());
+  for (size_t i = 0; i < t.shape().size(); ++i) out[i] = t.shape()[i];
+  return out;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "vggcore's C++ engine: tensors on cpu/sim/cuda and one function per kernel (forward and backward)";
+
+  py::register_exception<vgg::TypeError>(m, "_TypeError", PyExc_TypeError);
+  py::register_exception_translator([](std::exception_ptr error) {
+    try {
+      if (error) std::rethrow_exception(error);
+    } catch (const vgg::TypeError& e) {
+      PyErr_SetString(PyExc_TypeError, e.what());
+#ifdef VGG_WITH_CUDA
+    } catch (const vgg::cuda::OutOfMemory& e) {
+      PyErr_SetString(PyExc_MemoryError, e.what());
+#endif
+    }
+  });
+
+  py::class_<Tensor>(m, "Tensor", "Contiguous NHWC storage on one device; autograd lives in vggcore.Tensor")
+      .def_static("from_numpy", &from_numpy, py::arg("array"), py::arg("device") = "cpu",
+                  "Copies a numpy array (float32, float64, int32, int64) onto a device")
+      .def("numpy", &to_numpy, "Copies the contents into a new numpy array (synchronises)")
+      .def_property_readonly("shape", &shape_tuple)
+      .def_property_readonly("dtype", [](const Tensor& t) { return vgg::dtype_name(t.dtype()); })
+      .def_property_readonly("device", [](const Tensor& t) { return t.device().str(); })
+      .def_property_readonly("numel", &Tensor::numel)
+      .def("to", [](const Tensor& t, const std::string& device) { return t.to(vgg::Device::parse(device)); },
+           py::arg("device"), py::call_guard<py::gil_scoped_release>())
+      .def("reshape", &Tensor::reshape, py::arg("shape"), "A view with a new shape (shares storage)")
+      .def("same_storage", [](const Tensor& a, const Tensor& b) { return a.raw() == b.raw(); });
+
+  m.def("devices", &vgg::available_devices, "What this build and machine can run: cpu, sim, cuda:N");
+  m.def("cuda_compiled", &vgg::cuda_compiled);
+  m.def("sim_compiled", &vgg::sim_compiled);
+  m.def("cuda_device_name", [](int device) -> std::string {
+#ifdef VGG_WITH_CUDA
+    return vgg::cuda::device_name(device);
+#else
+    (void)device;
+    return "";
+#endif
+  });
+  m.def("full", [](const std::vector<int64_t>& shape, double value, const std::string& dtype, const std::string& device) {
+        const DType d = dtype == "float64" ? DType::Float64 : dtype == "float32" ? DType::Float32
+                      : throw vgg::TypeError("full: dtype must be float32 or float64, got " + dtype);
+        return vgg::ops::full(shape, value, d, vgg::Device::parse(device));
+      }, py::arg("shape"), py::arg("value"), py::arg("dtype"), py::arg("device"));
+
+  using namespace vgg::ops;
+  const auto release = py::call_guard<py::gil_scoped_release>();
+  m.def("conv2d_forward", &conv2d_forward, "x (N,H,W,C), w (K,R,S,C), bias (K) -> y (N,P,Q,K)", py::arg("x"),
+        py::arg("w"), py::arg("bias"), py::arg("stride"), py::arg("pad"), release);
+  m.def("conv2d_backward_data", &conv2d_backward_data, "dy (N,P,Q,K), w -> dx (x_shape)", py::arg("dy"), py::arg("w"),
+        py::arg("x_shape"), py::arg("stride"), py::arg("pad"), release);
+  m.def("conv2d_backward_weight", &conv2d_backward_weight, "x, dy -> dw (w_shape)", py::arg("x"), py::arg("dy"),
+        py::arg("w_shape"), py::arg("stride"), py::arg("pad"), release);
+  m.def("bias_backward", &bias_backward, "dy (..., K) -> db (K)", py::arg("dy"), release);
+  m.def("linear_forward", &linear_forward, "x (..., IN), w (OUT, IN), bias (OUT) -> y (..., OUT)", py::arg("x"),
+        py::arg("w"), py::arg("bias"), release);
+  m.def("linear_backward_data", &linear_backward_data, "dy (..., OUT), w (OUT, IN) -> dx (..., IN)", py::arg("dy"),
+        py::arg("w"), release);
+  m.def("linear_backward_weight", &linear_backward_weight, "x (..., IN), dy (..., OUT) -> dw (OUT, IN)",
+        py::arg("x"), py::arg("dy"), release);
+  m.def("relu_forward", &relu_forward, py::arg("x"), release);
+  m.def("relu_backward", &relu_backward, py::arg("x"), py::arg("dy"), release);
+  m.def("dropout", &dropout, "Inverted dropout with a Philox mask keyed by seed", py::arg("x"), py::arg("p"),
+        py::arg("seed"), release);
+  m.def("add", &add, py::arg("a"), py::arg("b"), release);
+  m.def("scale", &scale, py::arg("x"), py::arg("alpha"), release);
+  m.def("max_pool2d_forward", &max_pool2d_forward, "x (N,H,W,C) -> (y, argmax int32)", py::arg("x"),
+        py::arg("kernel"), py::arg("stride"), release);
+  m.def("max_pool2d_backward", &max_pool2d_backward, py::arg("dy"), py::arg("argmax"), py::arg("x_shape"),
+        py::arg("kernel"), py::arg("stride"), release);
+  m.def("avg_pool2d_forward", &avg_pool2d_forward, py::arg("x"), py::arg("kernel"), py::arg("stride"), release);
+  m.def("avg_pool2d_backward", &avg_pool2d_backward, py::arg("dy"), py::arg("x_shape"), py::arg("kernel"),
+        py::arg("stride"), release);
+  m.def("global_avg_pool_forward", &global_avg_pool_forward, "x (N,H,W,C) -> y (N,C)", py::arg("x"), release);
+  m.def("global_avg_pool_backward", &global_avg_pool_backward, py::arg("dy"), py::arg("x_shape"), release);
+  m.def("lrn_forward", &lrn_forward, "x (..., C) -> (y, scale)", py::arg("x"), py::arg("size"), py::arg("alpha"),
+        py::arg("beta"), py::arg("k"), release);
+  m.def("lrn_backward", &lrn_backward, py::arg("x"), py::arg("y"), py::arg("scale"), py::arg("dy"), py::arg("size"),
+        py::arg("alpha"), py::arg("beta"), py::arg("k"), release);
+  m.def("softmax_forward", &softmax_forward, py::arg("x"), release);
+  m.def("softmax_backward", &softmax_backward, py::arg("y"), py::arg("dy"), release);
+  m.def("log_softmax_forward", &log_softmax_forward, py::arg("x"), release);
+  m.def("log_softmax_backward", &log_softmax_backward, py::arg("y"), py::arg("dy"), release);
+  m.def("cross_entropy_forward", &cross_entropy_forward, "logits (N, classes), target (N) int64 -> (loss, logp)",
+        py::arg("logits"), py::arg("target"), release);
+  m.def("cross_entropy_backward", &cross_entropy_backward, py::arg("logp"), py::arg("target"), py::arg("dloss"),
+        release);
+  m.def("sgd_update", &sgd_update, "In-place SGD step (PyTorch's rule)", py::arg("param"), py::arg("grad"),
+        py::arg("momentum_buffer"), py::arg("lr"), py::arg("momentum"), py::arg("weight_decay"), py::arg("nesterov"),
+        py::arg("first_step"), release);
+
+#ifdef VGG_WITH_SIM
+  bind_simt(m);
+#endif
+}

@@ -1,0 +1,256 @@
+#include "tensor.h"
+
+#include <cstdlib>
+#include <cstring>
+#include <new>
+
+#include "errors.h"
+
+#ifdef VGG_WITH_CUDA
+#include "../cuda/runtime.h"
+#endif
+
+namespace vgg {
+
+namespace {
+
+constexpr size_t kHostAlignment = 64;
+
+void* host_alloc(size_t bytes) {
+  // aligned_alloc wants a multiple of the alignment; a zero-byte tensor still gets a unique pointer.
+  const size_t rounded = (bytes + kHostAlignment - 1) / kHostAlignment * kHostAlignment;
+  void* ptr = std::aligned_alloc(kHostAlignment, rounded ? rounded : kHostAlignment);
+  if (!ptr) throw std::bad_alloc();
+  return ptr;
+}
+
+// Bytes of `numel` elements, refusing shapes whose size overflows.
+size_t checked_bytes(const std::vector<int64_t>& shape, DType dtype) {
+  size_t count = 1;
+  for (int64_t extent : shape) {
+    VGG_CHECK(extent >= 0, ValueError, "tensor: negative dimension in shape ", shape_str(shape));
+    if (extent != 0 && count > (size_t(1) << 46) / static_cast<size_t>(extent))
+      throw ValueError(cat("tensor: shape ", shape_str(shape), " is too large"));
+    count *= static_cast<size_t>(extent);
+  }
+  return count * dtype_size(dtype);
+}
+
+}  // namespace
+
+std::string shape_str(const std::vector<int64_t>& shape) {
+  std::string out = "(";
+  for (size_t i = 0; i < shape.size(); ++i) {
+    if (i) out += ", ";
+    out += std::to_string(shape[i]);
+  }
+  if (shape.size() == 1) out += ",";
+  return out + ")";
+}
+
+size_t dtype_size(DType dtype) {
+  switch (dtype) {
+    case DType::Float32: return 4;
+    case DType::Float64: return 8;
+    case DType::Int32: return 4;
+    case DType::Int64: return 8;
+  }
+  return 0;
+}
+
+const char* dtype_name(DType dtype) {
+  switch (dtype) {
+    case DType::Float32: return "float32";
+    case DType::Float64: return "float64";
+    case DType::Int32: return "int32";
+    case DType::Int64: return "int64";
+  }
+  return "?";
+}
+
+bool cuda_compiled() {
+#ifdef VGG_WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+bool sim_compiled() {
+#ifdef VGG_WITH_SIM
+  return true;
+#else
+  return false;
+#endif
+}
+
+static int usable_gpus() {
+#ifdef VGG_WITH_CUDA
+  return cuda::device_count();
+#else
+  return 0;
+#endif
+}
+
+std::vector<std::string> available_devices() {
+  std::vector<std::string> names{"cpu"};
+  if (sim_compiled()) names.push_back("sim");
+  for (int i = 0, n = usable_gpus(); i < n; ++i) names.push_back("cuda:" + std::to_string(i));
+  return names;
+}
+
+Device Device::parse(const std::string& name) {
+  if (name == "cpu") return {DeviceType::CPU, 0};
+  if (name == "sim") {
+    VGG_CHECK(sim_compiled(), ValueError, "device 'sim' is not available: this build has no SIMT emulator");
+    return {DeviceType::Sim, 0};
+  }
+  if (name == "cuda" || name.rfind("cuda:", 0) == 0) {
+    int index = 0;
+    if (name.size() > 5) {
+      const std::string digits = name.substr(5);
+      VGG_CHECK(!digits.empty() && digits.size() < 4 && digits.find_first_not_of("0123456789") == std::string::npos,
+                ValueError, "unknown device '", name, "': expected cpu, sim, cuda or cuda:N");
+      index = std::stoi(digits);
+    }
+    VGG_CHECK(cuda_compiled(), ValueError, "device '", name,
+              "' is not available: this build of vggcore was compiled without CUDA (no nvcc found)");
+    const int count = usable_gpus();
+    VGG_CHECK(index < count, ValueError, "device '", name, "' is not available: ", count,
+              " usable CUDA device(s) on this machine");
+    return {DeviceType::CUDA, index};
+  }
+  throw ValueError(cat("unknown device '", name, "': expected cpu, sim, cuda or cuda:N"));
+}
+
+std::string Device::str() const {
+  switch (type) {
+    case DeviceType::CPU: return "cpu";
+    case DeviceType::Sim: return "sim";
+    case DeviceType::CUDA: return "cuda:" + std::to_string(index);
+  }
+  return "?";
+}
+
+Storage::Storage(size_t bytes, Device device) : bytes_(bytes), device_(device) {
+  if (device.is_host_memory()) {
+    data_ = host_alloc(bytes);
+  } else {
+#ifdef VGG_WITH_CUDA
+    data_ = cuda::device_malloc(device.index, bytes ? bytes : 1);
+#else
+    throw ValueError("vggcore was compiled without CUDA");
+#endif
+  }
+}
+
+Storage::~Storage() {
+  if (device_.is_host_memory()) {
+    std::free(data_);
+  } else {
+#ifdef VGG_WITH_CUDA
+    cuda::device_free(device_.index, data_);
+#endif
+  }
+}
+
+int64_t Tensor::numel() const {
+  int64_t count = 1;
+  for (int64_t extent : shape_) count *= extent;
+  return count;
+}
+
+Tensor Tensor::empty(const std::vector<int64_t>& shape, DType dtype, Device device) {
+  Tensor t;
+  t.storage_ = std::make_shared<Storage>(checked_bytes(shape, dtype), device);
+  t.shape_ = shape;
+  t.dtype_ = dtype;
+  return t;
+}
+
+Tensor Tensor::from_host(const void* src, const std::vector<int64_t>& shape, DType dtype, Device device) {
+  Tensor t = empty(shape, dtype, device);
+  if (t.nbytes() == 0) return t;
+  if (device.is_host_memory()) {
+    std::memcpy(t.raw(), src, t.nbytes());
+  } else {
+#ifdef VGG_WITH_CUDA
+    cuda::copy_host_to_device(device.index, t.raw(), src, t.nbytes());
+#endif
+  }
+  return t;
+}
+
+Tensor Tensor::zeros(const std::vector<int64_t>& shape, DType dtype, Device device) {
+  if (device.is_host_memory()) {
+    Tensor t = empty(shape, dtype, device);
+    std::memset(t.raw(), 0, t.nbytes());
+    return t;
+  }
+  const std::vector<unsigned char> host(checked_bytes(shape, dtype), 0);
+  return from_host(host.data(), shape, dtype, device);
+}
+
+Tensor Tensor::reshape(const std::vector<int64_t>& shape) const {
+  std::vector<int64_t> resolved = shape;
+  int64_t known = 1, inferred_axis = -1;
+  for (size_t i = 0; i < resolved.size(); ++i) {
+    if (resolved[i] == -1) {
+      VGG_CHECK(inferred_axis < 0, ValueError, "reshape: only one dimension can be -1, got ", shape_str(shape));
+      inferred_axis = static_cast<int64_t>(i);
+    } else {
+      VGG_CHECK(resolved[i] >= 0, ValueError, "reshape: invalid dimension in ", shape_str(shape));
+      known *= resolved[i];
+    }
+  }
+  if (inferred_axis >= 0) {
+    VGG_CHECK(known != 0 && numel() % known == 0, ValueError, "reshape: cannot reshape a tensor of shape ",
+              shape_str(shape_), " into ", shape_str(shape));
+    resolved[inferred_axis] = numel() / known;
+    known *= resolved[inferred_axis];
+  }
+  VGG_CHECK(known == numel(), ValueError, "reshape: cannot reshape a tensor of shape ", shape_str(shape_),
+            " (", numel(), " elements) into ", shape_str(shape));
+  Tensor view = *this;
+  view.shape_ = resolved;
+  return view;
+}
+
+void Tensor::copy_to_host(void* dst) const {
+  if (nbytes() == 0) return;
+  if (device().is_host_memory()) {
+    std::memcpy(dst, raw(), nbytes());
+  } else {
+#ifdef VGG_WITH_CUDA
+    cuda::copy_device_to_host(device().index, dst, raw(), nbytes());
+#endif
+  }
+}
+
+Tensor Tensor::to(const Device& target) const {
+  if (target.is_host_memory() && device().is_host_memory()) return from_host(raw(), shape_, dtype_, target);
+#ifdef VGG_WITH_CUDA
+  if (!target.is_host_memory() && device() == target) {
+    Tensor out = empty(shape_, dtype_, target);
+    cuda::copy_device_to_device(target.index, out.raw(), raw(), nbytes());
+    return out;
+  }
+  if (!target.is_host_memory() && device().is_host_memory()) return from_host(raw(), shape_, dtype_, target);
+  // device to host, or between two GPUs: stage through host memory (rare; keeps one code path).
+  std::vector<unsigned char> staging(nbytes());
+  copy_to_host(staging.data());
+  return from_host(staging.data(), shape_, dtype_, target);
+#else
+  throw ValueError(cat("to: cannot move a tensor to ", target.str(), ": vggcore was compiled without CUDA"));
+#endif
+}
+
+#ifdef VGG_WITH_SIM
+// Scratch memory for the SIMT emulator's kernels (declared in csrc/cuda/common.cuh): plain host memory.
+namespace sim {
+void* workspace_alloc(size_t bytes) { return host_alloc(bytes); }
+void workspace_free(void* ptr) noexcept { std::free(ptr); }
+}  // namespace sim
+#endif
+
+}  // namespace vgg

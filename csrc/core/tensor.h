@@ -1,0 +1,90 @@
+// The engine's tensor: a shape, a dtype and a device over shared, contiguous, row-major storage.
+//
+// Storage is owned by a shared_ptr so that reshape() and Python views share memory; it is freed through the
+// device's allocator (host memory for cpu and sim, the caching allocator for cuda). Host allocations are
+// 64-byte aligned so vector kernels may use aligned loads on the first element.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace vgg {
+
+enum class DType { Float32, Float64, Int32, Int64 };
+size_t dtype_size(DType dtype);
+const char* dtype_name(DType dtype);  // "float32", ...
+
+enum class DeviceType { CPU, Sim, CUDA };
+
+struct Device {
+  DeviceType type = DeviceType::CPU;
+  int index = 0;  // GPU ordinal for CUDA; 0 otherwise
+
+  // "cpu", "sim", "cuda" (= "cuda:0"), "cuda:N". Throws ValueError for an unknown or absent device.
+  static Device parse(const std::string& name);
+  std::string str() const;
+  bool is_host_memory() const { return type != DeviceType::CUDA; }
+  bool operator==(const Device& other) const { return type == other.type && index == other.index; }
+  bool operator!=(const Device& other) const { return !(*this == other); }
+};
+
+// What this build and machine can run: "cpu", then "sim" if built, then "cuda:N" per usable GPU.
+std::vector<std::string> available_devices();
+bool cuda_compiled();
+bool sim_compiled();
+
+class Storage {
+ public:
+  Storage(size_t bytes, Device device);
+  ~Storage();
+  Storage(const Storage&) = delete;
+  Storage& operator=(const Storage&) = delete;
+
+  void* data() const { return data_; }
+  size_t bytes() const { return bytes_; }
+  const Device& device() const { return device_; }
+
+ private:
+  void* data_ = nullptr;
+  size_t bytes_ = 0;
+  Device device_;
+};
+
+class Tensor {
+ public:
+  Tensor() = default;
+  // Uninitialised contents.
+  static Tensor empty(const std::vector<int64_t>& shape, DType dtype, Device device);
+  static Tensor zeros(const std::vector<int64_t>& shape, DType dtype, Device device);
+  // Copies `numel * dtype_size` bytes from host memory.
+  static Tensor from_host(const void* src, const std::vector<int64_t>& shape, DType dtype, Device device);
+
+  const std::vector<int64_t>& shape() const { return shape_; }
+  int64_t dim() const { return static_cast<int64_t>(shape_.size()); }
+  int64_t size(int64_t axis) const { return shape_.at(axis < 0 ? axis + dim() : axis); }
+  int64_t numel() const;
+  DType dtype() const { return dtype_; }
+  const Device& device() const { return storage_->device(); }
+  bool defined() const { return static_cast<bool>(storage_); }
+  size_t nbytes() const { return static_cast<size_t>(numel()) * dtype_size(dtype_); }
+
+  void* raw() const { return storage_ ? storage_->data() : nullptr; }
+  template <typename T> T* data() const { return static_cast<T*>(raw()); }
+
+  // A tensor with the same storage and a new shape of equal numel (ValueError otherwise).
+  Tensor reshape(const std::vector<int64_t>& shape) const;
+  // A copy on `device` (a new storage even when the device is the same).
+  Tensor to(const Device& device) const;
+  // Copies the contents into host memory at dst (synchronises with the device).
+  void copy_to_host(void* dst) const;
+
+ private:
+  std::shared_ptr<Storage> storage_;
+  std::vector<int64_t> shape_;
+  DType dtype_ = DType::Float32;
+};
+
+}  // namespace vgg

@@ -1,0 +1,268 @@
+// CPU convolution: forward, backward-data, backward-weight, and the bias gradient, T = float or double.
+//
+// Everything is a GEMM on the blocked kernel in gemm.h, with the im2col matrix never materialised:
+//   forward       y (NPQ, K)   = im2col(x) (NPQ, RSC) * w (K, RSC)^T           A packed straight from x
+//   backward-data stride 1: dx = conv(dy, w rotated 180 degrees and transposed to (C, R, S, K)), pad R-1-pad
+//                 stride > 1: dcol (band of NPQ, RSC) = dy * w, then each dx element gathers its R*S taps
+//   backward-wt   dw (K, RSC)  = dy^T (K, NPQ) * im2col(x) (NPQ, RSC)             B packed straight from x
+// NHWC makes a 1x1 stride-1 convolution a plain GEMM on the image rows, which the packers notice.
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "cpu_kernels.h"
+#include "gemm.h"
+
+namespace vgg::cpu {
+namespace {
+
+using detail::ceil_div;
+
+// Internal geometry with separate height/width stride and padding: backward-data of an R != S filter
+// becomes a convolution with different paddings along the two axes, and may have negative padding
+// (cropping) when pad > R - 1.
+struct ConvGeom {
+  int64_t N, H, W, C;
+  int64_t K, R, S;
+  int64_t sh, sw, ph, pw;
+  int64_t P, Q;
+};
+
+ConvGeom geom_of(const Conv2dShape& s) {
+  return {s.N, s.H, s.W, s.C, s.K, s.R, s.S, s.stride, s.stride, s.pad, s.pad, s.P, s.Q};
+}
+
+// im2col(x) as the A operand: A(i, p) with i = (n, oh, ow) an output pixel and p = (r, s, c) a filter tap,
+// A(i, p) = x[n, oh*sh - ph + r, ow*sw - pw + s, c], zero outside the image.
+// Each row of A is R*S contiguous runs of C channels, so rows are walked run by run.
+template <typename T> struct Im2colA {
+  const T* x;
+  ConvGeom g;
+  void operator()(T* dst, int mr, int64_t i0, int64_t mc, int64_t p0, int64_t kc) const {
+    const int64_t C = g.C, SC = g.S * g.C;
+    for (int64_t ib = 0; ib < mc; ib += mr) {
+      T* d = dst + (ib / mr) * kc * mr;
+      const int64_t rows = std::min<int64_t>(mr, mc - ib);
+      for (int64_t ii = 0; ii < rows; ++ii) {
+        const int64_t i = i0 + ib + ii;
+        const int64_t ow = i % g.Q, t = i / g.Q, oh = t % g.P, n = t / g.P;
+        const int64_t ih0 = oh * g.sh - g.ph, iw0 = ow * g.sw - g.pw;
+        const T* xn = x + n * g.H * g.W * C;
+        int64_t r = p0 / SC, s = (p0 % SC) / C, c = p0 % C;
+        for (int64_t p = 0; p < kc;) {
+          const int64_t run = std::min(C - c, kc - p);
+          const int64_t ih = ih0 + r, iw = iw0 + s;
+          T* dp = d + p * mr + ii;
+          if (ih >= 0 && ih < g.H && iw >= 0 && iw < g.W) {
+            const T* src = xn + (ih * g.W + iw) * C + c;
+            for (int64_t q = 0; q < run; ++q) dp[q * mr] = src[q];
+          } else {
+            for (int64_t q = 0; q < run; ++q) dp[q * mr] = T(0);
+          }
+          p += run;
+          c = 0;
+          if (++s == g.S) { s = 0; ++r; }
+        }
+      }
+      for (int64_t ii = rows; ii < mr; ++ii)
+        for (int64_t p = 0; p < kc; ++p) d[p * mr + ii] = T(0);
+    }
+  }
+};
+
+// im2col(x) as the B operand (backward-weight): B(p, j) with p = (n, oh, ow), j = (r, s, c). Each packed row
+// of B (fixed p) is a run of columns, contiguous in x within one (r, s).
+template <typename T> struct Im2colB {
+  const T* x;
+  ConvGeom g;
+  void operator()(T* dst, int nr, int64_t p0, int64_t kc, int64_t j0, int64_t nc) const {
+    const int64_t C = g.C, SC = g.S * g.C;
+    for (int64_t p = 0; p < kc; ++p) {
+      const int64_t i = p0 + p;
+      const int64_t ow = i % g.Q, t = i / g.Q, oh = t % g.P, n = t / g.P;
+      const int64_t ih0 = oh * g.sh - g.ph, iw0 = ow * g.sw - g.pw;
+      const T* xn = x + n * g.H * g.W * C;
+      int64_t r = j0 / SC, s = (j0 % SC) / C, c = j0 % C;
+      for (int64_t jj = 0; jj < nc;) {
+        const int64_t run = std::min(C - c, nc - jj);
+        const int64_t ih = ih0 + r, iw = iw0 + s;
+        const bool inside = ih >= 0 && ih < g.H && iw >= 0 && iw < g.W;
+        const T* src = inside ? xn + (ih * g.W + iw) * C + c : nullptr;
+        for (int64_t q = 0; q < run; ++q) {
+          const int64_t j = jj + q;
+          dst[(j / nr) * kc * nr + p * nr + j % nr] = inside ? src[q] : T(0);
+        }
+        jj += run;
+        c = 0;
+        if (++s == g.S) { s = 0; ++r; }
+      }
+      for (int64_t j = nc; j < ceil_div(nc, nr) * nr; ++j) dst[(j / nr) * kc * nr + p * nr + j % nr] = T(0);
+    }
+  }
+};
+
+// x (N,H,W,C), w (K,R,S,C), bias (K) or nullptr -> y (N,P,Q,K) for any geometry (padding may be negative).
+template <typename T> void conv_forward_geom(const T* x, const T* w, const T* bias, T* y, const ConvGeom& g) {
+  const int64_t M = g.N * g.P * g.Q, RSC = g.R * g.S * g.C;
+  const StridedB<T> wt{w, 1, RSC};  // B(p, k) = w[k, p]: the filters as columns
+  if (g.R == 1 && g.S == 1 && g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0) {
+    // 1x1, stride 1, no padding: im2col(x) is x itself, (NHW, C) row-major
+    gemm_packed(M, g.K, RSC, StridedA<T>{x, g.C, 1}, wt, y, g.K, false, bias);
+  } else {
+    gemm_packed(M, g.K, RSC, Im2colA<T>{x, g}, wt, y, g.K, false, bias);
+  }
+}
+
+}  // namespace
+
+// x (N,H,W,C), w (K,R,S,C), bias (K) or nullptr -> y (N,P,Q,K)
+template <typename T> void conv2d_forward(const T* x, const T* w, const T* bias, T* y, const Conv2dShape& s) {
+  conv_forward_geom(x, w, bias, y, geom_of(s));
+}
+
+// dy (N,P,Q,K), w (K,R,S,C) -> dx (N,H,W,C)
+template <typename T> void conv2d_backward_data(const T* dy, const T* w, T* dx, const Conv2dShape& s) {
+  const ConvGeom g = geom_of(s);
+  const int64_t RSC = g.R * g.S * g.C;
+  if (g.N * g.H * g.W * g.C == 0) return;
+  if (g.K == 0 || g.P * g.Q == 0) {
+    std::fill(dx, dx + g.N * g.H * g.W * g.C, T(0));
+    return;
+  }
+  if (g.sh == 1 && g.sw == 1) {
+    // dx[n,h,w,c] = sum_{k,r,s} dy[n, h+ph-r, w+pw-s, k] w[k,r,s,c]: a stride-1 convolution of dy with the
+    // filter flipped in r and s and with K and C swapped, padded by R-1-ph (negative = crop). Its output is
+    // P + 2(R-1-ph) - R + 1 = H rows.
+    T* wr = thread_workspace<T>(Slot::conv_weight, size_t(g.K * RSC));  // (C, R, S, K)
+#pragma omp parallel for schedule(static)
+    for (int64_t c = 0; c < g.C; ++c)
+      for (int64_t r = 0; r < g.R; ++r)
+        for (int64_t q = 0; q < g.S; ++q)
+          for (int64_t k = 0; k < g.K; ++k)
+            wr[((c * g.R + r) * g.S + q) * g.K + k] = w[((k * g.R + (g.R - 1 - r)) * g.S + (g.S - 1 - q)) * g.C + c];
+    const ConvGeom gb{g.N, g.P, g.Q, g.K, g.C, g.R, g.S, 1, 1, g.R - 1 - g.ph, g.S - 1 - g.pw, g.H, g.W};
+    conv_forward_geom(dy, wr, static_cast<const T*>(nullptr), dx, gb);
+    return;
+  }
+  // General stride: gather-style col2im over bands of dx rows. A band [h0, h1) of image n needs the output
+  // rows p with p*sh - ph + r in [h0, h1) for some r; their columns dcol (rows x Q, RSC) = dy rows * w are
+  // recomputed per band (overlap is R/sh rows), then every dx element sums its own taps in (r, s) order:
+  // no scatter, no atomics, each element written once.
+  const int64_t band = 8 * g.sh;
+  const int64_t bands = ceil_div(g.H, band);
+#pragma omp parallel for schedule(dynamic, 1) collapse(2)
+  for (int64_t n = 0; n < g.N; ++n)
+    for (int64_t b = 0; b < bands; ++b) {
+      const int64_t h0 = b * band, h1 = std::min(g.H, h0 + band);
+      const int64_t plo = std::max<int64_t>(0, ceil_div(std::max<int64_t>(0, h0 + g.ph - g.R + 1), g.sh));
+      const int64_t phi = std::min<int64_t>(g.P - 1, (h1 - 1 + g.ph) / g.sh);
+      T* dxb = dx + (n * g.H + h0) * g.W * g.C;
+      if (phi < plo || h1 - 1 + g.ph < 0) {
+        std::fill(dxb, dxb + (h1 - h0) * g.W * g.C, T(0));
+        continue;
+      }
+      const int64_t rows = (phi - plo + 1) * g.Q;
+      T* col = thread_workspace<T>(Slot::conv_col, size_t(rows * RSC));
+      // dcol (rows, RSC) = dy (rows, K) * w (K, RSC)
+      gemm_packed(rows, RSC, g.K, StridedA<T>{dy + (n * g.P + plo) * g.Q * g.K, g.K, 1}, StridedB<T>{w, RSC, 1},
+                  col, RSC, false, static_cast<const T*>(nullptr), false);
+      for (int64_t h = h0; h < h1; ++h)
+        for (int64_t wc = 0; wc < g.W; ++wc) {
+          T* out = dx + ((n * g.H + h) * g.W + wc) * g.C;
+          std::fill(out, out + g.C, T(0));
+          for (int64_t r = 0; r < g.R; ++r) {
+            const int64_t th = h + g.ph - r;
+            if (th < 0 || th % g.sh) continue;
+            const int64_t p = th / g.sh;
+            if (p < plo || p > phi) continue;
+            for (int64_t q = 0; q < g.S; ++q) {
+              const int64_t tw = wc + g.pw - q;
+              if (tw < 0 || tw % g.sw) continue;
+              const int64_t oq = tw / g.sw;
+              if (oq >= g.Q) continue;
+              const T* src = col + ((p - plo) * g.Q + oq) * RSC + (r * g.S + q) * g.C;
+              for (int64_t c = 0; c < g.C; ++c) out[c] += src[c];
+            }
+          }
+        }
+    }
+}
+
+// x (N,H,W,C), dy (N,P,Q,K) -> dw (K,R,S,C) = dy^T (K, NPQ) * im2col(x) (NPQ, RSC)
+template <typename T> void conv2d_backward_weight(const T* x, const T* dy, T* dw, const Conv2dShape& s) {
+  const ConvGeom g = geom_of(s);
+  const int64_t M = g.K, Ncols = g.R * g.S * g.C, Kd = g.N * g.P * g.Q;
+  if (M * Ncols == 0) return;
+  const StridedA<T> dyt{dy, 1, g.K};  // A(k, m) = dy[m, k]
+  const Im2colB<T> col{x, g};
+  // The reduction runs over every output pixel. Wide filters (RSC >= 512 columns) give the threads enough
+  // independent column chunks; narrow ones (first layer, 1x1 into few channels) also split the pixels into
+  // `splits` fixed chunks with their own partial dw, added in chunk order. The split depends only on the
+  // shape, so dw is bit-identical for any thread count or schedule.
+  const int64_t splits = Ncols >= 512 ? 1 : std::clamp<int64_t>(Kd / 4096, 1, 16);
+  const int64_t nchunk = std::max<int64_t>(micro_kernel<T>().nr, std::min<int64_t>(Ncols, 256));
+  const int64_t ntasks = ceil_div(Ncols, nchunk);
+  const int64_t kchunk = ceil_div(Kd, splits);
+  T* partial = splits == 1 ? dw : thread_workspace<T>(Slot::partials, size_t(splits * M * Ncols));
+#pragma omp parallel for schedule(dynamic, 1) collapse(2)
+  for (int64_t sp = 0; sp < splits; ++sp)
+    for (int64_t t = 0; t < ntasks; ++t) {
+      const int64_t k0 = sp * kchunk, k1 = std::min(Kd, k0 + kchunk);
+      const int64_t j0 = t * nchunk, j1 = std::min(Ncols, j0 + nchunk);
+      T* out = partial + sp * M * Ncols + j0;
+      // the packers see a sub-problem: shift the reduction (pixels) and the columns
+      struct SubA {
+        StridedA<T> a; int64_t k0;
+        void operator()(T* d, int mr, int64_t i0, int64_t mc, int64_t p0, int64_t kc) const { a(d, mr, i0, mc, k0 + p0, kc); }
+      };
+      struct SubB {
+        Im2colB<T> b; int64_t k0, j0;
+        void operator()(T* d, int nr, int64_t p0, int64_t kc, int64_t jj0, int64_t nc) const { b(d, nr, k0 + p0, kc, j0 + jj0, nc); }
+      };
+      if (k1 > k0)
+        gemm_packed(M, j1 - j0, k1 - k0, SubA{dyt, k0}, SubB{col, k0, j0}, out, Ncols, false, static_cast<const T*>(nullptr), false);
+      else
+        for (int64_t i = 0; i < M; ++i) std::fill(out + i * Ncols, out + i * Ncols + (j1 - j0), T(0));
+    }
+  if (splits > 1) {
+    const int64_t total = M * Ncols;
+#pragma omp parallel for schedule(static)
+    for (int64_t e = 0; e < total; ++e) {
+      T v = partial[e];
+      for (int64_t sp = 1; sp < splits; ++sp) v += partial[sp * total + e];
+      dw[e] = v;
+    }
+  }
+}
+
+// dy (rows, cols) -> db (cols) = sum over rows. Fixed chunks of rows with partial sums added in chunk order,
+// so the result does not depend on the thread count.
+template <typename T> void bias_backward(const T* dy, T* db, int64_t rows, int64_t cols) {
+  if (cols <= 0) return;
+  constexpr int64_t chunk = 1024;
+  const int64_t chunks = std::max<int64_t>(1, ceil_div(rows, chunk));
+  T* partial = thread_workspace<T>(Slot::partials, size_t(chunks * cols));
+#pragma omp parallel for schedule(static)
+  for (int64_t b = 0; b < chunks; ++b) {
+    T* acc = partial + b * cols;
+    std::fill(acc, acc + cols, T(0));
+    for (int64_t r = b * chunk; r < std::min(rows, (b + 1) * chunk); ++r) {
+      const T* row = dy + r * cols;
+      for (int64_t c = 0; c < cols; ++c) acc[c] += row[c];
+    }
+  }
+  for (int64_t c = 0; c < cols; ++c) db[c] = partial[c];
+  for (int64_t b = 1; b < chunks; ++b)
+    for (int64_t c = 0; c < cols; ++c) db[c] += partial[b * cols + c];
+}
+
+#define VGG_INSTANTIATE(T)                                                                       \
+  template void conv2d_forward<T>(const T*, const T*, const T*, T*, const Conv2dShape&);         \
+  template void conv2d_backward_data<T>(const T*, const T*, T*, const Conv2dShape&);             \
+  template void conv2d_backward_weight<T>(const T*, const T*, T*, const Conv2dShape&);           \
+  template void bias_backward<T>(const T*, T*, int64_t, int64_t);
+VGG_INSTANTIATE(float)
+VGG_INSTANTIATE(double)
+#undef VGG_INSTANTIATE
+
+}  // namespace vgg::cpu

@@ -1,0 +1,74 @@
+// What every kernel file in csrc/cuda/ includes first. It hides the one difference between the two builds of
+// the same source: nvcc for the GPU (namespace vgg::cuda) and g++ against the SIMT emulator (namespace vgg::sim).
+//
+//   VGG_LAUNCH(grid, block, shared_bytes, kernel<Tmpl, Args>)(arg0, arg1, ...);   // never <<<>>> in kernel files
+//   VGG_CHECK_LAUNCH("op name");             // after each launch: a bad launch becomes a C++ exception
+//   VGG_DYNAMIC_SHARED(float, tile);         // inside a kernel: float* tile -> the launch's dynamic shared memory
+//   vgg::VGG_GPU_NS::Workspace ws(bytes);    // scratch device memory, released at scope exit
+//
+// The kernel goes last in VGG_LAUNCH so that template arguments with commas need no extra parentheses.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#if defined(__CUDACC__)
+#include <cuda_runtime.h>
+
+namespace vgg::cuda {
+cudaStream_t current_stream();  // the current device's stream (csrc/cuda/runtime.cu)
+}  // namespace vgg::cuda
+
+#define VGG_LAUNCH(grid, block, shared_bytes, ...) \
+  __VA_ARGS__<<<(grid), (block), (shared_bytes), ::vgg::cuda::current_stream()>>>
+#define VGG_CHECK_LAUNCH(op)                                                                          \
+  do {                                                                                                \
+    const cudaError_t vgg_launch_status_ = cudaGetLastError();                                       \
+    if (vgg_launch_status_ != cudaSuccess)                                                            \
+      throw std::runtime_error(std::string(op) + ": CUDA kernel launch failed: " +                    \
+                               cudaGetErrorString(vgg_launch_status_));                              \
+  } while (0)
+#define VGG_DYNAMIC_SHARED(type, name)                              \
+  extern __shared__ __align__(16) unsigned char vgg_dynamic_smem_[]; \
+  type* name = reinterpret_cast<type*>(vgg_dynamic_smem_)
+
+#else  // the SIMT emulator build (device "sim")
+#include "../simt/simt.h"
+
+#define VGG_LAUNCH(grid, block, shared_bytes, ...) \
+  ::simt::launcher((grid), (block), (shared_bytes), #__VA_ARGS__, __VA_ARGS__)
+#define VGG_CHECK_LAUNCH(op) \
+  do {                       \
+  } while (0)
+#define VGG_DYNAMIC_SHARED(type, name) type* name = static_cast<type*>(::simt::dynamic_shared())
+#endif
+
+#ifndef VGG_GPU_NS
+#error "VGG_GPU_NS must be defined by the build (cuda or sim)"
+#endif
+
+namespace vgg::VGG_GPU_NS {
+
+// Scratch memory on the backend's device (cuda: the caching allocator; sim: host memory). Freed memory is
+// only reused by work queued after it on the same stream, so releasing it right after a launch is safe.
+void* workspace_alloc(size_t bytes);
+void workspace_free(void* ptr) noexcept;
+
+class Workspace {
+ public:
+  explicit Workspace(size_t bytes) : ptr_(bytes ? workspace_alloc(bytes) : nullptr) {}
+  ~Workspace() { workspace_free(ptr_); }
+  Workspace(const Workspace&) = delete;
+  Workspace& operator=(const Workspace&) = delete;
+  template <typename T> T* as() const { return static_cast<T*>(ptr_); }
+
+ private:
+  void* ptr_;
+};
+
+// Ceil division for grid sizes.
+constexpr int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+}  // namespace vgg::VGG_GPU_NS

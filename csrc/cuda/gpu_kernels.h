@@ -1,0 +1,62 @@
+// The GPU backend's entry points: the same list as csrc/cpu/cpu_kernels.h with T = float, same argument order.
+//
+// The kernels in csrc/cuda/*.cu are compiled twice from one source: by nvcc into namespace vgg::cuda (device
+// "cuda") and by g++ against the SIMT emulator into namespace vgg::sim (device "sim"). This file has no include
+// guard on purpose: dispatch includes it once per backend with VGG_GPU_NS set to `cuda` or `sim`.
+//
+// All pointers are device pointers of the backend (host memory for sim). Launches are asynchronous on the
+// backend's stream; errors (bad launch, CUDA error, emulator-detected race/deadlock) are thrown as
+// std::runtime_error. Every output is overwritten.
+#include <cstdint>
+
+#include "../shapes.h"
+
+#ifndef VGG_GPU_NS
+#error "define VGG_GPU_NS (cuda or sim) before including gpu_kernels.h"
+#endif
+
+namespace vgg::VGG_GPU_NS {
+
+// x (N,H,W,C), w (K,R,S,C), bias (K) or nullptr -> y (N,P,Q,K)
+void conv2d_forward(const float* x, const float* w, const float* bias, float* y, const Conv2dShape& s);
+// dy (N,P,Q,K), w (K,R,S,C) -> dx (N,H,W,C)
+void conv2d_backward_data(const float* dy, const float* w, float* dx, const Conv2dShape& s);
+// x (N,H,W,C), dy (N,P,Q,K) -> dw (K,R,S,C)
+void conv2d_backward_weight(const float* x, const float* dy, float* dw, const Conv2dShape& s);
+// dy (rows, cols) -> db (cols)
+void bias_backward(const float* dy, float* db, int64_t rows, int64_t cols);
+
+// x (M, IN), w (OUT, IN), bias (OUT) or nullptr -> y (M, OUT)
+void linear_forward(const float* x, const float* w, const float* bias, float* y, int64_t M, int64_t OUT, int64_t IN);
+// dy (M, OUT), w (OUT, IN) -> dx (M, IN)
+void linear_backward_data(const float* dy, const float* w, float* dx, int64_t M, int64_t OUT, int64_t IN);
+// x (M, IN), dy (M, OUT) -> dw (OUT, IN)
+void linear_backward_weight(const float* x, const float* dy, float* dw, int64_t M, int64_t OUT, int64_t IN);
+
+void relu_forward(const float* x, float* y, int64_t n);
+void relu_backward(const float* x, const float* dy, float* dx, int64_t n);
+void dropout(const float* x, float* y, int64_t n, double p, uint64_t seed);
+void add(const float* a, const float* b, float* y, int64_t n);
+void scale(const float* x, float* y, double alpha, int64_t n);
+void fill(float* y, double value, int64_t n);
+
+void max_pool2d_forward(const float* x, float* y, int32_t* argmax, const Pool2dShape& s);
+void max_pool2d_backward(const float* dy, const int32_t* argmax, float* dx, const Pool2dShape& s);
+void avg_pool2d_forward(const float* x, float* y, const Pool2dShape& s);
+void avg_pool2d_backward(const float* dy, float* dx, const Pool2dShape& s);
+void global_avg_pool_forward(const float* x, float* y, int64_t N, int64_t HW, int64_t C);
+void global_avg_pool_backward(const float* dy, float* dx, int64_t N, int64_t HW, int64_t C);
+
+void lrn_forward(const float* x, float* y, float* scale, const LrnShape& s);
+void lrn_backward(const float* x, const float* y, const float* scale, const float* dy, float* dx, const LrnShape& s);
+
+void softmax_forward(const float* x, float* y, int64_t rows, int64_t cols);
+void softmax_backward(const float* y, const float* dy, float* dx, int64_t rows, int64_t cols);
+void log_softmax_forward(const float* x, float* y, int64_t rows, int64_t cols);
+void log_softmax_backward(const float* y, const float* dy, float* dx, int64_t rows, int64_t cols);
+void cross_entropy_forward(const float* logits, const int64_t* target, float* logp, float* loss, int64_t rows, int64_t cols);
+void cross_entropy_backward(const float* logp, const int64_t* target, const float* dloss, float* dx, int64_t rows, int64_t cols);
+
+void sgd_update(float* param, const float* grad, float* momentum_buf, int64_t n, const SgdConfig& cfg);
+
+}  // namespace vgg::VGG_GPU_NS

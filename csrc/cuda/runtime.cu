@@ -1,0 +1,260 @@
+// Host-side CUDA runtime services for device "cuda:N" (declared in runtime.h and common.cuh): device queries,
+// a caching allocator per device, one stream per device, copies, and the per-host-thread current device.
+// nvcc only. Every CUDA call is checked; errors become C++ exceptions, never aborts.
+//
+// Ordering model: all of vggcore's work on a device runs on that device's one non-blocking stream, so a block
+// freed by the host (tensor destructor, Workspace scope exit) can be handed to the next request at once: any
+// kernel that uses it later is queued after every kernel that used it before.
+//
+// The per-device state is created on first use and deliberately never destroyed: at process exit the CUDA
+// runtime may already be torn down, and the driver reclaims the memory anyway.
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "common.cuh"
+#include "runtime.h"
+
+namespace vgg::cuda {
+namespace {
+
+[[noreturn]] void throw_cuda_error(cudaError_t status, const char* call, const char* file, int line) {
+  throw std::runtime_error(std::string("CUDA error: ") + cudaGetErrorString(status) + " (" + cudaGetErrorName(status) +
+                           ") in " + call + " at " + file + ":" + std::to_string(line));
+}
+
+#define VGG_CUDA_CHECK(call)                                                              \
+  do {                                                                                    \
+    const cudaError_t vgg_status_ = (call);                                               \
+    if (vgg_status_ != cudaSuccess) throw_cuda_error(vgg_status_, #call, __FILE__, __LINE__); \
+  } while (0)
+
+// ---- size classes -------------------------------------------------------------------------------------------
+// Below 1 MiB, multiples of 512 bytes; above, 8 classes per power of two (at most 12.5% slack). A freed block
+// goes back to the bin of its class and serves any later request of the same class.
+size_t size_class(size_t bytes) {
+  constexpr size_t kSmallStep = 512, kSmallLimit = size_t{1} << 20;
+  if (bytes <= kSmallLimit) return (bytes + kSmallStep - 1) / kSmallStep * kSmallStep;
+  size_t top = kSmallLimit;
+  while (top < bytes) top <<= 1;        // bytes in (top/2, top]
+  const size_t step = (top >> 1) / 8;   // 8 classes between top/2 and top
+  return (bytes + step - 1) / step * step;
+}
+
+struct DeviceState {
+  std::mutex mutex;
+  cudaStream_t stream = nullptr;
+  std::unordered_map<size_t, std::vector<void*>> free_blocks;  // size class -> cached blocks
+  std::unordered_map<void*, size_t> live_blocks;               // handed-out block -> size class
+  size_t cached_bytes = 0;
+  std::string name;
+};
+
+int g_device_count = 0;
+std::vector<DeviceState*>* g_devices = nullptr;  // leaked on purpose (see the header comment)
+std::once_flag g_init_once;
+
+thread_local int t_current_device = 0;
+
+void init_devices() {
+  std::call_once(g_init_once, [] {
+    int count = 0;
+    if (cudaGetDeviceCount(&count) != cudaSuccess) {
+      (void)cudaGetLastError();  // no driver or no device: clear the error, report 0 devices
+      count = 0;
+    }
+    g_device_count = count;
+    g_devices = new std::vector<DeviceState*>();
+    for (int d = 0; d < count; ++d) g_devices->push_back(new DeviceState());
+  });
+}
+
+DeviceState& state(int device) {
+  init_devices();
+  if (device < 0 || device >= g_device_count)
+    throw std::runtime_error("vggcore: no CUDA device " + std::to_string(device) + " (" +
+                             std::to_string(g_device_count) + " visible)");
+  return *(*g_devices)[device];
+}
+
+// Makes `device` the CUDA runtime's current device for the scope, restoring the previous one after.
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int device) {
+    VGG_CUDA_CHECK(cudaGetDevice(&previous_));
+    if (previous_ != device) VGG_CUDA_CHECK(cudaSetDevice(device));
+    changed_ = previous_ != device;
+  }
+  ~DeviceGuard() {
+    if (changed_) (void)cudaSetDevice(previous_);
+  }
+  DeviceGuard(const DeviceGuard&) = delete;
+  DeviceGuard& operator=(const DeviceGuard&) = delete;
+
+ private:
+  int previous_ = 0;
+  bool changed_ = false;
+};
+
+// The device's stream, created on first use. Caller holds st.mutex.
+cudaStream_t stream_locked(int device, DeviceState& st) {
+  if (st.stream == nullptr) {
+    DeviceGuard guard(device);
+    VGG_CUDA_CHECK(cudaStreamCreateWithFlags(&st.stream, cudaStreamNonBlocking));
+  }
+  return st.stream;
+}
+
+cudaStream_t device_stream(int device) {
+  DeviceState& st = state(device);
+  std::lock_guard<std::mutex> lock(st.mutex);
+  return stream_locked(device, st);
+}
+
+// Frees every cached block of the device after its queued work has finished. Caller holds st.mutex.
+void release_cached_locked(int device, DeviceState& st) {
+  if (st.free_blocks.empty()) return;
+  DeviceGuard guard(device);
+  VGG_CUDA_CHECK(cudaDeviceSynchronize());
+  for (auto& [size, blocks] : st.free_blocks) {
+    for (void* p : blocks) VGG_CUDA_CHECK(cudaFree(p));
+  }
+  st.free_blocks.clear();
+  st.cached_bytes = 0;
+}
+
+}  // namespace
+
+int device_count() {
+  try {
+    init_devices();
+  } catch (...) {
+    return 0;
+  }
+  return g_device_count;
+}
+
+const char* device_name(int device) {
+  DeviceState& st = state(device);
+  std::lock_guard<std::mutex> lock(st.mutex);
+  if (st.name.empty()) {
+    cudaDeviceProp prop{};
+    VGG_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+    int driver = 0;
+    VGG_CUDA_CHECK(cudaDriverGetVersion(&driver));
+    st.name = std::string(prop.name) + ", sm_" + std::to_string(prop.major) + std::to_string(prop.minor) +
+              ", driver " + std::to_string(driver / 1000) + "." + std::to_string((driver % 1000) / 10);
+  }
+  return st.name.c_str();
+}
+
+void* device_malloc(int device, size_t bytes) {
+  if (bytes == 0) return nullptr;
+  DeviceState& st = state(device);
+  const size_t cls = size_class(bytes);
+  std::lock_guard<std::mutex> lock(st.mutex);
+  auto bin = st.free_blocks.find(cls);
+  if (bin != st.free_blocks.end() && !bin->second.empty()) {
+    void* p = bin->second.back();
+    bin->second.pop_back();
+    st.cached_bytes -= cls;
+    st.live_blocks.emplace(p, cls);
+    return p;
+  }
+  DeviceGuard guard(device);
+  void* p = nullptr;
+  cudaError_t status = cudaMalloc(&p, cls);
+  if (status == cudaErrorMemoryAllocation) {
+    (void)cudaGetLastError();  // clear, then retry once with the cache emptied
+    release_cached_locked(device, st);
+    status = cudaMalloc(&p, cls);
+    if (status == cudaErrorMemoryAllocation) {
+      (void)cudaGetLastError();
+      size_t free_bytes = 0, total_bytes = 0;
+      if (cudaMemGetInfo(&free_bytes, &total_bytes) != cudaSuccess) (void)cudaGetLastError();
+      throw OutOfMemory("vggcore: CUDA out of memory on cuda:" + std::to_string(device) + ": tried to allocate " +
+                        std::to_string(bytes) + " bytes (" + std::to_string(free_bytes) + " free of " +
+                        std::to_string(total_bytes) + ")");
+    }
+  }
+  if (status != cudaSuccess) throw_cuda_error(status, "cudaMalloc(&p, cls)", __FILE__, __LINE__);
+  st.live_blocks.emplace(p, cls);
+  return p;
+}
+
+void device_free(int device, void* ptr) noexcept {
+  if (ptr == nullptr || g_devices == nullptr || device < 0 || device >= g_device_count) return;
+  DeviceState& st = *(*g_devices)[device];
+  std::lock_guard<std::mutex> lock(st.mutex);
+  auto it = st.live_blocks.find(ptr);
+  if (it == st.live_blocks.end()) return;  // not ours: nothing sensible to do in a noexcept path
+  try {
+    st.free_blocks[it->second].push_back(ptr);
+    st.cached_bytes += it->second;
+  } catch (...) {
+    (void)cudaFree(ptr);  // bookkeeping failed (out of host memory): give the block back to the driver
+  }
+  st.live_blocks.erase(it);
+}
+
+void empty_cache() {
+  init_devices();
+  for (int d = 0; d < g_device_count; ++d) {
+    DeviceState& st = *(*g_devices)[d];
+    std::lock_guard<std::mutex> lock(st.mutex);
+    release_cached_locked(d, st);
+  }
+}
+
+void copy_host_to_device(int device, void* dst, const void* src, size_t bytes) {
+  if (bytes == 0) return;
+  const cudaStream_t stream = device_stream(device);
+  DeviceGuard guard(device);
+  // From pageable host memory this returns once src has been staged, so the caller may reuse src at once.
+  VGG_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream));
+}
+
+void copy_device_to_host(int device, void* dst, const void* src, size_t bytes) {
+  if (bytes == 0) return;
+  const cudaStream_t stream = device_stream(device);
+  DeviceGuard guard(device);
+  VGG_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream));
+  VGG_CUDA_CHECK(cudaStreamSynchronize(stream));  // the host reads dst next
+}
+
+void copy_device_to_device(int device, void* dst, const void* src, size_t bytes) {
+  if (bytes == 0) return;
+  const cudaStream_t stream = device_stream(device);
+  DeviceGuard guard(device);
+  VGG_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream));
+}
+
+void synchronize(int device) {
+  const cudaStream_t stream = device_stream(device);
+  DeviceGuard guard(device);
+  VGG_CUDA_CHECK(cudaStreamSynchronize(stream));
+}
+
+void set_device(int device) {
+  state(device);  // validates the index
+  VGG_CUDA_CHECK(cudaSetDevice(device));
+  t_current_device = device;
+  (void)device_stream(device);
+}
+
+cudaStream_t current_stream() { return device_stream(t_current_device); }
+
+// Kernel scratch (common.cuh): the current device's caching allocator, released right after the launches that
+// use it (safe: everything runs on the one stream, see the header comment).
+void* workspace_alloc(size_t bytes) { return device_malloc(t_current_device, bytes); }
+
+void workspace_free(void* ptr) noexcept { device_free(t_current_device, ptr); }
+
+}  // namespace vgg::cuda

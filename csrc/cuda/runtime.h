@@ -1,0 +1,37 @@
+// Host-side CUDA runtime services used by the core (csrc/core/tensor.cpp) for device "cuda:N".
+// Implemented in csrc/cuda/runtime.cu, compiled only when nvcc is found (VGG_WITH_CUDA). Plain C++ header:
+// no CUDA types leak into the core. Every function checks its CUDA calls and throws:
+//   vgg::cuda::OutOfMemory (-> Python MemoryError) when an allocation fails even after emptying the cache,
+//   std::runtime_error for any other CUDA error.
+#pragma once
+
+#include <cstddef>
+#include <stdexcept>
+
+namespace vgg::cuda {
+
+struct OutOfMemory : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// Number of usable GPUs; 0 when there is no driver or no device (never throws).
+int device_count();
+// "NVIDIA H100 80GB HBM3, sm_90, driver 13.0" style description, for `python -m vggcore info`.
+const char* device_name(int device);
+
+// Caching allocator: blocks are kept per device and reused by size; a failed cudaMalloc empties the cache
+// and retries once before throwing OutOfMemory naming the request.
+void* device_malloc(int device, size_t bytes);
+void device_free(int device, void* ptr) noexcept;
+void empty_cache();
+
+// Copies are ordered on the device's stream. The device-to-host copy synchronises (the host reads it next).
+void copy_host_to_device(int device, void* dst, const void* src, size_t bytes);
+void copy_device_to_host(int device, void* dst, const void* src, size_t bytes);
+void copy_device_to_device(int device, void* dst, const void* src, size_t bytes);
+void synchronize(int device);
+
+// Makes `device` current for the kernels launched on this host thread (cudaSetDevice + its stream).
+void set_device(int device);
+
+}  // namespace vgg::cuda

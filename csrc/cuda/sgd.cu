@@ -1,0 +1,86 @@
+// SGD update of the GPU backend, PyTorch's rule (shapes.h, torch.optim.SGD with dampening 0):
+//   d = grad + weight_decay * param
+//   momentum != 0: buf = first_step ? d : momentum * buf + d;  d = nesterov ? d + momentum * buf : buf
+//   param -= lr * d
+// In place on param (n) and momentum_buf (n, nullptr when momentum == 0); grad (n) is read only.
+//
+// Memory bound: a grid-stride loop with a float4 body when the pointers are 16-byte aligned, scalars for the rest.
+#include <cstdint>
+
+#include "common.cuh"
+#include "gpu_kernels.h"
+
+namespace vgg::VGG_GPU_NS {
+namespace {
+
+constexpr int kSgdThreads = 256;
+constexpr int64_t kSgdMaxBlocks = 4096;  // grid-stride beyond this
+
+// The hyper-parameters of one step in float, as the kernel uses them.
+struct SgdParams {
+  float lr, momentum, weight_decay;
+  bool use_momentum, nesterov, first_step;
+};
+
+// One element: updates p and, with momentum, b. b is not read on the first step (the buffer is uninitialised).
+__device__ __forceinline__ void sgd_element(float& p, float g, float& b, const SgdParams& c) {
+  // PyTorch skips the decay term when weight_decay == 0, which keeps an inf parameter from turning into NaN.
+  float d = c.weight_decay != 0.0f ? g + c.weight_decay * p : g;
+  if (c.use_momentum) {
+    b = c.first_step ? d : c.momentum * b + d;
+    d = c.nesterov ? d + c.momentum * b : b;
+  }
+  p -= c.lr * d;
+}
+
+// param (n), grad (n), buf (n) or nullptr -> param, buf updated in place. Float4 groups [0, n4), then [4*n4, n).
+__global__ void sgd_update_kernel(float* param, const float* grad, float* buf, int64_t n4, int64_t n, SgdParams c) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  const int64_t start = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  float4* param4 = reinterpret_cast<float4*>(param);
+  const float4* grad4 = reinterpret_cast<const float4*>(grad);
+  float4* buf4 = reinterpret_cast<float4*>(buf);
+  for (int64_t i = start; i < n4; i += stride) {
+    float4 p = param4[i];
+    const float4 g = grad4[i];
+    // Skip the load on the first step: the buffer holds garbage (and compute-sanitizer's initcheck would object).
+    float4 b = c.use_momentum && !c.first_step ? buf4[i] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    sgd_element(p.x, g.x, b.x, c);
+    sgd_element(p.y, g.y, b.y, c);
+    sgd_element(p.z, g.z, b.z, c);
+    sgd_element(p.w, g.w, b.w, c);
+    param4[i] = p;
+    if (c.use_momentum) buf4[i] = b;
+  }
+  for (int64_t i = 4 * n4 + start; i < n; i += stride) {
+    float p = param[i];
+    float b = c.use_momentum && !c.first_step ? buf[i] : 0.0f;
+    sgd_element(p, grad[i], b, c);
+    param[i] = p;
+    if (c.use_momentum) buf[i] = b;
+  }
+}
+
+bool sgd_aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+}  // namespace
+
+void sgd_update(float* param, const float* grad, float* momentum_buf, int64_t n, const SgdConfig& cfg) {
+  if (n <= 0) return;
+  SgdParams c;
+  c.lr = static_cast<float>(cfg.lr);
+  c.momentum = static_cast<float>(cfg.momentum);
+  c.weight_decay = static_cast<float>(cfg.weight_decay);
+  c.use_momentum = cfg.momentum != 0.0;
+  c.nesterov = cfg.nesterov;
+  c.first_step = cfg.first_step;
+  const bool aligned =
+      sgd_aligned16(param) && sgd_aligned16(grad) && (!c.use_momentum || sgd_aligned16(momentum_buf));
+  const int64_t n4 = aligned ? n / 4 : 0;
+  const int64_t blocks = ceil_div(n4 + (n - 4 * n4), kSgdThreads);
+  const dim3 grid(static_cast<unsigned>(blocks > kSgdMaxBlocks ? kSgdMaxBlocks : blocks));
+  VGG_LAUNCH(grid, dim3(kSgdThreads), 0, sgd_update_kernel)(param, grad, momentum_buf, n4, n, c);
+  VGG_CHECK_LAUNCH("sgd_update");
+}
+
+}  // namespace vgg::VGG_GPU_NS

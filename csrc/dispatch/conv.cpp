@@ -1,0 +1,155 @@
+// conv2d, linear and the bias gradient: validation and backend dispatch (kernels in cpu/ and cuda/).
+#include "../ops.h"
+#include "dispatch.h"
+
+namespace vgg::ops {
+
+using namespace vgg::detail;
+
+namespace {
+
+// Validates the geometry once and derives the output size. `x_shape`/`w_shape` are the forward tensors' shapes.
+Conv2dShape conv_geometry(const char* op, const Shape& x_shape, const Shape& w_shape, int64_t stride, int64_t pad) {
+  VGG_CHECK(x_shape.size() == 4, ValueError, op, ": input must be 4-D NHWC (N, H, W, C), got shape ",
+            shape_str(x_shape));
+  VGG_CHECK(w_shape.size() == 4, ValueError, op, ": weight must be 4-D (K, R, S, C) = (out, kh, kw, in), got shape ",
+            shape_str(w_shape));
+  VGG_CHECK(stride >= 1, ValueError, op, ": stride must be >= 1, got ", stride);
+  VGG_CHECK(pad >= 0, ValueError, op, ": padding must be >= 0, got ", pad);
+  Conv2dShape s{};
+  s.N = x_shape[0], s.H = x_shape[1], s.W = x_shape[2], s.C = x_shape[3];
+  s.K = w_shape[0], s.R = w_shape[1], s.S = w_shape[2];
+  s.stride = stride, s.pad = pad;
+  VGG_CHECK(w_shape[3] == s.C, ValueError, op, ": input has ", s.C, " channels but weight expects ", w_shape[3],
+            " (input ", shape_str(x_shape), " NHWC, weight ", shape_str(w_shape), " KRSC)");
+  VGG_CHECK(s.N >= 1 && s.H >= 1 && s.W >= 1 && s.C >= 1, ValueError, op, ": input shape ", shape_str(x_shape),
+            " has an empty dimension");
+  VGG_CHECK(s.K >= 1 && s.R >= 1 && s.S >= 1, ValueError, op, ": weight shape ", shape_str(w_shape),
+            " has an empty dimension");
+  VGG_CHECK(s.R <= s.H + 2 * pad && s.S <= s.W + 2 * pad, ValueError, op, ": kernel ", s.R, "x", s.S,
+            " is larger than the padded input ", s.H + 2 * pad, "x", s.W + 2 * pad, " (input ", shape_str(x_shape),
+            ", padding ", pad, ")");
+  s.P = (s.H + 2 * pad - s.R) / stride + 1;
+  s.Q = (s.W + 2 * pad - s.S) / stride + 1;
+  return s;
+}
+
+// (rows, cols) view of a tensor whose last axis is `cols`.
+int64_t rows_of(const Tensor& t) { return t.dim() == 0 || t.size(-1) == 0 ? 0 : t.numel() / t.size(-1); }
+
+}  // namespace
+
+Tensor conv2d_forward(const Tensor& x, const Tensor& w, const std::optional<Tensor>& bias, int64_t stride, int64_t pad) {
+  const char* op = "conv2d";
+  check_float(op, "input", x);
+  check_same(op, "input", x, "weight", w);
+  const Conv2dShape s = conv_geometry(op, x.shape(), w.shape(), stride, pad);
+  if (bias) {
+    check_same(op, "input", x, "bias", *bias);
+    VGG_CHECK(bias->shape() == Shape{s.K}, ValueError, op, ": bias must have shape (", s.K, ",) for weight ",
+              shape_str(w.shape()), ", got ", shape_str(bias->shape()));
+  }
+  Tensor y = Tensor::empty({s.N, s.P, s.Q, s.K}, x.dtype(), x.device());
+  VGG_RUN_KERNEL(x.device(), x.dtype(), conv2d_forward, x.data<T>(), w.data<T>(), bias ? bias->data<T>() : nullptr,
+                 y.data<T>(), s);
+  return y;
+}
+
+Tensor conv2d_backward_data(const Tensor& dy, const Tensor& w, const Shape& x_shape, int64_t stride, int64_t pad) {
+  const char* op = "conv2d_backward_data";
+  check_float(op, "grad_output", dy);
+  check_same(op, "grad_output", dy, "weight", w);
+  const Conv2dShape s = conv_geometry(op, x_shape, w.shape(), stride, pad);
+  check_shape(op, "grad_output", dy, {s.N, s.P, s.Q, s.K});
+  Tensor dx = Tensor::empty(x_shape, dy.dtype(), dy.device());
+  VGG_RUN_KERNEL(dy.device(), dy.dtype(), conv2d_backward_data, dy.data<T>(), w.data<T>(), dx.data<T>(), s);
+  return dx;
+}
+
+Tensor conv2d_backward_weight(const Tensor& x, const Tensor& dy, const Shape& w_shape, int64_t stride, int64_t pad) {
+  const char* op = "conv2d_backward_weight";
+  check_float(op, "input", x);
+  check_same(op, "input", x, "grad_output", dy);
+  const Conv2dShape s = conv_geometry(op, x.shape(), w_shape, stride, pad);
+  check_shape(op, "grad_output", dy, {s.N, s.P, s.Q, s.K});
+  Tensor dw = Tensor::empty(w_shape, x.dtype(), x.device());
+  VGG_RUN_KERNEL(x.device(), x.dtype(), conv2d_backward_weight, x.data<T>(), dy.data<T>(), dw.data<T>(), s);
+  return dw;
+}
+
+Tensor bias_backward(const Tensor& dy) {
+  const char* op = "bias_backward";
+  check_float(op, "grad_output", dy);
+  VGG_CHECK(dy.dim() >= 1, ValueError, op, ": grad_output must have at least one dimension");
+  const int64_t cols = dy.size(-1), rows = rows_of(dy);
+  Tensor db = Tensor::empty({cols}, dy.dtype(), dy.device());
+  VGG_RUN_KERNEL(dy.device(), dy.dtype(), bias_backward, dy.data<T>(), db.data<T>(), rows, cols);
+  return db;
+}
+
+namespace {
+
+void check_linear(const char* op, const Tensor& x, const char* x_name, const Tensor& w) {
+  check_float(op, x_name, x);
+  check_same(op, x_name, x, "weight", w);
+  VGG_CHECK(w.dim() == 2, ValueError, op, ": weight must be 2-D (out_features, in_features), got shape ",
+            shape_str(w.shape()));
+  VGG_CHECK(x.dim() >= 1, ValueError, op, ": ", x_name, " must have at least one dimension");
+  VGG_CHECK(w.size(0) >= 1 && w.size(1) >= 1, ValueError, op, ": weight shape ", shape_str(w.shape()),
+            " has an empty dimension");
+}
+
+Shape with_last(const Shape& shape, int64_t last) {
+  Shape out = shape;
+  out.back() = last;
+  return out;
+}
+
+}  // namespace
+
+Tensor linear_forward(const Tensor& x, const Tensor& w, const std::optional<Tensor>& bias) {
+  const char* op = "linear";
+  check_linear(op, x, "input", w);
+  const int64_t OUT = w.size(0), IN = w.size(1);
+  VGG_CHECK(x.size(-1) == IN, ValueError, op, ": input has ", x.size(-1), " features in its last axis but weight ",
+            shape_str(w.shape()), " expects ", IN, " (input shape ", shape_str(x.shape()), ")");
+  if (bias) {
+    check_same(op, "input", x, "bias", *bias);
+    VGG_CHECK(bias->shape() == Shape{OUT}, ValueError, op, ": bias must have shape (", OUT, ",) for weight ",
+              shape_str(w.shape()), ", got ", shape_str(bias->shape()));
+  }
+  const int64_t M = rows_of(x);
+  Tensor y = Tensor::empty(with_last(x.shape(), OUT), x.dtype(), x.device());
+  if (M == 0) return y;
+  VGG_RUN_KERNEL(x.device(), x.dtype(), linear_forward, x.data<T>(), w.data<T>(), bias ? bias->data<T>() : nullptr,
+                 y.data<T>(), M, OUT, IN);
+  return y;
+}
+
+Tensor linear_backward_data(const Tensor& dy, const Tensor& w) {
+  const char* op = "linear_backward_data";
+  check_linear(op, dy, "grad_output", w);
+  const int64_t OUT = w.size(0), IN = w.size(1);
+  VGG_CHECK(dy.size(-1) == OUT, ValueError, op, ": grad_output ", shape_str(dy.shape()), " does not match weight ",
+            shape_str(w.shape()));
+  const int64_t M = rows_of(dy);
+  Tensor dx = Tensor::empty(with_last(dy.shape(), IN), dy.dtype(), dy.device());
+  if (M == 0) return dx;
+  VGG_RUN_KERNEL(dy.device(), dy.dtype(), linear_backward_data, dy.data<T>(), w.data<T>(), dx.data<T>(), M, OUT, IN);
+  return dx;
+}
+
+Tensor linear_backward_weight(const Tensor& x, const Tensor& dy) {
+  const char* op = "linear_backward_weight";
+  check_float(op, "input", x);
+  check_same(op, "input", x, "grad_output", dy);
+  VGG_CHECK(x.dim() >= 1 && dy.dim() == x.dim() && rows_of(x) == rows_of(dy), ValueError, op, ": input ",
+            shape_str(x.shape()), " and grad_output ", shape_str(dy.shape()), " disagree on the batch axes");
+  const int64_t IN = x.size(-1), OUT = dy.size(-1), M = rows_of(x);
+  if (M == 0) return Tensor::zeros({OUT, IN}, x.dtype(), x.device());
+  Tensor dw = Tensor::empty({OUT, IN}, x.dtype(), x.device());
+  VGG_RUN_KERNEL(x.device(), x.dtype(), linear_backward_weight, x.data<T>(), dy.data<T>(), dw.data<T>(), M, OUT, IN);
+  return dw;
+}
+
+}  // namespace vgg::ops

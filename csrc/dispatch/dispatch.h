@@ -1,0 +1,107 @@
+// Shared by the op implementations in csrc/dispatch/: argument checks that throw clear errors, and the macro
+// that runs a kernel on the backend of a tensor's device.
+#pragma once
+
+#include <string>
+
+#include "../core/errors.h"
+#include "../core/tensor.h"
+#include "../cpu/cpu_kernels.h"
+
+#ifdef VGG_WITH_SIM
+#define VGG_GPU_NS sim
+#include "../cuda/gpu_kernels.h"
+#undef VGG_GPU_NS
+#endif
+#ifdef VGG_WITH_CUDA
+#define VGG_GPU_NS cuda
+#include "../cuda/gpu_kernels.h"
+#undef VGG_GPU_NS
+#include "../cuda/runtime.h"
+#endif
+
+namespace vgg::detail {
+
+inline std::string describe(const Tensor& t) {
+  return cat(shape_str(t.shape()), " ", dtype_name(t.dtype()), " on ", t.device().str());
+}
+
+// A defined float tensor whose dtype the device's backend supports (sim and cuda run float32 only).
+inline void check_float(const char* op, const char* name, const Tensor& t) {
+  VGG_CHECK(t.defined(), TypeError, op, ": ", name, " is not a tensor");
+  VGG_CHECK(t.dtype() == DType::Float32 || t.dtype() == DType::Float64, TypeError, op, ": ", name,
+            " must be float32 or float64, got ", dtype_name(t.dtype()));
+  VGG_CHECK(t.dtype() == DType::Float32 || t.device().type == DeviceType::CPU, TypeError, op, ": ", name,
+            " is float64 on device ", t.device().str(), ", which runs float32 only (use float32, or the cpu)");
+}
+
+inline void check_rank(const char* op, const char* name, const Tensor& t, int64_t rank, const char* layout) {
+  VGG_CHECK(t.dim() == rank, ValueError, op, ": ", name, " must be ", rank, "-D ", layout, ", got shape ",
+            shape_str(t.shape()));
+}
+
+// `other` has the dtype and device of `ref`.
+inline void check_same(const char* op, const char* ref_name, const Tensor& ref, const char* name, const Tensor& other) {
+  check_float(op, name, other);
+  VGG_CHECK(ref.dtype() == other.dtype(), TypeError, op, ": ", name, " is ", dtype_name(other.dtype()), " but ",
+            ref_name, " is ", dtype_name(ref.dtype()), " (", name, " ", describe(other), ", ", ref_name, " ",
+            describe(ref), ")");
+  VGG_CHECK(ref.device() == other.device(), ValueError, op, ": ", name, " is on ", other.device().str(), " but ",
+            ref_name, " is on ", ref.device().str(), "; move them to one device with .to()");
+}
+
+inline void check_shape(const char* op, const char* name, const Tensor& t, const std::vector<int64_t>& expected) {
+  VGG_CHECK(t.shape() == expected, ValueError, op, ": ", name, " must have shape ", shape_str(expected), ", got ",
+            shape_str(t.shape()));
+}
+
+inline void check_positive(const char* op, const char* name, int64_t value) {
+  VGG_CHECK(value >= 1, ValueError, op, ": ", name, " must be >= 1, got ", value);
+}
+
+}  // namespace vgg::detail
+
+// Runs `fn` of the backend that owns `device`, with `T` naming the element type inside the argument list:
+//   VGG_RUN_KERNEL(x.device(), x.dtype(), relu_forward, x.data<T>(), y.data<T>(), n);
+// cpu: vgg::cpu::fn<float|double>; sim: vgg::sim::fn (float); cuda: vgg::cuda::fn (float) on that GPU.
+#define VGG_RUN_CPU(dtype, fn, ...)                      \
+  if ((dtype) == ::vgg::DType::Float64) {                \
+    using T = double;                                    \
+    ::vgg::cpu::fn<T>(__VA_ARGS__);                      \
+  } else {                                               \
+    using T = float;                                     \
+    ::vgg::cpu::fn<T>(__VA_ARGS__);                      \
+  }
+
+#ifdef VGG_WITH_SIM
+#define VGG_RUN_SIM(fn, ...)         \
+  {                                  \
+    using T = float;                 \
+    ::vgg::sim::fn(__VA_ARGS__);     \
+  }
+#else
+#define VGG_RUN_SIM(fn, ...) throw ::vgg::ValueError("device sim is not available in this build");
+#endif
+
+#ifdef VGG_WITH_CUDA
+#define VGG_RUN_CUDA(device, fn, ...)             \
+  {                                               \
+    using T = float;                              \
+    ::vgg::cuda::set_device((device).index);      \
+    ::vgg::cuda::fn(__VA_ARGS__);                 \
+  }
+#else
+#define VGG_RUN_CUDA(device, fn, ...) throw ::vgg::ValueError("device cuda is not available in this build");
+#endif
+
+#define VGG_RUN_KERNEL(device, dtype, fn, ...)           \
+  do {                                                   \
+    switch ((device).type) {                             \
+      case ::vgg::DeviceType::CPU:                       \
+        VGG_RUN_CPU(dtype, fn, __VA_ARGS__) break;       \
+      case ::vgg::DeviceType::Sim:                       \
+        VGG_RUN_SIM(fn, __VA_ARGS__) break;              \
+      case ::vgg::DeviceType::CUDA:                      \
+        VGG_RUN_CUDA(device, fn, __VA_ARGS__) break;     \
+    }                                                    \
+  } while (0)

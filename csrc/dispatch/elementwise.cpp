@@ -1,0 +1,57 @@
+// relu, dropout and the arithmetic autograd needs: validation and backend dispatch.
+#include "../ops.h"
+#include "dispatch.h"
+
+namespace vgg::ops {
+
+using namespace vgg::detail;
+
+Tensor relu_forward(const Tensor& x) {
+  check_float("relu", "input", x);
+  Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
+  VGG_RUN_KERNEL(x.device(), x.dtype(), relu_forward, x.data<T>(), y.data<T>(), x.numel());
+  return y;
+}
+
+Tensor relu_backward(const Tensor& x, const Tensor& dy) {
+  const char* op = "relu_backward";
+  check_float(op, "input", x);
+  check_same(op, "input", x, "grad_output", dy);
+  check_shape(op, "grad_output", dy, x.shape());
+  Tensor dx = Tensor::empty(x.shape(), x.dtype(), x.device());
+  VGG_RUN_KERNEL(x.device(), x.dtype(), relu_backward, x.data<T>(), dy.data<T>(), dx.data<T>(), x.numel());
+  return dx;
+}
+
+Tensor dropout(const Tensor& x, double p, uint64_t seed) {
+  check_float("dropout", "input", x);
+  VGG_CHECK(p >= 0.0 && p <= 1.0, ValueError, "dropout: p must be in [0, 1], got ", p);
+  Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
+  VGG_RUN_KERNEL(x.device(), x.dtype(), dropout, x.data<T>(), y.data<T>(), x.numel(), p, seed);
+  return y;
+}
+
+Tensor add(const Tensor& a, const Tensor& b) {
+  check_float("add", "a", a);
+  check_same("add", "a", a, "b", b);
+  check_shape("add", "b", b, a.shape());
+  Tensor y = Tensor::empty(a.shape(), a.dtype(), a.device());
+  VGG_RUN_KERNEL(a.device(), a.dtype(), add, a.data<T>(), b.data<T>(), y.data<T>(), a.numel());
+  return y;
+}
+
+Tensor scale(const Tensor& x, double alpha) {
+  check_float("scale", "input", x);
+  Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
+  VGG_RUN_KERNEL(x.device(), x.dtype(), scale, x.data<T>(), y.data<T>(), alpha, x.numel());
+  return y;
+}
+
+Tensor full(const Shape& shape, double value, DType dtype, const Device& device) {
+  Tensor y = Tensor::empty(shape, dtype, device);
+  check_float("full", "output", y);
+  VGG_RUN_KERNEL(device, dtype, fill, y.data<T>(), value, y.numel());
+  return y;
+}
+
+}  // namespace vgg::ops

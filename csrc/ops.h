@@ -1,0 +1,80 @@
+// THE list of vggcore's ops: one declaration per op and pass, on whole tensors.
+//
+// Each function validates its arguments (shapes, dtypes, devices, settings) and throws ValueError/TypeError with
+// a message naming the op, the argument and the shapes; then it allocates the outputs on the inputs' device and
+// runs the backend picked by that device (csrc/cpu, or csrc/cuda built for "cuda" or "sim").
+// Layouts: activations NHWC, conv weights (K, R, S, C), linear weights (OUT, IN). Backward passes return fresh
+// gradients; accumulation into .grad happens in Python autograd.
+#pragma once
+
+#include <optional>
+#include <tuple>
+#include <vector>
+
+#include "core/tensor.h"
+
+namespace vgg::ops {
+
+using Shape = std::vector<int64_t>;
+
+// ---- convolution ----------------------------------------------------------------------------------------
+// x (N,H,W,C), w (K,R,S,C), bias (K) -> y (N,P,Q,K);  P = (H + 2 pad - R) / stride + 1, likewise Q
+Tensor conv2d_forward(const Tensor& x, const Tensor& w, const std::optional<Tensor>& bias, int64_t stride, int64_t pad);
+// dy (N,P,Q,K), w (K,R,S,C) -> dx with x_shape (N,H,W,C)
+Tensor conv2d_backward_data(const Tensor& dy, const Tensor& w, const Shape& x_shape, int64_t stride, int64_t pad);
+// x (N,H,W,C), dy (N,P,Q,K) -> dw with w_shape (K,R,S,C)
+Tensor conv2d_backward_weight(const Tensor& x, const Tensor& dy, const Shape& w_shape, int64_t stride, int64_t pad);
+// dy (..., K) -> db (K): the sum over every axis but the last (bias gradient of conv2d and linear)
+Tensor bias_backward(const Tensor& dy);
+
+// ---- fully connected ----------------------------------------------------------------------------------------
+// x (..., IN), w (OUT, IN), bias (OUT) -> y (..., OUT) = x w^T + bias
+Tensor linear_forward(const Tensor& x, const Tensor& w, const std::optional<Tensor>& bias);
+// dy (..., OUT), w (OUT, IN) -> dx (..., IN)
+Tensor linear_backward_data(const Tensor& dy, const Tensor& w);
+// x (..., IN), dy (..., OUT) -> dw (OUT, IN)
+Tensor linear_backward_weight(const Tensor& x, const Tensor& dy);
+
+// ---- elementwise ---------------------------------------------------------------------------------------------
+Tensor relu_forward(const Tensor& x);                    // any shape
+Tensor relu_backward(const Tensor& x, const Tensor& dy); // x is the forward input
+// Inverted dropout; the mask is a pure function of (seed, element index) on every device (csrc/rng.h).
+// The backward pass is the same call on dy with the same seed.
+Tensor dropout(const Tensor& x, double p, uint64_t seed);
+Tensor add(const Tensor& a, const Tensor& b);            // same shape, dtype and device
+Tensor scale(const Tensor& x, double alpha);
+Tensor full(const Shape& shape, double value, DType dtype, const Device& device);
+
+// ---- pooling (floor mode, no padding) ------------------------------------------------------------------------
+// x (N,H,W,C) -> (y (N,P,Q,C), argmax (N,P,Q,C) int32 = h*W + w)
+std::tuple<Tensor, Tensor> max_pool2d_forward(const Tensor& x, int64_t kernel, int64_t stride);
+// dy (N,P,Q,C), argmax (N,P,Q,C) -> dx with x_shape
+Tensor max_pool2d_backward(const Tensor& dy, const Tensor& argmax, const Shape& x_shape, int64_t kernel, int64_t stride);
+Tensor avg_pool2d_forward(const Tensor& x, int64_t kernel, int64_t stride);
+Tensor avg_pool2d_backward(const Tensor& dy, const Shape& x_shape, int64_t kernel, int64_t stride);
+// x (N,H,W,C) -> y (N,C): the mean over H and W (dense evaluation's class-score averaging)
+Tensor global_avg_pool_forward(const Tensor& x);
+Tensor global_avg_pool_backward(const Tensor& dy, const Shape& x_shape);
+
+// ---- local response normalisation across channels (formula in shapes.h) -------------------------------------------
+// x (..., C) -> (y, scale) of the same shape; scale is kept for backward
+std::tuple<Tensor, Tensor> lrn_forward(const Tensor& x, int64_t size, double alpha, double beta, double k);
+Tensor lrn_backward(const Tensor& x, const Tensor& y, const Tensor& scale, const Tensor& dy, int64_t size,
+                    double alpha, double beta, double k);
+
+// ---- softmax family over the last axis ----------------------------------------------------------------------------
+Tensor softmax_forward(const Tensor& x);
+Tensor softmax_backward(const Tensor& y, const Tensor& dy);
+Tensor log_softmax_forward(const Tensor& x);
+Tensor log_softmax_backward(const Tensor& y, const Tensor& dy);
+// logits (N, classes), target (N) int64 labels in [0, classes) on any device -> (loss (), logp (N, classes))
+std::tuple<Tensor, Tensor> cross_entropy_forward(const Tensor& logits, const Tensor& target);
+// logp (N, classes), target (N), dloss () -> dlogits (N, classes)
+Tensor cross_entropy_backward(const Tensor& logp, const Tensor& target, const Tensor& dloss);
+
+// ---- optimiser ----------------------------------------------------------------------------------------------------
+// In place on param and momentum_buf (rule in shapes.h); momentum_buf must be given iff momentum > 0.
+void sgd_update(Tensor& param, const Tensor& grad, const std::optional<Tensor>& momentum_buf, double lr,
+                double momentum, double weight_decay, bool nesterov, bool first_step);
+
+}  // namespace vgg::ops

@@ -1,0 +1,49 @@
+// Problem descriptions shared by every backend (cpu, sim, cuda).
+//
+// Dispatch (csrc/dispatch/) validates user arguments once and fills these structs; kernels trust them.
+// All activations are NHWC and contiguous; conv weights are (K, R, S, C).
+#pragma once
+
+#include <cstdint>
+
+namespace vgg {
+
+// x (N, H, W, C) * w (K, R, S, C) -> y (N, P, Q, K)
+// P = (H + 2*pad - R) / stride + 1, Q = (W + 2*pad - S) / stride + 1.
+struct Conv2dShape {
+  int64_t N, H, W, C;  // input
+  int64_t K, R, S;     // filters: K outputs of R x S x C
+  int64_t stride, pad; // same along height and width
+  int64_t P, Q;        // output height and width
+};
+
+// Pooling over R x S windows, no padding, floor mode: x (N, H, W, C) -> y (N, P, Q, C)
+// P = (H - R) / stride + 1, Q = (W - S) / stride + 1.
+struct Pool2dShape {
+  int64_t N, H, W, C;
+  int64_t R, S;
+  int64_t stride;
+  int64_t P, Q;
+};
+
+// Local response normalisation across channels (PyTorch's convention):
+//   scale[i] = k + alpha / size * sum_{j in window(i)} x[j]^2,  y[i] = x[i] * scale[i]^-beta
+// window(c) = channels c - size/2 .. c + (size-1)/2, clipped to [0, C); the divisor is always `size`.
+struct LrnShape {
+  int64_t rows;  // N * H * W
+  int64_t C;
+  int64_t size;
+  double alpha, beta, k;
+};
+
+// SGD with PyTorch's update rule (torch.optim.SGD, dampening 0):
+//   d = grad + weight_decay * param
+//   momentum > 0: buf = first_step ? d : momentum * buf + d;  d = nesterov ? d + momentum * buf : buf
+//   param -= lr * d
+struct SgdConfig {
+  double lr, momentum, weight_decay;
+  bool nesterov;
+  bool first_step;  // the momentum buffer is uninitialised and must be set to d
+};
+
+}  // namespace vgg

@@ -1,0 +1,278 @@
+// Small CUDA-style kernels that exercise the SIMT emulator, bound into vggcore._C for tests/test_simt.py.
+// Each one is written exactly as a kernel in csrc/cuda/ would be (VGG_LAUNCH, VGG_DYNAMIC_SHARED, __shared__),
+// so the tests prove what the real kernels rely on: barriers, schedules, warp collectives, error reporting.
+#ifndef VGG_GPU_NS
+#define VGG_GPU_NS sim
+#endif
+
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <chrono>
+#include <string>
+#include <vector>
+
+#include "../cuda/common.cuh"
+
+namespace py = pybind11;
+
+namespace vgg::sim::selftest {
+
+// y[i] = x[i] + x[i-1] within each block, through dynamic shared memory. Without the barrier, thread t reads
+// s[t-1] before thread t-1 has written it unless threads happen to run in increasing order.
+__global__ void neighbour_sum_kernel(const float* x, float* y, bool with_barrier) {
+  VGG_DYNAMIC_SHARED(float, s);
+  const int t = threadIdx.x;
+  const int i = blockIdx.x * blockDim.x + t;
+  s[t] = x[i];
+  if (with_barrier) __syncthreads();
+  y[i] = s[t] + (t > 0 ? s[t - 1] : 0.0f);
+}
+
+std::vector<float> neighbour_sum(bool with_barrier) {
+  const int blocks = 4, threads = 128;
+  std::vector<float> x(blocks * threads), y(x.size());
+  for (size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>(i % 17);
+  VGG_LAUNCH(blocks, threads, threads * sizeof(float), neighbour_sum_kernel)(x.data(), y.data(), with_barrier);
+  return y;
+}
+
+// Threads of one block wait at two different barriers ("sites"), or half of them return first ("exit").
+__global__ void divergent_barrier_kernel(int* out, int kind) {
+  const int t = threadIdx.x;
+  if (kind == 0) {
+    if (t < 16) {
+      __syncthreads();
+    } else {
+      __syncthreads();
+    }
+  } else {
+    if (t >= 16) return;
+    __syncthreads();
+  }
+  out[t] = t;
+}
+
+void divergent_barrier(const std::string& kind) {
+  std::vector<int> out(64);
+  VGG_LAUNCH(1, 64, 0, divergent_barrier_kernel)(out.data(), kind == "exit" ? 1 : 0);
+}
+
+// Lanes of one warp at different shuffles ("sites"), or a lane in the mask that has returned ("exit").
+__global__ void divergent_warp_kernel(float* out, int kind) {
+  const int t = threadIdx.x;
+  float v = static_cast<float>(t);
+  if (kind == 0) {
+    if (t < 16) v = __shfl_down_sync(0xffffffffu, v, 1);
+    else v = __shfl_down_sync(0xffffffffu, v, 2);
+  } else {
+    if (t == 5) return;
+    v = __shfl_xor_sync(0xffffffffu, v, 1);
+  }
+  out[t] = v;
+}
+
+void divergent_warp(const std::string& kind) {
+  std::vector<float> out(32);
+  VGG_LAUNCH(1, 32, 0, divergent_warp_kernel)(out.data(), kind == "exit" ? 1 : 0);
+}
+
+__global__ void bad_width_kernel(float* out, int width) {
+  out[threadIdx.x] = __shfl_down_sync(0xffffffffu, static_cast<float>(threadIdx.x), 1, width);
+}
+
+void shuffle_bad_width(int width) {
+  std::vector<float> out(32);
+  VGG_LAUNCH(1, 32, 0, bad_width_kernel)(out.data(), width);
+}
+
+// Which lane each thread reads with __shfl_down_sync(full, v, 16, 32) and __shfl_xor_sync(full, v, 4, 8).
+__global__ void shuffle_lanes_kernel(int* down, int* xr, int* up, int* idx) {
+  const int t = threadIdx.x;
+  down[t] = __shfl_down_sync(0xffffffffu, t, 16, 32);
+  xr[t] = __shfl_xor_sync(0xffffffffu, t, 4, 8);
+  up[t] = __shfl_up_sync(0xffffffffu, t, 3, 8);
+  idx[t] = __shfl_sync(0xffffffffu, t, 9, 8);
+}
+
+std::vector<std::vector<int>> shuffle_lanes() {
+  const int n = 64;
+  std::vector<int> down(n), xr(n), up(n), idx(n);
+  VGG_LAUNCH(1, n, 0, shuffle_lanes_kernel)(down.data(), xr.data(), up.data(), idx.data());
+  return {down, xr, up, idx};
+}
+
+// Writes `overshoot` elements past the end (positive) or before the start (negative) of dynamic shared memory.
+__global__ void shared_overflow_kernel(int n, int overshoot) {
+  VGG_DYNAMIC_SHARED(float, s);
+  if (threadIdx.x == 0) s[overshoot >= 0 ? n - 1 + overshoot : overshoot] = 1.0f;
+}
+
+void shared_overflow(int overshoot) {
+  const int n = 64;
+  VGG_LAUNCH(2, 32, n * sizeof(float), shared_overflow_kernel)(n, overshoot);
+}
+
+// Per-warp sums with __shfl_down_sync, the block sum through static shared memory, and ballots/votes.
+__global__ void warp_reduce_kernel(const float* x, float* warp_sums, float* block_sums, unsigned* ballots,
+                                   int* counts) {
+  __shared__ float partial[32];
+  const int t = threadIdx.x, lane = t % 32, warp = t / 32;
+  const int i = blockIdx.x * blockDim.x + t;
+  float v = x[i];
+  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_down_sync(0xffffffffu, v, offset);
+  const unsigned ballot = __ballot_sync(0xffffffffu, static_cast<int>(x[i]) % 3 == 0);
+  if (lane == 0) {
+    warp_sums[i / 32] = v;
+    partial[warp] = v;
+    ballots[i / 32] = ballot;
+  }
+  const int count = __syncthreads_count(static_cast<int>(x[i]) % 2 == 0);
+  if (t == 0) {
+    float s = 0;
+    for (int w = 0; w < static_cast<int>(blockDim.x / 32); ++w) s += partial[w];
+    block_sums[blockIdx.x] = s;
+    counts[blockIdx.x] = count;
+  }
+}
+
+py::dict warp_reduce() {
+  const int blocks = 3, threads = 256;
+  std::vector<float> x(blocks * threads);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>((i * 7) % 23);
+  std::vector<float> warp_sums(x.size() / 32), block_sums(blocks);
+  std::vector<unsigned> ballots(x.size() / 32);
+  std::vector<int> counts(blocks);
+  {
+    py::gil_scoped_release release;
+    VGG_LAUNCH(blocks, threads, 0, warp_reduce_kernel)(x.data(), warp_sums.data(), block_sums.data(), ballots.data(),
+                                                       counts.data());
+  }
+  py::dict d;
+  d["x"] = x;
+  d["warp_sums"] = warp_sums;
+  d["block_sums"] = block_sums;
+  d["ballots"] = ballots;
+  d["counts"] = counts;
+  return d;
+}
+
+// Histogram of values with atomicAdd on global memory, from a 2-D grid of 2-D blocks.
+__global__ void histogram_kernel(const int* values, int n, int* bins, int nbins) {
+  const int tx = blockIdx.x * blockDim.x + threadIdx.x;
+  const int ty = blockIdx.y * blockDim.y + threadIdx.y;
+  const int i = ty * (gridDim.x * blockDim.x) + tx;
+  if (i < n) atomicAdd(&bins[values[i] % nbins], 1);
+}
+
+std::vector<int> histogram(const std::vector<int>& values, int nbins) {
+  std::vector<int> bins(nbins, 0);
+  const int n = static_cast<int>(values.size());
+  const dim3 block(8, 4);
+  const int grid_x = 4;
+  const int grid_y = static_cast<int>(ceil_div(n, 8 * 4 * grid_x));
+  VGG_LAUNCH(dim3(grid_x, grid_y), block, 0, histogram_kernel)(values.data(), n, bins.data(), nbins);
+  return bins;
+}
+
+// C (M,N) = A (M,K) @ B (K,N), 16x16 tiles through static shared memory; two barriers per tile.
+template <int TILE>
+__global__ void sgemm_kernel(const float* A, const float* B, float* C, int M, int N, int K) {
+  __shared__ float As[TILE][TILE];
+  __shared__ float Bs[TILE][TILE];
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  const int row = blockIdx.y * TILE + ty, col = blockIdx.x * TILE + tx;
+  float acc = 0.0f;
+  for (int k0 = 0; k0 < K; k0 += TILE) {
+    As[ty][tx] = (row < M && k0 + tx < K) ? A[row * K + k0 + tx] : 0.0f;
+    Bs[ty][tx] = (k0 + ty < K && col < N) ? B[(k0 + ty) * N + col] : 0.0f;
+    __syncthreads();  // the tile is complete before anyone reads it
+    for (int k = 0; k < TILE; ++k) acc += As[ty][k] * Bs[k][tx];
+    __syncthreads();  // and fully read before the next iteration overwrites it
+  }
+  if (row < M && col < N) C[row * N + col] = acc;
+}
+
+// Small-integer inputs make every fp32 sum exact, so the test can demand equality.
+void sgemm_inputs(int M, int N, int K, std::vector<float>& A, std::vector<float>& B) {
+  A.resize(static_cast<size_t>(M) * K);
+  B.resize(static_cast<size_t>(K) * N);
+  for (int i = 0; i < M; ++i)
+    for (int k = 0; k < K; ++k) A[i * K + k] = static_cast<float>((i * 3 + k * 5) % 7 - 3);
+  for (int k = 0; k < K; ++k)
+    for (int j = 0; j < N; ++j) B[k * N + j] = static_cast<float>((k * 2 + j * 3) % 5 - 2);
+}
+
+std::vector<float> sgemm(int M, int N, int K) {
+  std::vector<float> A, B, C(static_cast<size_t>(M) * N);
+  sgemm_inputs(M, N, K, A, B);
+  py::gil_scoped_release release;
+  constexpr int T = 16;
+  VGG_LAUNCH(dim3(ceil_div(N, T), ceil_div(M, T)), dim3(T, T), 0, sgemm_kernel<T>)(A.data(), B.data(), C.data(), M,
+                                                                                     N, K);
+  return C;
+}
+
+// Seconds for one n^3 SGEMM launch and the number of barrier arrivals it made.
+std::pair<double, long long> sgemm_seconds(int n) {
+  std::vector<float> A, B, C(static_cast<size_t>(n) * n);
+  sgemm_inputs(n, n, n, A, B);
+  py::gil_scoped_release release;
+  constexpr int T = 16;
+  const auto start = std::chrono::steady_clock::now();
+  VGG_LAUNCH(dim3(ceil_div(n, T), ceil_div(n, T)), dim3(T, T), 0, sgemm_kernel<T>)(A.data(), B.data(), C.data(), n, n,
+                                                                                     n);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const long long arrivals = 2LL * n * n * ceil_div(n, T);
+  return {seconds, arrivals};
+}
+
+__global__ void throwing_kernel(int bad_thread) {
+  if (static_cast<int>(threadIdx.x) == bad_thread) throw std::runtime_error("boom from a kernel");
+  __syncthreads();
+}
+
+void kernel_throws() { VGG_LAUNCH(2, 64, 0, throwing_kernel)(37); }
+
+__global__ void empty_kernel() {}
+
+void bad_launch(const std::string& kind) {
+  if (kind == "threads") VGG_LAUNCH(1, 2048, 0, empty_kernel)();
+  else if (kind == "block_z") VGG_LAUNCH(1, dim3(1, 1, 128), 0, empty_kernel)();
+  else if (kind == "grid_y") VGG_LAUNCH(dim3(1, 70000), 32, 0, empty_kernel)();
+  else if (kind == "zero") VGG_LAUNCH(0, 32, 0, empty_kernel)();
+  else if (kind == "shared") VGG_LAUNCH(1, 32, 300 * 1024, empty_kernel)();
+  else throw std::invalid_argument("unknown bad_launch kind " + kind);
+}
+
+}  // namespace vgg::sim::selftest
+
+void bind_simt(py::module_& m) {
+  namespace st = vgg::sim::selftest;
+  m.def("sim_set_schedule", &simt::set_schedule, py::arg("schedule"),
+        "Order of the SIMT emulator's threads and blocks: 'linear', 'reverse' or 'random:SEED'.");
+  m.def("sim_get_schedule", &simt::get_schedule, "The SIMT emulator's current schedule.");
+  m.def("simt_selftest_neighbour_sum", &st::neighbour_sum, py::arg("with_barrier"),
+        "y[i] = x[i] + x[i-1] per 128-thread block through shared memory, x[i] = i % 17; 4 blocks.");
+  m.def("simt_selftest_divergent_barrier", &st::divergent_barrier, py::arg("kind") = "sites",
+        "A barrier reached at two call sites ('sites') or after some threads returned ('exit'): raises.");
+  m.def("simt_selftest_divergent_warp", &st::divergent_warp, py::arg("kind") = "sites",
+        "Lanes at two different shuffles ('sites') or a lane of the mask returned ('exit'): raises.");
+  m.def("simt_selftest_shuffle_bad_width", &st::shuffle_bad_width, py::arg("width") = 12,
+        "__shfl_down_sync with the given width: raises unless a power of two in [1, 32].");
+  m.def("simt_selftest_shuffle_lanes", &st::shuffle_lanes,
+        "Source thread of each of 64 threads for down(16, w32), xor(4, w8), up(3, w8), idx(9, w8).");
+  m.def("simt_selftest_shared_overflow", &st::shared_overflow, py::arg("overshoot") = 1,
+        "Writes `overshoot` floats past the end (or before the start, if negative) of dynamic shared memory.");
+  m.def("simt_selftest_warp_reduce", &st::warp_reduce,
+        "Warp sums by shuffles, block sums by shared memory, ballots and __syncthreads_count; 3x256 threads.");
+  m.def("simt_selftest_histogram", &st::histogram, py::arg("values"), py::arg("nbins"),
+        "Histogram of values % nbins with atomicAdd from a 2-D grid.", py::call_guard<py::gil_scoped_release>());
+  m.def("simt_selftest_sgemm", &st::sgemm, py::arg("M"), py::arg("N"), py::arg("K"),
+        "16x16-tiled SGEMM of A[i,k] = (3i+5k)%7-3 and B[k,j] = (2k+3j)%5-2, row-major (M*N list).");
+  m.def("simt_selftest_sgemm_seconds", &st::sgemm_seconds, py::arg("n"),
+        "(seconds, barrier arrivals) of one n^3 tiled SGEMM launch.");
+  m.def("simt_selftest_kernel_throws", &st::kernel_throws, "A kernel whose thread 37 throws: raises.");
+  m.def("simt_selftest_bad_launch", &st::bad_launch, py::arg("kind"),
+        "An invalid launch: 'threads', 'block_z', 'grid_y', 'zero' or 'shared': raises.");
+}

@@ -1,0 +1,702 @@
+// The SIMT emulator's engine: fibers, the per-block scheduler, barriers and warp collectives (see simt.h).
+//
+// With _FORTIFY_SOURCE, glibc maps _longjmp to __longjmp_chk, which aborts on the first jump between stacks
+// ("longjmp causes uninitialized stack frame"). This file jumps between stacks by design, so it switches the
+// check off before any system header reads it.
+#undef _FORTIFY_SOURCE
+#define _FORTIFY_SOURCE 0
+#undef _FORTIFY_SOURCE
+
+#include "simt.h"
+
+#include <setjmp.h>
+#include <sys/mman.h>
+#include <ucontext.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <exception>
+#include <mutex>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#include <sanitizer/common_interface_defs.h>
+#define SIMT_ASAN 1
+#else
+#define SIMT_ASAN 0
+#endif
+
+namespace simt::detail {
+namespace {
+
+constexpr size_t kStackBytes = 64 * 1024;
+constexpr size_t kMaxThreadsPerBlock = 1024;
+constexpr size_t kMaxDynamicShared = 227 * 1024;
+constexpr size_t kGuardBytes = 256;  // each side of the dynamic shared buffer
+constexpr unsigned char kGuardByte = 0xA5;
+constexpr unsigned char kPoisonByte = 0xFF;
+
+enum class State : uint8_t { runnable, barrier, warp, done };
+
+struct Fiber {
+  jmp_buf ctx;
+  char* map = nullptr;  // mmap'd region: guard page, then the stack
+  size_t map_bytes = 0;
+  uint3 tid{0, 0, 0};
+  unsigned linear = 0;
+  State state = State::done;
+};
+
+// One lane's arrival at a warp collective.
+struct Arrival {
+  Site site;
+  unsigned mask;
+  WarpOp op;
+  int arg, width;
+  uint64_t in, out;
+};
+
+struct Warp {
+  unsigned existing = 0;    // lanes that exist in this block (a partial last warp has fewer)
+  unsigned arrived = 0;     // lanes waiting at a collective
+  unsigned at_barrier = 0;  // lanes waiting at __syncthreads
+  unsigned exited = 0;      // lanes that returned
+  Arrival lanes[32];
+};
+
+enum class Order : uint8_t { linear, reverse, random };
+
+// All emulator state. Launches are serialised by `launch_mutex`, so one instance serves the process.
+struct Engine {
+  std::mutex launch_mutex;
+  bool schedule_initialised = false;
+  Order order = Order::linear;
+  uint64_t seed = 0;
+  std::mt19937_64 rng;
+
+  std::vector<Fiber*> pool;  // fibers are created once and reused by every later launch
+  jmp_buf scheduler;
+  Fiber* current = nullptr;
+  Fiber* booting = nullptr;
+  ucontext_t* boot_return = nullptr;
+
+  // The launch.
+  const LaunchConfig* config = nullptr;
+  void (*thunk)(void*) = nullptr;
+  void* thunk_ctx = nullptr;
+  unsigned nthreads = 0;
+  std::vector<unsigned> order_buf;
+  std::vector<Warp> warps;
+  unsigned char* shared_alloc = nullptr;  // guard | buffer | guard
+  size_t shared_alloc_bytes = 0;
+  unsigned char* shared = nullptr;
+  size_t shared_bytes = 0;
+
+  // The block.
+  unsigned live = 0;
+  unsigned exited = 0;
+  unsigned first_exited = 0;
+  unsigned barrier_count = 0;
+  int barrier_mode = 0;
+  int barrier_acc = 0;
+  int barrier_result = 0;
+  Site barrier_site{};
+  unsigned barrier_first = 0;
+  bool aborting = false;
+  std::exception_ptr error;
+  unsigned error_thread = 0;
+
+#if SIMT_ASAN
+  const void* sched_stack_bottom = nullptr;
+  size_t sched_stack_size = 0;
+#endif
+};
+
+Engine g_engine;
+inline Engine& engine() { return g_engine; }
+thread_local bool tl_in_launch = false;
+
+// Thrown into the fibers of an aborted block so that they unwind their kernel frames; never escapes a fiber.
+struct Aborting {};
+
+// ---- fibers --------------------------------------------------------------------------------------------------
+
+void switch_to_scheduler(Fiber* self) {
+  Engine& E = engine();
+  if (_setjmp(self->ctx) == 0) {
+#if SIMT_ASAN
+    void* fake = nullptr;
+    __sanitizer_start_switch_fiber(self->state == State::done ? nullptr : &fake, E.sched_stack_bottom,
+                                   E.sched_stack_size);
+#endif
+    _longjmp(E.scheduler, 1);
+  }
+#if SIMT_ASAN
+  __sanitizer_finish_switch_fiber(nullptr, &E.sched_stack_bottom, &E.sched_stack_size);
+#endif
+}
+
+void resume(Fiber* f) {
+  Engine& E = engine();
+  E.current = f;
+  threadIdx = f->tid;
+  if (_setjmp(E.scheduler) == 0) {
+#if SIMT_ASAN
+    void* fake = nullptr;
+    __sanitizer_start_switch_fiber(&fake, f->map + getpagesize(), kStackBytes);
+    (void)fake;
+#endif
+    _longjmp(f->ctx, 1);
+  }
+#if SIMT_ASAN
+  __sanitizer_finish_switch_fiber(nullptr, nullptr, nullptr);
+#endif
+  E.current = nullptr;
+}
+
+std::string thread_str(unsigned linear);
+
+[[noreturn]] void fiber_main() {
+  Engine& E = engine();
+  for (;;) {
+    Fiber* self = E.current;
+    if (!E.aborting) {
+      try {
+        E.thunk(E.thunk_ctx);
+      } catch (const Aborting&) {
+      } catch (...) {
+        if (!E.error) {
+          E.error = std::current_exception();
+          E.error_thread = self->linear;
+        }
+        E.aborting = true;
+      }
+    }
+    self = E.current;
+    self->state = State::done;
+    --E.live;
+    if (E.exited++ == 0) E.first_exited = self->linear;
+    E.warps[self->linear / 32].exited |= 1u << (self->linear % 32);
+    switch_to_scheduler(self);
+  }
+}
+
+void fiber_boot() {
+  Engine& E = engine();
+  if (_setjmp(E.booting->ctx) == 0) setcontext(E.boot_return);
+  // The scheduler's first _longjmp into this fiber lands here; the fiber never leaves fiber_main.
+#if SIMT_ASAN
+  __sanitizer_finish_switch_fiber(nullptr, &E.sched_stack_bottom, &E.sched_stack_size);
+#endif
+  fiber_main();
+}
+
+Fiber* create_fiber() {
+  Engine& E = engine();
+  const size_t page = static_cast<size_t>(getpagesize());
+  auto* f = new Fiber;
+  f->map_bytes = kStackBytes + page;
+  void* mem = mmap(nullptr, f->map_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+  if (mem == MAP_FAILED) {
+    delete f;
+    throw Error("simt: cannot map a fiber stack");
+  }
+  f->map = static_cast<char*>(mem);
+  mprotect(f->map, page, PROT_NONE);  // a stack overflow faults here instead of corrupting a neighbour
+  ucontext_t uc, back;
+  getcontext(&uc);
+  uc.uc_stack.ss_sp = f->map + page;
+  uc.uc_stack.ss_size = kStackBytes;
+  uc.uc_link = nullptr;
+  makecontext(&uc, fiber_boot, 0);
+  E.booting = f;
+  E.boot_return = &back;
+  swapcontext(&back, &uc);  // runs fiber_boot up to its _setjmp; from now on only _setjmp/_longjmp
+  E.booting = nullptr;
+  return f;
+}
+
+// ---- messages --------------------------------------------------------------------------------------------------
+
+std::string dim_str(uint3 v) {
+  return "(" + std::to_string(v.x) + "," + std::to_string(v.y) + "," + std::to_string(v.z) + ")";
+}
+uint3 unlinear(unsigned linear) {
+  return uint3{linear % blockDim.x, (linear / blockDim.x) % blockDim.y, linear / (blockDim.x * blockDim.y)};
+}
+std::string thread_str(unsigned linear) { return dim_str(unlinear(linear)); }
+std::string site_str(const Site& s) {
+  return std::string(s.name) + " at " + s.file + ":" + std::to_string(s.line);
+}
+bool same_site(const Site& a, const Site& b) {
+  return a.line == b.line && a.counter == b.counter && (a.file == b.file || std::strcmp(a.file, b.file) == 0);
+}
+
+[[noreturn]] void fail(const std::string& what) { throw Error(what); }
+
+void check_resumed() {
+  if (engine().aborting) throw Aborting{};
+}
+
+// ---- warp collectives ----------------------------------------------------------------------------------------
+
+bool valid_width(int width) { return width >= 1 && width <= 32 && (width & (width - 1)) == 0; }
+
+// The lane a shuffle reads, by the PTX ISA's shfl.sync rules (c = width-derived clamp/segment mask).
+int shuffle_source(WarpOp op, int lane, int arg, int width) {
+  const int seg_start = lane & ~(width - 1);
+  const int seg_end = seg_start + width - 1;
+  switch (op) {
+    case WarpOp::shfl_idx: return seg_start + (arg & (width - 1));
+    case WarpOp::shfl_up: { const int j = lane - arg; return j < seg_start ? lane : j; }
+    case WarpOp::shfl_down: { const int j = lane + arg; return j > seg_end ? lane : j; }
+    case WarpOp::shfl_xor: { const int j = lane ^ (arg & 31); return j > seg_end ? lane : j; }
+    default: return lane;
+  }
+}
+
+void complete_collective(Warp& w, unsigned group, unsigned warp_index) {
+  const Arrival& first = w.lanes[std::countr_zero(group)];
+  const WarpOp op = first.op;
+  uint64_t reduced = 0;
+  if (op == WarpOp::ballot || op == WarpOp::any || op == WarpOp::all) {
+    unsigned ballot = 0;
+    for (unsigned m = group; m; m &= m - 1) {
+      const int l = std::countr_zero(m);
+      if (w.lanes[l].in) ballot |= 1u << l;
+    }
+    reduced = op == WarpOp::ballot ? ballot : op == WarpOp::any ? (ballot != 0) : (ballot == group);
+  } else if (op == WarpOp::reduce_add || op == WarpOp::reduce_min || op == WarpOp::reduce_max) {
+    const bool is_signed = first.arg != 0;
+    int64_t acc = 0;
+    bool start = true;
+    for (unsigned m = group; m; m &= m - 1) {
+      const uint64_t bits = w.lanes[std::countr_zero(m)].in;
+      const int64_t v = is_signed ? static_cast<int64_t>(bits) : static_cast<int64_t>(bits & 0xffffffffu);
+      if (op == WarpOp::reduce_add) acc += v;
+      else if (start) acc = v;
+      else acc = op == WarpOp::reduce_min ? std::min(acc, v) : std::max(acc, v);
+      start = false;
+    }
+    reduced = static_cast<uint64_t>(acc) & 0xffffffffu;
+  }
+  for (unsigned m = group; m; m &= m - 1) {
+    const int l = std::countr_zero(m);
+    Arrival& a = w.lanes[l];
+    switch (op) {
+      case WarpOp::shfl_idx:
+      case WarpOp::shfl_up:
+      case WarpOp::shfl_down:
+      case WarpOp::shfl_xor: {
+        const int src = shuffle_source(op, l, a.arg, a.width);
+        if (!(group & (1u << src)))
+          fail("simt: " + site_str(a.site) + ": thread " + thread_str(warp_index * 32 + l) + " reads lane " +
+               std::to_string(src) + ", which is not in the mask (undefined on a GPU)");
+        a.out = w.lanes[src].in;
+        break;
+      }
+      case WarpOp::match_any: {
+        unsigned same = 0;
+        for (unsigned k = group; k; k &= k - 1)
+          if (w.lanes[std::countr_zero(k)].in == a.in) same |= 1u << std::countr_zero(k);
+        a.out = same;
+        break;
+      }
+      default: a.out = reduced; break;
+    }
+  }
+}
+
+}  // namespace
+
+uint64_t warp_collective(Site site, WarpOp op, unsigned mask, uint64_t value, int arg, int width) {
+  Engine& E = engine();
+  Fiber* self = E.current;
+  if (!self) fail(std::string("simt: ") + site.name + " called outside a kernel");
+  const unsigned lane = self->linear % 32;
+  const unsigned warp_index = self->linear / 32;
+  Warp& w = E.warps[warp_index];
+  const unsigned bit = 1u << lane;
+  const std::string who = "thread " + thread_str(self->linear) + " (lane " + std::to_string(lane) + ")";
+  if (!(mask & bit)) fail("simt: " + site_str(site) + ": " + who + " is not in its own mask");
+  if ((op == WarpOp::shfl_idx || op == WarpOp::shfl_up || op == WarpOp::shfl_down || op == WarpOp::shfl_xor) &&
+      !valid_width(width))
+    fail("simt: " + site_str(site) + ": invalid shuffle width " + std::to_string(width) +
+         " (must be a power of two in [1, 32])");
+  // Lanes past the end of a partial last warp do not exist: a full mask there names only the existing lanes.
+  const unsigned group = mask & w.existing;
+  if (const unsigned gone = group & w.exited)
+    fail("simt: " + site_str(site) + ": " + who + " waits for lane " + std::to_string(std::countr_zero(gone)) +
+         ", which has already returned");
+  if (const unsigned waiting = group & w.at_barrier) {
+    const unsigned other = warp_index * 32 + std::countr_zero(waiting);
+    fail("simt: divergent warp: " + who + " reached " + site_str(site) + " while thread " + thread_str(other) +
+         " named in its mask waits at " + site_str(E.barrier_site));
+  }
+  for (unsigned m = group & w.arrived; m; m &= m - 1) {
+    const Arrival& o = w.lanes[std::countr_zero(m)];
+    if (!same_site(o.site, site) || o.mask != mask) {
+      char masks[64];
+      std::snprintf(masks, sizeof masks, "mask 0x%08x vs 0x%08x", mask, o.mask);
+      fail("simt: divergent warp collective: " + who + " reached " + site_str(site) + " while thread " +
+           thread_str(warp_index * 32 + std::countr_zero(m)) + " waits at " + site_str(o.site) + " (" + masks + ")");
+    }
+  }
+  Arrival& mine = w.lanes[lane];
+  mine = Arrival{site, mask, op, arg, width, value, 0};
+  if (((w.arrived | bit) & group) == group) {
+    // The last lane to arrive completes the collective for the whole group and carries on without a switch.
+    complete_collective(w, group, warp_index);
+    w.arrived &= ~group;
+    for (unsigned m = group & ~bit; m; m &= m - 1)
+      E.pool[warp_index * 32 + std::countr_zero(m)]->state = State::runnable;
+    return mine.out;
+  }
+  w.arrived |= bit;
+  self->state = State::warp;
+  switch_to_scheduler(self);
+  check_resumed();
+  return mine.out;
+}
+
+unsigned active_mask() {
+  Engine& E = engine();
+  if (!E.current) return 0;
+  const Warp& w = E.warps[E.current->linear / 32];
+  return w.existing & ~w.exited;
+}
+
+void trap(const char* why) { fail(std::string("simt: ") + why); }
+
+int syncthreads(Site site, int mode, int predicate) {
+  Engine& E = engine();
+  Fiber* self = E.current;
+  if (!self) fail("simt: __syncthreads called outside a kernel");
+  if (E.barrier_count == 0) {
+    E.barrier_site = site;
+    E.barrier_mode = mode;
+    E.barrier_first = self->linear;
+    E.barrier_acc = mode == 2 ? 1 : 0;
+  } else if (!same_site(site, E.barrier_site)) {
+    fail("simt: divergent barrier: thread " + thread_str(self->linear) + " reached " + site_str(site) +
+         " while thread " + thread_str(E.barrier_first) + " waits at " + site_str(E.barrier_site));
+  }
+  switch (mode) {
+    case 1: E.barrier_acc += predicate; break;
+    case 2: E.barrier_acc &= predicate; break;
+    case 3: E.barrier_acc |= predicate; break;
+    default: break;
+  }
+  ++E.barrier_count;
+  self->state = State::barrier;
+  E.warps[self->linear / 32].at_barrier |= 1u << (self->linear % 32);
+  switch_to_scheduler(self);
+  check_resumed();
+  return E.barrier_result;
+}
+
+namespace {
+
+// ---- the scheduler -----------------------------------------------------------------------------------------
+
+void parse_schedule(const std::string& s, Order& order, uint64_t& seed) {
+  if (s.empty() || s == "linear") {
+    order = Order::linear;
+  } else if (s == "reverse") {
+    order = Order::reverse;
+  } else if (s == "random" || s.rfind("random:", 0) == 0) {
+    order = Order::random;
+    seed = 0;
+    if (s.size() > 7) {
+      const std::string digits = s.substr(7);
+      if (digits.empty() || digits.find_first_not_of("0123456789") != std::string::npos)
+        throw std::invalid_argument("simt: bad schedule '" + s + "': the seed of random:SEED must be a number");
+      seed = std::stoull(digits);
+    }
+  } else {
+    throw std::invalid_argument("simt: unknown schedule '" + s + "' (expected linear, reverse or random:SEED)");
+  }
+}
+
+void init_schedule_from_env(Engine& E) {
+  if (E.schedule_initialised) return;
+  E.schedule_initialised = true;
+  const char* env = std::getenv("VGG_SIM_SCHEDULE");
+  if (env) {
+    try {
+      parse_schedule(env, E.order, E.seed);
+    } catch (const std::invalid_argument& e) {
+      throw Error(std::string(e.what()) + " in VGG_SIM_SCHEDULE");
+    }
+  }
+  E.rng.seed(E.seed);
+}
+
+void order_threads(Engine& E) {
+  auto& o = E.order_buf;
+  if (E.order == Order::random) std::shuffle(o.begin(), o.end(), E.rng);
+}
+
+// A thread that waits at a collective whose lanes can no longer arrive: name both.
+[[noreturn]] void report_stall(Engine& E) {
+  for (unsigned t = 0; t < E.nthreads; ++t) {
+    const Fiber* f = E.pool[t];
+    if (f->state != State::warp) continue;
+    const Warp& w = E.warps[t / 32];
+    const Arrival& a = w.lanes[t % 32];
+    const unsigned missing = (a.mask & w.existing) & ~w.arrived;
+    const unsigned lane = std::countr_zero(missing);
+    const unsigned other = (t / 32) * 32 + lane;
+    E.error_thread = t;
+    if (missing == 0) break;
+    if (w.exited & (1u << lane))
+      fail("simt: " + site_str(a.site) + ": thread " + thread_str(t) + " waits for lane " + std::to_string(lane) +
+           ", which has returned");
+    fail("simt: divergent warp: thread " + thread_str(t) + " waits at " + site_str(a.site) + " while thread " +
+         thread_str(other) + " named in its mask waits at " + site_str(E.barrier_site));
+  }
+  fail("simt: internal error: block stalled with no waiting thread");
+}
+
+// Runs one block to completion; on error, unwinds every fiber and rethrows.
+void run_block(Engine& E) {
+  for (unsigned t = 0; t < E.nthreads; ++t) E.pool[t]->state = State::runnable;
+  for (Warp& w : E.warps) w.arrived = w.at_barrier = w.exited = 0;
+  E.live = E.nthreads;
+  E.exited = 0;
+  E.barrier_count = 0;
+  E.aborting = false;
+  E.error = nullptr;
+  if (E.order == Order::reverse) std::reverse(E.order_buf.begin(), E.order_buf.end());
+
+  try {
+    while (E.live > 0) {
+      order_threads(E);
+      bool progress = false;
+      for (unsigned t : E.order_buf) {
+        Fiber* f = E.pool[t];
+        if (f->state != State::runnable) continue;
+        resume(f);
+        progress = true;
+        if (E.aborting) break;
+      }
+      if (E.aborting) break;
+      if (E.live == 0) break;
+      if (E.barrier_count == E.live) {
+        if (E.exited > 0) {
+          E.error_thread = E.barrier_first;
+          fail("simt: divergent barrier: " + std::to_string(E.live) + " threads wait at " + site_str(E.barrier_site) +
+               " but thread " + thread_str(E.first_exited) + " has returned (every thread of a block must reach "
+               "each __syncthreads)");
+        }
+        E.barrier_result = E.barrier_acc;
+        E.barrier_count = 0;
+        for (unsigned t = 0; t < E.nthreads; ++t)
+          if (E.pool[t]->state == State::barrier) E.pool[t]->state = State::runnable;
+        for (Warp& w : E.warps) w.at_barrier = 0;
+        continue;
+      }
+      if (!progress) report_stall(E);
+    }
+  } catch (...) {
+    if (!E.error) E.error = std::current_exception();
+    E.aborting = true;
+  }
+  if (E.order == Order::reverse) std::reverse(E.order_buf.begin(), E.order_buf.end());
+  if (E.aborting) {
+    // Let every unfinished fiber unwind (its barrier or collective throws Aborting) so the pool is reusable.
+    for (unsigned t = 0; t < E.nthreads; ++t)
+      if (E.pool[t]->state != State::done) resume(E.pool[t]);
+    std::rethrow_exception(E.error);
+  }
+}
+
+void prepare_shared(Engine& E, size_t bytes) {
+  const size_t rounded = (bytes + 15) & ~size_t{15};
+  const size_t need = rounded + 2 * kGuardBytes;
+  if (need > E.shared_alloc_bytes) {
+    std::free(E.shared_alloc);
+    E.shared_alloc = static_cast<unsigned char*>(std::aligned_alloc(64, (need + 63) & ~size_t{63}));
+    if (!E.shared_alloc) throw Error("simt: cannot allocate dynamic shared memory");
+    E.shared_alloc_bytes = need;
+  }
+  E.shared = E.shared_alloc + kGuardBytes;
+  E.shared_bytes = rounded;
+}
+
+void poison_shared(Engine& E) {
+#if SIMT_ASAN
+  ASAN_UNPOISON_MEMORY_REGION(E.shared_alloc, E.shared_bytes + 2 * kGuardBytes);
+#endif
+  std::memset(E.shared_alloc, kGuardByte, kGuardBytes);
+  std::memset(E.shared, kPoisonByte, E.shared_bytes);
+  std::memset(E.shared + E.shared_bytes, kGuardByte, kGuardBytes);
+#if SIMT_ASAN
+  ASAN_POISON_MEMORY_REGION(E.shared_alloc, kGuardBytes);
+  ASAN_POISON_MEMORY_REGION(E.shared + E.config->dynamic_shared_bytes,
+                            E.shared_bytes - E.config->dynamic_shared_bytes + kGuardBytes);
+#endif
+}
+
+void check_shared_guards(Engine& E) {
+#if SIMT_ASAN
+  ASAN_UNPOISON_MEMORY_REGION(E.shared_alloc, E.shared_bytes + 2 * kGuardBytes);
+#endif
+  const size_t size = E.config->dynamic_shared_bytes;
+  for (size_t i = 0; i < kGuardBytes; ++i)
+    if (E.shared_alloc[i] != kGuardByte)
+      fail("simt: shared memory overflow: a thread wrote " + std::to_string(kGuardBytes - i) +
+           " bytes before the start of the dynamic shared buffer (" + std::to_string(size) + " bytes)");
+  // Bytes between the requested size and the 16-byte rounding count as overflow too.
+  const unsigned char* tail = E.shared + size;
+  for (size_t i = 0; i < E.shared_bytes - size + kGuardBytes; ++i)
+    if (tail[i] != (i < E.shared_bytes - size ? kPoisonByte : kGuardByte))
+      fail("simt: shared memory overflow: a thread wrote at byte offset " + std::to_string(size + i) +
+           " of the dynamic shared buffer, which has " + std::to_string(size) + " bytes");
+}
+
+void validate(const LaunchConfig& c) {
+  const auto bad = [&](const std::string& what) {
+    throw Error(std::string("simt: invalid launch of kernel '") + c.kernel_name + "': " + what);
+  };
+  const auto e = [](const Extent& x) {
+    return "(" + std::to_string(x.x) + "," + std::to_string(x.y) + "," + std::to_string(x.z) + ")";
+  };
+  if (c.grid.x < 1 || c.grid.y < 1 || c.grid.z < 1) bad("grid " + e(c.grid) + " has an empty dimension");
+  if (c.block.x < 1 || c.block.y < 1 || c.block.z < 1) bad("block " + e(c.block) + " has an empty dimension");
+  if (c.grid.x > 2147483647) bad("grid.x = " + std::to_string(c.grid.x) + " exceeds 2^31-1");
+  if (c.grid.y > 65535) bad("grid.y = " + std::to_string(c.grid.y) + " exceeds 65535");
+  if (c.grid.z > 65535) bad("grid.z = " + std::to_string(c.grid.z) + " exceeds 65535");
+  if (c.block.x > 1024) bad("block.x = " + std::to_string(c.block.x) + " exceeds 1024");
+  if (c.block.y > 1024) bad("block.y = " + std::to_string(c.block.y) + " exceeds 1024");
+  if (c.block.z > 64) bad("block.z = " + std::to_string(c.block.z) + " exceeds 64");
+  if (c.block.x * c.block.y * c.block.z > static_cast<int64_t>(kMaxThreadsPerBlock))
+    bad("block " + e(c.block) + " has " + std::to_string(c.block.x * c.block.y * c.block.z) +
+        " threads, more than 1024");
+  if (c.dynamic_shared_bytes > kMaxDynamicShared)
+    bad("dynamic shared memory of " + std::to_string(c.dynamic_shared_bytes) + " bytes exceeds 227 KiB (" +
+        std::to_string(kMaxDynamicShared) + " bytes)");
+}
+
+// Visits the blocks of the grid in schedule order without materialising a permutation: random order is an
+// affine map i -> (a*i + c) mod n with gcd(a, n) = 1.
+struct BlockOrder {
+  uint64_t n, a = 1, c = 0;
+  bool reverse = false;
+  BlockOrder(Engine& E, uint64_t count) : n(count) {
+    if (E.order == Order::reverse) reverse = true;
+    if (E.order == Order::random && n > 1) {
+      do a = E.rng() % n; while (std::gcd(a, n) != 1);
+      c = E.rng() % n;
+    }
+  }
+  uint64_t operator[](uint64_t i) const {
+    if (reverse) return n - 1 - i;
+    return static_cast<uint64_t>((static_cast<unsigned __int128>(a) * i + c) % n);
+  }
+};
+
+}  // namespace
+
+void run_grid(const LaunchConfig& config, void (*thunk)(void*), void* ctx) {
+  if (tl_in_launch) throw Error(std::string("simt: kernel '") + config.kernel_name + "' launched from inside a kernel");
+  validate(config);
+  Engine& E = engine();
+  std::lock_guard<std::mutex> lock(E.launch_mutex);
+  tl_in_launch = true;
+  struct Reset {
+    ~Reset() {
+      tl_in_launch = false;
+      threadIdx = uint3{0, 0, 0};
+      blockIdx = uint3{0, 0, 0};
+      blockDim = dim3();
+      gridDim = dim3();
+      engine().current = nullptr;
+    }
+  } reset;
+
+  init_schedule_from_env(E);
+  const unsigned n = static_cast<unsigned>(config.block.x * config.block.y * config.block.z);
+  while (E.pool.size() < n) E.pool.push_back(create_fiber());
+  E.config = &config;
+  E.thunk = thunk;
+  E.thunk_ctx = ctx;
+  E.nthreads = n;
+  gridDim = dim3(static_cast<unsigned>(config.grid.x), static_cast<unsigned>(config.grid.y),
+                 static_cast<unsigned>(config.grid.z));
+  blockDim = dim3(static_cast<unsigned>(config.block.x), static_cast<unsigned>(config.block.y),
+                  static_cast<unsigned>(config.block.z));
+  for (unsigned t = 0; t < n; ++t) {
+    E.pool[t]->linear = t;
+    E.pool[t]->tid = unlinear(t);
+  }
+  E.order_buf.resize(n);
+  std::iota(E.order_buf.begin(), E.order_buf.end(), 0u);
+  E.warps.assign((n + 31) / 32, Warp{});
+  for (unsigned wi = 0; wi < E.warps.size(); ++wi) {
+    const unsigned lanes = std::min(32u, n - wi * 32);
+    E.warps[wi].existing = lanes == 32 ? 0xffffffffu : (1u << lanes) - 1;
+  }
+  prepare_shared(E, config.dynamic_shared_bytes);
+
+  const uint64_t gx = gridDim.x, gy = gridDim.y;
+  const uint64_t nblocks = gx * gy * gridDim.z;
+  const BlockOrder blocks(E, nblocks);
+  for (uint64_t i = 0; i < nblocks; ++i) {
+    const uint64_t b = blocks[i];
+    blockIdx = uint3{static_cast<unsigned>(b % gx), static_cast<unsigned>((b / gx) % gy),
+                     static_cast<unsigned>(b / (gx * gy))};
+    try {
+      poison_shared(E);
+      run_block(E);
+      check_shared_guards(E);
+    } catch (const Aborting&) {
+      throw Error("simt: internal error: abort escaped a fiber");
+    } catch (const std::exception& e) {
+      std::string what = e.what();
+      if (dynamic_cast<const Error*>(&e) && what.rfind("simt: ", 0) == 0) what.erase(0, 6);
+      else what = "exception: " + what;
+      throw Error(std::string("simt: kernel '") + config.kernel_name + "' block " + dim_str(blockIdx) + " thread " +
+                  thread_str(E.error_thread) + ": " + what);
+    } catch (...) {
+      throw Error(std::string("simt: kernel '") + config.kernel_name + "' block " + dim_str(blockIdx) + " thread " +
+                  thread_str(E.error_thread) + ": unknown exception");
+    }
+  }
+}
+
+}  // namespace simt::detail
+
+namespace simt {
+
+void set_schedule(const std::string& schedule) {
+  auto& E = detail::engine();
+  std::lock_guard<std::mutex> lock(E.launch_mutex);
+  detail::parse_schedule(schedule, E.order, E.seed);
+  E.schedule_initialised = true;
+  E.rng.seed(E.seed);
+}
+
+std::string get_schedule() {
+  auto& E = detail::engine();
+  std::lock_guard<std::mutex> lock(E.launch_mutex);
+  detail::init_schedule_from_env(E);
+  switch (E.order) {
+    case detail::Order::linear: return "linear";
+    case detail::Order::reverse: return "reverse";
+    default: return "random:" + std::to_string(E.seed);
+  }
+}
+
+void* dynamic_shared() {
+  auto& E = detail::engine();
+  if (!E.current) throw Error("simt: dynamic_shared() called outside a kernel");
+  return E.shared;
+}
+
+}  // namespace simt

@@ -1,0 +1,53 @@
+"""vggcore: a from-scratch convolution engine for the VGG networks of Simonyan & Zisserman (ICLR 2015).
+
+Hand-written C++ (CPU) and CUDA kernels in ``vggcore._C``; a small autograd (``vggcore.tensor``), layers
+(``vggcore.nn``), SGD (``vggcore.optim``), the paper's six configurations (``vggcore.models``) and its
+training and evaluation recipe (``vggcore.train``, ``vggcore.evaluate``). Activations are NHWC.
+"""
+
+from . import _C
+from .autograd import no_grad, enable_grad, is_grad_enabled
+from .random import manual_seed
+from .tensor import Tensor, tensor, zeros, ones
+from . import nn, optim
+
+__version__ = "0.1.0"
+
+
+def devices():
+    """What this build and machine can run, e.g. ``["cpu", "sim", "cuda:0"]``."""
+    return list(_C.devices())
+
+
+def cuda_available():
+    """True when vggcore was compiled with CUDA and at least one GPU is usable."""
+    return any(name.startswith("cuda") for name in _C.devices())
+
+
+def default_device():
+    """The device ``device="auto"`` means: the first GPU when there is one, else the CPU."""
+    return "cuda:0" if cuda_available() else "cpu"
+
+
+def __getattr__(name):
+    """Models, training and evaluation load on first use, keeping ``import vggcore`` light."""
+    # Importing the submodules vggcore/train.py and vggcore/evaluate.py binds their module objects to these names;
+    # rebinding the functions afterwards keeps `vggcore.train(...)` and `vggcore.evaluate(...)` callable.
+    if name == "models":
+        from . import models
+        return models
+    if name in ("train", "TrainResult"):
+        from .train import TrainResult, train
+        globals().update(train=train, TrainResult=TrainResult)
+        return globals()[name]
+    if name == "evaluate":
+        from .evaluate import evaluate
+        globals()["evaluate"] = evaluate
+        return evaluate
+    raise AttributeError(f"module 'vggcore' has no attribute {name!r}")
+
+
+__all__ = [
+    "Tensor", "tensor", "zeros", "ones", "no_grad", "enable_grad", "is_grad_enabled", "manual_seed",
+    "devices", "cuda_available", "default_device", "nn", "optim", "models", "train", "TrainResult", "evaluate",
+]

@@ -1,0 +1,228 @@
+"""Checkpoints as safetensors files, written by hand (no dependency) and readable by the ``safetensors`` package.
+
+File layout (https://github.com/huggingface/safetensors): an 8-byte little-endian unsigned header length N,
+N bytes of UTF-8 JSON, then the raw little-endian tensor bytes. The JSON maps each tensor name to
+``{"dtype", "shape", "data_offsets": [begin, end]}`` (offsets relative to the end of the header) and holds
+``"__metadata__"``, a flat string-to-string map.
+
+``save_state``/``load_state`` store any nested structure of dicts, lists, numbers, strings and NumPy arrays:
+arrays become tensors named by their path (``model/conv1_1.weight``), everything else is kept as JSON in the
+metadata entry ``"vggcore"`` with ``{"__tensor__": name}`` where an array was. Round trips are bit-exact.
+
+Writes are atomic: a temporary file in the target's folder is written, flushed and fsynced, renamed over the
+target with ``os.replace``, and the folder is fsynced, so a crash leaves either the old file or the new one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["save_file", "load_file", "save_state", "load_state", "atomic_write_bytes", "read_metadata"]
+
+_DTYPES = {
+    "F64": np.float64, "F32": np.float32, "F16": np.float16,
+    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8,
+    "U64": np.uint64, "U32": np.uint32, "U16": np.uint16, "U8": np.uint8, "BOOL": np.bool_,
+}
+_CODES = {np.dtype(v).newbyteorder("<"): k for k, v in _DTYPES.items()}
+_CODES[np.dtype(np.bool_)] = "BOOL"
+_METADATA_KEY = "vggcore"
+_MAX_HEADER = 100_000_000
+
+
+def _current_umask():
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_current_umask()   # mkstemp creates 0600; checkpoints get the usual permissions
+
+
+def _fsync_dir(folder):
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return                       # platforms without directory handles (Windows)
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path, write):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if hasattr(os, "fchmod"):
+                os.fchmod(f.fileno(), _FILE_MODE)
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path, data: bytes):
+    """Write ``data`` to ``path`` atomically (temporary file, fsync, rename, fsync of the folder)."""
+    _atomic_write(path, lambda f: f.write(data))
+
+
+def save_file(path, tensors: dict, metadata: dict | None = None):
+    """Write ``{name: array}`` (and a string-to-string ``metadata`` map) as a safetensors file, atomically."""
+    header = {}
+    if metadata:
+        bad = [k for k, v in metadata.items() if not isinstance(k, str) or not isinstance(v, str)]
+        if bad:
+            raise TypeError(f"save_file: metadata keys and values must be strings (bad keys: {bad})")
+        header["__metadata__"] = dict(metadata)
+    arrays = []
+    offset = 0
+    for name in sorted(tensors):
+        if not isinstance(name, str) or name == "__metadata__":
+            raise ValueError(f"save_file: invalid tensor name {name!r}")
+        arr = np.asarray(tensors[name])
+        code = _CODES.get(arr.dtype.newbyteorder("<") if arr.dtype.byteorder != "|" else arr.dtype)
+        if code is None:
+            raise TypeError(f"save_file: tensor {name!r} has unsupported dtype {arr.dtype}")
+        arr = np.require(arr, dtype=arr.dtype.newbyteorder("<"), requirements="C")
+        nbytes = arr.nbytes
+        header[name] = {"dtype": code, "shape": list(arr.shape), "data_offsets": [offset, offset + nbytes]}
+        arrays.append(arr)
+        offset += nbytes
+    blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    blob += b" " * (-len(blob) % 8)          # pad so the data starts 8-byte aligned, as safetensors does
+
+    def write(f):
+        f.write(struct.pack("<Q", len(blob)))
+        f.write(blob)
+        for arr in arrays:
+            f.write(memoryview(arr.reshape(-1)).cast("B") if arr.size else b"")
+
+    _atomic_write(path, write)
+
+
+def _read_header(f, path):
+    raw = f.read(8)
+    if len(raw) != 8:
+        raise ValueError(f"{path} is not a safetensors file (shorter than 8 bytes)")
+    (n,) = struct.unpack("<Q", raw)
+    if n > _MAX_HEADER:
+        raise ValueError(f"{path} is not a safetensors file (header length {n})")
+    text = f.read(n)
+    if len(text) != n:
+        raise ValueError(f"{path} is truncated (header of {n} bytes expected)")
+    try:
+        header = json.loads(text.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ValueError(f"{path} is not a safetensors file (bad JSON header: {e})") from None
+    if not isinstance(header, dict):
+        raise ValueError(f"{path} is not a safetensors file (header is not a JSON object)")
+    return header, 8 + n
+
+
+def read_metadata(path) -> dict:
+    """The ``__metadata__`` map of a safetensors file, without reading its tensors."""
+    with open(path, "rb") as f:
+        header, _ = _read_header(f, path)
+    return dict(header.get("__metadata__") or {})
+
+
+def load_file(path):
+    """Read a safetensors file: returns ``(tensors: {name: array}, metadata: dict)``."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        header, start = _read_header(f, path)
+        data = f.read()
+    metadata = dict(header.pop("__metadata__", None) or {})
+    tensors = {}
+    for name, info in header.items():
+        try:
+            dtype = np.dtype(_DTYPES[info["dtype"]]).newbyteorder("<")
+            shape = tuple(int(s) for s in info["shape"])
+            begin, end = (int(o) for o in info["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"{path}: bad header entry for tensor {name!r}: {info!r}") from None
+        count = int(np.prod(shape, dtype=np.int64))
+        if end - begin != count * dtype.itemsize or begin < 0 or end > len(data):
+            raise ValueError(f"{path}: tensor {name!r} data offsets {begin}..{end} do not fit its shape "
+                             f"{shape} or the file ({len(data)} data bytes); the file may be truncated")
+        arr = np.frombuffer(data, dtype=dtype, count=count, offset=begin).reshape(shape)
+        tensors[name] = arr.astype(arr.dtype.newbyteorder("="), copy=True)
+    return tensors, metadata
+
+
+# ----------------------------------------------------------------------------------- nested state <-> file
+
+def _flatten(obj, prefix, tensors):
+    if isinstance(obj, np.ndarray) or isinstance(obj, np.generic):
+        name = prefix or "value"
+        tensors[name] = np.asarray(obj)
+        return {"__tensor__": name, **({"__scalar__": True} if isinstance(obj, np.generic) else {})}
+    if isinstance(obj, dict):
+        out = {}
+        keys = []
+        for k, v in obj.items():
+            if isinstance(k, bool) or not isinstance(k, (str, int)):
+                raise TypeError(f"save_state: dict keys must be str or int, got {k!r} at {prefix or '/'}")
+            keys.append([k, _flatten(v, f"{prefix}/{k}" if prefix else str(k), tensors)])
+        # Key order and int keys survive the JSON round trip as a list of [key, value] pairs.
+        out["__dict__"] = keys
+        return out
+    if isinstance(obj, (list, tuple)):
+        items = [_flatten(v, f"{prefix}/{i}" if prefix else str(i), tensors) for i, v in enumerate(obj)]
+        return {"__tuple__": items} if isinstance(obj, tuple) else items
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        if isinstance(obj, float) and not np.isfinite(obj):
+            return {"__float__": repr(obj)}
+        return obj
+    raise TypeError(f"save_state: cannot store {type(obj).__name__} at {prefix or '/'}")
+
+
+def _unflatten(obj, tensors):
+    if isinstance(obj, list):
+        return [_unflatten(v, tensors) for v in obj]
+    if isinstance(obj, dict):
+        if "__tensor__" in obj:
+            arr = tensors[obj["__tensor__"]]
+            return arr[()] if obj.get("__scalar__") else arr
+        if "__dict__" in obj:
+            return {k: _unflatten(v, tensors) for k, v in obj["__dict__"]}
+        if "__tuple__" in obj:
+            return tuple(_unflatten(v, tensors) for v in obj["__tuple__"])
+        if "__float__" in obj:
+            return float(obj["__float__"])
+        raise ValueError(f"load_state: unknown entry {obj!r}")
+    return obj
+
+
+def save_state(path, state):
+    """Save a nested structure (dicts, lists, tuples, numbers, strings, None, NumPy arrays), atomically."""
+    tensors = {}
+    skeleton = _flatten(state, "", tensors)
+    save_file(path, tensors, {_METADATA_KEY: json.dumps(skeleton, separators=(",", ":")),
+                              "format": "vggcore-checkpoint-1"})
+
+
+def load_state(path):
+    """Read back what ``save_state`` wrote."""
+    tensors, metadata = load_file(path)
+    if _METADATA_KEY not in metadata:
+        raise ValueError(f"{path} is a safetensors file but not a vggcore checkpoint (no '{_METADATA_KEY}' metadata)")
+    return _unflatten(json.loads(metadata[_METADATA_KEY]), tensors)

@@ -1,0 +1,282 @@
+"""Differentiable ops on NHWC tensors, one ``Function`` each (forward and backward run engine kernels).
+
+Every op checks its Python-level arguments here (types, ranges) and leaves shapes, dtypes and devices to the
+engine, which validates them once and raises ValueError/TypeError naming the op, the argument and the shapes.
+"""
+
+import numbers
+
+import numpy as np
+
+from .. import _C
+from .. import random as _random
+from ..autograd import Function
+from ..tensor import Tensor
+
+
+# ---- argument checks -------------------------------------------------------------------------------------------
+def _check_tensor(op, name, value, optional=False):
+    if value is None and optional:
+        return
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{op}: {name} must be a vggcore Tensor, got {type(value).__name__}")
+
+
+def _int_arg(op, name, value, minimum):
+    """An int >= minimum; a pair (a, a) is accepted for PyTorch-style calls, a pair (a, b) is not supported."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2 or value[0] != value[1]:
+            raise ValueError(f"{op}: {name} must be one int (the same along height and width), got {value!r}")
+        value = value[0]
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{op}: {name} must be an int, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{op}: {name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def _real_arg(op, name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{op}: {name} must be a number, got {type(value).__name__} {value!r}")
+    value = float(value)
+    if not np.isfinite(value):
+        raise ValueError(f"{op}: {name} must be finite, got {value}")
+    return value
+
+
+# ---- convolution and fully connected ------------------------------------------------------------------------------
+class _Conv2d(Function):
+    def forward(self, x, w, bias, stride, padding):
+        self.stride, self.padding = stride, padding
+        return _C.conv2d_forward(x, w, bias, stride, padding)
+
+    def backward(self, dy):
+        x, w, bias = (t._data if t is not None else None for t in self.inputs)
+        dx = _C.conv2d_backward_data(dy, w, list(x.shape), self.stride, self.padding) if self.needs_grad(0) else None
+        dw = _C.conv2d_backward_weight(x, dy, list(w.shape), self.stride, self.padding) if self.needs_grad(1) else None
+        db = _C.bias_backward(dy) if self.needs_grad(2) else None
+        return dx, dw, db
+
+
+def conv2d(x, weight, bias=None, stride=1, padding=0):
+    """x (N, H, W, C), weight (K, R, S, C), bias (K) -> (N, P, Q, K); P = (H + 2 padding - R) // stride + 1."""
+    _check_tensor("conv2d", "input", x)
+    _check_tensor("conv2d", "weight", weight)
+    _check_tensor("conv2d", "bias", bias, optional=True)
+    stride = _int_arg("conv2d", "stride", stride, 1)
+    padding = _int_arg("conv2d", "padding", padding, 0)
+    return _Conv2d.apply(x, weight, bias, stride=stride, padding=padding)
+
+
+class _Linear(Function):
+    def forward(self, x, w, bias):
+        return _C.linear_forward(x, w, bias)
+
+    def backward(self, dy):
+        x, w, _ = (t._data if t is not None else None for t in self.inputs)
+        dx = _C.linear_backward_data(dy, w) if self.needs_grad(0) else None
+        dw = _C.linear_backward_weight(x, dy) if self.needs_grad(1) else None
+        db = _C.bias_backward(dy) if self.needs_grad(2) else None
+        return dx, dw, db
+
+
+def linear(x, weight, bias=None):
+    """x (..., in), weight (out, in), bias (out) -> (..., out) = x weight^T + bias."""
+    _check_tensor("linear", "input", x)
+    _check_tensor("linear", "weight", weight)
+    _check_tensor("linear", "bias", bias, optional=True)
+    return _Linear.apply(x, weight, bias)
+
+
+# ---- activations and regularisation ---------------------------------------------------------------------------------
+class _ReLU(Function):
+    def forward(self, x):
+        return _C.relu_forward(x)
+
+    def backward(self, dy):
+        return (_C.relu_backward(self.inputs[0]._data, dy),)
+
+
+def relu(x):
+    _check_tensor("relu", "input", x)
+    return _ReLU.apply(x)
+
+
+class _Dropout(Function):
+    def forward(self, x, p, seed):
+        self.p, self.seed = p, seed
+        return _C.dropout(x, p, seed)
+
+    def backward(self, dy):
+        return (_C.dropout(dy, self.p, self.seed),)  # the same mask and scale, recomputed from the seed
+
+
+def dropout(x, p=0.5, training=True, seed=None):
+    """Inverted dropout: zeroes each element with probability p and scales the rest by 1 / (1 - p).
+
+    The mask is a pure function of (seed, element index) (Philox4x32-10), identical on every device; ``seed``
+    defaults to a fresh draw from vggcore's generator (``vggcore.manual_seed``). Identity when not training.
+    """
+    _check_tensor("dropout", "input", x)
+    p = _real_arg("dropout", "p", p)
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout: p must be in [0, 1], got {p}")
+    if not training or p == 0.0:
+        return x
+    if seed is None:
+        seed = _random.next_seed()
+    elif isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"dropout: seed must be an int, got {type(seed).__name__}")
+    return _Dropout.apply(x, p=p, seed=int(seed) & 0xFFFFFFFFFFFFFFFF)
+
+
+# ---- pooling ----------------------------------------------------------------------------------------------------
+class _MaxPool2d(Function):
+    def forward(self, x, kernel, stride):
+        self.kernel, self.stride, self.x_shape = kernel, stride, list(x.shape)
+        y, self.argmax = _C.max_pool2d_forward(x, kernel, stride)
+        return y
+
+    def backward(self, dy):
+        return (_C.max_pool2d_backward(dy, self.argmax, self.x_shape, self.kernel, self.stride),)
+
+
+def max_pool2d(x, kernel_size=2, stride=2):
+    """Max over kernel_size x kernel_size windows, floor mode, no padding; stride=None means kernel_size."""
+    _check_tensor("max_pool2d", "input", x)
+    kernel_size = _int_arg("max_pool2d", "kernel_size", kernel_size, 1)
+    stride = kernel_size if stride is None else _int_arg("max_pool2d", "stride", stride, 1)
+    return _MaxPool2d.apply(x, kernel=kernel_size, stride=stride)
+
+
+class _AvgPool2d(Function):
+    def forward(self, x, kernel, stride):
+        self.kernel, self.stride, self.x_shape = kernel, stride, list(x.shape)
+        return _C.avg_pool2d_forward(x, kernel, stride)
+
+    def backward(self, dy):
+        return (_C.avg_pool2d_backward(dy, self.x_shape, self.kernel, self.stride),)
+
+
+def avg_pool2d(x, kernel_size=2, stride=2):
+    """Mean over kernel_size x kernel_size windows, floor mode, no padding; stride=None means kernel_size."""
+    _check_tensor("avg_pool2d", "input", x)
+    kernel_size = _int_arg("avg_pool2d", "kernel_size", kernel_size, 1)
+    stride = kernel_size if stride is None else _int_arg("avg_pool2d", "stride", stride, 1)
+    return _AvgPool2d.apply(x, kernel=kernel_size, stride=stride)
+
+
+class _GlobalAvgPool2d(Function):
+    def forward(self, x):
+        self.x_shape = list(x.shape)
+        return _C.global_avg_pool_forward(x)
+
+    def backward(self, dy):
+        return (_C.global_avg_pool_backward(dy, self.x_shape),)
+
+
+def global_avg_pool2d(x):
+    """x (N, H, W, C) -> (N, C), the mean over every position (dense evaluation averages class scores so)."""
+    _check_tensor("global_avg_pool2d", "input", x)
+    return _GlobalAvgPool2d.apply(x)
+
+
+# ---- normalisation ------------------------------------------------------------------------------------------------
+class _LocalResponseNorm(Function):
+    def forward(self, x, size, alpha, beta, k):
+        self.params = (size, alpha, beta, k)
+        self.y, self.scale = _C.lrn_forward(x, size, alpha, beta, k)
+        return self.y
+
+    def backward(self, dy):
+        return (_C.lrn_backward(self.inputs[0]._data, self.y, self.scale, dy, *self.params),)
+
+
+def local_response_norm(x, size=5, alpha=1e-4, beta=0.75, k=1.0):
+    """Across channels (the last axis), PyTorch's/Caffe's convention:
+    b_c = a_c / (k + alpha / size * sum_{c' in window(c)} a_c'^2) ^ beta.
+
+    The AlexNet/VGG papers write alpha without the 1/size: their LRN (k=2, n=5, alpha=1e-4, beta=0.75) is
+    size=5, alpha=5e-4, beta=0.75, k=2 here.
+    """
+    op = "local_response_norm"
+    _check_tensor(op, "input", x)
+    size = _int_arg(op, "size", size, 1)
+    return _LocalResponseNorm.apply(x, size=size, alpha=_real_arg(op, "alpha", alpha),
+                                    beta=_real_arg(op, "beta", beta), k=_real_arg(op, "k", k))
+
+
+# ---- softmax and the loss -------------------------------------------------------------------------------------------
+def _check_last_axis(op, dim, x):
+    if dim not in (-1, x.ndim - 1):
+        raise ValueError(f"{op}: only the last axis is supported (dim=-1), got dim={dim} for shape {x.shape}")
+
+
+class _Softmax(Function):
+    def forward(self, x):
+        self.y = _C.softmax_forward(x)
+        return self.y
+
+    def backward(self, dy):
+        return (_C.softmax_backward(self.y, dy),)
+
+
+def softmax(x, dim=-1):
+    """exp(x) / sum(exp(x)) over the last axis, computed stably."""
+    _check_tensor("softmax", "input", x)
+    _check_last_axis("softmax", dim, x)
+    return _Softmax.apply(x)
+
+
+class _LogSoftmax(Function):
+    def forward(self, x):
+        self.y = _C.log_softmax_forward(x)
+        return self.y
+
+    def backward(self, dy):
+        return (_C.log_softmax_backward(self.y, dy),)
+
+
+def log_softmax(x, dim=-1):
+    """x - logsumexp(x) over the last axis, computed stably."""
+    _check_tensor("log_softmax", "input", x)
+    _check_last_axis("log_softmax", dim, x)
+    return _LogSoftmax.apply(x)
+
+
+def _labels(op, target):
+    """Integer class labels as an int64 engine tensor on the cpu (the engine checks their range)."""
+    if isinstance(target, Tensor):
+        values = target.numpy()
+    elif isinstance(target, (str, bytes)) or target is None:
+        raise TypeError(f"{op}: target must be integer class labels (array, list or Tensor), got "
+                        f"{type(target).__name__}")
+    else:
+        try:
+            values = np.asarray(target)
+        except ValueError as error:
+            raise ValueError(f"{op}: target is not a rectangular array ({error})") from None
+    if values.dtype.kind == "f":
+        if not np.all(np.isfinite(values)) or not np.all(values == np.round(values)):
+            raise ValueError(f"{op}: target must hold integer class labels, got non-integer values")
+    elif values.dtype.kind not in "biu":
+        raise TypeError(f"{op}: target must hold integer class labels, got dtype {values.dtype}")
+    values = np.ascontiguousarray(values, dtype=np.int64)
+    return _C.Tensor.from_numpy(values, "cpu")
+
+
+class _CrossEntropy(Function):
+    def forward(self, logits, target):
+        self.target = target
+        loss, self.logp = _C.cross_entropy_forward(logits, target)
+        return loss
+
+    def backward(self, dloss):
+        return (_C.cross_entropy_backward(self.logp, self.target, dloss),)
+
+
+def cross_entropy(logits, target):
+    """Mean over the batch of -log softmax(logits)[target]; logits (N, classes), target (N) integer labels."""
+    _check_tensor("cross_entropy", "logits", logits)
+    labels = _labels("cross_entropy", target)
+    return _CrossEntropy.apply(logits, target=labels)

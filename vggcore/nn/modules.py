@@ -1,0 +1,291 @@
+"""Layers: a small Module system in the spirit of torch.nn, on NHWC tensors.
+
+A Module keeps its parameters and sub-modules in insertion order (assigning a Parameter or a Module to an
+attribute registers it), so ``named_parameters()`` and ``state_dict()`` list "conv1_1.weight", ... in the
+order the network was built.
+"""
+
+from collections import OrderedDict
+
+import numpy as np
+
+from .. import random as _random
+from ..tensor import Tensor, tensor
+from . import functional as F
+
+
+class Parameter(Tensor):
+    """A Tensor that a Module owns and trains (requires_grad=True)."""
+
+    __slots__ = ()
+
+    @classmethod
+    def from_array(cls, array, dtype="float32", device="cpu"):
+        source = tensor(array, dtype=dtype, device=device)
+        return cls._from_engine(source._data, requires_grad=True)
+
+    def __repr__(self):
+        return "Parameter" + Tensor.__repr__(self)[len("vggcore.Tensor"):]
+
+
+class Module:
+    def __init__(self):
+        object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "training", True)
+
+    def __setattr__(self, name, value):
+        if "_parameters" not in self.__dict__:
+            raise AttributeError(f"{type(self).__name__}: call Module.__init__() before assigning attributes")
+        self._parameters.pop(name, None)
+        self._modules.pop(name, None)
+        if isinstance(value, Parameter):
+            self._parameters[name] = value
+        elif isinstance(value, Module):
+            self._modules[name] = value
+        object.__setattr__(self, name, value)
+
+    def __delattr__(self, name):
+        self._parameters.pop(name, None)
+        self._modules.pop(name, None)
+        object.__delattr__(self, name)
+
+    def forward(self, *args, **kwargs):
+        raise NotImplementedError(f"{type(self).__name__} has no forward()")
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    # ---- traversal ----------------------------------------------------------------------------------------------
+    def named_modules(self, prefix=""):
+        stack = [(prefix, self)]
+        while stack:
+            name, module = stack.pop()
+            yield name, module
+            children = [(f"{name}.{child}" if name else child, m) for child, m in module._modules.items()]
+            stack.extend(reversed(children))
+
+    def modules(self):
+        return (module for _, module in self.named_modules())
+
+    def named_children(self):
+        return iter(self._modules.items())
+
+    def children(self):
+        return iter(self._modules.values())
+
+    def named_parameters(self, prefix=""):
+        for module_name, module in self.named_modules(prefix):
+            for name, param in module._parameters.items():
+                yield (f"{module_name}.{name}" if module_name else name), param
+
+    def parameters(self):
+        return (param for _, param in self.named_parameters())
+
+    def num_parameters(self):
+        return sum(param.numel() for param in self.parameters())
+
+    # ---- modes and devices ------------------------------------------------------------------------------------
+    def train(self, mode=True):
+        for module in self.modules():
+            object.__setattr__(module, "training", bool(mode))
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def to(self, device):
+        """Moves every parameter (and its gradient) to ``device`` in place; the Parameter objects stay the same,
+        so an optimiser built before the move keeps working."""
+        for param in self.parameters():
+            if param.device != device:
+                param._data = param._data.to(device)
+                if param.grad is not None:
+                    param.grad = param.grad.detach().to(device)
+        return self
+
+    def zero_grad(self):
+        for param in self.parameters():
+            param.grad = None
+
+    # ---- state ------------------------------------------------------------------------------------------------------
+    def state_dict(self):
+        """{name: numpy array copy} of every parameter, in registration order."""
+        return OrderedDict((name, param.numpy()) for name, param in self.named_parameters())
+
+    def load_state_dict(self, state_dict, strict=True):
+        """Copies arrays (numpy or Tensor) into the parameters, checking names and shapes first."""
+        own = OrderedDict(self.named_parameters())
+        missing = [name for name in own if name not in state_dict]
+        unexpected = [name for name in state_dict if name not in own]
+        if strict and (missing or unexpected):
+            raise ValueError(f"load_state_dict: missing keys {missing}, unexpected keys {unexpected}")
+        arrays = {}
+        for name, param in own.items():
+            if name not in state_dict:
+                continue
+            value = state_dict[name]
+            array = value.numpy() if isinstance(value, Tensor) else np.asarray(value)
+            if tuple(array.shape) != param.shape:
+                raise ValueError(f"load_state_dict: {name} has shape {tuple(array.shape)} in the state dict but "
+                                 f"{param.shape} in the model")
+            arrays[name] = array
+        for name, array in arrays.items():  # only after every check passed: all or nothing
+            param = own[name]
+            param._data = tensor(array, dtype=param.dtype, device=param.device)._data
+        return self
+
+    def extra_repr(self):
+        return ""
+
+    def __repr__(self):
+        lines = [f"{type(self).__name__}({self.extra_repr()}"]
+        for name, module in self._modules.items():
+            child = repr(module).replace("\n", "\n  ")
+            lines.append(f"  ({name}): {child}")
+        return lines[0] + ")" if len(lines) == 1 else "\n".join(lines) + "\n)"
+
+
+def _uniform(shape, bound, dtype, device):
+    values = _random.generator().uniform(-bound, bound, size=shape)
+    return Parameter.from_array(values, dtype=dtype, device=device)
+
+
+class Conv2d(Module):
+    """2-D convolution on NHWC input; weight (out_channels, kernel, kernel, in_channels)."""
+
+    def __init__(self, in_channels, out_channels, kernel_size=3, stride=1, padding=0, bias=True,
+                 dtype="float32", device="cpu"):
+        super().__init__()
+        for name, value in (("in_channels", in_channels), ("out_channels", out_channels),
+                            ("kernel_size", kernel_size)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"Conv2d: {name} must be a positive int, got {value!r}")
+        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
+        self.kernel_size, self.stride, self.padding = int(kernel_size), stride, padding
+        # PyTorch's default initialisation: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias.
+        bound = 1.0 / np.sqrt(self.in_channels * self.kernel_size ** 2)
+        self.weight = _uniform((self.out_channels, self.kernel_size, self.kernel_size, self.in_channels), bound,
+                               dtype, device)
+        self.bias = _uniform((self.out_channels,), bound, dtype, device) if bias else None
+
+    def forward(self, x):
+        return F.conv2d(x, self.weight, self.bias, stride=self.stride, padding=self.padding)
+
+    def extra_repr(self):
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}")
+
+
+class Linear(Module):
+    """y = x weight^T + bias; weight (out_features, in_features) as in PyTorch."""
+
+    def __init__(self, in_features, out_features, bias=True, dtype="float32", device="cpu"):
+        super().__init__()
+        for name, value in (("in_features", in_features), ("out_features", out_features)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"Linear: {name} must be a positive int, got {value!r}")
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        bound = 1.0 / np.sqrt(self.in_features)
+        self.weight = _uniform((self.out_features, self.in_features), bound, dtype, device)
+        self.bias = _uniform((self.out_features,), bound, dtype, device) if bias else None
+
+    def forward(self, x):
+        return F.linear(x, self.weight, self.bias)
+
+    def extra_repr(self):
+        return f"in_features={self.in_features}, out_features={self.out_features}"
+
+
+class ReLU(Module):
+    def forward(self, x):
+        return F.relu(x)
+
+
+class MaxPool2d(Module):
+    def __init__(self, kernel_size=2, stride=None):
+        super().__init__()
+        self.kernel_size, self.stride = kernel_size, kernel_size if stride is None else stride
+
+    def forward(self, x):
+        return F.max_pool2d(x, self.kernel_size, self.stride)
+
+    def extra_repr(self):
+        return f"kernel_size={self.kernel_size}, stride={self.stride}"
+
+
+class AvgPool2d(MaxPool2d):
+    def forward(self, x):
+        return F.avg_pool2d(x, self.kernel_size, self.stride)
+
+
+class GlobalAvgPool2d(Module):
+    """(N, H, W, C) -> (N, C)."""
+
+    def forward(self, x):
+        return F.global_avg_pool2d(x)
+
+
+class LocalResponseNorm(Module):
+    """Across channels, PyTorch's convention (see F.local_response_norm)."""
+
+    def __init__(self, size=5, alpha=1e-4, beta=0.75, k=1.0):
+        super().__init__()
+        self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
+
+    def forward(self, x):
+        return F.local_response_norm(x, self.size, self.alpha, self.beta, self.k)
+
+    def extra_repr(self):
+        return f"size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}"
+
+
+class Dropout(Module):
+    def __init__(self, p=0.5):
+        super().__init__()
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
+            raise ValueError(f"Dropout: p must be a number in [0, 1], got {p!r}")
+        self.p = float(p)
+
+    def forward(self, x):
+        return F.dropout(x, self.p, training=self.training)
+
+    def extra_repr(self):
+        return f"p={self.p}"
+
+
+class Flatten(Module):
+    """(N, H, W, C) -> (N, H*W*C) in (H, W, C) order. Importing an NCHW-trained first FC weight W (out, C*H*W)
+    needs W.reshape(out, C, H, W).transpose(0, 2, 3, 1).reshape(out, -1)."""
+
+    def forward(self, x):
+        return x.reshape(x.shape[0], -1)
+
+
+class Sequential(Module):
+    """Runs its modules in order; built from modules (named "0", "1", ...) or one OrderedDict of named ones."""
+
+    def __init__(self, *modules):
+        super().__init__()
+        if len(modules) == 1 and isinstance(modules[0], (dict, OrderedDict)):
+            items = list(modules[0].items())
+        else:
+            items = [(str(i), m) for i, m in enumerate(modules)]
+        for name, module in items:
+            if not isinstance(module, Module):
+                raise TypeError(f"Sequential: {name} is a {type(module).__name__}, not a Module")
+            setattr(self, name, module)
+
+    def forward(self, x):
+        for module in self._modules.values():
+            x = module(x)
+        return x
+
+    def __getitem__(self, index):
+        return list(self._modules.values())[index]
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules.values())

@@ -1,0 +1,87 @@
+"""SGD with momentum, weight decay and Nesterov momentum: PyTorch's update rule, one fused kernel per tensor."""
+
+import numbers
+
+import numpy as np
+
+from . import _C
+from .tensor import Tensor, tensor
+
+
+def _nonnegative(name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"SGD: {name} must be a number, got {type(value).__name__}")
+    value = float(value)
+    if not np.isfinite(value) or value < 0:
+        raise ValueError(f"SGD: {name} must be a finite number >= 0, got {value}")
+    return value
+
+
+class SGD:
+    """d = grad + weight_decay * p;  buf = momentum * buf + d (buf = d at the first step);
+    d = d + momentum * buf if nesterov else buf;  p -= lr * d."""
+
+    def __init__(self, params, lr, momentum=0.0, weight_decay=0.0, nesterov=False):
+        self.params = list(params)
+        if not self.params:
+            raise ValueError("SGD: got an empty parameter list")
+        for i, p in enumerate(self.params):
+            if not isinstance(p, Tensor) or not p.requires_grad:
+                raise TypeError(f"SGD: parameter {i} is not a Tensor that requires grad")
+        self.lr = lr
+        self.momentum = _nonnegative("momentum", momentum)
+        self.weight_decay = _nonnegative("weight_decay", weight_decay)
+        if nesterov and self.momentum == 0:
+            raise ValueError("SGD: nesterov momentum needs momentum > 0")
+        self.nesterov = bool(nesterov)
+        self._buffers = [None] * len(self.params)  # engine tensors, created at each parameter's first step
+
+    @property
+    def lr(self):
+        return self._lr
+
+    @lr.setter
+    def lr(self, value):
+        self._lr = _nonnegative("lr", value)
+
+    def zero_grad(self):
+        for p in self.params:
+            p.grad = None
+
+    def step(self):
+        for i, p in enumerate(self.params):
+            if p.grad is None:
+                continue
+            first_step = False
+            buffer = None
+            if self.momentum > 0:
+                buffer = self._buffers[i]
+                if buffer is None or tuple(buffer.shape) != p.shape:
+                    buffer = _C.full(list(p.shape), 0.0, p.dtype, p.device)
+                    first_step = True
+                elif buffer.device != p.device:  # the model moved since the last step
+                    buffer = buffer.to(p.device)
+                self._buffers[i] = buffer
+            _C.sgd_update(p._data, p.grad._data, buffer, self.lr, self.momentum, self.weight_decay,
+                          self.nesterov, first_step)
+
+    def state_dict(self):
+        """Hyper-parameters and the momentum buffers as numpy arrays (None before a parameter's first step)."""
+        return {
+            "lr": self.lr, "momentum": self.momentum, "weight_decay": self.weight_decay, "nesterov": self.nesterov,
+            "momentum_buffers": [None if b is None else b.numpy() for b in self._buffers],
+        }
+
+    def load_state_dict(self, state):
+        buffers = state["momentum_buffers"]
+        if len(buffers) != len(self.params):
+            raise ValueError(f"SGD.load_state_dict: {len(buffers)} momentum buffers for {len(self.params)} parameters")
+        for i, (p, b) in enumerate(zip(self.params, buffers)):
+            if b is not None and tuple(np.shape(b)) != p.shape:
+                raise ValueError(f"SGD.load_state_dict: buffer {i} has shape {np.shape(b)}, parameter {p.shape}")
+        self.lr = state["lr"]
+        self.momentum = _nonnegative("momentum", state["momentum"])
+        self.weight_decay = _nonnegative("weight_decay", state["weight_decay"])
+        self.nesterov = bool(state["nesterov"])
+        self._buffers = [None if b is None else tensor(np.asarray(b), dtype=p.dtype, device=p.device)._data
+                         for p, b in zip(self.params, buffers)]

@@ -1,0 +1,275 @@
+"""The user-facing Tensor: engine storage (``vggcore._C.Tensor``) plus autograd bookkeeping."""
+
+import numbers
+
+import numpy as np
+
+from . import _C
+from .autograd import AutogradError, Function, is_grad_enabled, no_grad, run_backward
+
+_DTYPES = {"float32": np.float32, "float64": np.float64}
+
+
+def _dtype_name(dtype):
+    """Normalises "float32", np.float32, np.dtype("float64") ... to "float32"/"float64"."""
+    if dtype is None:
+        return None
+    try:
+        name = np.dtype(dtype).name
+    except TypeError:
+        name = None
+    if name not in _DTYPES:
+        raise TypeError(f"tensor: dtype must be float32 or float64, got {dtype!r}")
+    return name
+
+
+def _check_device(device, op="tensor"):
+    if not isinstance(device, str):
+        raise TypeError(f"{op}: device must be a string such as 'cpu', 'sim' or 'cuda:0', got {type(device).__name__}")
+    return device
+
+
+class Tensor:
+    """An n-dimensional float32/float64 array on one device (cpu, sim or cuda:N), with autograd.
+
+    Activations are NHWC (N, H, W, C). Create tensors with ``vggcore.tensor(...)``.
+    """
+
+    __slots__ = ("_data", "requires_grad_", "grad", "grad_fn", "__weakref__")
+
+    def __init__(self, *args, **kwargs):
+        raise TypeError("use vggcore.tensor(data, dtype=None, device='cpu', requires_grad=False) to create a Tensor")
+
+    @classmethod
+    def _from_engine(cls, data, requires_grad=False, grad_fn=None):
+        t = object.__new__(cls)
+        t._data = data
+        t.requires_grad_ = bool(requires_grad)
+        t.grad = None
+        t.grad_fn = grad_fn
+        return t
+
+    # ---- description ---------------------------------------------------------------------------------------------
+    @property
+    def shape(self):
+        return tuple(self._data.shape)
+
+    @property
+    def dtype(self):
+        return self._data.dtype
+
+    @property
+    def device(self):
+        return self._data.device
+
+    @property
+    def ndim(self):
+        return len(self._data.shape)
+
+    def numel(self):
+        return int(self._data.numel)
+
+    def size(self, axis=None):
+        return self.shape if axis is None else self.shape[axis]
+
+    def __len__(self):
+        if not self.shape:
+            raise TypeError("len() of a 0-d tensor")
+        return self.shape[0]
+
+    def __repr__(self):
+        extra = ", requires_grad=True" if self.requires_grad else ""
+        return f"vggcore.Tensor(shape={self.shape}, dtype={self.dtype}, device={self.device!r}{extra})"
+
+    @property
+    def is_leaf(self):
+        return self.grad_fn is None
+
+    @property
+    def requires_grad(self):
+        return self.requires_grad_
+
+    @requires_grad.setter
+    def requires_grad(self, value):
+        if self.grad_fn is not None and not value:
+            raise AutogradError("requires_grad: cannot turn off requires_grad on a non-leaf tensor; use detach()")
+        self.requires_grad_ = bool(value)
+
+    # ---- conversion ---------------------------------------------------------------------------------------------
+    def numpy(self):
+        """A copy of the contents as a numpy array (synchronises with the device)."""
+        return self._data.numpy()
+
+    def item(self):
+        if self.numel() != 1:
+            raise ValueError(f"item: only a one-element tensor converts to a Python number, shape is {self.shape}")
+        return float(self._data.numpy().reshape(()))
+
+    def tolist(self):
+        return self.numpy().tolist()
+
+    def detach(self):
+        """The same storage, cut from the graph."""
+        return Tensor._from_engine(self._data, requires_grad=False, grad_fn=None)
+
+    def to(self, device):
+        """A copy on ``device`` ("cpu", "sim", "cuda", "cuda:N"); differentiable. Same device: returns self."""
+        _check_device(device, "to")
+        if device == self.device or (device == "cuda" and self.device == "cuda:0"):
+            return self
+        return _ToDevice.apply(self, device=device)
+
+    def cpu(self):
+        return self.to("cpu")
+
+    def reshape(self, *shape):
+        """A view with a new shape (one entry may be -1); differentiable."""
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+            shape = tuple(shape[0])
+        for extent in shape:
+            if isinstance(extent, bool) or not isinstance(extent, (int, np.integer)):
+                raise TypeError(f"reshape: shape entries must be ints, got {shape!r}")
+        return _Reshape.apply(self, shape=tuple(int(e) for e in shape))
+
+    view = reshape
+
+    def flatten(self, start_dim=1):
+        return self.reshape(*self.shape[:start_dim], -1)
+
+    # ---- autograd ---------------------------------------------------------------------------------------------
+    def backward(self, grad=None):
+        """Accumulates d(self)/d(leaf) into ``leaf.grad`` for every leaf that requires grad.
+
+        ``grad`` (same shape as self) defaults to 1 for a one-element tensor.
+        """
+        if not self.requires_grad:
+            raise AutogradError("backward: this tensor does not require grad and has no graph "
+                                "(create inputs with requires_grad=True, outside no_grad())")
+        if grad is None:
+            if self.numel() != 1:
+                raise AutogradError(f"backward: grad can be omitted only for a one-element output, shape is "
+                                    f"{self.shape}; pass grad=<tensor of that shape>")
+            engine_grad = _C.full(list(self.shape), 1.0, self.dtype, self.device)
+        else:
+            if not isinstance(grad, Tensor):
+                grad = tensor(grad, dtype=self.dtype, device=self.device)
+            if grad.shape != self.shape:
+                raise ValueError(f"backward: grad has shape {grad.shape} but the output has shape {self.shape}")
+            if grad.dtype != self.dtype or grad.device != self.device:
+                raise TypeError(f"backward: grad is {grad.dtype} on {grad.device}, the output {self.dtype} on "
+                                f"{self.device}")
+            engine_grad = grad._data
+        run_backward(self, engine_grad)
+
+    def zero_grad(self):
+        self.grad = None
+
+    # ---- a little arithmetic, enough for losses and tests ----------------------------------------------------
+    def __add__(self, other):
+        if not isinstance(other, Tensor):
+            return NotImplemented
+        return _Add.apply(self, other)
+
+    def __mul__(self, other):
+        if isinstance(other, bool) or not isinstance(other, numbers.Real):
+            return NotImplemented
+        return _Scale.apply(self, alpha=float(other))
+
+    __rmul__ = __mul__
+
+    def __neg__(self):
+        return self * -1.0
+
+    def __sub__(self, other):
+        if not isinstance(other, Tensor):
+            return NotImplemented
+        return self + (-other)
+
+    def __truediv__(self, other):
+        if isinstance(other, bool) or not isinstance(other, numbers.Real):
+            return NotImplemented
+        return self * (1.0 / other)
+
+    def __array__(self, dtype=None, copy=None):
+        array = self.numpy()
+        return array if dtype is None else array.astype(dtype)
+
+
+class _ToDevice(Function):
+    def forward(self, x, device):
+        self.source_device = x.device
+        return x.to(device)
+
+    def backward(self, grad):
+        return (grad.to(self.source_device),)
+
+
+class _Reshape(Function):
+    def forward(self, x, shape):
+        self.source_shape = list(x.shape)
+        return x.reshape(list(shape))
+
+    def backward(self, grad):
+        return (grad.reshape(self.source_shape),)
+
+
+class _Add(Function):
+    def forward(self, a, b):
+        return _C.add(a, b)
+
+    def backward(self, grad):
+        return grad, grad
+
+
+class _Scale(Function):
+    def forward(self, x, alpha):
+        self.alpha = alpha
+        return _C.scale(x, alpha)
+
+    def backward(self, grad):
+        return (_C.scale(grad, self.alpha),)
+
+
+def _as_array(data, dtype):
+    """numpy copy of user data with a float dtype: keeps float32/float64 numpy arrays, else float32."""
+    if isinstance(data, Tensor):
+        array = data.numpy()
+    elif isinstance(data, (str, bytes)) or data is None:
+        raise TypeError(f"tensor: data must be a number, a (nested) list of numbers or a numpy array, "
+                        f"got {type(data).__name__}")
+    else:
+        try:
+            array = np.asarray(data)
+        except ValueError as error:  # ragged nested lists
+            raise ValueError(f"tensor: data is not a rectangular array ({error})") from None
+    if array.dtype.kind not in "biuf":
+        raise TypeError(f"tensor: data must be numeric, got numpy dtype {array.dtype}")
+    if dtype is None:
+        dtype = array.dtype.name if array.dtype.name in _DTYPES else "float32"
+    return np.array(array, dtype=_DTYPES[dtype], order="C", copy=True), dtype
+
+
+def tensor(data, dtype=None, device="cpu", requires_grad=False):
+    """A new tensor holding a copy of ``data`` (numpy array, nested list, number, or Tensor).
+
+    dtype: "float32" or "float64" (numpy float32/float64 arrays keep theirs; everything else becomes float32).
+    """
+    dtype = _dtype_name(dtype)
+    _check_device(device)
+    array, dtype = _as_array(data, dtype)
+    return Tensor._from_engine(_C.Tensor.from_numpy(array, device), requires_grad=requires_grad)
+
+
+def zeros(*shape, dtype="float32", device="cpu", requires_grad=False):
+    return full(shape, 0.0, dtype=dtype, device=device, requires_grad=requires_grad)
+
+
+def ones(*shape, dtype="float32", device="cpu", requires_grad=False):
+    return full(shape, 1.0, dtype=dtype, device=device, requires_grad=requires_grad)
+
+
+def full(shape, value, dtype="float32", device="cpu", requires_grad=False):
+    if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+        shape = tuple(shape[0])
+    data = _C.full([int(e) for e in shape], float(value), _dtype_name(dtype), _check_device(device))
+    return Tensor._from_engine(data, requires_grad=requires_grad)

@@ -331,6 +331,7 @@ def test_cross_entropy(dev, dt, case, rng):
     xt = vt(x, dt, dev, True)
     loss = F.cross_entropy(xt, target)
     assert loss.dtype == dt and loss.device == dev
+    assert F.cross_entropy(vt(x, dt, dev), target.tolist()).item() == loss.item(), "labels as a python list"
     assert int(np.prod(tuple(loss.shape))) == 1, f"cross_entropy must return one value, shape {loss.shape}"
     expected = ref.cross_entropy(x, target)
     assert abs(loss.item() - expected) <= TOL[dt] * max(abs(expected), 1.0), (loss.item(), expected)

@@ -34,38 +34,39 @@ ConvGeom geom_of(const Conv2dShape& s) {
 
 // im2col(x) as the A operand: A(i, p) with i = (n, oh, ow) an output pixel and p = (r, s, c) a filter tap,
 // A(i, p) = x[n, oh*sh - ph + r, ow*sw - pw + s, c], zero outside the image.
-// Each row of A is R*S contiguous runs of C channels, so rows are walked run by run.
+// All rows of a panel share the walk over p, which is R*S runs of up to C contiguous channels; for each run
+// the panel's mr source pointers (null where the tap falls in the padding) go to the kernel's pack_rows.
 template <typename T> struct Im2colA {
   const T* x;
   ConvGeom g;
   void operator()(T* dst, int mr, int64_t i0, int64_t mc, int64_t p0, int64_t kc) const {
     const int64_t C = g.C, SC = g.S * g.C;
+    const PackRowsFn<T> pack_rows = micro_kernel<T>().pack_rows;
+    int64_t ih0[32], iw0[32];
+    const T* xn[32];
+    const T* src[32];
     for (int64_t ib = 0; ib < mc; ib += mr) {
       T* d = dst + (ib / mr) * kc * mr;
       const int64_t rows = std::min<int64_t>(mr, mc - ib);
       for (int64_t ii = 0; ii < rows; ++ii) {
         const int64_t i = i0 + ib + ii;
         const int64_t ow = i % g.Q, t = i / g.Q, oh = t % g.P, n = t / g.P;
-        const int64_t ih0 = oh * g.sh - g.ph, iw0 = ow * g.sw - g.pw;
-        const T* xn = x + n * g.H * g.W * C;
-        int64_t r = p0 / SC, s = (p0 % SC) / C, c = p0 % C;
-        for (int64_t p = 0; p < kc;) {
-          const int64_t run = std::min(C - c, kc - p);
-          const int64_t ih = ih0 + r, iw = iw0 + s;
-          T* dp = d + p * mr + ii;
-          if (ih >= 0 && ih < g.H && iw >= 0 && iw < g.W) {
-            const T* src = xn + (ih * g.W + iw) * C + c;
-            for (int64_t q = 0; q < run; ++q) dp[q * mr] = src[q];
-          } else {
-            for (int64_t q = 0; q < run; ++q) dp[q * mr] = T(0);
-          }
-          p += run;
-          c = 0;
-          if (++s == g.S) { s = 0; ++r; }
-        }
+        ih0[ii] = oh * g.sh - g.ph;
+        iw0[ii] = ow * g.sw - g.pw;
+        xn[ii] = x + n * g.H * g.W * C;
       }
-      for (int64_t ii = rows; ii < mr; ++ii)
-        for (int64_t p = 0; p < kc; ++p) d[p * mr + ii] = T(0);
+      int64_t r = p0 / SC, s = (p0 % SC) / C, c = p0 % C;
+      for (int64_t p = 0; p < kc;) {
+        const int64_t run = std::min(C - c, kc - p);
+        for (int64_t ii = 0; ii < mr; ++ii) {
+          const int64_t ih = ii < rows ? ih0[ii] + r : -1, iw = ii < rows ? iw0[ii] + s : -1;
+          src[ii] = (ih >= 0 && ih < g.H && iw >= 0 && iw < g.W) ? xn[ii] + (ih * g.W + iw) * C + c : nullptr;
+        }
+        pack_rows(d + p * mr, mr, src, run);
+        p += run;
+        c = 0;
+        if (++s == g.S) { s = 0; ++r; }
+      }
     }
   }
 };

@@ -61,7 +61,58 @@ void micro_kernel_scalar(int64_t kc, const T* a, const T* b, T* c, int64_t ldc, 
     for (int j = 0; j < NR; ++j) c[i * ldc + j] = accumulate ? c[i * ldc + j] + acc[i][j] : acc[i][j];
 }
 
+// d (len x mr) = transpose of the mr rows src[i][0..len), a null row reads as zeros.
+template <typename T> void pack_rows_scalar(T* d, int mr, const T* const* src, int64_t len) {
+  for (int i = 0; i < mr; ++i) {
+    const T* s = src[i];
+    if (s)
+      for (int64_t q = 0; q < len; ++q) d[q * mr + i] = s[q];
+    else
+      for (int64_t q = 0; q < len; ++q) d[q * mr + i] = T(0);
+  }
+}
+
 #ifdef VGG_X86
+// GCC 12's intrinsic headers build masked/zeroing ops on a self-initialised "undefined" vector, which
+// -Wmaybe-uninitialized misreports once inlined here.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+// The same for float rows on AVX-512, mr <= 16: load 16 values of every row (masked at the end), transpose
+// the 16 x 16 block in registers (unpack ps, unpack pd, two rounds of 128-bit lane shuffles), store 16
+// rows of mr values. About 4x fewer instructions per element than the scalar scatter.
+__attribute__((target("avx512f"))) void pack_rows_avx512_f32(float* d, int mr, const float* const* src, int64_t len) {
+  if (mr > 16) return pack_rows_scalar(d, mr, src, len);
+  const __mmask16 row_mask = __mmask16((1u << mr) - 1);
+  for (int64_t q0 = 0; q0 < len; q0 += 16) {
+    const int64_t cnt = std::min<int64_t>(16, len - q0);
+    const __mmask16 load_mask = __mmask16((1u << cnt) - 1);
+    __m512 r[16], t[16];
+    for (int i = 0; i < 16; ++i)
+      r[i] = (i < mr && src[i]) ? _mm512_maskz_loadu_ps(load_mask, src[i] + q0) : _mm512_setzero_ps();
+    for (int i = 0; i < 16; i += 2) {
+      t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+      t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {
+      r[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
+      r[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
+      r[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
+      r[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
+    }
+    for (int h = 0; h < 16; h += 8)
+      for (int i = 0; i < 4; ++i) {
+        t[h + i] = _mm512_shuffle_f32x4(r[h + i], r[h + i + 4], 0x88);
+        t[h + i + 4] = _mm512_shuffle_f32x4(r[h + i], r[h + i + 4], 0xdd);
+      }
+    for (int i = 0; i < 8; ++i) {
+      r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
+      r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xdd);
+    }
+    for (int q = 0; q < cnt; ++q) _mm512_mask_storeu_ps(d + (q0 + q) * mr, row_mask, r[q]);
+  }
+}
+#pragma GCC diagnostic pop
+
 // ---- AVX-512: MR rows x NV vectors; 14 x 2 uses 28 accumulators + 2 B vectors + 1 broadcast of 32 zmm ----
 // Per k: NV aligned loads of B, MR broadcasts of A (folded into the FMA as {1toN} memory operands), MR * NV FMAs.
 // Two FMA ports and two-three load ports: 28 FMAs against 16 loads keeps the FMA units the bottleneck.
@@ -221,20 +272,20 @@ template <typename T> MicroKernel<T> select_kernel();
 template <> MicroKernel<float> select_kernel<float>() {
   switch (isa_level()) {
 #ifdef VGG_X86
-    case 2: return {14, 32, 256, 14 * 24, 512, micro_kernel_avx512_f32<14, 2>, "avx512"};
-    case 1: return {6, 16, 256, 6 * 48, 512, micro_kernel_avx2_f32<6, 2>, "avx2"};
+    case 2: return {14, 32, 256, 14 * 24, 512, micro_kernel_avx512_f32<14, 2>, pack_rows_avx512_f32, "avx512"};
+    case 1: return {6, 16, 256, 6 * 48, 512, micro_kernel_avx2_f32<6, 2>, pack_rows_scalar<float>, "avx2"};
 #endif
-    default: return {4, 16, 256, 4 * 64, 512, micro_kernel_scalar<float, 4, 16>, "scalar"};
+    default: return {4, 16, 256, 4 * 64, 512, micro_kernel_scalar<float, 4, 16>, pack_rows_scalar<float>, "scalar"};
   }
 }
 
 template <> MicroKernel<double> select_kernel<double>() {
   switch (isa_level()) {
 #ifdef VGG_X86
-    case 2: return {14, 16, 128, 14 * 24, 512, micro_kernel_avx512_f64<14, 2>, "avx512"};
-    case 1: return {6, 8, 128, 6 * 48, 512, micro_kernel_avx2_f64<6, 2>, "avx2"};
+    case 2: return {14, 16, 128, 14 * 24, 512, micro_kernel_avx512_f64<14, 2>, pack_rows_scalar<double>, "avx512"};
+    case 1: return {6, 8, 128, 6 * 48, 512, micro_kernel_avx2_f64<6, 2>, pack_rows_scalar<double>, "avx2"};
 #endif
-    default: return {4, 8, 128, 4 * 64, 512, micro_kernel_scalar<double, 4, 8>, "scalar"};
+    default: return {4, 8, 128, 4 * 64, 512, micro_kernel_scalar<double, 4, 8>, pack_rows_scalar<double>, "scalar"};
   }
 }
 

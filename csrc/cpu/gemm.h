@@ -32,11 +32,15 @@ namespace vgg::cpu {
 // ---- run-time selected micro-kernel -------------------------------------------------------------------
 // c (mr, nr) (row stride ldc) = [c +] a_packed (kc x mr) * b_packed (kc x nr); every tile is full.
 template <typename T> using MicroKernelFn = void (*)(int64_t kc, const T* a, const T* b, T* c, int64_t ldc, bool accumulate);
+// Packs mr source rows into one A panel: d[q * mr + i] = src[i] ? src[i][q] : 0 for q < len. The hot half of
+// packing (im2col rows, x of linear); the AVX-512 float version transposes 16 x 16 blocks in registers.
+template <typename T> using PackRowsFn = void (*)(T* d, int mr, const T* const* src, int64_t len);
 
 template <typename T> struct MicroKernel {
   int mr, nr;          // register tile
   int64_t kc, mc, nc;  // cache blocking (elements): KC x NR panel of B in L1, MC x KC block of A in L2
   MicroKernelFn<T> run;
+  PackRowsFn<T> pack_rows;
   const char* name;    // "avx512", "avx2" or "scalar": for benchmarks and tests
 };
 
@@ -68,11 +72,11 @@ template <typename T> struct StridedA {
       T* d = dst + (ib / mr) * kc * mr;
       const int64_t rows = std::min<int64_t>(mr, mc - ib);
       if (cs == 1) {
-        // rows contiguous along k (x of linear, dy): walk each row once, scatter into the panel
-        for (int64_t ii = 0; ii < rows; ++ii) {
-          const T* src = a + (i0 + ib + ii) * rs + p0;
-          for (int64_t p = 0; p < kc; ++p) d[p * mr + ii] = src[p];
-        }
+        // rows contiguous along k (x of linear, dy, 1x1 conv input): transpose mr rows into the panel
+        const T* src[32];
+        for (int ii = 0; ii < mr; ++ii) src[ii] = ii < rows ? a + (i0 + ib + ii) * rs + p0 : nullptr;
+        micro_kernel<T>().pack_rows(d, mr, src, kc);
+        continue;
       } else {
         for (int64_t p = 0; p < kc; ++p) {
           const T* src = a + (i0 + ib) * rs + (p0 + p) * cs;

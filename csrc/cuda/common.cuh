@@ -41,6 +41,7 @@ cudaStream_t current_stream();  // the current device's stream (csrc/cuda/runtim
   ::simt::launcher((grid), (block), (shared_bytes), #__VA_ARGS__, __VA_ARGS__)
 #define VGG_CHECK_LAUNCH(op) \
   do {                       \
+    (void)(op);              \
   } while (0)
 #define VGG_DYNAMIC_SHARED(type, name) type* name = static_cast<type*>(::simt::dynamic_shared())
 #endif

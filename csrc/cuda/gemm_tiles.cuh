@@ -44,9 +44,10 @@ namespace vgg::VGG_GPU_NS::gemm {
 
 // ---- tile configurations ---------------------------------------------------------------------------------------
 
-template <int BM_, int BN_, int BK_, int TM_, int TN_>
+template <int BM_, int BN_, int BK_, int TM_, int TN_, int MIN_BLOCKS_>
 struct TileConfig {
   static constexpr int BM = BM_, BN = BN_, BK = BK_, TM = TM_, TN = TN_;
+  static constexpr int kMinBlocksPerSM = MIN_BLOCKS_;  // __launch_bounds__: caps registers at 64K / (threads * this)
   static constexpr int kThreadsM = BM / TM, kThreadsN = BN / TN;
   static constexpr int kThreads = kThreadsM * kThreadsN;
   // A thread's TM rows are TM/4 groups of 4, the groups kRowGroupStride apart (likewise columns), so that the
@@ -63,10 +64,11 @@ struct TileConfig {
   static_assert(kSharedBytes <= 48 * 1024, "static launch limit for dynamic shared memory");
 };
 
-// 256 threads, 8x8 outputs each: the big-problem workhorse (64 FMAs per 4 shared float4 reads).
-using LargeTiles = TileConfig<128, 128, 8, 8, 8>;
+// 256 threads, 8x8 outputs each: the big-problem workhorse (64 FMAs per 4 shared float4 reads). Two blocks per
+// SM (16 warps) need at most 128 registers per thread: ptxas fits that without spilling.
+using LargeTiles = TileConfig<128, 128, 8, 8, 8, 2>;
 // 256 threads, 4x4 outputs each: 4x more blocks for small maps (14x14, 7x7), small batches and thin K/C.
-using SmallTiles = TileConfig<64, 64, 16, 4, 4>;
+using SmallTiles = TileConfig<64, 64, 16, 4, 4, 1>;
 
 // ---- helpers -----------------------------------------------------------------------------------------------------
 
@@ -352,7 +354,7 @@ __device__ __forceinline__ void store_vector(float* tile, const float (&v)[4], i
 // C (M, N) [split z] = A (M, Kdim range z) * B (Kdim range z, N) [+ bias].
 // grid (ceil(M/BM), ceil(N/BN), splits), block Cfg::kThreads, dynamic shared memory Cfg::kSharedBytes.
 template <class Cfg, class ALoader, class BLoader>
-__global__ void __launch_bounds__(Cfg::kThreads) gemm_tile_kernel(ALoader a, BLoader b, GemmArgs args) {
+__global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocksPerSM) gemm_tile_kernel(ALoader a, BLoader b, GemmArgs args) {
   constexpr int BM = Cfg::BM, BN = Cfg::BN, BK = Cfg::BK, TM = Cfg::TM, TN = Cfg::TN;
   VGG_DYNAMIC_SHARED(float, smem);  // [2 stages][As: BK x kLdA | Bs: BK x kLdB]
 

@@ -16,21 +16,27 @@ namespace {
 constexpr int kSgdThreads = 256;
 constexpr int64_t kSgdMaxBlocks = 4096;  // grid-stride beyond this
 
-// The hyper-parameters of one step in float, as the kernel uses them.
+// The hyper-parameters of one step, kept in double: the step's arithmetic runs in double and each stored value is
+// rounded to float once, as in the CPU twin (csrc/cpu/sgd.cpp), so both backends agree to the last bit or so.
+// Double costs nothing here even on GPUs with slow FP64: ~6 flops per 20 bytes of memory traffic.
 struct SgdParams {
-  float lr, momentum, weight_decay;
+  double lr, momentum, weight_decay;
   bool use_momentum, nesterov, first_step;
 };
 
 // One element: updates p and, with momentum, b. b is not read on the first step (the buffer is uninitialised).
 __device__ __forceinline__ void sgd_element(float& p, float g, float& b, const SgdParams& c) {
-  // PyTorch skips the decay term when weight_decay == 0, which keeps an inf parameter from turning into NaN.
-  float d = c.weight_decay != 0.0f ? g + c.weight_decay * p : g;
+  const double pd = static_cast<double>(p);
+  const double d = static_cast<double>(g) + c.weight_decay * pd;
   if (c.use_momentum) {
-    b = c.first_step ? d : c.momentum * b + d;
-    d = c.nesterov ? d + c.momentum * b : b;
+    const double buf = c.first_step ? d : c.momentum * static_cast<double>(b) + d;
+    b = static_cast<float>(buf);
+    // The step reads the buffer as stored (rounded to float), as PyTorch's update reads it back.
+    const double stored = static_cast<double>(b);
+    p = static_cast<float>(pd - c.lr * (c.nesterov ? d + c.momentum * stored : stored));
+  } else {
+    p = static_cast<float>(pd - c.lr * d);
   }
-  p -= c.lr * d;
 }
 
 // param (n), grad (n), buf (n) or nullptr -> param, buf updated in place. Float4 groups [0, n4), then [4*n4, n).
@@ -68,9 +74,9 @@ bool sgd_aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 =
 void sgd_update(float* param, const float* grad, float* momentum_buf, int64_t n, const SgdConfig& cfg) {
   if (n <= 0) return;
   SgdParams c;
-  c.lr = static_cast<float>(cfg.lr);
-  c.momentum = static_cast<float>(cfg.momentum);
-  c.weight_decay = static_cast<float>(cfg.weight_decay);
+  c.lr = cfg.lr;
+  c.momentum = cfg.momentum;
+  c.weight_decay = cfg.weight_decay;
   c.use_momentum = cfg.momentum != 0.0;
   c.nesterov = cfg.nesterov;
   c.first_step = cfg.first_step;

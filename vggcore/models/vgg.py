@@ -16,8 +16,8 @@ from .. import nn
 from .. import random as _random
 from ..nn import functional as F
 
-__all__ = ["CONFIGS", "ALIASES", "VGG", "vgg", "param_shapes", "count_params", "init_from",
-           "vgg11", "vgg11_lrn", "vgg13", "vgg16_1x1", "vgg16", "vgg19"]
+__all__ = ["CONFIGS", "ALIASES", "VGG", "vgg", "init_from", "load", "config_name", "param_shapes", "count_params",
+           "describe", "from_description", "vgg11", "vgg11_lrn", "vgg13", "vgg16_1x1", "vgg16", "vgg19"]
 
 # Table 1: per stage, the convolutions as (kernel size, output channels); "LRN" marks local response norm.
 CONFIGS = {
@@ -38,7 +38,8 @@ LRN_PARAMS = {"size": 5, "alpha": 5e-4, "beta": 0.75, "k": 2.0}
 INIT_FROM_LAYERS = ("conv1_1", "conv2_1", "conv3_1", "conv3_2", "fc6", "fc7", "fc8")
 
 
-def _config_name(config):
+def config_name(config):
+    """The canonical name ("A" ... "E", "A-LRN") of a config name or alias ("vgg16", "a_lrn"); ValueError if unknown."""
     if not isinstance(config, str):
         raise TypeError(f"vgg: config must be a string such as 'A' or 'vgg16', got {type(config).__name__}")
     key = config.strip()
@@ -89,7 +90,7 @@ def _layers(config, width):
 
 def param_shapes(config="A", num_classes=1000, width=1.0, fc_width=4096, input_size=224) -> dict:
     """``{state_dict key: shape}`` of a configuration, computed without allocating it."""
-    config = _config_name(config)
+    config = config_name(config)
     _check_options(num_classes, width, fc_width, input_size, 0.0)
     layers, c5 = _layers(config, width)
     shapes = {}
@@ -140,7 +141,7 @@ class VGG(nn.Module):
     def __init__(self, config="A", num_classes=1000, width=1.0, fc_width=4096, input_size=224, dropout=0.5,
                  init="glorot", fully_convolutional=False):
         super().__init__()
-        config = _config_name(config)
+        config = config_name(config)
         _check_options(num_classes, width, fc_width, input_size, dropout)
         if init not in ("glorot", "normal", None):
             raise ValueError(f"vgg: init must be 'glorot' or 'normal', got {init!r}")
@@ -154,6 +155,7 @@ class VGG(nn.Module):
         self.class_names = None
         self.mean_rgb = None
         self.input_scale = 1.0 / 255.0
+        self.train_scale = None
 
         layers, c5 = _layers(config, width)
         self._plan = []
@@ -183,15 +185,13 @@ class VGG(nn.Module):
     def reset_parameters(self, init="glorot"):
         """Re-initialise every weight (Glorot uniform or the paper's N(0, 0.01^2)); biases to zero."""
         rng = _random.generator()
-        state = {}
-        for name, value in self.state_dict().items():
-            shape = tuple(value.shape)
+        for name, param in list(self.named_parameters()):
+            shape = tuple(param.shape)
             if self.fully_convolutional and name.startswith("fc") and name.endswith("weight"):
-                w = _init_array((shape[0], int(np.prod(shape[1:]))), init, rng)  # fans of the FC layer
-                state[name] = w.reshape(shape)
+                value = _init_array((shape[0], int(np.prod(shape[1:]))), init, rng).reshape(shape)  # FC fans
             else:
-                state[name] = _init_array(shape, init, rng)
-        self.load_state_dict(state)
+                value = _init_array(shape, init, rng)
+            self.load_state_dict({name: value}, strict=False)   # one layer at a time bounds the peak memory
         return self
 
     def extra_repr(self):
@@ -249,6 +249,7 @@ class VGG(nn.Module):
         state["fc8.weight"] = state["fc8.weight"].reshape(self.num_classes, 1, 1, self.fc_width)
         net.load_state_dict(state)
         net.class_names, net.mean_rgb, net.input_scale = self.class_names, self.mean_rgb, self.input_scale
+        net.train_scale = self.train_scale
         device = _device_of(self)
         if device != "cpu":
             net.to(device)
@@ -311,4 +312,38 @@ def init_from(model: VGG, net_a) -> VGG:
             update[key] = src.astype(target[key].dtype, copy=False)
     target.update(update)
     model.load_state_dict(target)
+    return model
+
+
+def describe(model: VGG) -> dict:
+    """What rebuilds ``model`` besides its weights: architecture and preprocessing (stored in checkpoints)."""
+    mean = None if model.mean_rgb is None else [float(v) for v in model.mean_rgb]
+    scale = getattr(model, "train_scale", None)
+    return {"hparams": model.hparams, "class_names": None if model.class_names is None else list(model.class_names),
+            "mean_rgb": mean, "input_scale": float(model.input_scale),
+            "train_scale": list(scale) if isinstance(scale, (list, tuple)) else scale}
+
+
+def from_description(info: dict, state_dict=None) -> VGG:
+    """The inverse of ``describe``: a model with that architecture and preprocessing (and weights, if given)."""
+    model = VGG(**info["hparams"], init=None if state_dict is not None else "glorot")
+    if state_dict is not None:
+        model.load_state_dict(state_dict)
+    model.class_names = None if info.get("class_names") is None else list(info["class_names"])
+    model.mean_rgb = info.get("mean_rgb")
+    model.input_scale = float(info.get("input_scale", model.input_scale))
+    scale = info.get("train_scale")
+    model.train_scale = tuple(scale) if isinstance(scale, list) else scale
+    return model
+
+
+def load(path, device="cpu") -> VGG:
+    """The model saved in a vggcore training checkpoint (weights, class names, preprocessing), on ``device``."""
+    from ..checkpoint import load_state
+    state = load_state(path)
+    if not isinstance(state, dict) or "model" not in state or "model_info" not in state:
+        raise ValueError(f"{path} is a vggcore file but holds no model (no 'model'/'model_info' entries)")
+    model = from_description(state["model_info"], state["model"])
+    if device != "cpu":
+        model.to(device)
     return model

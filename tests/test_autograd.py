@@ -40,9 +40,10 @@ def test_dtype_inference(data, dtype):
     np.testing.assert_array_equal(to_np(t), np.asarray(data, dtype=np.float64))
 
 
-def test_python_scalar_is_float32():
-    t = vc.tensor(3)
-    assert t.dtype == "float32" and t.item() == 3.0
+@pytest.mark.parametrize("value", [3, 2.5])
+def test_python_scalar_is_float32(value):
+    t = vc.tensor(value)
+    assert t.dtype == "float32" and t.item() == float(value)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

@@ -7,7 +7,6 @@ near-ties; dropout is reseeded before every forward so its mask is fixed.
 import numpy as np
 import pytest
 
-import vggcore as vc
 import vggcore.nn.functional as F
 
 import reference as ref

@@ -8,11 +8,10 @@ reference is computed in float64 from the very values the device was given (inpu
 import numpy as np
 import pytest
 
-import vggcore as vc
 import vggcore.nn.functional as F
 
 import reference as ref
-from conftest import DEVICE_DTYPES, GPU_DEVICES, is_small_device
+from conftest import DEVICE_DTYPES, is_small_device
 from gradcheck import TOL, assert_close, rounded, seeded_dropout, to_np, vt
 
 
@@ -56,6 +55,8 @@ CONV = [
     (1, 9, 9, 3, 4, 7, 1, 2, False, True),
     (1, 7, 5, 13, 13, 3, 1, 0, True, True),
     (2, 6, 9, 3, 1, 3, 2, 2, True, True),
+    (2, 9, 9, 13, 13, 3, 1, 1, True, True),   # N*P*Q = 162 and C*R*S = 117: past one tile on the emulator
+    (2, 9, 8, 8, 13, 1, 1, 0, False, True),
     (2, 17, 13, 16, 65, 3, 1, 1, True, False),
     (1, 35, 29, 3, 13, 11, 4, 0, True, False),
     (1, 31, 27, 3, 17, 11, 4, 2, False, False),
@@ -147,7 +148,8 @@ def test_linear_exact_integers(dev, dt, case, rng):
 
 
 # ---- linear ---------------------------------------------------------------------------------------------
-LINEAR = [(1, 3, 5, True, True), (2, 13, 13, False, True), (3, 7, 1, True, True), (1, 1, 1, True, True),
+LINEAR = [(1, 3, 5, True, True), (2, 13, 13, False, True), (9, 100, 13, True, True), (3, 7, 1, True, True),
+          (1, 1, 1, True, True),
           (4, 65, 33, True, False), (2, 300, 65, False, False), (7, 129, 100, True, False)]
 
 
@@ -198,6 +200,7 @@ def test_relu_zero_and_negative_zero(device_dtype):
 # (N, H, W, C, kernel, stride, small)
 POOL = [(1, 7, 5, 3, 2, 2, True), (2, 9, 6, 5, 3, 2, True), (2, 8, 8, 13, 2, 2, True), (1, 5, 9, 3, 3, 2, True),
         (1, 3, 3, 1, 3, 2, True), (2, 2, 2, 3, 2, 2, True), (1, 9, 7, 4, 3, 3, True), (1, 7, 6, 2, 2, 1, True),
+        (2, 9, 9, 13, 3, 2, True),
         (2, 15, 13, 65, 2, 2, False), (2, 17, 11, 64, 3, 2, False), (1, 28, 28, 16, 2, 2, False)]
 POOL_IDS = ["N{}H{}W{}C{}k{}s{}".format(*c[:6]) for c in POOL]
 
@@ -303,7 +306,7 @@ def test_local_response_norm_defaults(device_dtype, rng):
 
 
 # ---- softmax, log_softmax, cross_entropy -----------------------------------------------------------------
-SOFTMAX = [((1, 5), True), ((3, 13), True), ((2, 1), True), ((2, 3, 7), True), ((4, 1000), False),
+SOFTMAX = [((1, 5), True), ((3, 13), True), ((3, 300), True), ((2, 1), True), ((2, 3, 7), True), ((4, 1000), False),
            ((2, 4097), False)]
 
 
@@ -320,7 +323,7 @@ def test_softmax_family(dev, dt, case, name, rng):
     assert_close(xt.grad, getattr(ref, name + "_backward")(x, dy), TOL[dt], f"{name} grad")
 
 
-CE = [((1, 5), True), ((4, 13), True), ((2, 2), True), ((8, 1000), False), ((33, 10), False)]
+CE = [((1, 5), True), ((4, 13), True), ((2, 2), True), ((9, 100), True), ((8, 1000), False), ((33, 10), False)]
 
 
 @pytest.mark.parametrize("dev,dt,case", params_for(CE, ["x".join(map(str, c[0])) for c in CE]))

@@ -5,7 +5,7 @@ import numbers
 import numpy as np
 
 from . import _C
-from .autograd import AutogradError, Function, is_grad_enabled, no_grad, run_backward
+from .autograd import AutogradError, Function, run_backward
 
 _DTYPES = {"float32": np.float32, "float64": np.float64}
 
@@ -244,15 +244,17 @@ def _as_array(data, dtype):
             raise ValueError(f"tensor: data is not a rectangular array ({error})") from None
     if array.dtype.kind not in "biuf":
         raise TypeError(f"tensor: data must be numeric, got numpy dtype {array.dtype}")
-    if dtype is None:
-        dtype = array.dtype.name if array.dtype.name in _DTYPES else "float32"
+    if dtype is None:  # as torch.tensor: numpy float arrays keep their precision, Python numbers become float32
+        keeps_dtype = isinstance(data, (np.ndarray, np.generic, Tensor)) and array.dtype.name in _DTYPES
+        dtype = array.dtype.name if keeps_dtype else "float32"
     return np.array(array, dtype=_DTYPES[dtype], order="C", copy=True), dtype
 
 
 def tensor(data, dtype=None, device="cpu", requires_grad=False):
     """A new tensor holding a copy of ``data`` (numpy array, nested list, number, or Tensor).
 
-    dtype: "float32" or "float64" (numpy float32/float64 arrays keep theirs; everything else becomes float32).
+    dtype: "float32" or "float64"; by default numpy float32/float64 arrays (and Tensors) keep theirs, everything
+    else (Python numbers and lists, integer arrays) becomes float32. sim and cuda hold float32 only.
     """
     dtype = _dtype_name(dtype)
     _check_device(device)

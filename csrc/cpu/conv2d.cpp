@@ -89,9 +89,15 @@ template <typename T> struct Im2colB {
         const int64_t ih = ih0 + r, iw = iw0 + s;
         const bool inside = ih >= 0 && ih < g.H && iw >= 0 && iw < g.W;
         const T* src = inside ? xn + (ih * g.W + iw) * C + c : nullptr;
-        for (int64_t q = 0; q < run; ++q) {
-          const int64_t j = jj + q;
-          dst[(j / nr) * kc * nr + p * nr + j % nr] = inside ? src[q] : T(0);
+        // copy the run in pieces that stay inside one nr-wide panel
+        for (int64_t q = 0; q < run;) {
+          const int64_t j = jj + q, off = j % nr, len = std::min<int64_t>(nr - off, run - q);
+          T* dp = dst + (j / nr) * kc * nr + p * nr + off;
+          if (inside)
+            for (int64_t e = 0; e < len; ++e) dp[e] = src[q + e];
+          else
+            for (int64_t e = 0; e < len; ++e) dp[e] = T(0);
+          q += len;
         }
         jj += run;
         c = 0;
@@ -102,15 +108,36 @@ template <typename T> struct Im2colB {
   }
 };
 
-// x (N,H,W,C), w (K,R,S,C), bias (K) or nullptr -> y (N,P,Q,K) for any geometry (padding may be negative).
-template <typename T> void conv_forward_geom(const T* x, const T* w, const T* bias, T* y, const ConvGeom& g) {
+// The filters of backward-data as the B operand, read in place from w (K, R, S, C): the stride-1 data
+// gradient is a convolution of dy whose filter bank is w flipped in r and s with K and C swapped, so
+// B(p, j) with p = (r, s, k) and j = c is w[k, R-1-r, S-1-s, c]. Each packed row is a contiguous run of w.
+template <typename T> struct FlippedFiltersB {
+  const T* w;
+  int64_t K, R, S, C;
+  void operator()(T* dst, int nr, int64_t p0, int64_t kc, int64_t j0, int64_t nc) const {
+    for (int64_t p = 0; p < kc; ++p) {
+      const int64_t k = (p0 + p) % K, rs = (p0 + p) / K, r = rs / S, s = rs % S;
+      const T* src = w + ((k * R + (R - 1 - r)) * S + (S - 1 - s)) * C + j0;
+      for (int64_t jb = 0; jb < nc; jb += nr) {
+        T* dp = dst + (jb / nr) * kc * nr + p * nr;
+        const int64_t cols = std::min<int64_t>(nr, nc - jb);
+        for (int64_t jj = 0; jj < cols; ++jj) dp[jj] = src[jb + jj];
+        for (int64_t jj = cols; jj < nr; ++jj) dp[jj] = T(0);
+      }
+    }
+  }
+};
+
+// x (N,H,W,C), filters as a B operand (RSC, K), bias (K) or nullptr -> y (N,P,Q,K) for any geometry
+// (padding may be negative).
+template <typename T, typename PackB>
+void conv_forward_geom(const T* x, const PackB& filters, const T* bias, T* y, const ConvGeom& g) {
   const int64_t M = g.N * g.P * g.Q, RSC = g.R * g.S * g.C;
-  const StridedB<T> wt{w, 1, RSC};  // B(p, k) = w[k, p]: the filters as columns
   if (g.R == 1 && g.S == 1 && g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0) {
     // 1x1, stride 1, no padding: im2col(x) is x itself, (NHW, C) row-major
-    gemm_packed(M, g.K, RSC, StridedA<T>{x, g.C, 1}, wt, y, g.K, false, bias);
+    gemm_packed(M, g.K, RSC, StridedA<T>{x, g.C, 1}, filters, y, g.K, false, bias);
   } else {
-    gemm_packed(M, g.K, RSC, Im2colA<T>{x, g}, wt, y, g.K, false, bias);
+    gemm_packed(M, g.K, RSC, Im2colA<T>{x, g}, filters, y, g.K, false, bias);
   }
 }
 
@@ -118,7 +145,8 @@ template <typename T> void conv_forward_geom(const T* x, const T* w, const T* bi
 
 // x (N,H,W,C), w (K,R,S,C), bias (K) or nullptr -> y (N,P,Q,K)
 template <typename T> void conv2d_forward(const T* x, const T* w, const T* bias, T* y, const Conv2dShape& s) {
-  conv_forward_geom(x, w, bias, y, geom_of(s));
+  const int64_t RSC = s.R * s.S * s.C;
+  conv_forward_geom(x, StridedB<T>{w, 1, RSC}, bias, y, geom_of(s));  // B(p, k) = w[k, p]
 }
 
 // dy (N,P,Q,K), w (K,R,S,C) -> dx (N,H,W,C)
@@ -134,15 +162,8 @@ template <typename T> void conv2d_backward_data(const T* dy, const T* w, T* dx, 
     // dx[n,h,w,c] = sum_{k,r,s} dy[n, h+ph-r, w+pw-s, k] w[k,r,s,c]: a stride-1 convolution of dy with the
     // filter flipped in r and s and with K and C swapped, padded by R-1-ph (negative = crop). Its output is
     // P + 2(R-1-ph) - R + 1 = H rows.
-    T* wr = thread_workspace<T>(Slot::conv_weight, size_t(g.K * RSC));  // (C, R, S, K)
-#pragma omp parallel for schedule(static)
-    for (int64_t c = 0; c < g.C; ++c)
-      for (int64_t r = 0; r < g.R; ++r)
-        for (int64_t q = 0; q < g.S; ++q)
-          for (int64_t k = 0; k < g.K; ++k)
-            wr[((c * g.R + r) * g.S + q) * g.K + k] = w[((k * g.R + (g.R - 1 - r)) * g.S + (g.S - 1 - q)) * g.C + c];
     const ConvGeom gb{g.N, g.P, g.Q, g.K, g.C, g.R, g.S, 1, 1, g.R - 1 - g.ph, g.S - 1 - g.pw, g.H, g.W};
-    conv_forward_geom(dy, wr, static_cast<const T*>(nullptr), dx, gb);
+    conv_forward_geom(dy, FlippedFiltersB<T>{w, g.K, g.R, g.S, g.C}, static_cast<const T*>(nullptr), dx, gb);
     return;
   }
   // General stride: gather-style col2im over bands of dx rows. A band [h0, h1) of image n needs the output
@@ -196,13 +217,14 @@ template <typename T> void conv2d_backward_weight(const T* x, const T* dy, T* dw
   if (M * Ncols == 0) return;
   const StridedA<T> dyt{dy, 1, g.K};  // A(k, m) = dy[m, k]
   const Im2colB<T> col{x, g};
-  // The reduction runs over every output pixel. Wide filters (RSC >= 512 columns) give the threads enough
-  // independent column chunks; narrow ones (first layer, 1x1 into few channels) also split the pixels into
-  // `splits` fixed chunks with their own partial dw, added in chunk order. The split depends only on the
+  // The reduction runs over every output pixel. Threads share independent column chunks of dw; when there
+  // are too few (narrow filters: first layer, few input channels) the pixels are also split into `splits`
+  // fixed chunks with their own partial dw, added in chunk order afterwards. The split depends only on the
   // shape, so dw is bit-identical for any thread count or schedule.
-  const int64_t splits = Ncols >= 512 ? 1 : std::clamp<int64_t>(Kd / 4096, 1, 16);
   const int64_t nchunk = std::max<int64_t>(micro_kernel<T>().nr, std::min<int64_t>(Ncols, 256));
   const int64_t ntasks = ceil_div(Ncols, nchunk);
+  const int64_t max_splits = std::max<int64_t>(1, std::min(Kd / 2048, (int64_t(1) << 24) / (M * Ncols)));
+  const int64_t splits = std::clamp<int64_t>(ceil_div(16, ntasks), 1, max_splits);
   const int64_t kchunk = ceil_div(Kd, splits);
   T* partial = splits == 1 ? dw : thread_workspace<T>(Slot::partials, size_t(splits * M * Ncols));
 #pragma omp parallel for schedule(dynamic, 1) collapse(2)
@@ -238,23 +260,27 @@ template <typename T> void conv2d_backward_weight(const T* x, const T* dy, T* dw
 
 // dy (rows, cols) -> db (cols) = sum over rows. Fixed chunks of rows with partial sums added in chunk order,
 // so the result does not depend on the thread count.
+// dy (rows, cols) -> db (cols). Partial sums per fixed 1024-row chunk, accumulated in double (a float sum over
+// N*P*Q ~ 10^5..10^6 rows would lose ~1e-5 relative) and added in chunk order: the same bits for any thread count.
 template <typename T> void bias_backward(const T* dy, T* db, int64_t rows, int64_t cols) {
   if (cols <= 0) return;
   constexpr int64_t chunk = 1024;
   const int64_t chunks = std::max<int64_t>(1, ceil_div(rows, chunk));
-  T* partial = thread_workspace<T>(Slot::partials, size_t(chunks * cols));
+  double* partial = thread_workspace<double>(Slot::partials, size_t(chunks * cols));
 #pragma omp parallel for schedule(static)
   for (int64_t b = 0; b < chunks; ++b) {
-    T* acc = partial + b * cols;
-    std::fill(acc, acc + cols, T(0));
+    double* acc = partial + b * cols;
+    std::fill(acc, acc + cols, 0.0);
     for (int64_t r = b * chunk; r < std::min(rows, (b + 1) * chunk); ++r) {
       const T* row = dy + r * cols;
       for (int64_t c = 0; c < cols; ++c) acc[c] += row[c];
     }
   }
-  for (int64_t c = 0; c < cols; ++c) db[c] = partial[c];
-  for (int64_t b = 1; b < chunks; ++b)
-    for (int64_t c = 0; c < cols; ++c) db[c] += partial[b * cols + c];
+  for (int64_t c = 0; c < cols; ++c) {
+    double sum = 0.0;
+    for (int64_t b = 0; b < chunks; ++b) sum += partial[b * cols + c];
+    db[c] = static_cast<T>(sum);
+  }
 }
 
 #define VGG_INSTANTIATE(T)                                                                       \

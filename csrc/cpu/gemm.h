@@ -50,7 +50,7 @@ template <typename T> const MicroKernel<T>& micro_kernel();
 // ---- workspaces -----------------------------------------------------------------------------------------
 // Per-thread buffers that grow and are reused, so hot paths do not allocate on every call. Each slot is an
 // independent buffer; a function uses its own slot so nested users (conv backward -> gemm) never collide.
-enum class Slot : int { pack_a, pack_b, shared_b, conv_weight, conv_col, partials, count };
+enum class Slot : int { pack_a, pack_b, shared_b, conv_col, partials, count };
 // 64-byte aligned buffer of at least n elements of T, owned by the calling thread, contents unspecified.
 template <typename T> T* thread_workspace(Slot slot, size_t n);
 
@@ -199,15 +199,15 @@ void gemm_packed(int64_t M, int64_t N, int64_t Kd, const PackA& pack_a, const Pa
 #endif
   const int64_t n_pad = round_up(N, nr);
 
-  // Share one packed copy of B when it is small and there are many rows to reuse it (conv weights): packing
-  // it per task would cost a transpose of B per row chunk. Otherwise pack KC x NC blocks per task.
-  const bool share_b = threads > 1 && M > 4 * uk.mc && Kd * n_pad <= (int64_t(1) << 24);
-
   // Tasks: about 4 per thread for balance. Row chunks are whole multiples of mr, column chunks of nr.
+  // With several row chunks, B would be packed once per chunk: share one packed copy instead when it fits
+  // (conv weights, up to 64 MiB of floats). Otherwise each task packs KC x NC blocks of B itself, and row
+  // chunks are made long to amortise that.
   const int64_t want = threads > 1 ? 4 * int64_t(threads) : 1;
-  const int64_t row_cap = share_b ? uk.mc : 8 * uk.mc;  // per-task B packing: amortise it over more rows
-  int64_t mchunk = std::min(row_cap, round_up(ceil_div(M, want), mr));
-  mchunk = std::max<int64_t>(mchunk, mr);
+  auto row_chunk = [&](int64_t cap) { return std::max<int64_t>(mr, std::min(cap, round_up(ceil_div(M, want), mr))); };
+  int64_t mchunk = row_chunk(uk.mc);
+  const bool share_b = threads > 1 && ceil_div(M, mchunk) > 1 && Kd * n_pad <= (int64_t(1) << 24);
+  if (!share_b) mchunk = row_chunk(8 * uk.mc);
   const int64_t mtasks = ceil_div(M, mchunk);
   int64_t nchunk = round_up(ceil_div(N, std::max<int64_t>(1, ceil_div(want, mtasks))), nr);
   if (!share_b) nchunk = std::min(nchunk, uk.nc);

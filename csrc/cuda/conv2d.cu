@@ -9,6 +9,8 @@
 // for stride > 1 most taps are skipped zeros (VGG uses stride 1 throughout). A 1x1, stride-1, unpadded
 // convolution is exactly a linear layer over N*H*W rows and runs on the dense loaders of linear.cu.
 #include <cstdint>
+#include <stdexcept>
+#include <string>
 
 #include "common.cuh"
 #include "gemm_tiles.cuh"
@@ -31,6 +33,13 @@ inline gemm::ConvGeometry conv_geometry(const float* p, int64_t rows, const Conv
                             static_cast<int>(s.Q),
                             static_cast<int>(s.stride),
                             static_cast<int>(s.pad)};
+}
+
+// The loaders index within one image (H*W*C, P*Q*K) and one filter bank (K*R*S*C) with int.
+inline void check_limits(const char* op, const Conv2dShape& s) {
+  constexpr int64_t kLimit = (int64_t{1} << 31) - 1;
+  if (s.H * s.W * s.C > kLimit || s.P * s.Q * s.K > kLimit || s.K * s.R * s.S * s.C > kLimit)
+    throw std::runtime_error(std::string(op) + ": one image or filter bank exceeds 2^31 elements");
 }
 
 inline bool is_pointwise(const Conv2dShape& s) { return s.R == 1 && s.S == 1 && s.stride == 1 && s.pad == 0; }
@@ -69,16 +78,19 @@ inline void backward_weight(const float* x, const float* dy, float* dw, const Co
 }  // namespace conv2d_detail
 
 void conv2d_forward(const float* x, const float* w, const float* bias, float* y, const Conv2dShape& s) {
+  conv2d_detail::check_limits("conv2d_forward", s);
   if (conv2d_detail::is_pointwise(s)) return linear_forward(x, w, bias, y, s.N * s.H * s.W, s.K, s.C);
   conv2d_detail::forward(x, w, bias, y, s, gemm::plan_gemm(s.N * s.P * s.Q, s.K, s.R * s.S * s.C));
 }
 
 void conv2d_backward_data(const float* dy, const float* w, float* dx, const Conv2dShape& s) {
+  conv2d_detail::check_limits("conv2d_backward_data", s);
   if (conv2d_detail::is_pointwise(s)) return linear_backward_data(dy, w, dx, s.N * s.H * s.W, s.K, s.C);
   conv2d_detail::backward_data(dy, w, dx, s, gemm::plan_gemm(s.N * s.H * s.W, s.C, s.R * s.S * s.K));
 }
 
 void conv2d_backward_weight(const float* x, const float* dy, float* dw, const Conv2dShape& s) {
+  conv2d_detail::check_limits("conv2d_backward_weight", s);
   if (conv2d_detail::is_pointwise(s)) return linear_backward_weight(x, dy, dw, s.N * s.H * s.W, s.K, s.C);
   conv2d_detail::backward_weight(x, dy, dw, s, gemm::plan_gemm(s.K, s.R * s.S * s.C, s.N * s.P * s.Q));
 }

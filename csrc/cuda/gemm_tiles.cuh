@@ -65,10 +65,11 @@ struct TileConfig {
 };
 
 // 256 threads, 8x8 outputs each: the big-problem workhorse (64 FMAs per 4 shared float4 reads). Two blocks per
-// SM (16 warps) need at most 128 registers per thread: ptxas fits that without spilling.
+// SM (16 warps) need at most 128 registers per thread: ptxas fits the float4 loaders in that without spilling.
+// The scalar loaders (odd channel counts, rare with these tiles) keep more state and get one block per SM.
 using LargeTiles = TileConfig<128, 128, 8, 8, 8, 2>;
-// 256 threads, 4x4 outputs each: 4x more blocks for small maps (14x14, 7x7), small batches and thin K/C.
-using SmallTiles = TileConfig<64, 64, 16, 4, 4, 1>;
+// 256 threads, 4x4 outputs each, at most 64 registers (4 blocks per SM): 4x more blocks for small maps (14x14, 7x7), small batches and thin K/C.
+using SmallTiles = TileConfig<64, 64, 16, 4, 4, 4>;
 
 // ---- helpers -----------------------------------------------------------------------------------------------------
 
@@ -116,6 +117,7 @@ struct DenseParams {
 template <bool VEC>
 struct DenseAlongK {
   static constexpr bool kAlongK = true;
+  static constexpr bool kVec = VEC;
   DenseParams prm;
   const float* row_ptr;
   int64_t k;
@@ -140,6 +142,7 @@ struct DenseAlongK {
 template <bool VEC>
 struct DenseAlongRows {
   static constexpr bool kAlongK = false;
+  static constexpr bool kVec = VEC;
   DenseParams prm;
   int64_t row, k;
   __device__ __forceinline__ void begin(int64_t row0, int64_t k0) {
@@ -175,6 +178,7 @@ struct ConvGeometry {
 template <bool VEC>
 struct Im2colAlongK {
   static constexpr bool kAlongK = true;
+  static constexpr bool kVec = VEC;
   ConvGeometry prm;
   const float* image;  // x + n*H*W*C
   int ih0, iw0;
@@ -218,6 +222,7 @@ struct Im2colAlongK {
 template <bool VEC>
 struct DyGatherAlongK {
   static constexpr bool kAlongK = true;
+  static constexpr bool kVec = VEC;
   ConvGeometry prm;
   const float* image;  // dy + n*P*Q*K
   int hp, wp;          // h + pad, w + pad
@@ -263,6 +268,7 @@ struct DyGatherAlongK {
 template <bool VEC>
 struct FilterTapsAlongRows {
   static constexpr bool kAlongK = false;
+  static constexpr bool kVec = VEC;
   ConvGeometry prm;
   int c;
   Digits rsk;
@@ -292,6 +298,7 @@ struct FilterTapsAlongRows {
 template <bool VEC>
 struct Im2colAlongRows {
   static constexpr bool kAlongK = false;
+  static constexpr bool kVec = VEC;
   ConvGeometry prm;
   int r[4], s[4], c[4];  // the 4 columns' taps (VEC: only [0] is used, the 4 channels are consecutive)
   bool col_ok[4];
@@ -354,7 +361,8 @@ __device__ __forceinline__ void store_vector(float* tile, const float (&v)[4], i
 // C (M, N) [split z] = A (M, Kdim range z) * B (Kdim range z, N) [+ bias].
 // grid (ceil(M/BM), ceil(N/BN), splits), block Cfg::kThreads, dynamic shared memory Cfg::kSharedBytes.
 template <class Cfg, class ALoader, class BLoader>
-__global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocksPerSM) gemm_tile_kernel(ALoader a, BLoader b, GemmArgs args) {
+__global__ void __launch_bounds__(Cfg::kThreads, ALoader::kVec&& BLoader::kVec ? Cfg::kMinBlocksPerSM : 1)
+    gemm_tile_kernel(ALoader a, BLoader b, GemmArgs args) {
   constexpr int BM = Cfg::BM, BN = Cfg::BN, BK = Cfg::BK, TM = Cfg::TM, TN = Cfg::TN;
   VGG_DYNAMIC_SHARED(float, smem);  // [2 stages][As: BK x kLdA | Bs: BK x kLdB]
 
@@ -496,7 +504,12 @@ constexpr int64_t kMaxSplitWorkspaceBytes = int64_t{256} << 20;
 
 inline GemmPlan plan_gemm(int64_t M, int64_t N, int64_t kdim) {
   GemmPlan plan;
-  plan.large = ceil_div(M, LargeTiles::BM) * ceil_div(N, LargeTiles::BN) >= kTargetBlocks / 2;
+  // Large tiles once they make a full wave of blocks and waste little more on the M/N tails than small ones
+  // would (e.g. N = 64 output channels would leave half of every 128-wide tile idle).
+  const int64_t large_tiles = ceil_div(M, LargeTiles::BM) * ceil_div(N, LargeTiles::BN);
+  const int64_t large_area = large_tiles * LargeTiles::BM * LargeTiles::BN;
+  const int64_t small_area = ceil_div(M, SmallTiles::BM) * ceil_div(N, SmallTiles::BN) * SmallTiles::BM * SmallTiles::BN;
+  plan.large = large_tiles >= kTargetBlocks / 2 && large_area * 8 <= small_area * 9;
   const int64_t tiles = plan.large ? ceil_div(M, LargeTiles::BM) * ceil_div(N, LargeTiles::BN)
                                    : ceil_div(M, SmallTiles::BM) * ceil_div(N, SmallTiles::BN);
   int64_t splits = 1;

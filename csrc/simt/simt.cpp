@@ -20,6 +20,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
+#include <memory>
 #include <mutex>
 #include <numeric>
 #include <random>
@@ -123,7 +124,7 @@ struct Engine {
   uint64_t seed = 0;
   std::mt19937_64 rng;
 
-  std::vector<Fiber*> pool;  // fibers are created once and reused by every later launch
+  std::vector<std::unique_ptr<Fiber>> pool;  // fibers are created once and reused by every later launch
 #if SIMT_ASM_SWITCH
   void* scheduler_sp = nullptr;
 #else
@@ -518,7 +519,7 @@ void order_threads(Engine& E) {
 // A thread that waits at a collective whose lanes can no longer arrive: name both.
 [[noreturn]] void report_stall(Engine& E) {
   for (unsigned t = 0; t < E.nthreads; ++t) {
-    const Fiber* f = E.pool[t];
+    const Fiber* f = E.pool[t].get();
     if (f->state != State::warp) continue;
     const Warp& w = E.warps[t / 32];
     const Arrival& a = w.lanes[t % 32];
@@ -553,7 +554,7 @@ void run_block(Engine& E) {
       order_threads(E);
       bool progress = false;
       for (unsigned t : E.order_buf) {
-        Fiber* f = E.pool[t];
+        Fiber* f = E.pool[t].get();
         if (f->state != State::runnable) continue;
         resume(f);
         progress = true;
@@ -585,7 +586,7 @@ void run_block(Engine& E) {
   if (E.aborting) {
     // Let every unfinished fiber unwind (its barrier or collective throws Aborting) so the pool is reusable.
     for (unsigned t = 0; t < E.nthreads; ++t)
-      if (E.pool[t]->state != State::done) resume(E.pool[t]);
+      if (E.pool[t]->state != State::done) resume(E.pool[t].get());
     std::rethrow_exception(E.error);
   }
 }
@@ -700,7 +701,7 @@ void run_grid(const LaunchConfig& config, void (*thunk)(void*), void* ctx) {
 
   init_schedule_from_env(E);
   const unsigned n = static_cast<unsigned>(config.block.x * config.block.y * config.block.z);
-  while (E.pool.size() < n) E.pool.push_back(create_fiber(E.pool.size()));
+  while (E.pool.size() < n) E.pool.emplace_back(create_fiber(E.pool.size()));
   E.config = &config;
   E.thunk = thunk;
   E.thunk_ctx = ctx;

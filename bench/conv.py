@@ -310,6 +310,8 @@ def run_layers(args, results, torch):
     ref64 = TorchConv(torch, dev, torch.float64) if (torch is not None and on_gpu) else None
     if torch is not None:
         results.data["info"]["precision"] = torch_fp32_strict(torch)
+        if on_gpu:
+            torch.cuda.set_device(torch.device(dev))   # events record on the current device's stream
     l2 = results.data["info"].get("l2_bytes") or 50 * 2**20
     layers = QUICK_LAYERS if quick else VGG16_LAYERS
     if args.layers:

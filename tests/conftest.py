@@ -2,8 +2,10 @@
 
 Devices come from vc.devices() (cpu, sim when built, cuda:N when a GPU is visible). cpu runs float32 and
 float64; sim and cuda are float32 only (float64 there must raise TypeError, see test_errors.py).
-sim is a slow CPU emulator of the CUDA kernels, so tests give it small shapes (N<=2, H,W<=9, C,K<=13).
+sim is a slow CPU emulator of the CUDA kernels, so tests give it small shapes (N<=2, H,W<=9, C,K<=13),
+and every sim test runs under each schedule in SIM_SCHEDULES.
 """
+import contextlib
 import pathlib
 import sys
 
@@ -19,12 +21,59 @@ import vggcore as vc  # noqa: E402
 DEVICES = list(vc.devices())
 GPU_DEVICES = [d for d in DEVICES if d != "cpu"]
 
+# Kernels on the emulator run in several thread orders: a missing barrier passes in linear order and fails in
+# reverse or random order (SIMT.md). Every sim test therefore runs once per schedule.
+SIM_SCHEDULES = ["linear", "reverse", "random:7"]
+
 
 def device_dtypes(device):
     return ("float32", "float64") if device == "cpu" else ("float32",)
 
 
 DEVICE_DTYPES = [(d, t) for d in DEVICES for t in device_dtypes(d)]
+# (device, dtype, schedule): every supported pair, sim once per schedule (schedule None elsewhere).
+DEVICE_DTYPE_SCHEDULES = [(d, t, s) for d, t in DEVICE_DTYPES for s in (SIM_SCHEDULES if d == "sim" else [None])]
+
+
+def schedule_marks(schedule):
+    """Marks for a pytest.param that must run under an emulator schedule (applied by _apply_sim_schedule)."""
+    return [pytest.mark.sim_schedule(schedule)] if schedule else []
+
+
+def schedule_id(device, schedule):
+    return f"{device}-{schedule}" if schedule else device
+
+
+def _with_schedules(devices, dtype_of=None):
+    """pytest params (device[, dtype]), sim once per schedule, with ids such as sim-reverse-float32."""
+    params = []
+    for device in devices:
+        for schedule in SIM_SCHEDULES if device == "sim" else [None]:
+            for dtype in dtype_of(device) if dtype_of else [None]:
+                value = (device, dtype) if dtype_of else device
+                ident = schedule_id(device, schedule) + (f"-{dtype}" if dtype else "")
+                params.append(pytest.param(value, id=ident, marks=schedule_marks(schedule)))
+    return params
+
+
+@contextlib.contextmanager
+def sim_schedule(schedule):
+    if schedule is None:
+        yield
+        return
+    previous = vc._C.sim_get_schedule()
+    vc._C.sim_set_schedule(schedule)
+    try:
+        yield
+    finally:
+        vc._C.sim_set_schedule(previous)
+
+
+@pytest.fixture(autouse=True)
+def _apply_sim_schedule(request):
+    marker = request.node.get_closest_marker("sim_schedule")
+    with sim_schedule(marker.args[0] if marker else None):
+        yield
 
 
 def is_small_device(device):
@@ -34,20 +83,22 @@ def is_small_device(device):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: long-running test (still run in CI)")
+    config.addinivalue_line("markers", "sim_schedule(name): run under this SIMT emulator schedule")
 
 
-@pytest.fixture(params=DEVICES)
+@pytest.fixture(params=_with_schedules(DEVICES))
 def device(request):
     return request.param
 
 
-@pytest.fixture(params=GPU_DEVICES or [pytest.param(None, marks=pytest.mark.skip(reason="no sim/cuda device"))])
+@pytest.fixture(params=_with_schedules(GPU_DEVICES)
+                or [pytest.param(None, marks=pytest.mark.skip(reason="no sim/cuda device"))])
 def gpu_device(request):
     """Every device other than cpu (sim, cuda:N)."""
     return request.param
 
 
-@pytest.fixture(params=DEVICE_DTYPES, ids=[f"{d}-{t}" for d, t in DEVICE_DTYPES])
+@pytest.fixture(params=_with_schedules(DEVICES, device_dtypes))
 def device_dtype(request):
     return request.param
 

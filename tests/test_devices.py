@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 import vggcore as vc
 import vggcore.nn.functional as F
@@ -47,3 +48,11 @@ def test_import_without_a_gpu():
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120, cwd="/")
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip() == "[0.0, 2.0]"
+
+
+def test_sim_tests_run_under_their_schedule(device, request):
+    """The harness itself: a sim test whose id names a schedule really runs the emulator in that schedule."""
+    if device != "sim":
+        pytest.skip("emulator schedules apply to sim only")
+    expected = request.node.callspec.id.split("-", 1)[1]
+    assert vc._C.sim_get_schedule() == expected

@@ -11,7 +11,7 @@ import pytest
 import vggcore.nn.functional as F
 
 import reference as ref
-from conftest import DEVICE_DTYPES, is_small_device
+from conftest import DEVICE_DTYPE_SCHEDULES, DEVICE_DTYPES, is_small_device, schedule_id, schedule_marks
 from gradcheck import TOL, assert_close, rounded, seeded_dropout, to_np, vt
 
 
@@ -28,11 +28,12 @@ def distinct(rng, shape):
 def params_for(cases, ids):
     """(device, dtype, case) for every supported pair; the emulator only gets cases flagged small."""
     out = []
-    for dev, dt in DEVICE_DTYPES:
+    for dev, dt, schedule in DEVICE_DTYPE_SCHEDULES:
         for case, cid in zip(cases, ids):
             if is_small_device(dev) and not case[-1]:
                 continue
-            out.append(pytest.param(dev, dt, case, id=f"{dev}-{dt}-{cid}"))
+            out.append(pytest.param(dev, dt, case, id=f"{schedule_id(dev, schedule)}-{dt}-{cid}",
+                                    marks=schedule_marks(schedule)))
     return out
 
 

@@ -6,7 +6,6 @@ import pytest
 import vggcore as vc
 import vggcore.nn.functional as F
 
-from conftest import DEVICE_DTYPES, GPU_DEVICES
 from gradcheck import assert_close, rounded, to_np, vt
 
 
@@ -80,9 +79,9 @@ SHAPES = [(4, 3, 3, 2), (4,), (5, 7)]
 
 
 @pytest.mark.parametrize("cfg", SGD_CONFIGS, ids=[str(i) for i in range(len(SGD_CONFIGS))])
-@pytest.mark.parametrize("dev,dt", DEVICE_DTYPES, ids=[f"{d}-{t}" for d, t in DEVICE_DTYPES])
-def test_sgd_matches_torch(cfg, dev, dt, rng):
+def test_sgd_matches_torch(cfg, device_dtype, rng):
     torch = pytest.importorskip("torch")
+    dev, dt = device_dtype
     init = [rounded(rng.standard_normal(s), dt) for s in SHAPES]
     grads = [[rounded(g, dt) for g in step] for step in grads_for(rng, SHAPES, 6)]
     ours = [vt(a, dt, dev, True) for a in init]
@@ -278,8 +277,8 @@ def test_conv2d_and_linear_modules_match_functional(rng):
     np.testing.assert_array_equal(to_np(fc(z)), to_np(F.linear(z, fc.weight, fc.bias)))
 
 
-@pytest.mark.parametrize("dev", GPU_DEVICES or [pytest.param("sim", marks=pytest.mark.skip("no sim/cuda"))])
-def test_module_to_device(dev, rng):
+def test_module_to_device(gpu_device, rng):
+    dev = gpu_device
     net = small_net()
     net.eval()
     x = rng.standard_normal((2, 5, 4, 3))

@@ -75,7 +75,8 @@ def build_parser():
                    help="channel width multiplier, e.g. 0.25 or 1/8 (default 1, or 1/8 built-in)")
     t.add_argument("--fc-width", type=int, default=None, help="size of fc6 and fc7 (default 4096, or 128 built-in)")
     t.add_argument("--dropout", type=float, default=0.5)
-    t.add_argument("--init", choices=("glorot", "normal"), default="glorot")
+    t.add_argument("--init", choices=("glorot", "normal", "he"), default=None,
+                   help="weight initialisation (default glorot, or he for the built-in data's thin net)")
     t.add_argument("--init-from", default=None, help="checkpoint of a trained net A to initialise from (paper 3.1)")
     t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or sim (default auto)")
     t.add_argument("--seed", type=int, default=0)

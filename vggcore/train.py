@@ -38,9 +38,10 @@ __all__ = ["train", "TrainResult", "PAPER_DEFAULTS", "BUILTIN_DEFAULTS"]
 
 # Defaults of the arguments left as None: the paper's settings for your own data, and a small net and small
 # images for the built-in shapes dataset so that ``python -m vggcore train`` finishes in minutes on a CPU.
-PAPER_DEFAULTS = {"epochs": 74, "batch_size": 256, "scale": 256, "crop": 224, "width": 1.0, "fc_width": 4096}
+PAPER_DEFAULTS = {"epochs": 74, "batch_size": 256, "scale": 256, "crop": 224, "width": 1.0, "fc_width": 4096,
+                  "init": "glorot"}
 BUILTIN_DEFAULTS = {"epochs": 12, "batch_size": 32, "scale": (32, 40), "crop": 32, "width": 0.125,
-                    "fc_width": 128}
+                    "fc_width": 128, "init": "he"}
 CHECKPOINT_FORMAT = "vggcore-train-1"
 # Settings that must stay as they were when a run is resumed (the rest may change, e.g. epochs, device).
 _RUN_KEYS = ("config", "batch_size", "momentum", "weight_decay", "nesterov", "scale", "crop", "width", "fc_width",
@@ -159,7 +160,7 @@ def _plot(history, path):
 
 def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum=0.9, weight_decay=5e-4,
           scale=None, crop=None, width=None, fc_width=None, device="auto", seed=0, init_from=None,
-          checkpoint_dir=None, resume=False, *, nesterov=False, dropout=0.5, init="glorot", lr_patience=2,
+          checkpoint_dir=None, resume=False, *, nesterov=False, dropout=0.5, init=None, lr_patience=2,
           lr_factor=0.1, max_lr_drops=3, eval_scale=None, flip=True, colour_std=0.1,
           input_scale=_data.DEFAULT_INPUT_SCALE, stats_sample=2000, num_workers=None, save_filters=False,
           verbose=True, progress=None) -> TrainResult:
@@ -183,11 +184,11 @@ def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum
 
     preset = BUILTIN_DEFAULTS if data is None else PAPER_DEFAULTS
     given = {"epochs": epochs, "batch_size": batch_size, "scale": scale, "crop": crop, "width": width,
-             "fc_width": fc_width}
+             "fc_width": fc_width, "init": init}
     settings = {k: (preset[k] if v is None else v) for k, v in given.items()}
     settings["scale"] = _parse_scale(settings["scale"])
     settings.update(config=config_name(config), lr=float(lr), momentum=float(momentum),
-                    weight_decay=float(weight_decay), nesterov=bool(nesterov), dropout=float(dropout), init=init,
+                    weight_decay=float(weight_decay), nesterov=bool(nesterov), dropout=float(dropout),
                     seed=int(seed), lr_patience=int(lr_patience), lr_factor=float(lr_factor),
                     max_lr_drops=int(max_lr_drops), flip=bool(flip), colour_std=float(colour_std),
                     input_scale=float(input_scale), stats_sample=int(stats_sample))

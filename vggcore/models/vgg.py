@@ -35,6 +35,7 @@ ALIASES = {"vgg11": "A", "vgg11_lrn": "A-LRN", "vgg13": "B", "vgg16_1x1": "C", "
 # which divides alpha by the window size: alpha = 1e-4 * 5.
 LRN_PARAMS = {"size": 5, "alpha": 5e-4, "beta": 0.75, "k": 2.0}
 # The paper's transfer of initial weights (sec. 3.1): A's first four conv layers and its three FC layers.
+INIT_SCHEMES = ("glorot", "normal", "he")
 INIT_FROM_LAYERS = ("conv1_1", "conv2_1", "conv3_1", "conv3_2", "fc6", "fc7", "fc8")
 
 
@@ -124,8 +125,13 @@ def _init_array(shape, scheme, rng):
         w *= 2 * limit
         w -= limit
         return w
-    w = rng.standard_normal(shape, dtype=np.float32)   # the paper's N(0, 0.01^2)
-    w *= np.float32(0.01)
+    w = rng.standard_normal(shape, dtype=np.float32)
+    if scheme == "he":
+        # He et al. (2015) normal, std sqrt(2 / fan_in): keeps the activation variance constant through ReLU
+        # layers, so thin or deep nets train from scratch without the paper's staged initialisation.
+        w *= np.float32(np.sqrt(2.0 / int(np.prod(shape[1:]))))
+    else:
+        w *= np.float32(0.01)                              # the paper's N(0, 0.01^2)
     return w
 
 
@@ -143,8 +149,8 @@ class VGG(nn.Module):
         super().__init__()
         config = config_name(config)
         _check_options(num_classes, width, fc_width, input_size, dropout)
-        if init not in ("glorot", "normal", None):
-            raise ValueError(f"vgg: init must be 'glorot' or 'normal', got {init!r}")
+        if init not in INIT_SCHEMES + (None,):
+            raise ValueError(f"vgg: init must be one of {', '.join(INIT_SCHEMES)}, got {init!r}")
         self.config = config
         self.num_classes = int(num_classes)
         self.width = float(width)
@@ -183,7 +189,7 @@ class VGG(nn.Module):
                 "fc_width": self.fc_width, "input_size": self.input_size, "dropout": self.dropout_p}
 
     def reset_parameters(self, init="glorot"):
-        """Re-initialise every weight (Glorot uniform or the paper's N(0, 0.01^2)); biases to zero."""
+        """Re-initialise every weight (Glorot uniform, the paper's N(0, 0.01^2) or He normal); biases to zero."""
         rng = _random.generator()
         for name, param in list(self.named_parameters()):
             shape = tuple(param.shape)
@@ -267,7 +273,8 @@ def vgg(config="A", num_classes=1000, width=1.0, fc_width=4096, input_size=224, 
     """Build configuration ``config`` ("A", "A-LRN", "B", "C", "D", "E" or an alias such as "vgg16").
 
     width scales every conv layer's channels (64 * width ...); fc_width is the size of fc6 and fc7; fc6's
-    input is sized from input_size (7x7 at 224). init: "glorot" (uniform) or "normal" (std 0.01, the paper's).
+    input is sized from input_size (7x7 at 224). init: "glorot" (uniform, Glorot & Bengio 2010), "normal"
+    (std 0.01, the paper's) or "he" (normal, std sqrt(2 / fan_in), He et al. 2015).
     """
     return VGG(config, num_classes, width, fc_width, input_size, dropout, init)
 

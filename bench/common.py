@@ -66,7 +66,11 @@ def _run(cmd, cwd=None):
 
 
 def git_commit():
-    """Short commit of the repository, with '+dirty' when the working tree has uncommitted changes."""
+    """Short commit of the repository, with '+dirty' when the working tree has uncommitted changes.
+
+    VGG_COMMIT overrides it, for copies of the tree that travel without .git (the lent GPU machine)."""
+    if os.environ.get("VGG_COMMIT"):
+        return os.environ["VGG_COMMIT"]
     commit = _run(["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO) or "unknown"
     if commit != "unknown" and _run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO):
         commit += "+dirty"

@@ -111,6 +111,19 @@ PYBIND11_MODULE(_C, m) {
     return "";
 #endif
   });
+  m.def("synchronize", [](const std::string& device) {
+        const vgg::Device d = vgg::Device::parse(device);
+#ifdef VGG_WITH_CUDA
+        if (d.type == vgg::DeviceType::CUDA) vgg::cuda::synchronize(d.index);
+#endif
+        (void)d;
+      }, py::arg("device"), "Waits for the device's queued work (a no-op for cpu and sim, which run synchronously)",
+      py::call_guard<py::gil_scoped_release>());
+  m.def("empty_cache", [] {
+#ifdef VGG_WITH_CUDA
+        vgg::cuda::empty_cache();
+#endif
+      }, "Returns the CUDA caching allocator's free blocks to the driver");
   m.def("full", [](const std::vector<int64_t>& shape, double value, const std::string& dtype, const std::string& device) {
         const DType d = dtype == "float64" ? DType::Float64 : dtype == "float32" ? DType::Float32
                       : throw vgg::TypeError("full: dtype must be float32 or float64, got " + dtype);

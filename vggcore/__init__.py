@@ -5,6 +5,8 @@ Hand-written C++ (CPU) and CUDA kernels in ``vggcore._C``; a small autograd (``v
 training and evaluation recipe (``vggcore.train``, ``vggcore.evaluate``). Activations are NHWC.
 """
 
+import importlib
+
 from . import _C
 from .autograd import no_grad, enable_grad, is_grad_enabled
 from .random import manual_seed
@@ -34,16 +36,14 @@ def __getattr__(name):
     # Importing the submodules vggcore/train.py and vggcore/evaluate.py binds their module objects to these names;
     # rebinding the functions afterwards keeps `vggcore.train(...)` and `vggcore.evaluate(...)` callable.
     if name == "models":
-        from . import models
-        return models
+        return importlib.import_module(__name__ + ".models")
     if name in ("train", "TrainResult"):
-        from .train import TrainResult, train
-        globals().update(train=train, TrainResult=TrainResult)
+        module = importlib.import_module(__name__ + ".train")
+        globals().update(train=module.train, TrainResult=module.TrainResult)
         return globals()[name]
     if name == "evaluate":
-        from .evaluate import evaluate
-        globals()["evaluate"] = evaluate
-        return evaluate
+        globals()["evaluate"] = importlib.import_module(__name__ + ".evaluate").evaluate
+        return globals()["evaluate"]
     raise AttributeError(f"module 'vggcore' has no attribute {name!r}")
 
 

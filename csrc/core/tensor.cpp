@@ -162,7 +162,7 @@ int64_t Tensor::numel() const {
 
 Tensor Tensor::empty(const std::vector<int64_t>& shape, DType dtype, Device device) {
   VGG_CHECK(dtype != DType::Float64 || device.type == DeviceType::CPU, TypeError, "tensor: device ", device.str(),
-            " holds float32 only (its kernels run float32); float64 is for the cpu, e.g. gradient checks");
+            " holds float32 only (its kernels run float32): pass dtype=\"float32\"; float64 is for the cpu");
   Tensor t;
   t.storage_ = std::make_shared<Storage>(checked_bytes(shape, dtype), device);
   t.shape_ = shape;

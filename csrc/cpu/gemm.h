@@ -50,7 +50,11 @@ template <typename T> const MicroKernel<T>& micro_kernel();
 // ---- workspaces -----------------------------------------------------------------------------------------
 // Per-thread buffers that grow and are reused, so hot paths do not allocate on every call. Each slot is an
 // independent buffer; a function uses its own slot so nested users (conv backward -> gemm) never collide.
-enum class Slot : int { pack_a, pack_b, shared_b, conv_col, partials, count };
+enum class Slot : int {
+  pack_a, pack_b, shared_b, conv_col, partials,
+  wino_filter, wino_scratch, wino_input, wino_output,  // winograd.cpp
+  count
+};
 // 64-byte aligned buffer of at least n elements of T, owned by the calling thread, contents unspecified.
 template <typename T> T* thread_workspace(Slot slot, size_t n);
 

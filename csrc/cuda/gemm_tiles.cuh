@@ -61,14 +61,15 @@ struct TileConfig {
   static_assert(TM % 4 == 0 && TN % 4 == 0, "register tiles are made of 4-wide groups");
   static_assert(BM * BK == 4 * kThreads && BN * BK == 4 * kThreads,
                 "each thread loads exactly one 4-vector of A and one of B per k tile");
-  static_assert(kSharedBytes <= 48 * 1024, "static launch limit for dynamic shared memory");
+  static_assert(kSharedBytes <= 48 * 1024, "48 KiB: the most dynamic shared memory a launch gets without opting in");
 };
 
 // 256 threads, 8x8 outputs each: the big-problem workhorse (64 FMAs per 4 shared float4 reads). Two blocks per
 // SM (16 warps) need at most 128 registers per thread: ptxas fits the float4 loaders in that without spilling.
 // The scalar loaders (odd channel counts, rare with these tiles) keep more state and get one block per SM.
 using LargeTiles = TileConfig<128, 128, 8, 8, 8, 2>;
-// 256 threads, 4x4 outputs each, at most 64 registers (4 blocks per SM): 4x more blocks for small maps (14x14, 7x7), small batches and thin K/C.
+// 256 threads, 4x4 outputs each, at most 64 registers (4 blocks per SM): 4x more blocks for small maps
+// (14x14, 7x7), small batches and thin K or C.
 using SmallTiles = TileConfig<64, 64, 16, 4, 4, 4>;
 
 // ---- helpers -----------------------------------------------------------------------------------------------------
@@ -107,7 +108,8 @@ __device__ __forceinline__ void load4(float (&v)[4], const float* p) {
 // ---- operand loaders ---------------------------------------------------------------------------------------------
 // Each loader: kAlongK; begin(row, k) with this thread's first element; load(v) fetches the 4 elements
 // (row, k..k+3) if kAlongK else (row..row+3, k) of the current tile, 0 outside; advance(bk) moves to the next tile.
-// Parameters (member prm) are plain structs filled on the host; VEC selects the float4 path (the host checks it is legal).
+// Parameters (member prm) are plain structs filled on the host; VEC selects the float4 path (the host checks
+// that it is legal: channel counts % 4 == 0 and 16-byte aligned pointers).
 
 // Dense, contiguous along k: element (row, k) = p[row * ld + k]. x or dy of a linear layer, conv weights (K, RSC).
 struct DenseParams {
@@ -508,7 +510,8 @@ inline GemmPlan plan_gemm(int64_t M, int64_t N, int64_t kdim) {
   // would (e.g. N = 64 output channels would leave half of every 128-wide tile idle).
   const int64_t large_tiles = ceil_div(M, LargeTiles::BM) * ceil_div(N, LargeTiles::BN);
   const int64_t large_area = large_tiles * LargeTiles::BM * LargeTiles::BN;
-  const int64_t small_area = ceil_div(M, SmallTiles::BM) * ceil_div(N, SmallTiles::BN) * SmallTiles::BM * SmallTiles::BN;
+  const int64_t small_area =
+      ceil_div(M, SmallTiles::BM) * ceil_div(N, SmallTiles::BN) * SmallTiles::BM * SmallTiles::BN;
   plan.large = large_tiles >= kTargetBlocks / 2 && large_area * 8 <= small_area * 9;
   const int64_t tiles = plan.large ? ceil_div(M, LargeTiles::BM) * ceil_div(N, LargeTiles::BN)
                                    : ceil_div(M, SmallTiles::BM) * ceil_div(N, SmallTiles::BN);

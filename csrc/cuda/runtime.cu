@@ -190,7 +190,13 @@ void* device_malloc(int device, size_t bytes) {
 }
 
 void device_free(int device, void* ptr) noexcept {
-  if (ptr == nullptr || g_devices == nullptr || device < 0 || device >= g_device_count) return;
+  if (ptr == nullptr) return;
+  try {
+    init_devices();  // already done by the device_malloc that produced ptr; this makes the state visible here
+  } catch (...) {
+    return;
+  }
+  if (device < 0 || device >= g_device_count) return;
   DeviceState& st = *(*g_devices)[device];
   std::lock_guard<std::mutex> lock(st.mutex);
   auto it = st.live_blocks.find(ptr);

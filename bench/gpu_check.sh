@@ -1,0 +1,316 @@
+#!/usr/bin/env bash
+# shellcheck disable=SC2329  # the step functions are called through run_step (bash -c under timeout)
+# The one-command GPU check (DESIGN.md section 7), for a machine with an NVIDIA GPU and no network:
+#
+#   bench/gpu_check.sh            # from anywhere; works in the repository root
+#
+#   1. build and install vggcore with nvcc for the GPU present: pip install --no-build-isolation -v .
+#   2. nvidia-smi, and the devices the installed vggcore sees (cuda:0 must be among them)
+#   3. the whole test suite: pytest -q (it parametrises over vc.devices(), so cuda:0 is included)
+#   4. bench/conv.py at batch 32 and 128 against cuDNN (layers and whole VGG-16 training step)
+#   5. compute-sanitizer memcheck over the cuda op tests; racecheck and synccheck over the small-shape ones
+#      (the cuda twins of the tests the emulator runs)
+#
+# and writes ONE results file, bench/results/gpu-<date>-<gpu>.md (GPU, driver, CUDA, commit, the step table,
+# test and sanitizer summaries, the ptxas register report, the benchmark tables), rewritten after every step
+# so a run cut short still leaves one. With $OUT set (the lent-GPU tool), the results file and a tarball of
+# the full logs are copied there too. A failing step is recorded and the rest still run; the exit status is
+# nonzero when any step failed or timed out.
+#
+# Time: everything must fit in GPU_CHECK_BUDGET seconds (default 540, inside a 10-minute limit). Each step has
+# its own cap, shortened where needed so that the later steps keep a minimum share of the budget.
+#
+# Environment: PYTHON (default python3), GPU_CHECK_BUDGET, GPU_CHECK_PYTEST_WORKERS (pytest-xdist workers,
+# default 8; 0 runs serially), VGG_COMMIT (the commit to report where the tree has no .git).
+set -u -o pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 2
+PY=${PYTHON:-python3}
+BUDGET=${GPU_CHECK_BUDGET:-540}
+WORKERS=${GPU_CHECK_PYTEST_WORKERS:-8}
+START=$SECONDS
+DATE=$(date -u +%Y-%m-%d)
+
+if command -v nvidia-smi >/dev/null 2>&1; then
+  GPU_NAME=$(nvidia-smi --query-gpu=name --format=csv,noheader -i 0 2>/dev/null | head -n 1)
+  DRIVER=$(nvidia-smi --query-gpu=driver_version --format=csv,noheader -i 0 2>/dev/null | head -n 1)
+else
+  GPU_NAME="" DRIVER=""
+fi
+GPU_NAME=${GPU_NAME:-no GPU found}
+DRIVER=${DRIVER:-unknown}
+GPU_SLUG=$(printf '%s' "$GPU_NAME" | tr '[:upper:]' '[:lower:]' | sed -e 's/^nvidia //' -e 's/[^a-z0-9]\{1,\}/-/g' -e 's/^-//' -e 's/-$//')
+RESULTS="bench/results/gpu-$DATE-$GPU_SLUG.md"
+LOGDIR=$(mktemp -d "${TMPDIR:-/tmp}/vggcore-gpu-check.XXXXXX")
+mkdir -p bench/results
+
+if [ -n "${VGG_COMMIT:-}" ]; then
+  COMMIT=$VGG_COMMIT
+elif COMMIT=$(git rev-parse --short=12 HEAD 2>/dev/null); then
+  [ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ] && COMMIT="$COMMIT+dirty"
+else
+  COMMIT="unknown (no .git here; set VGG_COMMIT)"
+fi
+export VGG_COMMIT=$COMMIT   # bench/conv.py reports the same one
+NVCC_VERSION=$(nvcc --version 2>/dev/null | sed -n 's/.*release \([0-9.]*\).*/\1/p' | head -n 1)
+NVCC_VERSION=${NVCC_VERSION:-nvcc not found}
+
+STEP_NAMES=()
+STEP_STATUS=()
+STEP_SECONDS=()
+FAILED=0
+
+# run_step NAME CAP RESERVE LOG CMD...: runs CMD with a timeout of min(CAP, what the budget leaves after
+# RESERVE seconds kept for later steps), output to LOG; records ok / FAILED (exit N) / TIMEOUT / SKIPPED.
+run_step() {
+  local name=$1 cap=$2 reserve=$3 log=$4
+  shift 4
+  local left=$((BUDGET - (SECONDS - START) - reserve))
+  local limit=$cap
+  [ "$left" -lt "$limit" ] && limit=$left
+  local status rc t0=$SECONDS
+  if [ "$limit" -lt 10 ]; then
+    status="SKIPPED (the ${BUDGET} s budget is spent)"
+    echo "skipped, no time left" >"$log"
+  else
+    echo "== $name (limit ${limit} s) =="
+    timeout -k 15 "$limit" bash -c '"$@"' "$name" "$@" >"$log" 2>&1
+    rc=$?
+    case $rc in
+      0) status="ok" ;;
+      124 | 137) status="TIMEOUT after ${limit} s" ;;
+      *) status="FAILED (exit $rc)" ;;
+    esac
+    tail -n 5 "$log" | sed 's/^/    /'
+  fi
+  [ "$status" = "ok" ] || FAILED=1
+  STEP_NAMES+=("$name")
+  STEP_STATUS+=("$status")
+  STEP_SECONDS+=($((SECONDS - t0)))
+  echo "   -> $status ($((SECONDS - t0)) s)"
+  write_results
+}
+
+# the last lines of a log inside a fenced block (or a note when the log is missing)
+log_tail() {
+  local file=$1 lines=$2
+  echo '```text'
+  if [ -s "$file" ]; then tail -n "$lines" "$file"; else echo "(no output)"; fi
+  echo '```'
+}
+
+# the summary lines compute-sanitizer and pytest print at the end
+sanitizer_summary() {
+  local file=$1
+  echo '```text'
+  if [ -s "$file" ]; then
+    local summary
+    summary=$(grep -E '(ERROR|RACECHECK|SYNCCHECK|LEAK) SUMMARY|^=+ (Error|ERROR|Warning|Race|Invalid|Barrier)' "$file" |
+      head -n 20)
+    summary+=$'\n'$(grep -E '[0-9]+ (passed|failed|error)|no tests ran' "$file" | tail -n 1)
+    if [ -n "${summary//[[:space:]]/}" ]; then echo "$summary"; else tail -n 10 "$file"; fi
+  else
+    echo "(no output)"
+  fi
+  echo '```'
+}
+
+# ptxas's per-kernel registers, shared memory and spills from the build log (-Xptxas -v), demangled
+ptxas_report() {
+  "$PY" - "$LOGDIR/build.log" <<'PYEOF'
+import re, shutil, subprocess, sys
+text = open(sys.argv[1], errors="replace").read()
+rows, entry = [], None
+for line in text.splitlines():
+    m = re.search(r"Compiling entry function '([^']+)' for '(sm_\w+)'", line)
+    if m:
+        entry = [m.group(1), m.group(2), "", "", ""]
+        continue
+    if entry is None:
+        continue
+    m = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", line)
+    if m:
+        entry[4] = f"{m.group(1)}/{m.group(2)}"
+    m = re.search(r"Used (\d+) registers(?:.*?(\d+) bytes smem)?", line)
+    if m:
+        entry[2], entry[3] = m.group(1), m.group(2) or "0"
+        rows.append(entry)
+        entry = None
+if not rows:
+    print("(no ptxas report in the build log)")
+    sys.exit(0)
+names = [r[0] for r in rows]
+if shutil.which("c++filt"):
+    out = subprocess.run(["c++filt"], input="\n".join(names), capture_output=True, text=True).stdout.splitlines()
+    if len(out) == len(names):
+        names = out
+print("| kernel | arch | registers | static smem bytes | spill stores/loads bytes |")
+print("|:---|:---|---:|---:|---:|")
+seen = set()
+for (mangled, arch, regs, smem, spill), name in zip(rows, names):
+    if (name, arch) in seen:
+        continue
+    seen.add((name, arch))
+    short = name if len(name) <= 160 else name[:157] + "..."
+    print(f"| `{short}` | {arch} | {regs} | {smem} | {spill or '0/0'} |")
+PYEOF
+}
+
+write_results() {
+  local i overall="PASS"
+  [ "$FAILED" -ne 0 ] && overall="FAIL"
+  {
+    echo "# GPU check: $GPU_NAME, $DATE"
+    echo
+    echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC')"
+    echo "- commit: $COMMIT"
+    echo "- GPU: $GPU_NAME; driver $DRIVER; nvcc: CUDA $NVCC_VERSION"
+    echo "- host: $(uname -n), $(nproc) cores, $(uname -sr); $("$PY" --version 2>&1)"
+    [ -s "$LOGDIR/devices.log" ] && echo "- installed vggcore: $(head -n 2 "$LOGDIR/devices.log" | paste -sd ' ')"
+    echo "- script: bench/gpu_check.sh, budget ${BUDGET} s, elapsed $((SECONDS - START)) s; overall: **$overall**"
+    echo
+    echo "| step | status | seconds |"
+    echo "|:---|:---|---:|"
+    for i in "${!STEP_NAMES[@]}"; do
+      echo "| ${STEP_NAMES[$i]} | ${STEP_STATUS[$i]} | ${STEP_SECONDS[$i]} |"
+    done
+    echo
+    echo "## nvidia-smi"
+    echo
+    log_tail "$LOGDIR/nvidia-smi.log" 40
+    echo
+    echo "## Build: pip install --no-build-isolation -v ."
+    echo
+    grep -E 'vggcore: CUDA backend|CMAKE_CUDA_ARCHITECTURES|Successfully installed|error:' "$LOGDIR/build.log" 2>/dev/null |
+      head -n 20 | sed 's/^/    /'
+    echo
+    if [ -s "$LOGDIR/build.log" ]; then
+      echo "ptxas register and spill report (-Xptxas -v):"
+      echo
+      ptxas_report
+    fi
+    echo
+    echo "## Tests: pytest -q (whole suite)"
+    echo
+    log_tail "$LOGDIR/pytest.log" 40
+    echo
+    echo "## compute-sanitizer"
+    echo
+    echo "memcheck runs over every cuda test of tests/test_ops.py; racecheck and synccheck over the cuda twins of the"
+    echo "small-shape tests the emulator runs. memcheck sees accesses outside whole allocations: an overrun that stays"
+    echo "inside a block of vggcore's caching allocator (rounded up to its size class) goes unseen."
+    for tool in memcheck racecheck synccheck; do
+      echo
+      echo "### $tool"
+      echo
+      sanitizer_summary "$LOGDIR/sanitizer-$tool.log"
+    done
+    echo
+    echo "## Benchmark: bench/conv.py --batch 32,128"
+    echo
+    if [ -s "$LOGDIR/bench.md" ]; then
+      sed -e 's/^# /### /' -e 's/^## /### /' "$LOGDIR/bench.md"
+    else
+      log_tail "$LOGDIR/bench.log" 40
+    fi
+    echo
+    echo "## Logs"
+    echo
+    echo "Full logs: $LOGDIR (build.log, pytest.log, bench.log, sanitizer-*.log)$([ -n "${OUT:-}" ] && echo "; copied to \$OUT/gpu-check-logs.tar.gz")."
+  } >"$RESULTS.tmp" && mv "$RESULTS.tmp" "$RESULTS"
+  if [ -n "${OUT:-}" ] && [ -d "${OUT:-}" ]; then
+    cp "$RESULTS" "$OUT/" 2>/dev/null
+    tar -czf "$OUT/gpu-check-logs.tar.gz" -C "$LOGDIR" . 2>/dev/null
+  fi
+}
+
+echo "vggcore GPU check: $GPU_NAME (driver $DRIVER), commit $COMMIT; results -> $RESULTS; logs in $LOGDIR"
+
+# The steps. Each is a function run by run_step in a child bash under `timeout` (hence export -f). The
+# benchmark runs before the sanitizers: it is the issue's measurement, while the sanitizer steps are the ones
+# that can be cut short without losing their findings so far (their logs keep what they saw).
+# Minimum seconds kept for the steps after each one: tests 60, benchmark 150, sanitizers 30 + 25 + 20.
+export PY WORKERS LOGDIR
+build() {
+  CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) "$PY" -m pip install --no-build-isolation --no-index -v .
+}
+devices() {
+  # -P keeps the repository root off sys.path, so the installed package (with its _C) is the one imported
+  "$PY" -P -c 'import sys, vggcore as vc
+d = vc.devices()
+name = vc._C.cuda_device_name(0) if vc.cuda_available() else None
+print(f"vggcore {vc.__version__} at {vc.__file__}: devices {d}; cuda:0 = {name}")
+sys.exit(0 if "cuda:0" in d else "cuda:0 is not among vggcore.devices(): the cuda tests and benchmark cannot run")'
+}
+pytest_all() {
+  local args=() cores threads
+  cores=$(nproc)
+  threads=$cores
+  if [ "$WORKERS" -gt 0 ] && "$PY" -c 'import xdist' 2>/dev/null; then
+    args=(-n "$WORKERS")
+    threads=$((cores / WORKERS))
+    [ "$threads" -ge 1 ] || threads=1
+  fi
+  # OpenMP threads per worker, so that workers x threads stays near the core count
+  OMP_NUM_THREADS=$threads "$PY" -P -m pytest -q "${args[@]}"
+}
+sanitize() {
+  local tool=$1
+  shift
+  compute-sanitizer --tool "$tool" --error-exitcode 86 --target-processes all --print-limit 50 \
+    "$PY" -P -m pytest -q "$@"
+}
+bench() {
+  "$PY" bench/conv.py --batch 32,128 --reps 5 --burst-ms 20 --time-budget "$1" --out "$LOGDIR/bench.md"
+}
+export -f build devices pytest_all sanitize bench
+
+run_step "build + install" 300 285 "$LOGDIR/build.log" build
+
+{ nvidia-smi 2>&1 || echo "nvidia-smi failed or is missing"; } >"$LOGDIR/nvidia-smi.log"
+
+run_step "vggcore sees cuda:0" 60 285 "$LOGDIR/devices.log" devices
+run_step "pytest -q (whole suite)" 200 225 "$LOGDIR/pytest.log" pytest_all
+
+# the benchmark gets what is left but the sanitizers' minimum; conv.py shares its budget among its sections
+left=$((BUDGET - (SECONDS - START) - 75))
+run_step "bench/conv.py --batch 32,128" 600 75 "$LOGDIR/bench.log" bench $((left > 90 ? left - 30 : 60))
+
+# the cuda twins of the small-shape tests (the ones the emulator runs), for the slow sanitizer tools
+# (sim test ids carry the emulator schedule after the device: "sim-linear-float32-...", "cuda:0-float32-...")
+"$PY" -P -m pytest -q --co tests/test_ops.py 2>/dev/null | "$PY" -c '
+import re, sys
+ids = [line.strip() for line in sys.stdin if "::" in line]
+sim = re.compile(r"(?<=[\[-])sim(?:-(?:linear|reverse|random(?::\d+)?))?(?=[\]-])")
+small = {sim.sub("DEVICE", i) for i in ids if sim.search(i)}
+seen = set()
+for i in ids:
+    if "cuda:0" in i and i.replace("cuda:0", "DEVICE") in small and i not in seen:
+        seen.add(i)
+        print(i)' >"$LOGDIR/small-cuda-tests.txt"
+SMALL_TESTS=()
+mapfile -t SMALL_TESTS <"$LOGDIR/small-cuda-tests.txt"
+
+run_step "compute-sanitizer memcheck (cuda tests of test_ops.py)" 150 45 "$LOGDIR/sanitizer-memcheck.log" \
+  sanitize memcheck tests/test_ops.py -k cuda
+if [ "${#SMALL_TESTS[@]}" -gt 0 ]; then
+  run_step "compute-sanitizer racecheck (${#SMALL_TESTS[@]} small cuda tests)" 120 20 \
+    "$LOGDIR/sanitizer-racecheck.log" sanitize racecheck "${SMALL_TESTS[@]}"
+  run_step "compute-sanitizer synccheck (${#SMALL_TESTS[@]} small cuda tests)" 90 0 \
+    "$LOGDIR/sanitizer-synccheck.log" sanitize synccheck "${SMALL_TESTS[@]}"
+else
+  for tool in racecheck synccheck; do
+    echo "no small cuda tests were collected (is cuda:0 missing from vggcore.devices()?)" \
+      >"$LOGDIR/sanitizer-$tool.log"
+    STEP_NAMES+=("compute-sanitizer $tool")
+    STEP_STATUS+=("SKIPPED (no cuda tests collected)")
+    STEP_SECONDS+=(0)
+  done
+  FAILED=1
+fi
+
+write_results
+echo
+echo "results: $RESULTS (overall: $([ "$FAILED" -eq 0 ] && echo PASS || echo FAIL), $((SECONDS - START)) s)"
+[ -n "${OUT:-}" ] && echo "copied to \$OUT: $(basename "$RESULTS"), gpu-check-logs.tar.gz"
+exit "$FAILED"

@@ -24,7 +24,7 @@ __all__ = ["CLASSES", "generate", "ensure_dataset", "cache_dir", "render"]
 CLASSES = ("arrow", "bar", "circle", "crescent", "cross", "frame", "ring", "square", "star", "triangle")
 
 # Bump when the drawing code changes, so cached copies made by an older version are not reused.
-_VERSION = 1
+_VERSION = 2
 _SUPERSAMPLE = 4          # shapes are drawn at 4x and downsampled: anti-aliased edges
 _SPLIT_IDS = {"train": 0, "val": 1}
 
@@ -102,17 +102,17 @@ def render(name: str, size: int, rng: np.random.Generator) -> np.ndarray:
     """One ``(size, size, 3)`` uint8 image of shape class ``name``, drawn with the random numbers of ``rng``."""
     # Background: a random base colour, a linear shading and per-pixel noise.
     base = rng.uniform(0, 255, size=3)
-    gx, gy = rng.uniform(-60, 60, size=(2, 3))
+    gx, gy = rng.uniform(-40, 40, size=(2, 3))
     ramp = np.linspace(-0.5, 0.5, size)
     bg = base + ramp[None, :, None] * gx + ramp[:, None, None] * gy
-    bg = bg + rng.normal(0, rng.uniform(4, 20), size=(size, size, 3))
+    bg = bg + rng.normal(0, rng.uniform(3, 12), size=(size, size, 3))
 
-    # Foreground colour: far enough from the background's base colour to be visible.
-    for _ in range(100):
+    # Foreground colour: far from the background's base colour, with a clear brightness difference too.
+    for _ in range(1000):
         fg = rng.uniform(0, 255, size=3)
-        if np.linalg.norm(fg - base) > 120:
+        if np.linalg.norm(fg - base) > 150 and abs(fg.mean() - base.mean()) > 50:
             break
-    radius = rng.uniform(0.22, 0.36) * size
+    radius = rng.uniform(0.26, 0.38) * size
     margin = radius * 0.9
     cx = rng.uniform(size / 2 - (size / 2 - margin) * 0.5, size / 2 + (size / 2 - margin) * 0.5)
     cy = rng.uniform(size / 2 - (size / 2 - margin) * 0.5, size / 2 + (size / 2 - margin) * 0.5)

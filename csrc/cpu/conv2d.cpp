@@ -6,12 +6,14 @@
 //                 stride > 1: dcol (band of NPQ, RSC) = dy * w, then each dx element gathers its R*S taps
 //   backward-wt   dw (K, RSC)  = dy^T (K, NPQ) * im2col(x) (NPQ, RSC)             B packed straight from x
 // NHWC makes a 1x1 stride-1 convolution a plain GEMM on the image rows, which the packers notice.
+// 3x3 stride-1 forward and backward-data go to Winograd (winograd.h) where winograd_tile_choice says so.
 #include <algorithm>
 #include <cstring>
 #include <vector>
 
 #include "cpu_kernels.h"
 #include "gemm.h"
+#include "winograd.h"
 
 namespace vgg::cpu {
 namespace {
@@ -145,6 +147,10 @@ void conv_forward_geom(const T* x, const PackB& filters, const T* bias, T* y, co
 
 // x (N,H,W,C), w (K,R,S,C), bias (K) or nullptr -> y (N,P,Q,K)
 template <typename T> void conv2d_forward(const T* x, const T* w, const T* bias, T* y, const Conv2dShape& s) {
+  if (s.R == 3 && s.S == 3 && s.stride == 1) {
+    const Winograd3x3 wg{s.N, s.H, s.W, s.C, s.K, s.pad, s.pad, s.P, s.Q};
+    if (const int m = winograd_tile_choice<T>(wg)) return winograd_conv3x3(x, w, false, bias, y, wg, m);
+  }
   const int64_t RSC = s.R * s.S * s.C;
   conv_forward_geom(x, StridedB<T>{w, 1, RSC}, bias, y, geom_of(s));  // B(p, k) = w[k, p]
 }
@@ -157,6 +163,11 @@ template <typename T> void conv2d_backward_data(const T* dy, const T* w, T* dx, 
   if (g.K == 0 || g.P * g.Q == 0) {
     std::fill(dx, dx + g.N * g.H * g.W * g.C, T(0));
     return;
+  }
+  if (g.R == 3 && g.S == 3 && g.sh == 1 && g.sw == 1) {
+    // the same stride-1 convolution as below, by Winograd with the filters read rotated
+    const Winograd3x3 wg{g.N, g.P, g.Q, g.K, g.C, 2 - g.ph, 2 - g.pw, g.H, g.W};
+    if (const int m = winograd_tile_choice<T>(wg)) return winograd_conv3x3(dy, w, true, static_cast<const T*>(nullptr), dx, wg, m);
   }
   if (g.sh == 1 && g.sw == 1) {
     // dx[n,h,w,c] = sum_{k,r,s} dy[n, h+ph-r, w+pw-s, k] w[k,r,s,c]: a stride-1 convolution of dy with the

@@ -95,9 +95,19 @@ struct Digits {
   }
 };
 
+// A GPU faults on a misaligned float4 access; x86 does not, so the emulator build checks every one.
+__device__ __forceinline__ void check_aligned16(const void* p) {
+#if defined(VGG_SIMT_ACTIVE)
+  if (reinterpret_cast<uintptr_t>(p) % 16 != 0) throw std::logic_error("gemm_tiles: misaligned float4 access");
+#else
+  (void)p;
+#endif
+}
+
 __device__ __forceinline__ void set_zero(float (&v)[4]) { v[0] = v[1] = v[2] = v[3] = 0.0f; }
 
 __device__ __forceinline__ void load4(float (&v)[4], const float* p) {
+  check_aligned16(p);
   const float4 t = *reinterpret_cast<const float4*>(p);
   v[0] = t.x;
   v[1] = t.y;
@@ -356,6 +366,7 @@ __device__ __forceinline__ void store_vector(float* tile, const float (&v)[4], i
     VGG_GEMM_UNROLL
     for (int j = 0; j < 4; ++j) tile[(k + j) * LD + row] = v[j];
   } else {
+    check_aligned16(tile + k * LD + row);
     *reinterpret_cast<float4*>(tile + k * LD + row) = make_float4(v[0], v[1], v[2], v[3]);
   }
 }
@@ -416,7 +427,9 @@ __global__ void __launch_bounds__(Cfg::kThreads, ALoader::kVec&& BLoader::kVec ?
       float fa[TM], fb[TN];
       VGG_GEMM_UNROLL
       for (int g = 0; g < TM / 4; ++g) {
-        const float4 t4 = *reinterpret_cast<const float4*>(As + kk * Cfg::kLdA + g * Cfg::kRowGroupStride + ty * 4);
+        const float* src = As + kk * Cfg::kLdA + g * Cfg::kRowGroupStride + ty * 4;
+        check_aligned16(src);
+        const float4 t4 = *reinterpret_cast<const float4*>(src);
         fa[4 * g] = t4.x;
         fa[4 * g + 1] = t4.y;
         fa[4 * g + 2] = t4.z;
@@ -424,7 +437,9 @@ __global__ void __launch_bounds__(Cfg::kThreads, ALoader::kVec&& BLoader::kVec ?
       }
       VGG_GEMM_UNROLL
       for (int g = 0; g < TN / 4; ++g) {
-        const float4 t4 = *reinterpret_cast<const float4*>(Bs + kk * Cfg::kLdB + g * Cfg::kColGroupStride + tx * 4);
+        const float* src = Bs + kk * Cfg::kLdB + g * Cfg::kColGroupStride + tx * 4;
+        check_aligned16(src);
+        const float4 t4 = *reinterpret_cast<const float4*>(src);
         fb[4 * g] = t4.x;
         fb[4 * g + 1] = t4.y;
         fb[4 * g + 2] = t4.z;
@@ -465,6 +480,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, ALoader::kVec&& BLoader::kVec ?
         if (args.bias != nullptr && n + j < args.N) v[j] += args.bias[n + j];
       }
       if (args.vec_store && n < args.N) {
+        check_aligned16(row + n);
         *reinterpret_cast<float4*>(row + n) = make_float4(v[0], v[1], v[2], v[3]);
       } else {
         VGG_GEMM_UNROLL

@@ -238,8 +238,15 @@ void copy_device_to_host(int device, void* dst, const void* src, size_t bytes) {
 void copy_device_to_device(int device, void* dst, const void* src, size_t bytes) {
   if (bytes == 0) return;
   const cudaStream_t stream = device_stream(device);
+  // src may live on another GPU (tensor.to("cuda:1")): its producer ran on that device's stream, and its block
+  // may be reused there as soon as the caller frees it, so a cross-device copy waits on both sides.
+  cudaPointerAttributes attr{};
+  VGG_CUDA_CHECK(cudaPointerGetAttributes(&attr, src));
+  const bool cross_device = attr.type == cudaMemoryTypeDevice && attr.device != device;
+  if (cross_device) synchronize(attr.device);
   DeviceGuard guard(device);
   VGG_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream));
+  if (cross_device) VGG_CUDA_CHECK(cudaStreamSynchronize(stream));
 }
 
 void synchronize(int device) {

@@ -8,7 +8,10 @@ Checks against a small NumPy float64 reference written here (independent of refe
   both gradients, |got - ref| <= tol * max(|ref|, 1) with tol 1e-5 (float32) / 1e-10 (float64);
 - two VGG-16 layer shapes at batch 1 with realistic inputs (ReLU'd activations, He-scaled weights): relative
   error max|got - ref| / max|ref| below 1e-4 in float32 (the accuracy issue 5 asks of F(4,3)).
+F(4,3) in float32 gets 1e-4 instead of 1e-5 on the odd shapes (about 2e-5 seen with |values| <= 1 there).
 """
+import functools
+
 import numpy as np
 import pytest
 
@@ -31,10 +34,11 @@ def conv_ref(x, w, b, pad):
     K, R, S, _ = w.shape
     xp = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
     P, Q = H + 2 * pad - R + 1, W + 2 * pad - S + 1
-    y = np.zeros((N, P, Q, K))
+    y = np.zeros((N * P * Q, K))
     for r in range(R):
         for s in range(S):
-            y += xp[:, r:r + P, s:s + Q, :] @ w[:, r, s, :].T
+            y += np.ascontiguousarray(xp[:, r:r + P, s:s + Q, :]).reshape(-1, C) @ w[:, r, s, :].T
+    y = y.reshape(N, P, Q, K)
     return y if b is None else y + b
 
 
@@ -47,10 +51,11 @@ def conv_ref_backward(x, w, dy, pad):
     xp = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
     dxp = np.zeros_like(xp)
     dw = np.zeros_like(w)
+    dy2 = dy.reshape(-1, K)
     for r in range(R):
         for s in range(S):
-            dxp[:, r:r + P, s:s + Q, :] += dy @ w[:, r, s, :]
-            dw[:, r, s, :] = dy.reshape(-1, K).T @ xp[:, r:r + P, s:s + Q, :].reshape(-1, C)
+            dxp[:, r:r + P, s:s + Q, :] += (dy2 @ w[:, r, s, :]).reshape(N, P, Q, C)
+            dw[:, r, s, :] = dy2.T @ np.ascontiguousarray(xp[:, r:r + P, s:s + Q, :]).reshape(-1, C)
     return dxp[:, pad:pad + H, pad:pad + W, :], dw, dy.sum(axis=(0, 1, 2))
 
 
@@ -83,7 +88,9 @@ def test_conv_path_odd_shapes(algo, dtype, case):
     x = rng.uniform(-1, 1, (N, H, W, C)).astype(npdt)
     w = rng.uniform(-0.5, 0.5, (K, k, k, C)).astype(npdt)
     b = rng.uniform(-1, 1, K).astype(npdt)
-    tol = 1e-5 if dtype == "float32" else 1e-10
+    # F(4,3)'s transforms (constants up to 8 and 1/24) lose about two more bits in float32 than a direct sum;
+    # auto never picks it for layers this small
+    tol = (1e-4 if algo == "winograd4" else 1e-5) if dtype == "float32" else 1e-10
     xt, wt, bt = (vc.tensor(a, requires_grad=True) for a in (x, w, b))
     y = F.conv2d(xt, wt, bt, stride=1, padding=pad)
     close(y, conv_ref(x, w, b, pad), tol, f"{algo} forward")
@@ -99,19 +106,26 @@ def test_conv_path_odd_shapes(algo, dtype, case):
 VGG_LAYERS = [("conv3_2", 56, 256, 256), ("conv4_2", 28, 512, 512)]
 
 
-@pytest.mark.parametrize("algo", ALGOS, indirect=True)
-@pytest.mark.parametrize("layer", VGG_LAYERS, ids=[l[0] for l in VGG_LAYERS])
-def test_conv_path_vgg_layer_accuracy(algo, layer):
+@functools.lru_cache(maxsize=None)
+def vgg_layer_case(layer):
+    """Inputs and float64 reference results for one layer, shared by the four paths."""
     name, size, C, K = layer
     rng = np.random.default_rng(C + K)
     x = np.maximum(rng.standard_normal((1, size, size, C)), 0).astype(np.float32)  # post-ReLU activations
     w = (rng.standard_normal((K, 3, 3, C)) * np.sqrt(2.0 / (9 * C))).astype(np.float32)
     dy = rng.standard_normal((1, size, size, K)).astype(np.float32)
+    dx, dw, _ = conv_ref_backward(x, w, dy, 1)
+    return x, w, dy, conv_ref(x, w, None, 1), dx, dw
+
+
+@pytest.mark.parametrize("algo", ALGOS, indirect=True)
+@pytest.mark.parametrize("layer", VGG_LAYERS, ids=[l[0] for l in VGG_LAYERS])
+def test_conv_path_vgg_layer_accuracy(algo, layer):
+    name = layer[0]
+    x, w, dy, ref, dx, dw = vgg_layer_case(layer)
     xt, wt = vc.tensor(x, requires_grad=True), vc.tensor(w, requires_grad=True)
     y = F.conv2d(xt, wt, stride=1, padding=1)
     y.backward(vc.tensor(dy))
-    ref = conv_ref(x, w, None, 1)
-    dx, dw, _ = conv_ref_backward(x, w, dy, 1)
     for what, got, expected in [("forward", y, ref), ("grad x", xt.grad, dx), ("grad weight", wt.grad, dw)]:
         g = np.asarray(got.numpy(), dtype=np.float64)
         rel = np.abs(g - expected).max() / np.abs(expected).max()

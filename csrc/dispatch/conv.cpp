@@ -29,6 +29,8 @@ Conv2dShape conv_geometry(const char* op, const Shape& x_shape, const Shape& w_s
   VGG_CHECK(s.R <= s.H + 2 * pad && s.S <= s.W + 2 * pad, ValueError, op, ": kernel ", s.R, "x", s.S,
             " is larger than the padded input ", s.H + 2 * pad, "x", s.W + 2 * pad, " (input ", shape_str(x_shape),
             ", padding ", pad, ")");
+  VGG_CHECK(pad <= (int64_t{1} << 20) && s.H <= (int64_t{1} << 30) && s.W <= (int64_t{1} << 30), ValueError, op,
+            ": padding ", pad, " or input ", shape_str(x_shape), " is too large");
   s.P = (s.H + 2 * pad - s.R) / stride + 1;
   s.Q = (s.W + 2 * pad - s.S) / stride + 1;
   return s;

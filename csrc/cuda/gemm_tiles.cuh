@@ -29,6 +29,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <stdexcept>
 #include <string>
 
@@ -520,6 +521,29 @@ constexpr int64_t kMinKPerSplit = 256;
 constexpr int kMaxSplits = 128;
 constexpr int64_t kMaxSplitWorkspaceBytes = int64_t{256} << 20;
 
+// VGG_GPU_GEMM=small|large[:SPLITS] (read on every call; "auto" or unset keeps the automatic plan) forces the
+// tiles and the number of k splits. The emulator's test shapes are far too small for the automatic plan to pick
+// large tiles or split-K, yet those are what a GPU runs at VGG sizes: the tests force each plan.
+inline GemmPlan forced_plan(GemmPlan plan) {
+  const char* setting = std::getenv("VGG_GPU_GEMM");
+  if (setting == nullptr || std::string(setting).empty() || std::string(setting) == "auto") return plan;
+  const std::string value(setting);
+  const size_t colon = value.find(':');
+  const std::string tiles = value.substr(0, colon);
+  if (tiles != "small" && tiles != "large")
+    throw std::runtime_error("VGG_GPU_GEMM=" + value + ": expected auto, small, large, small:SPLITS or large:SPLITS");
+  plan.large = tiles == "large";
+  plan.splits = 1;
+  if (colon != std::string::npos) {
+    const std::string digits = value.substr(colon + 1);
+    if (digits.empty() || digits.size() > 3 || digits.find_first_not_of("0123456789") != std::string::npos ||
+        std::stoi(digits) < 1)
+      throw std::runtime_error("VGG_GPU_GEMM=" + value + ": SPLITS must be an integer from 1 to 999");
+    plan.splits = std::stoi(digits);
+  }
+  return plan;
+}
+
 inline GemmPlan plan_gemm(int64_t M, int64_t N, int64_t kdim) {
   GemmPlan plan;
   // Large tiles once they make a full wave of blocks and waste little more on the M/N tails than small ones
@@ -541,7 +565,7 @@ inline GemmPlan plan_gemm(int64_t M, int64_t N, int64_t kdim) {
     if (splits < 1) splits = 1;
   }
   plan.splits = static_cast<int>(splits);
-  return plan;
+  return forced_plan(plan);
 }
 
 inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }

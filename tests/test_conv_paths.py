@@ -1,7 +1,9 @@
 """Every CPU convolution path, forced one at a time with VGG_CONV_ALGO (read by the library on each call):
 gemm (implicit GEMM), winograd4 (F(4x4,3x3)), winograd2 (F(2x2,3x3)) and auto (the per-layer heuristic).
-Winograd applies to 3x3 stride-1 layers; forcing it elsewhere leaves the GEMM in charge, which the odd
-shapes below also exercise.
+Winograd applies to 3x3 stride-1 layers, in all three passes (forward, backward-data and backward-weight:
+a forced winograd4/winograd2 runs the weight gradient by F(4,3)/F(2,3) too); forcing it elsewhere leaves the
+GEMM in charge, which the odd shapes below also exercise. Under auto, the VGG layers below take F(4,3)
+for forward and backward-weight.
 
 Checks against a small NumPy float64 reference written here (independent of reference.py):
 - odd shapes (batch 1, C = 3 and 17, H != W odd, K = 5 and 65, pad 0..3), float32 and float64, forward and

@@ -6,7 +6,8 @@
 //                 stride > 1: dcol (band of NPQ, RSC) = dy * w, then each dx element gathers its R*S taps
 //   backward-wt   dw (K, RSC)  = dy^T (K, NPQ) * im2col(x) (NPQ, RSC)             B packed straight from x
 // NHWC makes a 1x1 stride-1 convolution a plain GEMM on the image rows, which the packers notice.
-// 3x3 stride-1 forward and backward-data go to Winograd (winograd.h) where winograd_tile_choice says so.
+// 3x3 stride-1 forward and backward-data go to Winograd (winograd.h) where winograd_tile_choice says so, and
+// backward-weight where winograd_weight_tile_choice does.
 #include <algorithm>
 #include <cstring>
 #include <vector>
@@ -226,6 +227,10 @@ template <typename T> void conv2d_backward_weight(const T* x, const T* dy, T* dw
   const ConvGeom g = geom_of(s);
   const int64_t M = g.K, Ncols = g.R * g.S * g.C, Kd = g.N * g.P * g.Q;
   if (M * Ncols == 0) return;
+  if (g.R == 3 && g.S == 3 && g.sh == 1 && g.sw == 1) {
+    const Winograd3x3 wg{g.N, g.H, g.W, g.C, g.K, g.ph, g.pw, g.P, g.Q};
+    if (const int m = winograd_weight_tile_choice<T>(wg)) return winograd_conv3x3_backward_weight(x, dy, dw, wg, m);
+  }
   const StridedA<T> dyt{dy, 1, g.K};  // A(k, m) = dy[m, k]
   const Im2colB<T> col{x, g};
   // The reduction runs over every output pixel. Threads share independent column chunks of dw; when there

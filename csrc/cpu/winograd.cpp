@@ -51,6 +51,25 @@ template <typename T> int winograd_tile_choice(const Winograd3x3& g) {
   return (g.P <= 14 || g.Q <= 14) ? 2 : 4;
 }
 
+template <typename T> int winograd_weight_tile_choice(const Winograd3x3& g) {
+  if (g.N <= 0 || g.P <= 0 || g.Q <= 0 || g.Cin <= 0 || g.Cout <= 0) return 0;
+  switch (conv_algo_setting()) {
+    case ConvAlgo::gemm: return 0;
+    case ConvAlgo::winograd4: return 4;
+    case ConvAlgo::winograd2: return 2;
+    case ConvAlgo::automatic: break;
+  }
+  if (!std::is_same_v<T, float> || g.Cin < 16 || g.Cout < 16) return 0;
+  if (g.N * g.P * g.Q * g.Cin * g.Cout < (int64_t(1) << 22)) return 0;
+  // Each tile position's GEMM reduces over the tiles: with few of them (2x2 maps, small batches of 14x14 maps)
+  // the GEMMs are too short to pay for the transforms and the Z partials. Measured on VGG shapes (2 cores,
+  // AVX-512): F(4,3) 1.2-2.2x faster than the GEMM from 128 tiles of 6x6 up; relative error ~7e-6 (F(2,3) 5e-7).
+  const int64_t tiles4 = g.N * ((g.P + 3) / 4) * ((g.Q + 3) / 4);
+  if (g.P >= 4 && g.Q >= 4 && tiles4 >= 128) return 4;
+  const int64_t tiles2 = g.N * ((g.P + 1) / 2) * ((g.Q + 1) / 2);
+  return tiles2 >= 1024 ? 2 : 0;
+}
+
 namespace {
 
 using detail::ceil_div;
@@ -116,6 +135,24 @@ template <> struct Transforms<4> {
     o[2 * s] = p12 + 4 * p34;
     o[3 * s] = m12 + 8 * m34 + x[5 * s];
   }
+  // backward-weight: t = A y (m -> m+2, the transpose of `output`), z = G^T u (m+2 -> 3, of `filter`)
+  template <typename V> [[gnu::always_inline]] static void grad_output(const V* y, V* t, int s) {
+    const V y0 = y[0], y1 = y[s], y2 = y[2 * s], y3 = y[3 * s];
+    const V e1 = y0 + y2, o1 = y1 + y3, e2 = y0 + 4 * y2, o2 = 2 * y1 + 8 * y3;
+    t[0] = y0;
+    t[s] = e1 + o1;
+    t[2 * s] = e1 - o1;
+    t[3 * s] = e2 + o2;
+    t[4 * s] = e2 - o2;
+    t[5 * s] = y3;
+  }
+  template <typename V, typename T> [[gnu::always_inline]] static void filter_grad(const V* u, V* z, int s) {
+    const V u0 = u[0], u1 = u[s], u2 = u[2 * s], u3 = u[3 * s], u4 = u[4 * s], u5 = u[5 * s];
+    const V p12 = u1 + u2, m12 = u1 - u2, p34 = u3 + u4, m34 = u3 - u4;
+    z[0] = u0 * T(1.0 / 4) - p12 * T(1.0 / 6) + p34 * T(1.0 / 24);
+    z[s] = m12 * T(-1.0 / 6) + m34 * T(1.0 / 12);
+    z[2 * s] = (p34 - p12) * T(1.0 / 6) + u5;
+  }
 };
 
 template <> struct Transforms<2> {
@@ -137,6 +174,20 @@ template <> struct Transforms<2> {
   template <typename V> [[gnu::always_inline]] static void output(const V* x, V* o, int s) {
     o[0] = x[0] + x[s] + x[2 * s];
     o[s] = x[s] - x[2 * s] - x[3 * s];
+  }
+  template <typename V> [[gnu::always_inline]] static void grad_output(const V* y, V* t, int s) {
+    const V y0 = y[0], y1 = y[s];
+    t[0] = y0;
+    t[s] = y0 + y1;
+    t[2 * s] = y0 - y1;
+    t[3 * s] = -y1;
+  }
+  template <typename V, typename T> [[gnu::always_inline]] static void filter_grad(const V* u, V* z, int s) {
+    const V u0 = u[0], u1 = u[s], u2 = u[2 * s], u3 = u[3 * s];
+    const V p12 = (u1 + u2) * T(0.5);
+    z[0] = u0 + p12;
+    z[s] = (u1 - u2) * T(0.5);
+    z[2 * s] = p12 + u3;
   }
 };
 
@@ -217,6 +268,63 @@ template <typename T, int M>
   }
 }
 
+// ---- backward-weight, phase 1b: D[xi][tt][k] = (A dY A^T)[xi] for the tiles t0 + tt, channels [k_begin, k_end)
+// Outputs past P or Q read as zeros, so partial tiles at the border contribute nothing there.
+template <typename T, int M>
+[[gnu::always_inline]] inline void grad_output_transform(const Plan& pl, const T* dy, T* D, int64_t t0, int64_t count,
+                                                         int64_t k_begin, int64_t k_end) {
+  using Vec = typename VecOf<T>::type;
+  constexpr int A = M + 2, L = lanes<T>;
+  const Winograd3x3& g = pl.g;
+  const int64_t K = g.Cout, xi_stride = pl.chunk * pl.Kp;
+  for (int64_t tt = 0; tt < count; ++tt) {
+    const int64_t t = t0 + tt;
+    const int64_t tx = t % pl.tiles_w, ty = (t / pl.tiles_w) % pl.tiles_h, n = t / (pl.tiles_w * pl.tiles_h);
+    const int64_t p0 = ty * M, q0 = tx * M;
+    const int64_t rows = std::min<int64_t>(M, g.P - p0), cols = std::min<int64_t>(M, g.Q - q0);
+    const T* dyn = dy + n * g.P * g.Q * K;
+    T* out = D + tt * pl.Kp;
+    for (int64_t k0 = k_begin; k0 < k_end; k0 += L) {
+      const int64_t nk = std::min<int64_t>(L, k_end - k0);
+      Vec d[M * M], tmp[A * M], o[A * A];
+      for (int i = 0; i < M; ++i)
+        for (int j = 0; j < M; ++j) {
+          const T* src = dyn + ((p0 + i) * g.Q + q0 + j) * K + k0;
+          d[i * M + j] = (i >= rows || j >= cols) ? Vec{} : nk == L ? load<Vec>(src) : load_part<T, Vec>(src, nk);
+        }
+      for (int j = 0; j < M; ++j) Transforms<M>::grad_output(d + j, tmp + j, M);
+      for (int i = 0; i < A; ++i) Transforms<M>::grad_output(tmp + i * M, o + i * A, 1);
+      for (int xi = 0; xi < A * A; ++xi) store(out + xi * xi_stride + k0, o[xi]);
+    }
+  }
+}
+
+// ---- backward-weight, last phase: dw[k, r, s, c] = (G^T Z[k][c] G)(r, s) for k in [k_begin, k_end) -------------
+// Z (A2, Cout, Cin) row-major.
+template <typename T, int M>
+[[gnu::always_inline]] inline void filter_grad_transform(const Plan& pl, const T* Z, T* dw, int64_t k_begin,
+                                                         int64_t k_end) {
+  using Vec = typename VecOf<T>::type;
+  constexpr int A = M + 2, L = lanes<T>;
+  const int64_t C = pl.g.Cin, K = pl.g.Cout, xi_stride = K * C;
+  for (int64_t k = k_begin; k < k_end; ++k)
+    for (int64_t c0 = 0; c0 < C; c0 += L) {
+      const int64_t nc = std::min<int64_t>(L, C - c0);
+      Vec z[A * A], tmp[3 * A], o[9];
+      for (int xi = 0; xi < A * A; ++xi) {
+        const T* src = Z + xi * xi_stride + k * C + c0;
+        z[xi] = nc == L ? load<Vec>(src) : load_part<T, Vec>(src, nc);
+      }
+      for (int j = 0; j < A; ++j) Transforms<M>::template filter_grad<Vec, T>(z + j, tmp + j, A);
+      for (int r = 0; r < 3; ++r) Transforms<M>::template filter_grad<Vec, T>(tmp + r * A, o + r * 3, 1);
+      for (int rs = 0; rs < 9; ++rs) {
+        T* dst = dw + (k * 9 + rs) * C + c0;
+        if (nc == L) store(dst, o[rs]);
+        else store_part(dst, o[rs], nc);
+      }
+    }
+}
+
 // ---- filters: U[xi] (Cin, Cout) = (G g G^T)[xi], written in the GEMM's packed-B layout --------------------
 // f.load(rs, i, k0, n) gives the vector g[k0 .. k0+n)[i](r, s), rs = 3r + s, zeros past n. Handles input
 // channels [i0, i1); columns past Cout (up to n_pad) become zeros. The loops run along the packed layout
@@ -271,6 +379,15 @@ struct FlippedFilters {  // w (Cin, 3, 3, Cout) read rotated: g[o][i](r, s) = w[
   ATTR void output_##SUFFIX(const Plan& pl, const T* Mb, const T* bias, T* y, int64_t t0, int64_t count,    \
                             int64_t k0, int64_t k1) {                                                         \
     output_transform<T, M>(pl, Mb, bias, y, t0, count, k0, k1);                                               \
+  }                                                                                                           \
+  template <typename T, int M>                                                                                \
+  ATTR void grad_output_##SUFFIX(const Plan& pl, const T* dy, T* D, int64_t t0, int64_t count, int64_t k0,   \
+                                 int64_t k1) {                                                                \
+    grad_output_transform<T, M>(pl, dy, D, t0, count, k0, k1);                                                \
+  }                                                                                                           \
+  template <typename T, int M>                                                                                \
+  ATTR void filter_grad_##SUFFIX(const Plan& pl, const T* Z, T* dw, int64_t k0, int64_t k1) {                 \
+    filter_grad_transform<T, M>(pl, Z, dw, k0, k1);                                                           \
   }                                                                                                           \
   template <typename T, int M, typename F>                                                                    \
   ATTR void filters_##SUFFIX(const Plan& pl, const F& f, T* U, int64_t i0, int64_t i1, int nr) {             \
@@ -365,6 +482,84 @@ void run(const T* x, const T* w, bool flipped, const T* bias, T* y, const Winogr
   }
 }
 
+// Backward-weight. Tiles are cut into `splits` fixed ranges (from the shape alone); each split sums its tiles, chunk
+// by chunk in order, into its own Z partial (A2, Cout, Cin); the partials are added in split order by the final
+// transform. Tasks are (split, output-channel group): a group re-does its split's input transform but reads and
+// writes only its rows of D and Z, so groups change no sum and can follow the thread count.
+template <typename T, int M> void run_backward_weight(const T* x, const T* dy, T* dw, const Winograd3x3& g) {
+  constexpr int A = M + 2, A2 = A * A, L = lanes<T>;
+  const MicroKernel<T>& uk = micro_kernel<T>();
+#ifdef VGG_WINO_HAVE_AVX512
+  const bool wide = std::strcmp(uk.name, "avx512") == 0;
+#else
+  const bool wide = false;
+#endif
+  int threads = max_threads();
+#ifdef _OPENMP
+  if (omp_in_parallel()) threads = 1;
+#endif
+  Plan pl;
+  pl.g = g;
+  pl.tiles_h = ceil_div(g.P, M);
+  pl.tiles_w = ceil_div(g.Q, M);
+  pl.tiles = g.N * pl.tiles_h * pl.tiles_w;
+  pl.Cp = round_up(g.Cin, L);
+  pl.Kp = round_up(g.Cout, L);
+  pl.n_pad = 0;
+  pl.kc = uk.kc;
+  const int64_t C = g.Cin, K = g.Cout, zsize = int64_t(A2) * K * C;
+  // Chunks of whole KC blocks (the GEMM's reduction blocks), V and D of one chunk within about chunk_bytes.
+  const int64_t per_tile = int64_t(A2) * (pl.Cp + pl.Kp) * int64_t(sizeof(T));
+  pl.chunk = std::clamp<int64_t>((chunk_bytes / per_tile) / uk.kc * uk.kc, uk.kc, 4 * uk.kc);
+  // Splits: enough for 8 threads' worth of balance on big problems, at least 4 chunks each, at most 64 MiB of Z.
+  const int64_t splits = std::clamp<int64_t>(
+      std::min(ceil_div(pl.tiles, 4 * pl.chunk), (int64_t(64) << 20) / (zsize * int64_t(sizeof(T)))), 1, 8);
+  const int64_t split_tiles = ceil_div(pl.tiles, splits);
+  const int64_t kgroups = std::clamp<int64_t>(ceil_div(2 * threads, splits), 1, std::max<int64_t>(1, K / 64));
+  const int64_t kgroup = round_up(ceil_div(K, kgroups), L);
+  T* Z = thread_workspace<T>(Slot::wino_filter, size_t(splits * zsize));
+  // columns of Z per GEMM call: keeps the C block (K x 256) that every KC block updates inside L2
+  constexpr int64_t col_block = 256;
+#pragma omp parallel num_threads(threads)
+  {
+    T* V = thread_workspace<T>(Slot::wino_input, size_t(A2 * pl.chunk * pl.Cp));
+    T* D = thread_workspace<T>(Slot::wino_output, size_t(A2 * pl.chunk * pl.Kp));
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t task = 0; task < splits * ceil_div(K, kgroup); ++task) {
+      const int64_t sp = task / ceil_div(K, kgroup);
+      const int64_t k0 = (task % ceil_div(K, kgroup)) * kgroup, k1 = std::min(K, k0 + kgroup);
+      const int64_t s0 = sp * split_tiles, s1 = std::min(pl.tiles, s0 + split_tiles);
+      T* Zs = Z + sp * zsize;
+      if (s1 <= s0)
+        for (int xi = 0; xi < A2; ++xi) std::fill(Zs + xi * K * C + k0 * C, Zs + xi * K * C + k1 * C, T(0));
+      for (int64_t t0 = s0; t0 < s1; t0 += pl.chunk) {
+        const int64_t count = std::min(pl.chunk, s1 - t0);
+        wide ? input_avx512<T, M>(pl, x, V, t0, count) : input_base<T, M>(pl, x, V, t0, count);
+        wide ? grad_output_avx512<T, M>(pl, dy, D, t0, count, k0, k1)
+             : grad_output_base<T, M>(pl, dy, D, t0, count, k0, k1);
+        for (int xi = 0; xi < A2; ++xi)
+          for (int64_t j0 = 0; j0 < C; j0 += col_block)
+            // Z[xi] rows [k0, k1) (+)= D[xi]^T (K, count) * V[xi] (count, C): A(k, t) = D[t][k], B(t, c) = V[t][c]
+            detail::gemm_task(uk, k0, k1, j0, std::min(C, j0 + col_block), count,
+                              StridedA<T>{D + xi * pl.chunk * pl.Kp, 1, pl.Kp},
+                              StridedB<T>{V + xi * pl.chunk * pl.Cp, pl.Cp, 1}, static_cast<const T*>(nullptr), 0,
+                              Zs + xi * K * C, C, t0 != s0, static_cast<const T*>(nullptr));
+      }
+    }
+    // add the partials in split order (into split 0), then transform back to 3x3
+#pragma omp for schedule(static)
+    for (int64_t k = 0; k < K; ++k) {
+      for (int64_t sp = 1; sp < splits; ++sp)
+        for (int xi = 0; xi < A2; ++xi) {
+          T* z0 = Z + xi * K * C + k * C;
+          const T* zs = Z + sp * zsize + xi * K * C + k * C;
+          for (int64_t c = 0; c < C; ++c) z0[c] += zs[c];
+        }
+      wide ? filter_grad_avx512<T, M>(pl, Z, dw, k, k + 1) : filter_grad_base<T, M>(pl, Z, dw, k, k + 1);
+    }
+  }
+}
+
 }  // namespace
 
 template <typename T>
@@ -379,7 +574,23 @@ void winograd_conv3x3(const T* x, const T* w, bool flipped, const T* bias, T* y,
   else run<T, 4>(x, w, flipped, bias, y, g);
 }
 
+template <typename T>
+void winograd_conv3x3_backward_weight(const T* x, const T* dy, T* dw, const Winograd3x3& g, int m) {
+  if (g.Cout * g.Cin == 0) return;
+  if (g.N * g.P * g.Q == 0) {
+    std::fill(dw, dw + g.Cout * 9 * g.Cin, T(0));
+    return;
+  }
+  if (m == 2) run_backward_weight<T, 2>(x, dy, dw, g);
+  else run_backward_weight<T, 4>(x, dy, dw, g);
+}
+
 template int winograd_tile_choice<float>(const Winograd3x3&);
+template int winograd_weight_tile_choice<float>(const Winograd3x3&);
+template int winograd_weight_tile_choice<double>(const Winograd3x3&);
+template void winograd_conv3x3_backward_weight<float>(const float*, const float*, float*, const Winograd3x3&, int);
+template void winograd_conv3x3_backward_weight<double>(const double*, const double*, double*, const Winograd3x3&,
+                                                       int);
 template int winograd_tile_choice<double>(const Winograd3x3&);
 template void winograd_conv3x3<float>(const float*, const float*, bool, const float*, float*, const Winograd3x3&, int);
 template void winograd_conv3x3<double>(const double*, const double*, bool, const double*, double*,

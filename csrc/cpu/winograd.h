@@ -40,4 +40,17 @@ template <typename T> int winograd_tile_choice(const Winograd3x3& g);
 template <typename T>
 void winograd_conv3x3(const T* x, const T* w, bool flipped, const T* bias, T* y, const Winograd3x3& g, int m);
 
+// Backward-weight of the same convolution: x (N, H, W, Cin), dy (N, P, Q, Cout) -> dw (Cout, 3, 3, Cin),
+// overwritten. With D = A dY A^T (the output transform's transpose applied to each m x m tile of dy) and
+// V = B^T d B (the forward's input transform):
+//     dw[o][i] = G^T Z[o][i] G,   Z[xi] (Cout, Cin) = sum over tiles D[xi]^T (Cout, tiles) * V[xi] (tiles, Cin)
+// (y = A^T (U (.) V) A with U = G g G^T makes dL/dU = (A dY A^T) (.) V, and dL/dg = G^T (dL/dU) G).
+// The tiles are summed in fixed splits chosen from the shape alone, so dw is the same for any thread count.
+template <typename T> void winograd_conv3x3_backward_weight(const T* x, const T* dy, T* dw, const Winograd3x3& g, int m);
+
+// The tile size for backward-weight (2, 4, or 0 for the GEMM). Auto: the GEMM for double, narrow layers and
+// few tiles; F(4x4, 3x3) on wide float layers with at least 128 6x6 tiles (relative error ~7e-6 against float64
+// on VGG shapes, the GEMM's ~2.5e-7); F(2x2, 3x3) (~5e-7) on maps smaller than 4x4 with many tiles.
+template <typename T> int winograd_weight_tile_choice(const Winograd3x3& g);
+
 }  // namespace vgg::cpu

@@ -22,11 +22,12 @@ void bind_simt(py::module_& m);  // csrc/simt/selftest.cpp
 
 namespace {
 
+// numpy's equivalence test (PyArray_EquivTypes), not object identity: np.dtype("=f4") is float32 too.
 DType dtype_of(const py::array& array) {
-  if (array.dtype().is(py::dtype::of<float>())) return DType::Float32;
-  if (array.dtype().is(py::dtype::of<double>())) return DType::Float64;
-  if (array.dtype().is(py::dtype::of<int64_t>())) return DType::Int64;
-  if (array.dtype().is(py::dtype::of<int32_t>())) return DType::Int32;
+  if (py::isinstance<py::array_t<float>>(array)) return DType::Float32;
+  if (py::isinstance<py::array_t<double>>(array)) return DType::Float64;
+  if (py::isinstance<py::array_t<int64_t>>(array)) return DType::Int64;
+  if (py::isinstance<py::array_t<int32_t>>(array)) return DType::Int32;
   throw vgg::TypeError("tensor: unsupported numpy dtype " + py::str(array.dtype()).cast<std::string>() +
                        " (expected float32, float64, int32 or int64)");
 }
@@ -120,10 +121,11 @@ PYBIND11_MODULE(_C, m) {
       }, py::arg("device"), "Waits for the device's queued work (a no-op for cpu and sim, which run synchronously)",
       py::call_guard<py::gil_scoped_release>());
   m.def("empty_cache", [] {
+        vgg::empty_host_cache();
 #ifdef VGG_WITH_CUDA
         vgg::cuda::empty_cache();
 #endif
-      }, "Returns the CUDA caching allocator's free blocks to the driver");
+      }, "Returns the cached free blocks (host memory of cpu/sim tensors, and CUDA memory) to the system");
   m.def("full", [](const std::vector<int64_t>& shape, double value, const std::string& dtype, const std::string& device) {
         const DType d = dtype == "float64" ? DType::Float64 : dtype == "float32" ? DType::Float32
                       : throw vgg::TypeError("full: dtype must be float32 or float64, got " + dtype);

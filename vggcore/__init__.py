@@ -5,8 +5,6 @@ Hand-written C++ (CPU) and CUDA kernels in ``vggcore._C``; a small autograd (``v
 training and evaluation recipe (``vggcore.train``, ``vggcore.evaluate``). Activations are NHWC.
 """
 
-import importlib
-
 from . import _C
 from .autograd import no_grad, enable_grad, is_grad_enabled
 from .random import manual_seed
@@ -31,21 +29,11 @@ def default_device():
     return "cuda:0" if cuda_available() else "cpu"
 
 
-def __getattr__(name):
-    """Models, training and evaluation load on first use, keeping ``import vggcore`` light."""
-    # Importing the submodules vggcore/train.py and vggcore/evaluate.py binds their module objects to these names;
-    # rebinding the functions afterwards keeps `vggcore.train(...)` and `vggcore.evaluate(...)` callable.
-    if name == "models":
-        return importlib.import_module(__name__ + ".models")
-    if name in ("train", "TrainResult"):
-        module = importlib.import_module(__name__ + ".train")
-        globals().update(train=module.train, TrainResult=module.TrainResult)
-        return globals()[name]
-    if name == "evaluate":
-        globals()["evaluate"] = importlib.import_module(__name__ + ".evaluate").evaluate
-        return globals()["evaluate"]
-    raise AttributeError(f"module 'vggcore' has no attribute {name!r}")
-
+# Models, training and evaluation build on everything above. Importing the submodules vggcore/train.py and
+# vggcore/evaluate.py binds their module objects to these names first; the from-imports then rebind the functions.
+from . import models  # noqa: E402
+from .evaluate import evaluate  # noqa: E402
+from .train import TrainResult, train  # noqa: E402
 
 __all__ = [
     "Tensor", "tensor", "zeros", "ones", "no_grad", "enable_grad", "is_grad_enabled", "manual_seed",

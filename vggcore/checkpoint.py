@@ -164,7 +164,7 @@ def load_file(path):
             raise ValueError(f"{path}: tensor {name!r} data offsets {begin}..{end} do not fit its shape "
                              f"{shape} or the file ({len(data)} data bytes); the file may be truncated")
         arr = np.frombuffer(data, dtype=dtype, count=count, offset=begin).reshape(shape)
-        tensors[name] = arr.astype(arr.dtype.newbyteorder("="), copy=True)
+        tensors[name] = arr.astype(_DTYPES[info["dtype"]], copy=True)   # native byte order, owns its memory
     return tensors, metadata
 
 

@@ -72,9 +72,9 @@ def build_parser():
                    help="training scale S, or Smin,Smax for scale jittering (default 256, or 32,40 built-in)")
     t.add_argument("--crop", type=int, default=None, help="crop size, the net's input (default 224, or 32 built-in)")
     t.add_argument("--width", type=_positive_number, default=None,
-                   help="channel width multiplier, e.g. 0.25 or 1/8 (default 1, or 1/8 built-in)")
+                   help="channel width multiplier, e.g. 0.5 or 1/4 (default 1, or 1/4 built-in)")
     t.add_argument("--fc-width", type=int, default=None, help="size of fc6 and fc7 (default 4096, or 128 built-in)")
-    t.add_argument("--dropout", type=float, default=0.5)
+    t.add_argument("--dropout", type=float, default=None, help="on fc6 and fc7 (default 0.5, or 0 built-in)")
     t.add_argument("--init", choices=("glorot", "normal", "he"), default=None,
                    help="weight initialisation (default glorot, or he for the built-in data's thin net)")
     t.add_argument("--init-from", default=None, help="checkpoint of a trained net A to initialise from (paper 3.1)")
@@ -83,8 +83,8 @@ def build_parser():
     t.add_argument("--checkpoint-dir", default=None,
                    help="where checkpoints and curves go (default runs/vgg-<config>)")
     t.add_argument("--resume", action="store_true", help="continue from CHECKPOINT_DIR/last.safetensors")
-    t.add_argument("--lr-patience", type=int, default=2,
-                   help="epochs without a better val top-1 error before the lr is divided by 10 (default 2)")
+    t.add_argument("--lr-patience", type=int, default=3,
+                   help="epochs without a better val top-1 error before the lr is divided by 10 (default 3)")
     t.add_argument("--lr-factor", type=float, default=0.1)
     t.add_argument("--max-lr-drops", type=int, default=3)
     t.add_argument("--eval-scale", type=int, default=None, help="validation Q (default S or (Smin+Smax)/2)")
@@ -165,27 +165,26 @@ def _cmd_info(args):
     import numpy
     import vggcore as vc
     from . import _C
-    build = {}
-    for name in ("build_info", "build_config"):
+    def flag(name):
         fn = getattr(_C, name, None)
-        if callable(fn):
-            try:
-                build = dict(fn())
-            except Exception:
-                build = {}
-            break
-    cuda_built = build.get("cuda", getattr(_C, "cuda_compiled", getattr(_C, "CUDA_COMPILED", None)))
+        return bool(fn()) if callable(fn) else None
+
     devices = vc.devices()
     print(f"vggcore {vc.__version__}")
     print(f"python {platform.python_version()}, numpy {numpy.__version__}, {platform.platform()}")
-    if cuda_built is None:
-        cuda_built = any(d.startswith("cuda") for d in devices)
-        print(f"CUDA: {'compiled and a GPU is visible' if cuda_built else 'no GPU device available'}")
-    else:
-        print(f"CUDA compiled: {'yes' if cuda_built else 'no'}; GPU available: {'yes' if vc.cuda_available() else 'no'}")
-    for key, value in build.items():
-        if key != "cuda":
-            print(f"  {key}: {value}")
+    cuda_built, sim_built = flag("cuda_compiled"), flag("sim_compiled")
+    yes = {True: "yes", False: "no", None: "unknown"}
+    print(f"build: CUDA compiled: {yes[cuda_built]}; SIMT emulator (sim): {yes[sim_built]}")
+    gpu = "none"
+    if vc.cuda_available():
+        names = getattr(_C, "cuda_device_name", None)
+        gpu = ", ".join(d for d in devices if d.startswith("cuda"))
+        if callable(names):
+            try:
+                gpu += f" ({names(0)})"
+            except Exception:
+                pass
+    print(f"GPU: {gpu}")
     print(f"devices: {', '.join(devices)}")
     print(f"default device (auto): {vc.default_device()}")
     return 0

@@ -295,11 +295,12 @@ class DataLoader:
     from generators seeded by ``(seed, e)`` and ``(seed, e, position)``, so the batches do not depend on
     thread timing, and resuming at epoch ``e`` reproduces them. Up to ``prefetch`` batches are prepared
     ahead of the consumer. Undecodable files are left out of their batch (so a batch can be short) and
-    warned about once each from the consuming thread. ``iter(loader)`` is ``loader.epoch(0)``.
+    warned about once each from the consuming thread. ``iter(loader)`` is ``loader.epoch(0)``. With
+    ``ragged=True`` a batch whose images differ in size comes as a list of (H, W, 3) arrays instead.
     """
 
     def __init__(self, folder: ImageFolder, batch_size: int, transform, *, shuffle=False, seed=0,
-                 num_workers=None, prefetch=None, drop_last=False):
+                 num_workers=None, prefetch=None, drop_last=False, ragged=False):
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         self.folder = folder
@@ -310,6 +311,7 @@ class DataLoader:
         self.num_workers = default_workers() if num_workers is None else max(1, int(num_workers))
         self.prefetch = 2 * self.num_workers if prefetch is None else max(1, int(prefetch))
         self.drop_last = bool(drop_last)
+        self.ragged = bool(ragged)
         self._pool = None
 
     def __len__(self):
@@ -338,9 +340,11 @@ class DataLoader:
         if not xs:
             return None
         shapes = {x.shape for x in xs}
+        if len(shapes) > 1 and self.ragged:
+            return xs, np.asarray(ys, dtype=np.int64)
         if len(shapes) > 1:
             raise ValueError(f"images of one batch have different shapes {sorted(shapes)}; use a crop, "
-                             "or batch_size=1 for whole images of different sizes")
+                             "or ragged=True for whole images of different sizes")
         return np.stack(xs), np.asarray(ys, dtype=np.int64)
 
     def epoch(self, epoch: int = 0):

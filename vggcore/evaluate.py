@@ -67,10 +67,13 @@ def predict_loader(model, loader, device, dense=False):
     """(softmax posteriors (N, classes), labels (N,)) of every batch the loader yields."""
     probs, labels = [], []
     for x, y in loader:
-        scores = _forward_scores(model, x, device)
-        if dense:
-            scores = scores.mean(axis=(1, 2))     # average the class score map (the paper's sum-pooling)
-        probs.append(_softmax(scores))
+        # A ragged batch (whole images of different sizes) goes through the net one image at a time.
+        parts = [xi[None] for xi in x] if isinstance(x, list) else [x]
+        for part in parts:
+            scores = _forward_scores(model, part, device)
+            if dense:
+                scores = scores.mean(axis=(1, 2))     # average the class score map (the paper's sum-pooling)
+            probs.append(_softmax(scores))
         labels.append(y)
     if not probs:
         return np.zeros((0, model.num_classes)), np.zeros(0, np.int64)
@@ -151,7 +154,7 @@ def evaluate(model, data, crop=None, scale=None, dense=False, flip=False, device
             for mirrored in ((False, True) if flip else (False,)):
                 tf = _data.EvalTransform(q, mean_rgb, crop=None if dense else crop, flip=mirrored,
                                          input_scale=input_scale)
-                loader = _data.DataLoader(folder, 1 if dense else batch_size, tf, num_workers=num_workers)
+                loader = _data.DataLoader(folder, batch_size, tf, num_workers=num_workers, ragged=dense)
                 try:
                     probs, y = predict_loader(net, loader, device, dense=dense)
                 finally:

@@ -35,6 +35,8 @@ struct Device {
 std::vector<std::string> available_devices();
 bool cuda_compiled();
 bool sim_compiled();
+// Returns the host block cache (freed cpu/sim tensor memory kept for reuse, at most 1 GiB) to the system.
+void empty_host_cache();
 
 class Storage {
  public:

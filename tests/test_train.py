@@ -210,8 +210,11 @@ def test_cli_help_lists_every_train_argument():
     assert params <= dests, params - dests
 
 
-def test_python_dash_m_info():
-    proc = subprocess.run([sys.executable, "-m", "vggcore", "info"], capture_output=True, text=True, timeout=120)
+def test_python_dash_m_info(tmp_path):
+    # From an empty folder: `python -m` puts the current folder on sys.path, and a checkout's vggcore/ (no _C)
+    # would shadow the installed package.
+    proc = subprocess.run([sys.executable, "-m", "vggcore", "info"], capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "devices:" in proc.stdout
 

@@ -202,6 +202,35 @@ def test_fan_out_across_depths_needs_topological_order(rng):
     gradcheck("fan-out diamond", net, [x, w1], names=["x", "w1"])
 
 
+@pytest.mark.parametrize("order", ["direct path first", "long path first"])
+def test_fan_out_across_depths_in_either_input_order(order, rng):
+    """The node reached both directly and through another node, with the two inputs in either order (the
+    traversal order of a depth-first search depends on it)."""
+    w1 = rng.standard_normal((4, 4)) * 0.5
+    x = rng.choice([-1.0, 1.0], (4, 4)) * rng.uniform(0.2, 1.0, (4, 4))
+
+    def net(x, w1):
+        h = F.relu(x)
+        u = F.linear(h, w1)
+        return F.linear(h, u) if order == "direct path first" else F.linear(u, h)
+
+    gradcheck(f"fan-out diamond ({order})", net, [x, w1], names=["x", "w1"])
+
+
+@pytest.mark.parametrize("expression", ["x + 2x", "2x + x", "(x + 3x) + relu(3x)"])
+def test_fan_out_sums_every_path(expression):
+    x = vt(np.array([1.0, 2.0]), requires_grad=True)
+    if expression == "x + 2x":
+        y, slope = x + x * 2.0, 3.0
+    elif expression == "2x + x":
+        y, slope = x * 2.0 + x, 3.0
+    else:
+        a = F.relu(x)
+        y, slope = (a + a * 3.0) + F.relu(a * 3.0), 7.0
+    y.backward(vt(np.ones(2)))
+    np.testing.assert_array_equal(to_np(x.grad), [slope, slope])
+
+
 def test_fan_out_two_branches_into_one_op(rng):
     """a = relu(x) and b = max_pool(x) both feed linear: x's gradient is the sum of both paths."""
     x = (rng.permutation(16).reshape(1, 4, 4, 1) - 7.5) / 8.0

@@ -5,6 +5,8 @@ small-integer conv and linear; dropout semantics; and the reference itself check
 Tolerance: |got - ref| <= tol * max(|ref|, 1) with tol 1e-5 for float32 and 1e-10 for float64, where the
 reference is computed in float64 from the very values the device was given (inputs rounded to its dtype).
 """
+import os
+
 import numpy as np
 import pytest
 
@@ -69,6 +71,13 @@ CONV = [
 CONV_IDS = ["N{}H{}W{}C{}K{}k{}s{}p{}{}".format(*c[:8], "b" if c[8] else "") for c in CONV]
 
 
+# The weight gradient through Winograd (F(4x4,3x3) above all) rounds more than a direct sum; issue 5 bounds
+# Winograd's float32 error at 1e-4. test_cpu_variants.py forces the Winograd paths onto every shape here and sets
+# VGG_TEST_WINOGRAD_WGRAD_TOL=1e-4 for those runs only; otherwise (the automatic choice keeps these small shapes
+# on the GEMM) the bound is the usual TOL.
+WINOGRAD_WGRAD_TOL = float(os.environ.get("VGG_TEST_WINOGRAD_WGRAD_TOL", TOL["float32"]))
+
+
 @pytest.mark.parametrize("dev,dt,case", params_for(CONV, CONV_IDS))
 def test_conv2d(dev, dt, case, rng):
     N, H, W, C, K, k, stride, pad, has_bias, _ = case
@@ -83,7 +92,8 @@ def test_conv2d(dev, dt, case, rng):
     y.backward(vt(dy, dt, dev))
     dx, dw, db = ref.conv2d_backward(x, w, dy, stride, pad)
     assert_close(xt.grad, dx, TOL[dt], "conv2d grad x")
-    assert_close(wt.grad, dw, TOL[dt], "conv2d grad weight")
+    wgrad_tol = WINOGRAD_WGRAD_TOL if (dev, dt) == ("cpu", "float32") else TOL[dt]
+    assert_close(wt.grad, dw, wgrad_tol, "conv2d grad weight")
     if has_bias:
         assert_close(bt.grad, db, TOL[dt], "conv2d grad bias")
 

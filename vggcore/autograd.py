@@ -89,22 +89,28 @@ class Function:
 
 
 def _topological_order(root):
-    """Tensors reachable from root through grad_fn, each after every tensor that consumes it."""
-    order, visited = [], {id(root)}
+    """Tensors reachable from root through grad_fn, each after every tensor that consumes it (root first).
+
+    Iterative depth-first search; a node is marked when it is first expanded, not when it is pushed, so a node
+    reached by several paths (x + 2x, skip connections) is placed after all of its consumers.
+    """
+    order, expanded_ids = [], set()
     stack = [(root, False)]
     while stack:
-        node, expanded = stack.pop()
-        if expanded:
+        node, children_done = stack.pop()
+        if children_done:
             order.append(node)
             continue
+        if id(node) in expanded_ids:
+            continue
+        expanded_ids.add(id(node))
         stack.append((node, True))
         if node.grad_fn is None:
             continue
         for parent in node.grad_fn.inputs:
-            if parent is not None and parent.requires_grad and id(parent) not in visited:
-                visited.add(id(parent))
+            if parent is not None and parent.requires_grad and id(parent) not in expanded_ids:
                 stack.append((parent, False))
-    order.reverse()  # root first
+    order.reverse()
     return order
 
 

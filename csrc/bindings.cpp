@@ -75,7 +75,6 @@ py::tuple shape_tuple(const Tensor& t) {
 PYBIND11_MODULE(_C, m) {
   m.doc() = "vggcore's C++ engine: tensors on cpu/sim/cuda and one function per kernel (forward and backward)";
 
-  py::register_exception<vgg::TypeError>(m, "_TypeError", PyExc_TypeError);
   py::register_exception_translator([](std::exception_ptr error) {
     try {
       if (error) std::rethrow_exception(error);

@@ -22,7 +22,7 @@ DEVICES = list(vc.devices())
 GPU_DEVICES = [d for d in DEVICES if d != "cpu"]
 
 # Kernels on the emulator run in several thread orders: a missing barrier passes in linear order and fails in
-# reverse or random order (SIMT.md). Every sim test therefore runs once per schedule.
+# reverse or random order (docs/architecture.md). Every sim test therefore runs once per schedule.
 SIM_SCHEDULES = ["linear", "reverse", "random:7"]
 
 

@@ -4,7 +4,6 @@ gradcheck(): float64 on the cpu, central differences, loss = sum(out * g) for a 
 one backward checks every output at once; tolerance rtol * max(|analytic|, |numeric|, 1). Callers keep inputs
 away from kinks (ReLU at 0, max-pool ties); dropout is reseeded before every forward.
 """
-import inspect
 
 import numpy as np
 
@@ -51,20 +50,8 @@ def assert_close(got, ref, rtol, what=""):
 
 
 def seeded_dropout(seed):
-    """A function (x, p) -> F.dropout(x, p, training=True) whose mask depends only on `seed`, or None when
-    the API offers no way to seed it (neither a `seed` argument nor vc.manual_seed)."""
-    try:
-        params = inspect.signature(F.dropout).parameters
-    except (TypeError, ValueError):
-        params = {}
-    if "seed" in params:
-        return lambda x, p: F.dropout(x, p=p, training=True, seed=seed)
-    if hasattr(vc, "manual_seed"):
-        def run(x, p):
-            vc.manual_seed(seed)
-            return F.dropout(x, p=p, training=True)
-        return run
-    return None
+    """A function (x, p) -> F.dropout(x, p, training=True) whose mask depends only on `seed`."""
+    return lambda x, p: F.dropout(x, p=p, training=True, seed=seed)
 
 
 def gradcheck(op, fn, inputs, names=None, wrt=None, eps=1e-6, rtol=1e-6, seed=0, reseed=None, max_elems=250):

@@ -114,7 +114,7 @@ def shfl_reference(op, t, arg, width):
 def test_shuffle_width_arithmetic(schedule):
     C.sim_set_schedule(schedule)
     down, xor, up, idx = C.simt_selftest_shuffle_lanes()
-    # The table in shared/SIMT.md, measured on a GPU.
+    # Source lanes as measured on a GPU: CUDA's width arithmetic, lanes of other segments included.
     assert [down[t] for t in (0, 15, 16, 31, 32)] == [16, 31, 16, 31, 48]
     assert [xor[t] for t in (0, 5, 9)] == [4, 1, 13]
     for t in range(64):

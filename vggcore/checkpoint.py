@@ -173,6 +173,8 @@ def load_file(path):
 def _flatten(obj, prefix, tensors):
     if isinstance(obj, np.ndarray) or isinstance(obj, np.generic):
         name = prefix or "value"
+        if name in tensors:  # e.g. {"a/b": x, "a": {"b": y}}: both would be stored as "a/b"
+            raise ValueError(f"save_state: two tensors would share the name {name!r}; rename a key containing '/'")
         tensors[name] = np.asarray(obj)
         return {"__tensor__": name, **({"__scalar__": True} if isinstance(obj, np.generic) else {})}
     if isinstance(obj, dict):

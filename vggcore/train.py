@@ -18,6 +18,7 @@ The training loop only talks to the device through vggcore tensors, so the same 
 
 from __future__ import annotations
 
+import io
 import math
 import sys
 import time
@@ -113,7 +114,7 @@ def _resolve_data(data):
     return root
 
 
-def _load_init_from(init_from, device):
+def _load_init_from(init_from):
     if hasattr(init_from, "state_dict"):
         return init_from
     return _load_model(init_from)
@@ -133,7 +134,9 @@ def _save_filters(model, path):
         f = (f - f.min()) / max(float(f.max() - f.min()), 1e-12)
         y, x = divmod(i, cols)
         grid[1 + y * (r + 1):1 + y * (r + 1) + r, 1 + x * (s + 1):1 + x * (s + 1) + s] = (f * 255).astype(np.uint8)
-    Image.fromarray(grid).resize((grid.shape[1] * 8, grid.shape[0] * 8), Image.NEAREST).save(path)
+    png = io.BytesIO()
+    Image.fromarray(grid).resize((grid.shape[1] * 8, grid.shape[0] * 8), Image.NEAREST).save(png, format="PNG")
+    _ckpt.atomic_write_bytes(path, png.getvalue())
 
 
 def _plot(history, path):
@@ -265,7 +268,7 @@ def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum
         model.input_scale = settings["input_scale"]
         model.train_scale = settings["scale"]
         if init_from is not None:
-            _init_from(model, _load_init_from(init_from, device))
+            _init_from(model, _load_init_from(init_from))
     model.to(device)
     optimizer = vc.optim.SGD(model.parameters(), lr=settings["lr"], momentum=settings["momentum"],
                              weight_decay=settings["weight_decay"], nesterov=settings["nesterov"])

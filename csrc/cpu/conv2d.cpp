@@ -274,8 +274,6 @@ template <typename T> void conv2d_backward_weight(const T* x, const T* dy, T* dw
   }
 }
 
-// dy (rows, cols) -> db (cols) = sum over rows. Fixed chunks of rows with partial sums added in chunk order,
-// so the result does not depend on the thread count.
 // dy (rows, cols) -> db (cols). Partial sums per fixed 1024-row chunk, accumulated in double (a float sum over
 // N*P*Q ~ 10^5..10^6 rows would lose ~1e-5 relative) and added in chunk order: the same bits for any thread count.
 template <typename T> void bias_backward(const T* dy, T* db, int64_t rows, int64_t cols) {

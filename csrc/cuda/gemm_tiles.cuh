@@ -581,7 +581,6 @@ inline void check_gemm_limits(const char* op, int64_t M, int64_t N, int64_t kdim
 template <class Cfg, class ALoader, class BLoader>
 void launch_gemm_tiles(const char* op, const ALoader& a, const BLoader& b, int64_t M, int64_t N, int64_t kdim,
                        float* out, const float* bias, int splits) {
-  (void)op;  // only VGG_CHECK_LAUNCH reads it, and the emulator build's is empty
   // k_per_split is a multiple of BK, so no k tile straddles two splits; recount splits so none is empty.
   int64_t k_per_split = kdim;
   if (splits > 1) {

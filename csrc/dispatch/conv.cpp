@@ -26,11 +26,15 @@ Conv2dShape conv_geometry(const char* op, const Shape& x_shape, const Shape& w_s
             " has an empty dimension");
   VGG_CHECK(s.K >= 1 && s.R >= 1 && s.S >= 1, ValueError, op, ": weight shape ", shape_str(w_shape),
             " has an empty dimension");
+  // Bounds first, so the arithmetic below cannot overflow.
+  constexpr int64_t kMaxExtent = int64_t{1} << 30;
+  VGG_CHECK(pad <= (int64_t{1} << 20) && s.H <= kMaxExtent && s.W <= kMaxExtent && s.R <= kMaxExtent &&
+                s.S <= kMaxExtent,
+            ValueError, op, ": padding ", pad, ", input ", shape_str(x_shape), " or weight ", shape_str(w_shape),
+            " is too large");
   VGG_CHECK(s.R <= s.H + 2 * pad && s.S <= s.W + 2 * pad, ValueError, op, ": kernel ", s.R, "x", s.S,
             " is larger than the padded input ", s.H + 2 * pad, "x", s.W + 2 * pad, " (input ", shape_str(x_shape),
             ", padding ", pad, ")");
-  VGG_CHECK(pad <= (int64_t{1} << 20) && s.H <= (int64_t{1} << 30) && s.W <= (int64_t{1} << 30), ValueError, op,
-            ": padding ", pad, " or input ", shape_str(x_shape), " is too large");
   s.P = (s.H + 2 * pad - s.R) / stride + 1;
   s.Q = (s.W + 2 * pad - s.S) / stride + 1;
   return s;

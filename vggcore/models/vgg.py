@@ -34,8 +34,8 @@ ALIASES = {"vgg11": "A", "vgg11_lrn": "A-LRN", "vgg13": "B", "vgg16_1x1": "C", "
 # AlexNet's LRN (k=2, n=5, alpha=1e-4, beta=0.75) in the PyTorch/Caffe convention of F.local_response_norm,
 # which divides alpha by the window size: alpha = 1e-4 * 5.
 LRN_PARAMS = {"size": 5, "alpha": 5e-4, "beta": 0.75, "k": 2.0}
-# The paper's transfer of initial weights (sec. 3.1): A's first four conv layers and its three FC layers.
 INIT_SCHEMES = ("glorot", "normal", "he")
+# The paper's transfer of initial weights (sec. 3.1): A's first four conv layers and its three FC layers.
 INIT_FROM_LAYERS = ("conv1_1", "conv2_1", "conv3_1", "conv3_2", "fc6", "fc7", "fc8")
 
 

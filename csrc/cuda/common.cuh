@@ -72,4 +72,14 @@ class Workspace {
 // Ceil division for grid sizes.
 constexpr int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// Blocks for a grid-stride loop over `work` items, `per_block` items per block: at least 1, at most `max_blocks`
+// (a few thousand blocks already fill every SM of an H100 several times over; the loop covers the rest).
+inline dim3 grid_stride_blocks(int64_t work, int64_t per_block, int64_t max_blocks) {
+  const int64_t blocks = ceil_div(work, per_block);
+  return dim3(static_cast<unsigned>(blocks < 1 ? 1 : (blocks > max_blocks ? max_blocks : blocks)));
+}
+
+// float4 loads and stores need 16-byte aligned addresses.
+inline bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
+
 }  // namespace vgg::VGG_GPU_NS

@@ -48,7 +48,7 @@ inline bool is_pointwise(const Conv2dShape& s) { return s.R == 1 && s.S == 1 && 
 inline void forward(const float* x, const float* w, const float* bias, float* y, const Conv2dShape& s,
                     const gemm::GemmPlan& plan) {
   const int64_t M = s.N * s.P * s.Q, RSC = s.R * s.S * s.C;
-  const bool vec = s.C % 4 == 0 && gemm::aligned16(x) && gemm::aligned16(w);
+  const bool vec = s.C % 4 == 0 && aligned16(x) && aligned16(w);
   gemm::run_gemm<gemm::Im2colAlongK, gemm::DenseAlongK>("conv2d_forward", conv_geometry(x, M, s),
                                                         gemm::DenseParams{w, RSC, s.K, RSC}, vec, M, s.K, RSC, y,
                                                         bias, plan);
@@ -58,7 +58,7 @@ inline void forward(const float* x, const float* w, const float* bias, float* y,
 inline void backward_data(const float* dy, const float* w, float* dx, const Conv2dShape& s,
                           const gemm::GemmPlan& plan) {
   const int64_t M = s.N * s.H * s.W, RSK = s.R * s.S * s.K;
-  const bool vec = s.K % 4 == 0 && s.C % 4 == 0 && gemm::aligned16(dy) && gemm::aligned16(w);
+  const bool vec = s.K % 4 == 0 && s.C % 4 == 0 && aligned16(dy) && aligned16(w);
   gemm::run_gemm<gemm::DyGatherAlongK, gemm::FilterTapsAlongRows>("conv2d_backward_data", conv_geometry(dy, M, s),
                                                                   conv_geometry(w, s.C, s), vec, M, s.C, RSK, dx,
                                                                   nullptr, plan);
@@ -68,7 +68,7 @@ inline void backward_data(const float* dy, const float* w, float* dx, const Conv
 inline void backward_weight(const float* x, const float* dy, float* dw, const Conv2dShape& s,
                             const gemm::GemmPlan& plan) {
   const int64_t NPQ = s.N * s.P * s.Q, RSC = s.R * s.S * s.C;
-  const bool vec = s.K % 4 == 0 && s.C % 4 == 0 && gemm::aligned16(x) && gemm::aligned16(dy);
+  const bool vec = s.K % 4 == 0 && s.C % 4 == 0 && aligned16(x) && aligned16(dy);
   gemm::run_gemm<gemm::DenseAlongRows, gemm::Im2colAlongRows>("conv2d_backward_weight",
                                                               gemm::DenseParams{dy, s.K, s.K, NPQ},
                                                               conv_geometry(x, RSC, s), vec, s.K, RSC, NPQ, dw,

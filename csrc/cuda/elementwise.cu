@@ -19,12 +19,7 @@ constexpr int kElementwiseThreads = 256;
 constexpr int64_t kElementwiseMaxBlocks = 4096;
 
 // Blocks for `work` independent items, one per thread, capped (the kernels are grid-stride loops).
-int64_t elementwise_blocks(int64_t work) {
-  const int64_t blocks = ceil_div(work, kElementwiseThreads);
-  return blocks < 1 ? 1 : (blocks > kElementwiseMaxBlocks ? kElementwiseMaxBlocks : blocks);
-}
-
-bool elementwise_aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+dim3 elementwise_blocks(int64_t work) { return grid_stride_blocks(work, kElementwiseThreads, kElementwiseMaxBlocks); }
 
 // Number of float4 groups the vector body handles: all of n / 4 when the pointers allow it, else none.
 int64_t elementwise_vector_groups(int64_t n, bool aligned) { return aligned ? n / 4 : 0; }
@@ -88,9 +83,9 @@ __global__ void map_binary_kernel(const float* a, const float* b, float* y, int6
 template <typename Op>
 void launch_unary(const char* name, const float* x, float* y, int64_t n, Op op) {
   if (n <= 0) return;
-  const int64_t n4 = elementwise_vector_groups(n, elementwise_aligned16(x) && elementwise_aligned16(y));
+  const int64_t n4 = elementwise_vector_groups(n, aligned16(x) && aligned16(y));
   const int64_t work = n4 + (n - 4 * n4);
-  VGG_LAUNCH(dim3(static_cast<unsigned>(elementwise_blocks(work))), dim3(kElementwiseThreads), 0,
+  VGG_LAUNCH(elementwise_blocks(work), dim3(kElementwiseThreads), 0,
              map_unary_kernel<Op>)(x, y, n4, n, op);
   VGG_CHECK_LAUNCH(name);
 }
@@ -98,9 +93,9 @@ void launch_unary(const char* name, const float* x, float* y, int64_t n, Op op) 
 template <typename Op>
 void launch_binary(const char* name, const float* a, const float* b, float* y, int64_t n, Op op) {
   if (n <= 0) return;
-  const int64_t n4 = elementwise_vector_groups(n, elementwise_aligned16(a) && elementwise_aligned16(b) && elementwise_aligned16(y));
+  const int64_t n4 = elementwise_vector_groups(n, aligned16(a) && aligned16(b) && aligned16(y));
   const int64_t work = n4 + (n - 4 * n4);
-  VGG_LAUNCH(dim3(static_cast<unsigned>(elementwise_blocks(work))), dim3(kElementwiseThreads), 0,
+  VGG_LAUNCH(elementwise_blocks(work), dim3(kElementwiseThreads), 0,
              map_binary_kernel<Op>)(a, b, y, n4, n, op);
   VGG_CHECK_LAUNCH(name);
 }
@@ -158,9 +153,9 @@ void relu_backward(const float* x, const float* dy, float* dx, int64_t n) {
 void dropout(const float* x, float* y, int64_t n, double p, uint64_t seed) {
   if (n <= 0) return;
   const float keep_scale = static_cast<float>(1.0 / (1.0 - p));
-  const int64_t n4 = elementwise_vector_groups(n, elementwise_aligned16(x) && elementwise_aligned16(y));
+  const int64_t n4 = elementwise_vector_groups(n, aligned16(x) && aligned16(y));
   const int64_t work = n4 + (n - 4 * n4);
-  VGG_LAUNCH(dim3(static_cast<unsigned>(elementwise_blocks(work))), dim3(kElementwiseThreads), 0,
+  VGG_LAUNCH(elementwise_blocks(work), dim3(kElementwiseThreads), 0,
              dropout_kernel)(x, y, n4, n, p, keep_scale, seed);
   VGG_CHECK_LAUNCH("dropout");
 }
@@ -173,9 +168,9 @@ void scale(const float* x, float* y, double alpha, int64_t n) {
 
 void fill(float* y, double value, int64_t n) {
   if (n <= 0) return;
-  const int64_t n4 = elementwise_vector_groups(n, elementwise_aligned16(y));
+  const int64_t n4 = elementwise_vector_groups(n, aligned16(y));
   const int64_t work = n4 + (n - 4 * n4);
-  VGG_LAUNCH(dim3(static_cast<unsigned>(elementwise_blocks(work))), dim3(kElementwiseThreads), 0,
+  VGG_LAUNCH(elementwise_blocks(work), dim3(kElementwiseThreads), 0,
              fill_kernel)(y, n4, n, static_cast<float>(value));
   VGG_CHECK_LAUNCH("fill");
 }

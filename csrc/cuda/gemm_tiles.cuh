@@ -568,7 +568,6 @@ inline GemmPlan plan_gemm(int64_t M, int64_t N, int64_t kdim) {
   return forced_plan(plan);
 }
 
-inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 // The dimensions the kernel indexes with 32-bit block coordinates and per-image int offsets.
 inline void check_gemm_limits(const char* op, int64_t M, int64_t N, int64_t kdim) {

@@ -18,7 +18,7 @@ namespace linear_detail {
 // x (M, IN), w (OUT, IN), bias (OUT) or nullptr -> y (M, OUT). GEMM M = M, N = OUT, Kdim = IN.
 inline void forward(const float* x, const float* w, const float* bias, float* y, int64_t M, int64_t OUT, int64_t IN,
                     const gemm::GemmPlan& plan) {
-  const bool vec = IN % 4 == 0 && gemm::aligned16(x) && gemm::aligned16(w);
+  const bool vec = IN % 4 == 0 && aligned16(x) && aligned16(w);
   gemm::run_gemm<gemm::DenseAlongK, gemm::DenseAlongK>("linear_forward", gemm::DenseParams{x, IN, M, IN},
                                                        gemm::DenseParams{w, IN, OUT, IN}, vec, M, OUT, IN, y, bias,
                                                        plan);
@@ -27,7 +27,7 @@ inline void forward(const float* x, const float* w, const float* bias, float* y,
 // dy (M, OUT), w (OUT, IN) -> dx (M, IN). GEMM M = M, N = IN, Kdim = OUT.
 inline void backward_data(const float* dy, const float* w, float* dx, int64_t M, int64_t OUT, int64_t IN,
                           const gemm::GemmPlan& plan) {
-  const bool vec = OUT % 4 == 0 && IN % 4 == 0 && gemm::aligned16(dy) && gemm::aligned16(w);
+  const bool vec = OUT % 4 == 0 && IN % 4 == 0 && aligned16(dy) && aligned16(w);
   gemm::run_gemm<gemm::DenseAlongK, gemm::DenseAlongRows>("linear_backward_data", gemm::DenseParams{dy, OUT, M, OUT},
                                                           gemm::DenseParams{w, IN, IN, OUT}, vec, M, IN, OUT, dx,
                                                           nullptr, plan);
@@ -36,7 +36,7 @@ inline void backward_data(const float* dy, const float* w, float* dx, int64_t M,
 // x (M, IN), dy (M, OUT) -> dw (OUT, IN). GEMM M = OUT, N = IN, Kdim = M.
 inline void backward_weight(const float* x, const float* dy, float* dw, int64_t M, int64_t OUT, int64_t IN,
                             const gemm::GemmPlan& plan) {
-  const bool vec = OUT % 4 == 0 && IN % 4 == 0 && gemm::aligned16(x) && gemm::aligned16(dy);
+  const bool vec = OUT % 4 == 0 && IN % 4 == 0 && aligned16(x) && aligned16(dy);
   gemm::run_gemm<gemm::DenseAlongRows, gemm::DenseAlongRows>("linear_backward_weight",
                                                              gemm::DenseParams{dy, OUT, OUT, M},
                                                              gemm::DenseParams{x, IN, IN, M}, vec, OUT, IN, M, dw,

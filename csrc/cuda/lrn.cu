@@ -43,10 +43,7 @@ LrnParams lrn_params(const LrnShape& s) {
   return p;
 }
 
-dim3 lrn_grid(int64_t rows) {
-  const int64_t blocks = ceil_div(rows, kLrnWarpsPerBlock);
-  return dim3(static_cast<unsigned>(blocks > kLrnMaxBlocks ? kLrnMaxBlocks : blocks));
-}
+dim3 lrn_grid(int64_t rows) { return grid_stride_blocks(rows, kLrnWarpsPerBlock, kLrnMaxBlocks); }
 
 // x (rows, C) -> y (rows, C), scale (rows, C). Block (32, 8): warp threadIdx.y handles one row at a time.
 __global__ void lrn_forward_kernel(const float* x, float* y, float* scale, LrnParams p) {

@@ -19,10 +19,7 @@ namespace {
 constexpr int kPoolThreads = 256;
 constexpr int64_t kPoolMaxBlocks = 4096;  // grid-stride loops beyond this; far more threads than an H100 holds
 
-int64_t pool_blocks(int64_t work) {
-  const int64_t blocks = ceil_div(work, kPoolThreads);
-  return blocks < 1 ? 1 : (blocks > kPoolMaxBlocks ? kPoolMaxBlocks : blocks);
-}
+dim3 pool_blocks(int64_t work) { return grid_stride_blocks(work, kPoolThreads, kPoolMaxBlocks); }
 
 // 32-bit indexing is safe when every index, plus one grid-stride step past the end, stays below 2^31.
 bool pool_fits_int32(int64_t largest_tensor) {
@@ -204,7 +201,7 @@ __global__ void global_avg_pool_backward_kernel(const float* dy, float* dx, Inde
 void max_pool2d_forward(const float* x, float* y, int32_t* argmax, const Pool2dShape& s) {
   const int64_t total = s.N * s.P * s.Q * s.C;
   if (total <= 0) return;
-  const dim3 grid(static_cast<unsigned>(pool_blocks(total))), block(kPoolThreads);
+  const dim3 grid = pool_blocks(total), block(kPoolThreads);
   if (pool_fits_int32(s.N * s.H * s.W * s.C)) {
     VGG_LAUNCH(grid, block, 0, max_pool2d_forward_kernel<int32_t>)(x, y, argmax, PoolDims<int32_t>(s),
                                                                    static_cast<int32_t>(total));
@@ -217,7 +214,7 @@ void max_pool2d_forward(const float* x, float* y, int32_t* argmax, const Pool2dS
 void max_pool2d_backward(const float* dy, const int32_t* argmax, float* dx, const Pool2dShape& s) {
   const int64_t total = s.N * s.H * s.W * s.C;
   if (total <= 0) return;
-  const dim3 grid(static_cast<unsigned>(pool_blocks(total))), block(kPoolThreads);
+  const dim3 grid = pool_blocks(total), block(kPoolThreads);
   if (pool_fits_int32(total)) {
     VGG_LAUNCH(grid, block, 0, max_pool2d_backward_kernel<int32_t>)(dy, argmax, dx, PoolDims<int32_t>(s),
                                                                     static_cast<int32_t>(total));
@@ -230,7 +227,7 @@ void max_pool2d_backward(const float* dy, const int32_t* argmax, float* dx, cons
 void avg_pool2d_forward(const float* x, float* y, const Pool2dShape& s) {
   const int64_t total = s.N * s.P * s.Q * s.C;
   if (total <= 0) return;
-  const dim3 grid(static_cast<unsigned>(pool_blocks(total))), block(kPoolThreads);
+  const dim3 grid = pool_blocks(total), block(kPoolThreads);
   if (pool_fits_int32(s.N * s.H * s.W * s.C)) {
     VGG_LAUNCH(grid, block, 0, avg_pool2d_forward_kernel<int32_t>)(x, y, PoolDims<int32_t>(s),
                                                                    static_cast<int32_t>(total));
@@ -243,7 +240,7 @@ void avg_pool2d_forward(const float* x, float* y, const Pool2dShape& s) {
 void avg_pool2d_backward(const float* dy, float* dx, const Pool2dShape& s) {
   const int64_t total = s.N * s.H * s.W * s.C;
   if (total <= 0) return;
-  const dim3 grid(static_cast<unsigned>(pool_blocks(total))), block(kPoolThreads);
+  const dim3 grid = pool_blocks(total), block(kPoolThreads);
   if (pool_fits_int32(total)) {
     VGG_LAUNCH(grid, block, 0, avg_pool2d_backward_kernel<int32_t>)(dy, dx, PoolDims<int32_t>(s),
                                                                     static_cast<int32_t>(total));
@@ -264,7 +261,7 @@ void global_avg_pool_forward(const float* x, float* y, int64_t N, int64_t HW, in
 void global_avg_pool_backward(const float* dy, float* dx, int64_t N, int64_t HW, int64_t C) {
   const int64_t total = N * HW * C;
   if (total <= 0) return;
-  const dim3 grid(static_cast<unsigned>(pool_blocks(total))), block(kPoolThreads);
+  const dim3 grid = pool_blocks(total), block(kPoolThreads);
   if (pool_fits_int32(total)) {
     VGG_LAUNCH(grid, block, 0, global_avg_pool_backward_kernel<int32_t>)(
         dy, dx, static_cast<int32_t>(HW), static_cast<int32_t>(C), static_cast<int32_t>(total));

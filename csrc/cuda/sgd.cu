@@ -67,8 +67,6 @@ __global__ void sgd_update_kernel(float* param, const float* grad, float* buf, i
   }
 }
 
-bool sgd_aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
-
 }  // namespace
 
 void sgd_update(float* param, const float* grad, float* momentum_buf, int64_t n, const SgdConfig& cfg) {
@@ -81,10 +79,9 @@ void sgd_update(float* param, const float* grad, float* momentum_buf, int64_t n,
   c.nesterov = cfg.nesterov;
   c.first_step = cfg.first_step;
   const bool aligned =
-      sgd_aligned16(param) && sgd_aligned16(grad) && (!c.use_momentum || sgd_aligned16(momentum_buf));
+      aligned16(param) && aligned16(grad) && (!c.use_momentum || aligned16(momentum_buf));
   const int64_t n4 = aligned ? n / 4 : 0;
-  const int64_t blocks = ceil_div(n4 + (n - 4 * n4), kSgdThreads);
-  const dim3 grid(static_cast<unsigned>(blocks > kSgdMaxBlocks ? kSgdMaxBlocks : blocks));
+  const dim3 grid = grid_stride_blocks(n4 + (n - 4 * n4), kSgdThreads, kSgdMaxBlocks);
   VGG_LAUNCH(grid, dim3(kSgdThreads), 0, sgd_update_kernel)(param, grad, momentum_buf, n4, n, c);
   VGG_CHECK_LAUNCH("sgd_update");
 }

@@ -21,10 +21,7 @@ constexpr unsigned kFullWarp = 0xffffffffu;
 constexpr int kSoftmaxWarpsPerBlock = 8;
 constexpr int64_t kSoftmaxMaxBlocks = 8192;  // rows beyond 8192 * 8 are grid-strided
 
-dim3 softmax_grid(int64_t rows) {
-  const int64_t blocks = ceil_div(rows, kSoftmaxWarpsPerBlock);
-  return dim3(static_cast<unsigned>(blocks > kSoftmaxMaxBlocks ? kSoftmaxMaxBlocks : blocks));
-}
+dim3 softmax_grid(int64_t rows) { return grid_stride_blocks(rows, kSoftmaxWarpsPerBlock, kSoftmaxMaxBlocks); }
 dim3 softmax_block() { return dim3(32, kSoftmaxWarpsPerBlock); }
 
 // The whole warp must call these (every lane of a row's warp runs the same number of row iterations).

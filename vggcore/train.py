@@ -234,7 +234,7 @@ def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum
             if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
                 raise ValueError(f"train: {last_path} is not a vggcore training checkpoint")
             saved = state["settings"]
-            for key in _RUN_KEYS:
+            for key in _RUN_KEYS + ("lr",):  # lr: the run's initial rate; the schedule's current rate comes back too
                 ours, theirs = settings.get(key), saved.get(key)
                 if isinstance(ours, tuple):
                     ours = list(ours)

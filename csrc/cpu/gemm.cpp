@@ -113,136 +113,121 @@ __attribute__((target("avx512f"))) void pack_rows_avx512_f32(float* d, int mr, c
 }
 #pragma GCC diagnostic pop
 
-// ---- AVX-512: MR rows x NV vectors; 14 x 2 uses 28 accumulators + 2 B vectors + 1 broadcast of 32 zmm ----
-// Per k: NV aligned loads of B, MR broadcasts of A (folded into the FMA as {1toN} memory operands), MR * NV FMAs.
-// Two FMA ports and two-three load ports: 28 FMAs against 16 loads keeps the FMA units the bottleneck.
-template <int MR, int NV>
-__attribute__((target("avx512f"))) void micro_kernel_avx512_f32(int64_t kc, const float* a, const float* b, float* c,
-                                                                  int64_t ldc, bool accumulate) {
-  __m512 acc[MR][NV];
+// ---- SIMD micro-kernels: MR rows x NV vectors of C held in registers ---------------------------------------
+// One struct per ISA and element type names the vector register and the handful of operations the kernel uses;
+// its members carry the ISA as a target attribute. micro_kernel_simd is written once over such a struct and has
+// no target of its own: the entry points micro_kernel_avx512 / micro_kernel_avx2 carry the target and `flatten`,
+// which inlines the kernel and every vector operation into them, so the intrinsics are compiled for that ISA and
+// no vector value crosses a call. (A target-less always_inline wrapper around the intrinsics would not do: GCC
+// checks the ISA against the function an intrinsic is inlined into first, not where it finally lands.)
+#define VGG_AVX512_INLINE __attribute__((target("avx512f"))) inline
+#define VGG_AVX2_INLINE __attribute__((target("avx2,fma"))) inline
+struct Avx512F32 {
+  using T = float;
+  using V = __m512;
+  static constexpr int lanes = 16;
+  static VGG_AVX512_INLINE V zero() { return _mm512_setzero_ps(); }
+  static VGG_AVX512_INLINE V load(const T* p) { return _mm512_load_ps(p); }  // packed B: 64-byte aligned
+  static VGG_AVX512_INLINE V loadu(const T* p) { return _mm512_loadu_ps(p); }
+  static VGG_AVX512_INLINE V broadcast(const T* p) { return _mm512_set1_ps(*p); }
+  static VGG_AVX512_INLINE V fmadd(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  static VGG_AVX512_INLINE V add(V a, V b) { return _mm512_add_ps(a, b); }
+  static VGG_AVX512_INLINE void storeu(T* p, V v) { _mm512_storeu_ps(p, v); }
+};
+struct Avx512F64 {
+  using T = double;
+  using V = __m512d;
+  static constexpr int lanes = 8;
+  static VGG_AVX512_INLINE V zero() { return _mm512_setzero_pd(); }
+  static VGG_AVX512_INLINE V load(const T* p) { return _mm512_load_pd(p); }
+  static VGG_AVX512_INLINE V loadu(const T* p) { return _mm512_loadu_pd(p); }
+  static VGG_AVX512_INLINE V broadcast(const T* p) { return _mm512_set1_pd(*p); }
+  static VGG_AVX512_INLINE V fmadd(V a, V b, V c) { return _mm512_fmadd_pd(a, b, c); }
+  static VGG_AVX512_INLINE V add(V a, V b) { return _mm512_add_pd(a, b); }
+  static VGG_AVX512_INLINE void storeu(T* p, V v) { _mm512_storeu_pd(p, v); }
+};
+struct Avx2F32 {
+  using T = float;
+  using V = __m256;
+  static constexpr int lanes = 8;
+  static VGG_AVX2_INLINE V zero() { return _mm256_setzero_ps(); }
+  static VGG_AVX2_INLINE V load(const T* p) { return _mm256_load_ps(p); }
+  static VGG_AVX2_INLINE V loadu(const T* p) { return _mm256_loadu_ps(p); }
+  static VGG_AVX2_INLINE V broadcast(const T* p) { return _mm256_broadcast_ss(p); }
+  static VGG_AVX2_INLINE V fmadd(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  static VGG_AVX2_INLINE V add(V a, V b) { return _mm256_add_ps(a, b); }
+  static VGG_AVX2_INLINE void storeu(T* p, V v) { _mm256_storeu_ps(p, v); }
+};
+struct Avx2F64 {
+  using T = double;
+  using V = __m256d;
+  static constexpr int lanes = 4;
+  static VGG_AVX2_INLINE V zero() { return _mm256_setzero_pd(); }
+  static VGG_AVX2_INLINE V load(const T* p) { return _mm256_load_pd(p); }
+  static VGG_AVX2_INLINE V loadu(const T* p) { return _mm256_loadu_pd(p); }
+  static VGG_AVX2_INLINE V broadcast(const T* p) { return _mm256_broadcast_sd(p); }
+  static VGG_AVX2_INLINE V fmadd(V a, V b, V c) { return _mm256_fmadd_pd(a, b, c); }
+  static VGG_AVX2_INLINE V add(V a, V b) { return _mm256_add_pd(a, b); }
+  static VGG_AVX2_INLINE void storeu(T* p, V v) { _mm256_storeu_pd(p, v); }
+};
+
+// AVX-512: 14 x 2 uses 28 accumulators + 2 B vectors + 1 broadcast of 32 zmm. AVX2: 6 x 2 uses 12 of 16 ymm
+// (the classic Haswell shape). Per k: NV aligned loads of B, MR broadcasts of A (folded into the FMA as {1toN}
+// memory operands on AVX-512), MR * NV FMAs. Two FMA ports and two-three load ports: 28 FMAs against 16 loads
+// keeps the FMA units the bottleneck.
+//
+// The target-less kernel sees the members' vector returns, which -Wpsabi flags; flatten means no such call is
+// ever emitted.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wpsabi"
+template <typename Vec, int MR, int NV>
+inline void micro_kernel_simd(int64_t kc, const typename Vec::T* a, const typename Vec::T* b, typename Vec::T* c,
+                              int64_t ldc, bool accumulate) {
+  constexpr int L = Vec::lanes;
+  typename Vec::V acc[MR][NV];
 #pragma GCC unroll 16
   for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 4
-    for (int j = 0; j < NV; ++j) acc[i][j] = _mm512_setzero_ps();
+    for (int j = 0; j < NV; ++j) acc[i][j] = Vec::zero();
   for (int64_t p = 0; p < kc; ++p) {
-    __m512 bv[NV];
+    typename Vec::V bv[NV];
 #pragma GCC unroll 4
-    for (int j = 0; j < NV; ++j) bv[j] = _mm512_load_ps(b + 16 * j);
+    for (int j = 0; j < NV; ++j) bv[j] = Vec::load(b + L * j);
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
-      const __m512 ai = _mm512_set1_ps(a[i]);
+      const typename Vec::V ai = Vec::broadcast(a + i);
 #pragma GCC unroll 4
-      for (int j = 0; j < NV; ++j) acc[i][j] = _mm512_fmadd_ps(ai, bv[j], acc[i][j]);
+      for (int j = 0; j < NV; ++j) acc[i][j] = Vec::fmadd(ai, bv[j], acc[i][j]);
     }
     a += MR;
-    b += 16 * NV;
+    b += L * NV;
   }
 #pragma GCC unroll 16
   for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 4
     for (int j = 0; j < NV; ++j) {
-      float* cp = c + i * ldc + 16 * j;
-      __m512 v = acc[i][j];
-      if (accumulate) v = _mm512_add_ps(v, _mm512_loadu_ps(cp));
-      _mm512_storeu_ps(cp, v);
+      typename Vec::T* cp = c + i * ldc + L * j;
+      typename Vec::V v = acc[i][j];
+      if (accumulate) v = Vec::add(v, Vec::loadu(cp));
+      Vec::storeu(cp, v);
     }
 }
+#pragma GCC diagnostic pop
+#undef VGG_AVX512_INLINE
+#undef VGG_AVX2_INLINE
 
-template <int MR, int NV>
-__attribute__((target("avx512f"))) void micro_kernel_avx512_f64(int64_t kc, const double* a, const double* b,
-                                                                  double* c, int64_t ldc, bool accumulate) {
-  __m512d acc[MR][NV];
-#pragma GCC unroll 16
-  for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 4
-    for (int j = 0; j < NV; ++j) acc[i][j] = _mm512_setzero_pd();
-  for (int64_t p = 0; p < kc; ++p) {
-    __m512d bv[NV];
-#pragma GCC unroll 4
-    for (int j = 0; j < NV; ++j) bv[j] = _mm512_load_pd(b + 8 * j);
-#pragma GCC unroll 16
-    for (int i = 0; i < MR; ++i) {
-      const __m512d ai = _mm512_set1_pd(a[i]);
-#pragma GCC unroll 4
-      for (int j = 0; j < NV; ++j) acc[i][j] = _mm512_fmadd_pd(ai, bv[j], acc[i][j]);
-    }
-    a += MR;
-    b += 8 * NV;
-  }
-#pragma GCC unroll 16
-  for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 4
-    for (int j = 0; j < NV; ++j) {
-      double* cp = c + i * ldc + 8 * j;
-      __m512d v = acc[i][j];
-      if (accumulate) v = _mm512_add_pd(v, _mm512_loadu_pd(cp));
-      _mm512_storeu_pd(cp, v);
-    }
+template <typename Vec, int MR, int NV>
+__attribute__((target("avx512f"), flatten)) void micro_kernel_avx512(int64_t kc, const typename Vec::T* a,
+                                                                      const typename Vec::T* b, typename Vec::T* c,
+                                                                      int64_t ldc, bool accumulate) {
+  micro_kernel_simd<Vec, MR, NV>(kc, a, b, c, ldc, accumulate);
 }
 
-// ---- AVX2 + FMA: 6 rows x 2 vectors = 12 accumulators of 16 ymm (the classic Haswell shape) ----------------
-template <int MR, int NV>
-__attribute__((target("avx2,fma"))) void micro_kernel_avx2_f32(int64_t kc, const float* a, const float* b, float* c,
-                                                                 int64_t ldc, bool accumulate) {
-  __m256 acc[MR][NV];
-#pragma GCC unroll 16
-  for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 4
-    for (int j = 0; j < NV; ++j) acc[i][j] = _mm256_setzero_ps();
-  for (int64_t p = 0; p < kc; ++p) {
-    __m256 bv[NV];
-#pragma GCC unroll 4
-    for (int j = 0; j < NV; ++j) bv[j] = _mm256_load_ps(b + 8 * j);
-#pragma GCC unroll 16
-    for (int i = 0; i < MR; ++i) {
-      const __m256 ai = _mm256_broadcast_ss(a + i);
-#pragma GCC unroll 4
-      for (int j = 0; j < NV; ++j) acc[i][j] = _mm256_fmadd_ps(ai, bv[j], acc[i][j]);
-    }
-    a += MR;
-    b += 8 * NV;
-  }
-#pragma GCC unroll 16
-  for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 4
-    for (int j = 0; j < NV; ++j) {
-      float* cp = c + i * ldc + 8 * j;
-      __m256 v = acc[i][j];
-      if (accumulate) v = _mm256_add_ps(v, _mm256_loadu_ps(cp));
-      _mm256_storeu_ps(cp, v);
-    }
-}
-
-template <int MR, int NV>
-__attribute__((target("avx2,fma"))) void micro_kernel_avx2_f64(int64_t kc, const double* a, const double* b,
-                                                                 double* c, int64_t ldc, bool accumulate) {
-  __m256d acc[MR][NV];
-#pragma GCC unroll 16
-  for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 4
-    for (int j = 0; j < NV; ++j) acc[i][j] = _mm256_setzero_pd();
-  for (int64_t p = 0; p < kc; ++p) {
-    __m256d bv[NV];
-#pragma GCC unroll 4
-    for (int j = 0; j < NV; ++j) bv[j] = _mm256_load_pd(b + 4 * j);
-#pragma GCC unroll 16
-    for (int i = 0; i < MR; ++i) {
-      const __m256d ai = _mm256_broadcast_sd(a + i);
-#pragma GCC unroll 4
-      for (int j = 0; j < NV; ++j) acc[i][j] = _mm256_fmadd_pd(ai, bv[j], acc[i][j]);
-    }
-    a += MR;
-    b += 4 * NV;
-  }
-#pragma GCC unroll 16
-  for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 4
-    for (int j = 0; j < NV; ++j) {
-      double* cp = c + i * ldc + 4 * j;
-      __m256d v = acc[i][j];
-      if (accumulate) v = _mm256_add_pd(v, _mm256_loadu_pd(cp));
-      _mm256_storeu_pd(cp, v);
-    }
+template <typename Vec, int MR, int NV>
+__attribute__((target("avx2,fma"), flatten)) void micro_kernel_avx2(int64_t kc, const typename Vec::T* a,
+                                                                     const typename Vec::T* b, typename Vec::T* c,
+                                                                     int64_t ldc, bool accumulate) {
+  micro_kernel_simd<Vec, MR, NV>(kc, a, b, c, ldc, accumulate);
 }
 #endif  // VGG_X86
 
@@ -272,8 +257,8 @@ template <typename T> MicroKernel<T> select_kernel();
 template <> MicroKernel<float> select_kernel<float>() {
   switch (isa_level()) {
 #ifdef VGG_X86
-    case 2: return {14, 32, 256, 14 * 24, 512, micro_kernel_avx512_f32<14, 2>, pack_rows_avx512_f32, "avx512"};
-    case 1: return {6, 16, 256, 6 * 48, 512, micro_kernel_avx2_f32<6, 2>, pack_rows_scalar<float>, "avx2"};
+    case 2: return {14, 32, 256, 14 * 24, 512, micro_kernel_avx512<Avx512F32, 14, 2>, pack_rows_avx512_f32, "avx512"};
+    case 1: return {6, 16, 256, 6 * 48, 512, micro_kernel_avx2<Avx2F32, 6, 2>, pack_rows_scalar<float>, "avx2"};
 #endif
     default: return {4, 16, 256, 4 * 64, 512, micro_kernel_scalar<float, 4, 16>, pack_rows_scalar<float>, "scalar"};
   }
@@ -282,8 +267,8 @@ template <> MicroKernel<float> select_kernel<float>() {
 template <> MicroKernel<double> select_kernel<double>() {
   switch (isa_level()) {
 #ifdef VGG_X86
-    case 2: return {14, 16, 128, 14 * 24, 512, micro_kernel_avx512_f64<14, 2>, pack_rows_scalar<double>, "avx512"};
-    case 1: return {6, 8, 128, 6 * 48, 512, micro_kernel_avx2_f64<6, 2>, pack_rows_scalar<double>, "avx2"};
+    case 2: return {14, 16, 128, 14 * 24, 512, micro_kernel_avx512<Avx512F64, 14, 2>, pack_rows_scalar<double>, "avx512"};
+    case 1: return {6, 8, 128, 6 * 48, 512, micro_kernel_avx2<Avx2F64, 6, 2>, pack_rows_scalar<double>, "avx2"};
 #endif
     default: return {4, 8, 128, 4 * 64, 512, micro_kernel_scalar<double, 4, 8>, pack_rows_scalar<double>, "scalar"};
   }

@@ -66,6 +66,14 @@ inline int max_threads() {
 #endif
 }
 
+// Threads a call may start: max_threads(), or 1 when it is already inside a parallel region.
+inline int available_threads() {
+#ifdef _OPENMP
+  if (omp_in_parallel()) return 1;
+#endif
+  return max_threads();
+}
+
 // ---- packers for plain strided matrices ------------------------------------------------------------------
 // A (M, Kd): A(i, p) = a[i * rs + p * cs]. Writes ceil(mc / mr) panels of kc x mr starting at dst.
 template <typename T> struct StridedA {
@@ -197,10 +205,7 @@ void gemm_packed(int64_t M, int64_t N, int64_t Kd, const PackA& pack_a, const Pa
   using namespace detail;
   const MicroKernel<T>& uk = micro_kernel<T>();
   const int mr = uk.mr, nr = uk.nr;
-  int threads = parallel ? max_threads() : 1;
-#ifdef _OPENMP
-  if (omp_in_parallel()) threads = 1;
-#endif
+  const int threads = parallel ? available_threads() : 1;
   const int64_t n_pad = round_up(N, nr);
 
   // Tasks: about 4 per thread for balance. Row chunks are whole multiples of mr, column chunks of nr.

@@ -29,6 +29,32 @@ inline WindowRange windows_containing(int64_t h, int64_t R, int64_t stride, int6
   return {first, last};
 }
 
+// The gather of both backward passes: acc (C) = the sum over the windows (p, q) in pr x qr of image n, in (p, q)
+// order, of dy (N,P,Q,C) at (n, p, q); with argmax (N,P,Q,C) given (max pooling), only the entries whose argmax is
+// self count.
+template <typename T>
+inline void sum_windows(double* acc, const T* dy, const int32_t* argmax, int32_t self, int64_t n, WindowRange pr,
+                        WindowRange qr, int64_t P, int64_t Q, int64_t C) {
+  std::fill(acc, acc + C, 0.0);
+  for (int64_t p = pr.first; p <= pr.last; ++p) {
+    for (int64_t q = qr.first; q <= qr.last; ++q) {
+      const int64_t o = ((n * P + p) * Q + q) * C;
+      const T* dyo = dy + o;
+      if (argmax) {
+        const int32_t* ao = argmax + o;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) {
+          const double g = static_cast<double>(dyo[c]);  // loaded unconditionally so the select vectorises
+          acc[c] += ao[c] == self ? g : 0.0;
+        }
+      } else {
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) acc[c] += static_cast<double>(dyo[c]);
+      }
+    }
+  }
+}
+
 }  // namespace
 
 // x (N,H,W,C) -> y (N,P,Q,C), argmax (N,P,Q,C) = h*W + w of the winner inside its image plane.
@@ -114,19 +140,7 @@ void max_pool2d_backward(const T* dy, const int32_t* argmax, T* dx, const Pool2d
           }
           continue;
         }
-        std::fill(acc.begin(), acc.end(), 0.0);
-        for (int64_t p = pr.first; p <= pr.last; ++p) {
-          for (int64_t q = qr.first; q <= qr.last; ++q) {
-            const int64_t o = ((n * P + p) * Q + q) * C;
-            const T* dyo = dy + o;
-            const int32_t* ao = argmax + o;
-#pragma omp simd
-            for (int64_t c = 0; c < C; ++c) {
-              const double g = static_cast<double>(dyo[c]);  // loaded unconditionally so the select vectorises
-              acc[c] += ao[c] == self ? g : 0.0;
-            }
-          }
-        }
+        sum_windows(acc.data(), dy, argmax, self, n, pr, qr, P, Q, C);
 #pragma omp simd
         for (int64_t c = 0; c < C; ++c) dxi[c] = static_cast<T>(acc[c]);
       }
@@ -180,14 +194,7 @@ void avg_pool2d_backward(const T* dy, T* dx, const Pool2dShape& s) {
       const WindowRange pr = windows_containing(h, s.R, s.stride, P);
       for (int64_t w = 0; w < W; ++w) {
         const WindowRange qr = windows_containing(w, s.S, s.stride, Q);
-        std::fill(acc.begin(), acc.end(), 0.0);
-        for (int64_t p = pr.first; p <= pr.last; ++p) {
-          for (int64_t q = qr.first; q <= qr.last; ++q) {
-            const T* dyo = dy + ((n * P + p) * Q + q) * C;
-#pragma omp simd
-            for (int64_t c = 0; c < C; ++c) acc[c] += static_cast<double>(dyo[c]);
-          }
-        }
+        sum_windows(acc.data(), dy, nullptr, 0, n, pr, qr, P, Q, C);
         T* dxi = dx + (row * W + w) * C;
 #pragma omp simd
         for (int64_t c = 0; c < C; ++c) dxi[c] = static_cast<T>(acc[c] * inv_area);

@@ -35,7 +35,14 @@ ConvAlgo conv_algo_setting() {
   return ConvAlgo::automatic;
 }
 
-template <typename T> int winograd_tile_choice(const Winograd3x3& g) {
+namespace {
+
+// What both choices share: 0 (the GEMM) for an empty problem or VGG_CONV_ALGO=gemm, the forced tile size for a
+// forced Winograd; in auto mode 0 for double (it is for gradient checks, where the GEMM's summation is the
+// reference), for narrow layers (bound by the transforms, not the products) and for problems too small to amortise
+// the filter transform. Otherwise `undecided`, and the caller's own heuristic picks.
+constexpr int undecided = -1;
+template <typename T> int common_tile_choice(const Winograd3x3& g) {
   if (g.N <= 0 || g.P <= 0 || g.Q <= 0 || g.Cin <= 0 || g.Cout <= 0) return 0;
   switch (conv_algo_setting()) {
     case ConvAlgo::gemm: return 0;
@@ -43,24 +50,21 @@ template <typename T> int winograd_tile_choice(const Winograd3x3& g) {
     case ConvAlgo::winograd2: return 2;
     case ConvAlgo::automatic: break;
   }
-  // float only (double is for gradient checks, where the GEMM's summation is the reference), wide layers only
-  // (narrow ones are bound by the transforms, not the products), and big enough to amortise the filter
-  // transform. F(2,3) on small maps, where F(4,3)'s 6x6 tiles would be mostly padding.
   if (!std::is_same_v<T, float> || g.Cin < 16 || g.Cout < 16) return 0;
   if (g.N * g.P * g.Q * g.Cin * g.Cout < (int64_t(1) << 22)) return 0;
+  return undecided;
+}
+
+}  // namespace
+
+template <typename T> int winograd_tile_choice(const Winograd3x3& g) {
+  if (const int m = common_tile_choice<T>(g); m != undecided) return m;
+  // F(2,3) on small maps, where F(4,3)'s 6x6 tiles would be mostly padding.
   return (g.P <= 14 || g.Q <= 14) ? 2 : 4;
 }
 
 template <typename T> int winograd_weight_tile_choice(const Winograd3x3& g) {
-  if (g.N <= 0 || g.P <= 0 || g.Q <= 0 || g.Cin <= 0 || g.Cout <= 0) return 0;
-  switch (conv_algo_setting()) {
-    case ConvAlgo::gemm: return 0;
-    case ConvAlgo::winograd4: return 4;
-    case ConvAlgo::winograd2: return 2;
-    case ConvAlgo::automatic: break;
-  }
-  if (!std::is_same_v<T, float> || g.Cin < 16 || g.Cout < 16) return 0;
-  if (g.N * g.P * g.Q * g.Cin * g.Cout < (int64_t(1) << 22)) return 0;
+  if (const int m = common_tile_choice<T>(g); m != undecided) return m;
   // Each tile position's GEMM reduces over the tiles: with few of them (2x2 maps, small batches of 14x14 maps)
   // the GEMMs are too short to pay for the transforms and the Z partials. Measured on VGG shapes (2 cores,
   // AVX-512): F(4,3) 1.2-2.2x faster than the GEMM from 128 tiles of 6x6 up; relative error ~7e-6 (F(2,3) 5e-7).
@@ -412,28 +416,39 @@ template <typename T> struct PrepackedB {
 // re-read the packed filters from the outer cache once per chunk.
 constexpr int64_t chunk_bytes = int64_t(6) << 20;
 
-template <typename T, int M>
-void run(const T* x, const T* w, bool flipped, const T* bias, T* y, const Winograd3x3& g) {
-  constexpr int A = M + 2, A2 = A * A, L = lanes<T>;
-  const MicroKernel<T>& uk = micro_kernel<T>();
+// The AVX-512 transforms go with the AVX-512 GEMM kernel, so VGG_CPU_ISA=avx2 or scalar caps both.
+template <typename T> bool wide_transforms(const MicroKernel<T>& uk) {
 #ifdef VGG_WINO_HAVE_AVX512
-  const bool wide = std::strcmp(uk.name, "avx512") == 0;
+  return std::strcmp(uk.name, "avx512") == 0;
 #else
-  const bool wide = false;
+  return false;
 #endif
-  int threads = max_threads();
-#ifdef _OPENMP
-  if (omp_in_parallel()) threads = 1;
-#endif
+}
+
+// The tile grid and padded channel counts of F(M x M, 3 x 3) on g, for forward and backward-weight alike;
+// chunk and n_pad (packed filters, forward only) stay 0 for the caller to set.
+template <typename T, int M> Plan tile_plan(const Winograd3x3& g, const MicroKernel<T>& uk) {
   Plan pl;
   pl.g = g;
   pl.tiles_h = ceil_div(g.P, M);
   pl.tiles_w = ceil_div(g.Q, M);
   pl.tiles = g.N * pl.tiles_h * pl.tiles_w;
-  pl.Cp = round_up(g.Cin, L);
-  pl.Kp = round_up(g.Cout, L);
-  pl.n_pad = round_up(g.Cout, uk.nr);
+  pl.Cp = round_up(g.Cin, lanes<T>);
+  pl.Kp = round_up(g.Cout, lanes<T>);
+  pl.chunk = 0;
+  pl.n_pad = 0;
   pl.kc = uk.kc;
+  return pl;
+}
+
+template <typename T, int M>
+void run(const T* x, const T* w, bool flipped, const T* bias, T* y, const Winograd3x3& g) {
+  constexpr int A = M + 2, A2 = A * A;
+  const MicroKernel<T>& uk = micro_kernel<T>();
+  const bool wide = wide_transforms(uk);
+  const int threads = available_threads();
+  Plan pl = tile_plan<T, M>(g, uk);
+  pl.n_pad = round_up(g.Cout, uk.nr);
   // Tasks are chunks of tiles, each at most chunk_bytes of V and M, in whole rounds of `threads`. When there
   // are fewer chunks than threads (deep layers, small maps), the output channels are split into groups as
   // well: each task then re-does its chunk's input transform, but reads only its share of the filters.
@@ -489,24 +504,9 @@ void run(const T* x, const T* w, bool flipped, const T* bias, T* y, const Winogr
 template <typename T, int M> void run_backward_weight(const T* x, const T* dy, T* dw, const Winograd3x3& g) {
   constexpr int A = M + 2, A2 = A * A, L = lanes<T>;
   const MicroKernel<T>& uk = micro_kernel<T>();
-#ifdef VGG_WINO_HAVE_AVX512
-  const bool wide = std::strcmp(uk.name, "avx512") == 0;
-#else
-  const bool wide = false;
-#endif
-  int threads = max_threads();
-#ifdef _OPENMP
-  if (omp_in_parallel()) threads = 1;
-#endif
-  Plan pl;
-  pl.g = g;
-  pl.tiles_h = ceil_div(g.P, M);
-  pl.tiles_w = ceil_div(g.Q, M);
-  pl.tiles = g.N * pl.tiles_h * pl.tiles_w;
-  pl.Cp = round_up(g.Cin, L);
-  pl.Kp = round_up(g.Cout, L);
-  pl.n_pad = 0;
-  pl.kc = uk.kc;
+  const bool wide = wide_transforms(uk);
+  const int threads = available_threads();
+  Plan pl = tile_plan<T, M>(g, uk);
   const int64_t C = g.Cin, K = g.Cout, zsize = int64_t(A2) * K * C;
   // Chunks of whole KC blocks (the GEMM's reduction blocks), V and D of one chunk within about chunk_bytes.
   const int64_t per_tile = int64_t(A2) * (pl.Cp + pl.Kp) * int64_t(sizeof(T));

@@ -51,6 +51,25 @@ __device__ __forceinline__ void windows_containing(Index h, Index R, Index strid
   *hi = last < P - 1 ? last : P - 1;
 }
 
+// The gather of both backward passes: dx element i of (N,H,W,C) visits the windows that contain its pixel (h, w),
+// in (p, q) order, as visit(o, self): o indexes window (p, q), channel c, in (N,P,Q,C), and self = h*W + w is the
+// pixel's place in its plane as argmax records it.
+template <typename Index, typename Visit>
+__device__ __forceinline__ void for_each_window_containing(Index i, const PoolDims<Index>& d, Visit visit) {
+  const Index c = i % d.C;
+  Index t = i / d.C;
+  const Index w = t % d.W;
+  t /= d.W;
+  const Index h = t % d.H;
+  const Index n = t / d.H;
+  Index p_lo, p_hi, q_lo, q_hi;
+  windows_containing(h, d.R, d.stride, d.P, &p_lo, &p_hi);
+  windows_containing(w, d.S, d.stride, d.Q, &q_lo, &q_hi);
+  const int32_t self = static_cast<int32_t>(h * d.W + w);
+  for (Index p = p_lo; p <= p_hi; ++p)
+    for (Index q = q_lo; q <= q_hi; ++q) visit(((n * d.P + p) * d.Q + q) * d.C + c, self);
+}
+
 // ---- max pooling ------------------------------------------------------------------------------------------
 
 // x (N,H,W,C) -> y (N,P,Q,C), argmax (N,P,Q,C) = h*W + w of the winner inside its plane. The first maximum in
@@ -89,23 +108,10 @@ template <typename Index>
 __global__ void max_pool2d_backward_kernel(const float* dy, const int32_t* argmax, float* dx, PoolDims<Index> d,
                                            Index total) {
   for (Index i = pool_thread_index<Index>(); i < total; i += pool_grid_threads<Index>()) {
-    const Index c = i % d.C;
-    Index t = i / d.C;
-    const Index w = t % d.W;
-    t /= d.W;
-    const Index h = t % d.H;
-    const Index n = t / d.H;
-    Index p_lo, p_hi, q_lo, q_hi;
-    windows_containing(h, d.R, d.stride, d.P, &p_lo, &p_hi);
-    windows_containing(w, d.S, d.stride, d.Q, &q_lo, &q_hi);
-    const int32_t self = static_cast<int32_t>(h * d.W + w);
     float sum = 0.0f;
-    for (Index p = p_lo; p <= p_hi; ++p) {
-      for (Index q = q_lo; q <= q_hi; ++q) {
-        const Index o = ((n * d.P + p) * d.Q + q) * d.C + c;
-        if (argmax[o] == self) sum += dy[o];
-      }
-    }
+    for_each_window_containing(i, d, [&](Index o, int32_t self) {
+      if (argmax[o] == self) sum += dy[o];
+    });
     dx[i] = sum;
   }
 }
@@ -137,18 +143,8 @@ template <typename Index>
 __global__ void avg_pool2d_backward_kernel(const float* dy, float* dx, PoolDims<Index> d, Index total) {
   const float window = static_cast<float>(d.R * d.S);
   for (Index i = pool_thread_index<Index>(); i < total; i += pool_grid_threads<Index>()) {
-    const Index c = i % d.C;
-    Index t = i / d.C;
-    const Index w = t % d.W;
-    t /= d.W;
-    const Index h = t % d.H;
-    const Index n = t / d.H;
-    Index p_lo, p_hi, q_lo, q_hi;
-    windows_containing(h, d.R, d.stride, d.P, &p_lo, &p_hi);
-    windows_containing(w, d.S, d.stride, d.Q, &q_lo, &q_hi);
     float sum = 0.0f;
-    for (Index p = p_lo; p <= p_hi; ++p)
-      for (Index q = q_lo; q <= q_hi; ++q) sum += dy[((n * d.P + p) * d.Q + q) * d.C + c];
+    for_each_window_containing(i, d, [&](Index o, int32_t) { sum += dy[o]; });
     dx[i] = sum / window;
   }
 }

@@ -5,7 +5,7 @@ a forced winograd4/winograd2 runs the weight gradient by F(4,3)/F(2,3) too); for
 GEMM in charge, which the odd shapes below also exercise. Under auto, the VGG layers below take F(4,3)
 for forward and backward-weight.
 
-Checks against a small NumPy float64 reference written here (independent of reference.py):
+Checks against the NumPy float64 reference (tests/reference.py, itself checked against PyTorch):
 - odd shapes (batch 1, C = 3 and 17, H != W odd, K = 5 and 65, pad 0..3), float32 and float64, forward and
   both gradients, |got - ref| <= tol * max(|ref|, 1) with tol 1e-5 (float32) / 1e-10 (float64);
 - two VGG-16 layer shapes at batch 1 with realistic inputs (ReLU'd activations, He-scaled weights): relative
@@ -20,6 +20,9 @@ import pytest
 import vggcore as vc
 import vggcore.nn.functional as F
 
+import reference as ref
+from gradcheck import assert_close
+
 ALGOS = ["gemm", "winograd4", "winograd2", "auto"]
 
 
@@ -27,45 +30,6 @@ ALGOS = ["gemm", "winograd4", "winograd2", "auto"]
 def algo(request, monkeypatch):
     monkeypatch.setenv("VGG_CONV_ALGO", request.param)
     return request.param
-
-
-def conv_ref(x, w, b, pad):
-    """Stride-1 conv in float64: x (N,H,W,C), w (K,R,S,C) -> y (N,P,Q,K), one matrix product per filter tap."""
-    x, w = x.astype(np.float64), w.astype(np.float64)
-    N, H, W, C = x.shape
-    K, R, S, _ = w.shape
-    xp = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-    P, Q = H + 2 * pad - R + 1, W + 2 * pad - S + 1
-    y = np.zeros((N * P * Q, K))
-    for r in range(R):
-        for s in range(S):
-            y += np.ascontiguousarray(xp[:, r:r + P, s:s + Q, :]).reshape(-1, C) @ w[:, r, s, :].T
-    y = y.reshape(N, P, Q, K)
-    return y if b is None else y + b
-
-
-def conv_ref_backward(x, w, dy, pad):
-    """(dx, dw, db) of conv_ref for the output gradient dy."""
-    x, w, dy = x.astype(np.float64), w.astype(np.float64), dy.astype(np.float64)
-    N, H, W, C = x.shape
-    K, R, S, _ = w.shape
-    _, P, Q, _ = dy.shape
-    xp = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-    dxp = np.zeros_like(xp)
-    dw = np.zeros_like(w)
-    dy2 = dy.reshape(-1, K)
-    for r in range(R):
-        for s in range(S):
-            dxp[:, r:r + P, s:s + Q, :] += (dy2 @ w[:, r, s, :]).reshape(N, P, Q, C)
-            dw[:, r, s, :] = dy2.T @ np.ascontiguousarray(xp[:, r:r + P, s:s + Q, :]).reshape(-1, C)
-    return dxp[:, pad:pad + H, pad:pad + W, :], dw, dy.sum(axis=(0, 1, 2))
-
-
-def close(got, ref, tol, what):
-    got = np.asarray(got.numpy(), dtype=np.float64)
-    err = np.abs(got - ref) / np.maximum(np.abs(ref), 1.0)
-    assert got.shape == ref.shape, f"{what}: shape {got.shape} != {ref.shape}"
-    assert np.isfinite(got).all() and err.max() <= tol, f"{what}: max relative error {err.max():.3g} > {tol:g}"
 
 
 # (N, H, W, C, K, kernel, pad)
@@ -95,13 +59,13 @@ def test_conv_path_odd_shapes(algo, dtype, case):
     tol = (1e-4 if algo == "winograd4" else 1e-5) if dtype == "float32" else 1e-10
     xt, wt, bt = (vc.tensor(a, requires_grad=True) for a in (x, w, b))
     y = F.conv2d(xt, wt, bt, stride=1, padding=pad)
-    close(y, conv_ref(x, w, b, pad), tol, f"{algo} forward")
+    assert_close(y, ref.conv2d(x, w, b, 1, pad), tol, f"{algo} forward")
     dy = rng.uniform(-1, 1, y.shape).astype(npdt)
     y.backward(vc.tensor(dy))
-    dx, dw, db = conv_ref_backward(x, w, dy, pad)
-    close(xt.grad, dx, tol, f"{algo} grad x")
-    close(wt.grad, dw, tol, f"{algo} grad weight")
-    close(bt.grad, db, tol, f"{algo} grad bias")
+    dx, dw, db = ref.conv2d_backward(x, w, dy, 1, pad)
+    assert_close(xt.grad, dx, tol, f"{algo} grad x")
+    assert_close(wt.grad, dw, tol, f"{algo} grad weight")
+    assert_close(bt.grad, db, tol, f"{algo} grad bias")
 
 
 # VGG-16 layers at batch 1: (name, size, C, K)
@@ -116,8 +80,8 @@ def vgg_layer_case(layer):
     x = np.maximum(rng.standard_normal((1, size, size, C)), 0).astype(np.float32)  # post-ReLU activations
     w = (rng.standard_normal((K, 3, 3, C)) * np.sqrt(2.0 / (9 * C))).astype(np.float32)
     dy = rng.standard_normal((1, size, size, K)).astype(np.float32)
-    dx, dw, _ = conv_ref_backward(x, w, dy, 1)
-    return x, w, dy, conv_ref(x, w, None, 1), dx, dw
+    dx, dw, _ = ref.conv2d_backward(x, w, dy, 1, 1)
+    return x, w, dy, ref.conv2d(x, w, None, 1, 1), dx, dw
 
 
 @pytest.mark.parametrize("algo", ALGOS, indirect=True)

@@ -7,11 +7,14 @@
 //   backward-wt   dw (K, RSC)  = dy^T (K, NPQ) * im2col(x) (NPQ, RSC)             B packed straight from x
 // NHWC makes a 1x1 stride-1 convolution a plain GEMM on the image rows, which the packers notice.
 // 3x3 stride-1 forward and backward-data go to Winograd (winograd.h) where winograd_tile_choice says so, and
-// backward-weight where winograd_weight_tile_choice does.
+// backward-weight where winograd_weight_tile_choice does. Under the automatic choice, float gradients of layers
+// with at most 4 input channels (the first layer) go to the direct kernels of conv_small_channels.h instead.
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
+#include "conv_small_channels.h"
 #include "cpu_kernels.h"
 #include "gemm.h"
 #include "winograd.h"
@@ -170,6 +173,8 @@ template <typename T> void conv2d_backward_data(const T* dy, const T* w, T* dx, 
     const Winograd3x3 wg{g.N, g.P, g.Q, g.K, g.C, 2 - g.ph, 2 - g.pw, g.H, g.W};
     if (const int m = winograd_tile_choice<T>(wg)) return winograd_conv3x3(dy, w, true, static_cast<const T*>(nullptr), dx, wg, m);
   }
+  if constexpr (std::is_same_v<T, float>)
+    if (conv_algo_setting() == ConvAlgo::automatic && conv2d_backward_data_small_channels(dy, w, dx, s)) return;
   if (g.sh == 1 && g.sw == 1) {
     // dx[n,h,w,c] = sum_{k,r,s} dy[n, h+ph-r, w+pw-s, k] w[k,r,s,c]: a stride-1 convolution of dy with the
     // filter flipped in r and s and with K and C swapped, padded by R-1-ph (negative = crop). Its output is
@@ -231,6 +236,8 @@ template <typename T> void conv2d_backward_weight(const T* x, const T* dy, T* dw
     const Winograd3x3 wg{g.N, g.H, g.W, g.C, g.K, g.ph, g.pw, g.P, g.Q};
     if (const int m = winograd_weight_tile_choice<T>(wg)) return winograd_conv3x3_backward_weight(x, dy, dw, wg, m);
   }
+  if constexpr (std::is_same_v<T, float>)
+    if (conv_algo_setting() == ConvAlgo::automatic && conv2d_backward_weight_small_channels(x, dy, dw, s)) return;
   const StridedA<T> dyt{dy, 1, g.K};  // A(k, m) = dy[m, k]
   const Im2colB<T> col{x, g};
   // The reduction runs over every output pixel. Threads share independent column chunks of dw; when there

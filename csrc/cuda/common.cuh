@@ -5,6 +5,8 @@
 //   VGG_CHECK_LAUNCH("op name");             // after each launch: a bad launch becomes a C++ exception
 //   VGG_DYNAMIC_SHARED(float, tile);         // inside a kernel: float* tile -> the launch's dynamic shared memory
 //   vgg::VGG_GPU_NS::Workspace ws(bytes);    // scratch device memory, released at scope exit
+//   __global__ void VGG_LAUNCH_BOUNDS(256) k(...);   // __launch_bounds__: a launch with more threads is an error
+//   vgg_opt_in_dynamic_shared(k<T>, bytes);  // before launching k with more than 48 KiB of dynamic shared memory
 //
 // The kernel goes last in VGG_LAUNCH so that template arguments with commas need no extra parentheses.
 #pragma once
@@ -33,6 +35,15 @@ cudaStream_t current_stream();  // the current device's stream (csrc/cuda/runtim
 #define VGG_DYNAMIC_SHARED(type, name)                              \
   extern __shared__ __align__(16) unsigned char vgg_dynamic_smem_[]; \
   type* name = reinterpret_cast<type*>(vgg_dynamic_smem_)
+// Lets `kernel` launch with up to `bytes` of dynamic shared memory (above 48 KiB a GPU requires this opt-in).
+template <typename... P>
+void vgg_opt_in_dynamic_shared(void (*kernel)(P...), size_t bytes) {
+  const cudaError_t status =
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
+  if (status != cudaSuccess)
+    throw std::runtime_error("vgg_opt_in_dynamic_shared(" + std::to_string(bytes) +
+                             " bytes): cudaFuncSetAttribute failed: " + cudaGetErrorString(status));
+}
 
 #else  // the SIMT emulator build (device "sim")
 #include "../simt/simt.h"
@@ -44,7 +55,15 @@ cudaStream_t current_stream();  // the current device's stream (csrc/cuda/runtim
     (void)(op);              \
   } while (0)
 #define VGG_DYNAMIC_SHARED(type, name) type* name = static_cast<type*>(::simt::dynamic_shared())
+// Lets `kernel` launch with up to `bytes` of dynamic shared memory; the emulator refuses more than 48 KiB without.
+template <typename... P>
+void vgg_opt_in_dynamic_shared(void (*kernel)(P...), size_t bytes) {
+  ::simt::set_max_dynamic_shared(reinterpret_cast<const void*>(kernel), bytes);
+}
 #endif
+
+// Both builds: __launch_bounds__ (recorded and enforced at launch by the emulator).
+#define VGG_LAUNCH_BOUNDS(...) __launch_bounds__(__VA_ARGS__)
 
 #ifndef VGG_GPU_NS
 #error "VGG_GPU_NS must be defined by the build (cuda or sim)"

@@ -24,6 +24,7 @@
 #include <mutex>
 #include <numeric>
 #include <random>
+#include <unordered_map>
 #include <vector>
 
 #if defined(__x86_64__) && !defined(SIMT_NO_ASM_SWITCH)
@@ -77,6 +78,7 @@ constexpr size_t kStackBytes = 64 * 1024;
 constexpr size_t kStaggerBytes = 256 * 64;
 constexpr size_t kMaxThreadsPerBlock = 1024;
 constexpr size_t kMaxDynamicShared = 227 * 1024;
+constexpr size_t kDefaultDynamicShared = 48 * 1024;  // without cudaFuncSetAttribute's opt-in
 constexpr size_t kGuardBytes = 256;  // each side of the dynamic shared buffer
 constexpr unsigned char kGuardByte = 0xA5;
 constexpr unsigned char kPoisonByte = 0xFF;
@@ -119,6 +121,8 @@ enum class Order : uint8_t { linear, reverse, random };
 // All emulator state. Launches are serialised by `launch_mutex`, so one instance serves the process.
 struct Engine {
   std::mutex launch_mutex;
+  std::mutex opt_in_mutex;
+  std::unordered_map<const void*, size_t> opt_in;  // kernel -> cudaFuncAttributeMaxDynamicSharedMemorySize
   bool schedule_initialised = false;
   Order order = Order::linear;
   uint64_t seed = 0;
@@ -656,6 +660,23 @@ void validate(const LaunchConfig& c) {
   if (c.dynamic_shared_bytes > kMaxDynamicShared)
     bad("dynamic shared memory of " + std::to_string(c.dynamic_shared_bytes) + " bytes exceeds 227 KiB (" +
         std::to_string(kMaxDynamicShared) + " bytes)");
+  if (c.dynamic_shared_bytes > kDefaultDynamicShared) {
+    Engine& E = engine();
+    size_t allowed = kDefaultDynamicShared;
+    {
+      std::lock_guard<std::mutex> lock(E.opt_in_mutex);
+      const auto it = E.opt_in.find(c.kernel);
+      if (it != E.opt_in.end()) allowed = std::max(allowed, it->second);
+    }
+    if (c.dynamic_shared_bytes > allowed)
+      bad("dynamic shared memory of " + std::to_string(c.dynamic_shared_bytes) + " bytes exceeds " +
+          std::to_string(allowed) + " bytes: above 48 KiB a kernel must opt in first with "
+          "vgg_opt_in_dynamic_shared (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, "
+          "bytes))");
+  }
+  if (const int bound = launch_bound(c.kernel); bound > 0 && c.block.x * c.block.y * c.block.z > bound)
+    bad("block " + e(c.block) + " has " + std::to_string(c.block.x * c.block.y * c.block.z) +
+        " threads, more than the kernel's __launch_bounds__(" + std::to_string(bound) + ")");
 }
 
 // Visits the blocks of the grid in schedule order without materialising a permutation: random order is an
@@ -681,6 +702,19 @@ std::string where(const Engine& E) {
 }
 
 }  // namespace
+
+int launch_bound(const void* kernel) {
+#if defined(__x86_64__)
+  if (!kernel) return 0;
+  const auto* p = static_cast<const unsigned char*>(kernel);
+  if (p[0] == 0xf3 && p[1] == 0x0f && p[2] == 0x1e && p[3] == 0xfa) p += 4;  // endbr64 (-fcf-protection)
+  int nops = 0;
+  while (nops < 32 + 1024 && p[nops] == 0x90) ++nops;
+  return nops <= 32 ? nops * 32 : nops - 32;
+#else
+  return 0;
+#endif
+}
 
 void run_grid(const LaunchConfig& config, void (*thunk)(void*), void* ctx) {
   if (tl_in_launch) throw Error(std::string("simt: kernel '") + config.kernel_name + "' launched from inside a kernel");
@@ -770,6 +804,15 @@ std::string get_schedule() {
     case detail::Order::reverse: return "reverse";
     default: return "random:" + std::to_string(E.seed);
   }
+}
+
+void set_max_dynamic_shared(const void* kernel, size_t bytes) {
+  if (bytes > detail::kMaxDynamicShared)
+    throw Error("simt: vgg_opt_in_dynamic_shared(" + std::to_string(bytes) + " bytes): at most " + std::to_string(detail::kMaxDynamicShared) + " bytes (227 KiB) of dynamic shared "
+                "memory per block");
+  auto& E = detail::engine();
+  std::lock_guard<std::mutex> lock(E.opt_in_mutex);
+  E.opt_in[kernel] = bytes;
 }
 
 void* dynamic_shared() {

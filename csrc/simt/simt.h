@@ -55,7 +55,12 @@
 #define __constant__
 #define __forceinline__ inline
 #define __shared__ static
-#define __launch_bounds__(...)
+// __launch_bounds__(N[, min_blocks]) is recorded in the function itself so that a launch can enforce it: the
+// kernel starts with N / 32 one-byte NOPs when N is a multiple of 32 and 32 + N otherwise (at most 32 NOPs for
+// every bound a real kernel uses); simt::detail::launch_bound() counts them. Code without the attribute has none.
+#define __launch_bounds__(...) SIMT_LAUNCH_BOUNDS_(__VA_ARGS__, 0)
+#define SIMT_LAUNCH_BOUNDS_(max_threads, ...) \
+  __attribute__((patchable_function_entry(::simt::detail::launch_bound_nops(max_threads), 0)))
 #define __grid_constant__
 #define __align__(n) __attribute__((aligned(n)))
 #define VGG_SIMT_ACTIVE 1  // the emulator build; __CUDA_ARCH__ stays undefined on purpose
@@ -104,6 +109,11 @@ struct Error : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// The sim equivalent of cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes): a
+// launch of `kernel` with more than 48 KiB of dynamic shared memory is refused unless it opted in to at least
+// that much first. Throws simt::Error above 227 KiB, as the GPU refuses it.
+void set_max_dynamic_shared(const void* kernel, size_t bytes);
+
 // "linear" (default), "reverse", "random" or "random:SEED". Throws std::invalid_argument for anything else.
 void set_schedule(const std::string& schedule);
 std::string get_schedule();
@@ -112,6 +122,14 @@ std::string get_schedule();
 void* dynamic_shared();
 
 namespace detail {
+
+constexpr int launch_bound_nops(long long max_threads) {
+  return max_threads < 1 || max_threads > 1024 ? throw "__launch_bounds__ must be in [1, 1024]"
+         : max_threads % 32 == 0             ? static_cast<int>(max_threads / 32)
+                                             : static_cast<int>(32 + max_threads);
+}
+// The N of a kernel's __launch_bounds__(N), or 0 when it has none (or on a target without the NOP encoding).
+int launch_bound(const void* kernel);
 
 // Where a barrier or collective sits in the source: two on one line differ by __COUNTER__.
 struct Site {
@@ -154,6 +172,7 @@ struct LaunchConfig {
   Extent grid, block;
   size_t dynamic_shared_bytes;
   const char* kernel_name;
+  const void* kernel = nullptr;  // for __launch_bounds__ and the dynamic shared memory opt-in
 };
 
 // Runs thunk(ctx) once per CUDA thread of the grid; throws simt::Error.
@@ -191,7 +210,9 @@ class Launcher {
 template <typename... P>
 Launcher<P...> launcher(detail::Extent grid, detail::Extent block, size_t dynamic_shared_bytes, const char* kernel_name,
                         void (*kernel)(P...)) {
-  return Launcher<P...>(detail::LaunchConfig{grid, block, dynamic_shared_bytes, kernel_name}, kernel);
+  return Launcher<P...>(
+      detail::LaunchConfig{grid, block, dynamic_shared_bytes, kernel_name, reinterpret_cast<const void*>(kernel)},
+      kernel);
 }
 
 }  // namespace simt

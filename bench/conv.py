@@ -633,7 +633,7 @@ def summary_table(rows, ref_name):
                     fmt(geomean(r1), ".2f"), fmt(tot_ours, ".2f"), fmt(tot_ref, ".2f")])
     return (markdown_table(headers, out) + "\n\nRatios are ours/" + ref_name + " in time (below 1: we are "
             "faster). \"Within 2x\" counts the 3x3 layers where we reach at least half of " + ref_name + "'s speed "
-            "(issue 3's target for this kernel generation, at batch 128). The totals weight each row by the number "
+            "(the target for this kernel generation, at batch 128). The totals weight each row by the number "
             "of VGG-16 layers of that shape (its 13 conv layers; --quick: the tiny layers once each).")
 
 

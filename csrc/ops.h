@@ -73,7 +73,7 @@ std::tuple<Tensor, Tensor> cross_entropy_forward(const Tensor& logits, const Ten
 Tensor cross_entropy_backward(const Tensor& logp, const Tensor& target, const Tensor& dloss);
 
 // ---- optimiser ----------------------------------------------------------------------------------------------------
-// In place on param and momentum_buf (rule in shapes.h); momentum_buf must be given iff momentum > 0.
+// In place on param and momentum_buf (rule in sgd_config.h); momentum_buf must be given iff momentum > 0.
 void sgd_update(Tensor& param, const Tensor& grad, const std::optional<Tensor>& momentum_buf, double lr,
                 double momentum, double weight_decay, bool nesterov, bool first_step);
 

@@ -10,7 +10,7 @@ Checks against the NumPy float64 reference (tests/reference.py, itself checked a
 - odd shapes (batch 1, C = 3 and 17, H != W odd, K = 5 and 65, pad 0..3), float32 and float64, forward and
   both gradients, |got - ref| <= tol * max(|ref|, 1) with tol 1e-5 (float32) / 1e-10 (float64);
 - two VGG-16 layer shapes at batch 1 with realistic inputs (ReLU'd activations, He-scaled weights): relative
-  error max|got - ref| / max|ref| below 1e-4 in float32 (the accuracy issue 5 asks of F(4,3)).
+  error max|got - ref| / max|ref| below 1e-4 in float32 (the accuracy bound set for F(4,3)).
 F(4,3) in float32 gets 1e-4 instead of 1e-5 on the odd shapes (about 2e-5 seen with |values| <= 1 there).
 """
 import functools

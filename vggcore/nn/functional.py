@@ -282,13 +282,14 @@ def _labels(op, target):
 
 class _CrossEntropy(Function):
     def forward(self, logits, target):
-        loss, logp = _C.cross_entropy_forward(logits, target)
-        self.save_for_backward(logp, target)
+        # the engine checks the labels once and returns them on the logits' device, for backward
+        loss, logp, labels = _C.cross_entropy_forward(logits, target)
+        self.save_for_backward(logp, labels)
         return loss
 
     def backward(self, dloss):
-        logp, target = self.saved_tensors
-        return (_C.cross_entropy_backward(logp, target, dloss),)
+        logp, labels = self.saved_tensors
+        return (_C.cross_entropy_backward(logp, labels, dloss),)
 
 
 def cross_entropy(logits, target):

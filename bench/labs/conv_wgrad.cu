@@ -16,12 +16,9 @@ static void planned(const lab::Conv2dShape& s, const lab::Buffers& b, lab::GemmP
 
 static const lab::Variant kVariants[] = {
     {"production (automatic plan)", [](const lab::Conv2dShape& s, const lab::Buffers& b) { conv2d_backward_weight(b.x, b.y, b.out, s); }},
-    {"small tiles", [](const lab::Conv2dShape& s, const lab::Buffers& b) { planned(s, b, {false, 1}); }},
-    {"large tiles", [](const lab::Conv2dShape& s, const lab::Buffers& b) { planned(s, b, {true, 1}); }},
-    {"small tiles, split-K 8", [](const lab::Conv2dShape& s, const lab::Buffers& b) { planned(s, b, {false, 8}); }},
-    {"large tiles, split-K 8", [](const lab::Conv2dShape& s, const lab::Buffers& b) { planned(s, b, {true, 8}); }},
-    {"small tiles, split-K 32", [](const lab::Conv2dShape& s, const lab::Buffers& b) { planned(s, b, {false, 32}); }},
-    {"large tiles, split-K 32", [](const lab::Conv2dShape& s, const lab::Buffers& b) { planned(s, b, {true, 32}); }},
+    LAB_TILE_PLANS(planned, 8),
+    {"small tiles, split-K 32", lab::with_plan<planned, false, 32>},
+    {"large tiles, split-K 32", lab::with_plan<planned, true, 32>},
 };
 
 int main(int argc, char** argv) {

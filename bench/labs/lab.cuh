@@ -74,6 +74,21 @@ struct Variant {
   void (*run)(const Conv2dShape& s, const Buffers& b);
 };
 
+// The launcher of a variant that runs a pass's production GEMM with a forced tile plan:
+//   {"large tiles, split-K 4", lab::with_plan<planned, true, 4>}
+// where planned(s, b, plan) calls the pass with that plan.
+template <void (*Planned)(const Conv2dShape&, const Buffers&, GemmPlan), bool Large, int Splits>
+void with_plan(const Conv2dShape& s, const Buffers& b) {
+  Planned(s, b, GemmPlan{Large, Splits});
+}
+
+// The four rows every lab's table starts from: small and large tiles, without and with SPLITS-way split-K.
+#define LAB_TILE_PLANS(planned, SPLITS)                                                     \
+  {"small tiles", lab::with_plan<planned, false, 1>},                                       \
+  {"large tiles", lab::with_plan<planned, true, 1>},                                        \
+  {"small tiles, split-K " #SPLITS, lab::with_plan<planned, false, SPLITS>},                \
+  {"large tiles, split-K " #SPLITS, lab::with_plan<planned, true, SPLITS>}
+
 inline Conv2dShape parse_shape(int argc, char** argv, const Conv2dShape& fallback) {
   // N H W C K R S stride pad (R = S given once as R when only 8 numbers follow)
   if (argc == 1) return fallback;

@@ -17,10 +17,7 @@ static void planned(const lab::Conv2dShape& s, const lab::Buffers& b, lab::GemmP
 
 static const lab::Variant kVariants[] = {
     {"production (automatic plan)", [](const lab::Conv2dShape& s, const lab::Buffers& b) { linear_forward(b.x, b.w, b.bias, b.out, s.N, s.K, s.C); }},
-    {"small tiles", [](const lab::Conv2dShape& s, const lab::Buffers& b) { planned(s, b, {false, 1}); }},
-    {"large tiles", [](const lab::Conv2dShape& s, const lab::Buffers& b) { planned(s, b, {true, 1}); }},
-    {"small tiles, split-K 4", [](const lab::Conv2dShape& s, const lab::Buffers& b) { planned(s, b, {false, 4}); }},
-    {"large tiles, split-K 4", [](const lab::Conv2dShape& s, const lab::Buffers& b) { planned(s, b, {true, 4}); }},
+    LAB_TILE_PLANS(planned, 4),
 };
 
 int main(int argc, char** argv) {

@@ -53,6 +53,9 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (conv_flops, fmt, fp32_peak_tflops, geomean, header_lines, markdown_table,  # noqa: E402
                     measure_bursts)
+# The NumPy float64 oracle of --quick mode is the test suite's (tests/reference.py): one reference for both.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+import reference  # noqa: E402
 
 # (name, C in, K out, H = W at 224 input, kernel R = S, how many layers of VGG-16 / config C share the shape)
 VGG16_LAYERS = [
@@ -208,42 +211,6 @@ class TorchConv:
         return t.permute(0, 2, 3, 1).double().cpu().numpy()
 
 
-# ---- NumPy float64 reference (--quick) -----------------------------------------------------------------------
-
-def np_conv_fwd(x, w, pad):
-    n, h, wd, _ = x.shape
-    k, r, s, _ = w.shape
-    xp = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-    p, q = h + 2 * pad - r + 1, wd + 2 * pad - s + 1
-    y = np.zeros((n, p, q, k))
-    for i in range(r):
-        for j in range(s):
-            y += np.einsum("npqc,kc->npqk", xp[:, i:i + p, j:j + q, :], w[:, i, j, :])
-    return y
-
-
-def np_conv_dgrad(dy, w, x_shape, pad):
-    n, h, wd, c = x_shape
-    _, r, s, _ = w.shape
-    _, p, q, _ = dy.shape
-    dxp = np.zeros((n, h + 2 * pad, wd + 2 * pad, c))
-    for i in range(r):
-        for j in range(s):
-            dxp[:, i:i + p, j:j + q, :] += np.einsum("npqk,kc->npqc", dy, w[:, i, j, :])
-    return dxp[:, pad:pad + h, pad:pad + wd, :]
-
-
-def np_conv_wgrad(x, dy, w_shape, pad):
-    k, r, s, c = w_shape
-    _, p, q, _ = dy.shape
-    xp = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-    dw = np.zeros(w_shape)
-    for i in range(r):
-        for j in range(s):
-            dw[:, i, j, :] = np.einsum("npqk,npqc->kc", dy, xp[:, i:i + p, j:j + q, :])
-    return dw
-
-
 def rel_err_np(out, ref):
     scale = float(np.max(np.abs(ref)))
     err = float(np.max(np.abs(np.asarray(out, dtype=np.float64) - ref)))
@@ -348,8 +315,8 @@ def float64_reference(ctx, x, w, dy, pad, x_shape, w_shape):
     """Each pass's result in float64 from the float32 inputs, as NHWC/KRSC; None when it cannot be computed."""
     if ctx.ref64 is None:
         x64, w64, dy64 = x.astype(np.float64), w.astype(np.float64), dy.astype(np.float64)
-        return {"fwd": np_conv_fwd(x64, w64, pad), "dgrad": np_conv_dgrad(dy64, w64, x_shape, pad),
-                "wgrad": np_conv_wgrad(x64, dy64, w_shape, pad)}
+        dx, dw, _ = reference.conv2d_backward(x64, w64, dy64, 1, pad)
+        return {"fwd": reference.conv2d(x64, w64, None, 1, pad), "dgrad": dx, "wgrad": dw}
     torch, ref64 = ctx.torch, ctx.ref64
     try:
         torch.backends.cudnn.benchmark = False   # no autotuning for the one float64 call of each pass
@@ -666,7 +633,7 @@ def summary_table(rows, ref_name):
                     fmt(geomean(r1), ".2f"), fmt(tot_ours, ".2f"), fmt(tot_ref, ".2f")])
     return (markdown_table(headers, out) + "\n\nRatios are ours/" + ref_name + " in time (below 1: we are "
             "faster). \"Within 2x\" counts the 3x3 layers where we reach at least half of " + ref_name + "'s speed "
-            "(issue 3's target for this kernel generation, at batch 128). The totals weight each row by the number "
+            "(the target for this kernel generation, at batch 128). The totals weight each row by the number "
             "of VGG-16 layers of that shape (its 13 conv layers; --quick: the tiny layers once each).")
 
 

@@ -13,7 +13,7 @@ FLOPs: forward 2*N*P*Q*K*R*S*C; forward+backward counts three times that (data a
 5e-4) of VGG configurations, each given as config:size:batch (default A and D at 32 px batch 128 and at 224 px
 batch 8), in images/s: vggcore.models.vgg against the same network written by hand in PyTorch, channels_last.
 At 32 px the classifier is CIFAR-sized (fc width 512, 10 classes); at 224 px it is the paper's (4096, 1000).
-VGG_CONV_ALGO=gemm|winograd4|winograd2 forces one convolution path in vggcore (default: the heuristic).
+VGG_CONV_ALGO=gemm|winograd4|winograd2|direct forces one convolution path in vggcore (default: the heuristic).
 """
 
 import argparse

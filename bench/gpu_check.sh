@@ -191,7 +191,7 @@ write_results() {
 echo "vggcore GPU check: $GPU_NAME (driver $DRIVER), commit $COMMIT; results -> $RESULTS; logs in $LOGDIR"
 
 # The steps. Each is a function run by run_step in a child bash under `timeout` (hence export -f). The
-# benchmark runs before the sanitizers: it is the measurement, while the sanitizer steps are the ones
+# benchmark runs before the sanitizers: it is the measurement a GPU window is for, while the sanitizer steps are the ones
 # that can be cut short without losing their findings so far (their logs keep what they saw).
 # Minimum seconds kept for the steps after each one: tests 60, benchmark 150, sanitizers 30 + 25 + 20.
 export PY WORKERS LOGDIR

@@ -169,10 +169,11 @@ PYBIND11_MODULE(_C, m) {
   m.def("softmax_backward", &softmax_backward, py::arg("y"), py::arg("dy"), release);
   m.def("log_softmax_forward", &log_softmax_forward, py::arg("x"), release);
   m.def("log_softmax_backward", &log_softmax_backward, py::arg("y"), py::arg("dy"), release);
-  m.def("cross_entropy_forward", &cross_entropy_forward, "logits (N, classes), target (N) int64 -> (loss, logp)",
+  m.def("cross_entropy_forward", &cross_entropy_forward,
+        "logits (N, classes), target (N) int64 -> (loss, logp, labels: the checked target on the logits' device)",
         py::arg("logits"), py::arg("target"), release);
-  m.def("cross_entropy_backward", &cross_entropy_backward, py::arg("logp"), py::arg("target"), py::arg("dloss"),
-        release);
+  m.def("cross_entropy_backward", &cross_entropy_backward, "logp, labels (as the forward returned them), dloss -> dlogits",
+        py::arg("logp"), py::arg("labels"), py::arg("dloss"), release);
   m.def("sgd_update", &sgd_update, "In-place SGD step (PyTorch's rule)", py::arg("param"), py::arg("grad"),
         py::arg("momentum_buffer"), py::arg("lr"), py::arg("momentum"), py::arg("weight_decay"), py::arg("nesterov"),
         py::arg("first_step"), release);

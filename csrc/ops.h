@@ -67,13 +67,15 @@ Tensor softmax_forward(const Tensor& x);
 Tensor softmax_backward(const Tensor& y, const Tensor& dy);
 Tensor log_softmax_forward(const Tensor& x);
 Tensor log_softmax_backward(const Tensor& y, const Tensor& dy);
-// logits (N, classes), target (N) int64 labels in [0, classes) on any device -> (loss (), logp (N, classes))
-std::tuple<Tensor, Tensor> cross_entropy_forward(const Tensor& logits, const Tensor& target);
-// logp (N, classes), target (N), dloss () -> dlogits (N, classes)
-Tensor cross_entropy_backward(const Tensor& logp, const Tensor& target, const Tensor& dloss);
+// logits (N, classes), target (N) int64 labels in [0, classes) on any device
+//   -> (loss (), logp (N, classes), labels (N) int64: the target, range-checked, on the logits' device)
+std::tuple<Tensor, Tensor, Tensor> cross_entropy_forward(const Tensor& logits, const Tensor& target);
+// logp (N, classes), labels (N) as cross_entropy_forward returned them, dloss () -> dlogits (N, classes).
+// The labels' range was checked by the forward; this checks their dtype, shape and device only (no host copy).
+Tensor cross_entropy_backward(const Tensor& logp, const Tensor& labels, const Tensor& dloss);
 
 // ---- optimiser ----------------------------------------------------------------------------------------------------
-// In place on param and momentum_buf (rule in shapes.h); momentum_buf must be given iff momentum > 0.
+// In place on param and momentum_buf (rule in sgd_config.h); momentum_buf must be given iff momentum > 0.
 void sgd_update(Tensor& param, const Tensor& grad, const std::optional<Tensor>& momentum_buf, double lr,
                 double momentum, double weight_decay, bool nesterov, bool first_step);
 

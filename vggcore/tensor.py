@@ -1,11 +1,15 @@
-"""The user-facing Tensor: engine storage (``vggcore._C.Tensor``) plus autograd bookkeeping."""
+"""The user-facing Tensor: engine storage (``vggcore._C.Tensor``) plus autograd bookkeeping, and ``Function``,
+the base of every differentiable op, whose ``apply`` wraps the op's engine output into a Tensor.
+
+This module owns the wrapping of engine tensors into Tensors; vggcore.autograd (grad mode, the op context, the
+backward walk) imports nothing from it."""
 
 import numbers
 
 import numpy as np
 
 from . import _C
-from .autograd import AutogradError, Function, run_backward
+from .autograd import AutogradError, Context, is_grad_enabled, run_backward
 
 _DTYPES = {"float32": np.float32, "float64": np.float64}
 
@@ -137,10 +141,11 @@ class Tensor:
         return self.reshape(*self.shape[:start_dim], -1)
 
     # ---- autograd ---------------------------------------------------------------------------------------------
-    def backward(self, grad=None):
+    def backward(self, grad=None, retain_graph=False):
         """Accumulates d(self)/d(leaf) into ``leaf.grad`` for every leaf that requires grad.
 
-        ``grad`` (same shape as self) defaults to 1 for a one-element tensor.
+        ``grad`` (same shape as self) defaults to 1 for a one-element tensor. The graph's saved tensors are freed
+        afterwards: a second backward through it raises AutogradError unless this one had ``retain_graph=True``.
         """
         if not self.requires_grad:
             raise AutogradError("backward: this tensor does not require grad and has no graph "
@@ -159,7 +164,19 @@ class Tensor:
                 raise TypeError(f"backward: grad is {grad.dtype} on {grad.device}, the output {self.dtype} on "
                                 f"{self.device}")
             engine_grad = grad._data
-        run_backward(self, engine_grad)
+        run_backward(self, engine_grad, retain_graph=bool(retain_graph))
+
+    def _accumulate_grad(self, engine_grad):
+        """Adds a gradient computed by backward into .grad, on this tensor's current device (Module.to may have
+        moved it since the forward that produced the gradient)."""
+        if not self.requires_grad:
+            return
+        if engine_grad.device != self.device:
+            engine_grad = engine_grad.to(self.device)
+        if self.grad is None:
+            self.grad = Tensor._from_engine(engine_grad)
+        else:
+            self.grad = Tensor._from_engine(_C.add(self.grad._data, engine_grad))
 
     def zero_grad(self):
         self.grad = None
@@ -193,6 +210,21 @@ class Tensor:
     def __array__(self, dtype=None, copy=None):
         array = self.numpy()
         return array if dtype is None else array.astype(dtype)
+
+
+class Function(Context):
+    """A differentiable op: subclass it with forward and backward on engine tensors (see autograd.Context), call
+    ``Op.apply(*tensors, **params)`` with vggcore Tensors (or None for an absent optional input)."""
+
+    @classmethod
+    def apply(cls, *inputs, **params):
+        enabled = is_grad_enabled()
+        needs = tuple(enabled and t is not None and t.requires_grad for t in inputs)
+        ctx = cls(inputs, needs)
+        output = ctx.forward(*(t._data if t is not None else None for t in inputs), **params)
+        if not any(needs):
+            return Tensor._from_engine(output)
+        return Tensor._from_engine(output, requires_grad=True, grad_fn=ctx)
 
 
 class _ToDevice(Function):

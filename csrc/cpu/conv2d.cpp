@@ -9,17 +9,42 @@
 // 3x3 stride-1 forward and backward-data go to Winograd (winograd.h) where winograd_tile_choice says so, and
 // backward-weight where winograd_weight_tile_choice does. Under the automatic choice, float gradients of layers
 // with at most 4 input channels (the first layer) go to the direct kernels of conv_small_channels.h instead.
+// VGG_CONV_ALGO (conv_algo.h) overrides the choice; VGG_CONV_ALGO=direct runs the plain loops of conv_reference.h.
+//
+// The packers mirror the GPU's operand loaders (csrc/cuda/gemm_tiles.cuh) and carry their names: Im2colAlongK is
+// the forward's A, Im2colAlongRows backward-weight's B; FlippedFilterTapsAlongRows is FilterTapsAlongRows read
+// through the 180-degree flip, because the CPU's stride-1 data gradient is a forward convolution of dy while the
+// GPU gathers dy (DyGatherAlongK) against the unflipped taps.
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 #include <type_traits>
 #include <vector>
 
+#include "../core/errors.h"
+#include "conv_algo.h"
+#include "conv_reference.h"
 #include "conv_small_channels.h"
 #include "cpu_kernels.h"
 #include "gemm.h"
 #include "winograd.h"
 
 namespace vgg::cpu {
+
+ConvAlgo conv_algo_setting() {
+  const char* v = std::getenv("VGG_CONV_ALGO");
+  if (!v || !*v) return ConvAlgo::automatic;
+  const std::string s(v);
+  if (s == "auto") return ConvAlgo::automatic;
+  if (s == "gemm") return ConvAlgo::gemm;
+  if (s == "winograd4") return ConvAlgo::winograd4;
+  if (s == "winograd2") return ConvAlgo::winograd2;
+  if (s == "direct") return ConvAlgo::direct;
+  throw ValueError(cat("conv2d: environment variable VGG_CONV_ALGO is '", s,
+                       "'; allowed values: auto, gemm, winograd4, winograd2, direct (or unset for auto)"));
+}
+
 namespace {
 
 using detail::ceil_div;
@@ -42,7 +67,8 @@ ConvGeom geom_of(const Conv2dShape& s) {
 // A(i, p) = x[n, oh*sh - ph + r, ow*sw - pw + s, c], zero outside the image.
 // All rows of a panel share the walk over p, which is R*S runs of up to C contiguous channels; for each run
 // the panel's mr source pointers (null where the tap falls in the padding) go to the kernel's pack_rows.
-template <typename T> struct Im2colA {
+// GPU counterpart: gemm::Im2colAlongK (csrc/cuda/gemm_tiles.cuh).
+template <typename T> struct Im2colAlongK {
   const T* x;
   ConvGeom g;
   void operator()(T* dst, int mr, int64_t i0, int64_t mc, int64_t p0, int64_t kc) const {
@@ -79,7 +105,8 @@ template <typename T> struct Im2colA {
 
 // im2col(x) as the B operand (backward-weight): B(p, j) with p = (n, oh, ow), j = (r, s, c). Each packed row
 // of B (fixed p) is a run of columns, contiguous in x within one (r, s).
-template <typename T> struct Im2colB {
+// GPU counterpart: gemm::Im2colAlongRows.
+template <typename T> struct Im2colAlongRows {
   const T* x;
   ConvGeom g;
   void operator()(T* dst, int nr, int64_t p0, int64_t kc, int64_t j0, int64_t nc) const {
@@ -117,7 +144,8 @@ template <typename T> struct Im2colB {
 // The filters of backward-data as the B operand, read in place from w (K, R, S, C): the stride-1 data
 // gradient is a convolution of dy whose filter bank is w flipped in r and s with K and C swapped, so
 // B(p, j) with p = (r, s, k) and j = c is w[k, R-1-r, S-1-s, c]. Each packed row is a contiguous run of w.
-template <typename T> struct FlippedFiltersB {
+// GPU counterpart: gemm::FilterTapsAlongRows, without the flip (see the top of this file).
+template <typename T> struct FlippedFilterTapsAlongRows {
   const T* w;
   int64_t K, R, S, C;
   void operator()(T* dst, int nr, int64_t p0, int64_t kc, int64_t j0, int64_t nc) const {
@@ -143,7 +171,7 @@ void conv_forward_geom(const T* x, const PackB& filters, const T* bias, T* y, co
     // 1x1, stride 1, no padding: im2col(x) is x itself, (NHW, C) row-major
     gemm_packed(M, g.K, RSC, StridedA<T>{x, g.C, 1}, filters, y, g.K, false, bias);
   } else {
-    gemm_packed(M, g.K, RSC, Im2colA<T>{x, g}, filters, y, g.K, false, bias);
+    gemm_packed(M, g.K, RSC, Im2colAlongK<T>{x, g}, filters, y, g.K, false, bias);
   }
 }
 
@@ -151,6 +179,7 @@ void conv_forward_geom(const T* x, const PackB& filters, const T* bias, T* y, co
 
 // x (N,H,W,C), w (K,R,S,C), bias (K) or nullptr -> y (N,P,Q,K)
 template <typename T> void conv2d_forward(const T* x, const T* w, const T* bias, T* y, const Conv2dShape& s) {
+  if (conv_algo_setting() == ConvAlgo::direct) return conv2d_forward_direct(x, w, bias, y, s);
   if (s.R == 3 && s.S == 3 && s.stride == 1) {
     const Winograd3x3 wg{s.N, s.H, s.W, s.C, s.K, s.pad, s.pad, s.P, s.Q};
     if (const int m = winograd_tile_choice<T>(wg)) return winograd_conv3x3(x, w, false, bias, y, wg, m);
@@ -161,6 +190,7 @@ template <typename T> void conv2d_forward(const T* x, const T* w, const T* bias,
 
 // dy (N,P,Q,K), w (K,R,S,C) -> dx (N,H,W,C)
 template <typename T> void conv2d_backward_data(const T* dy, const T* w, T* dx, const Conv2dShape& s) {
+  if (conv_algo_setting() == ConvAlgo::direct) return conv2d_backward_data_direct(dy, w, dx, s);
   const ConvGeom g = geom_of(s);
   const int64_t RSC = g.R * g.S * g.C;
   if (g.N * g.H * g.W * g.C == 0) return;
@@ -180,7 +210,7 @@ template <typename T> void conv2d_backward_data(const T* dy, const T* w, T* dx, 
     // filter flipped in r and s and with K and C swapped, padded by R-1-ph (negative = crop). Its output is
     // P + 2(R-1-ph) - R + 1 = H rows.
     const ConvGeom gb{g.N, g.P, g.Q, g.K, g.C, g.R, g.S, 1, 1, g.R - 1 - g.ph, g.S - 1 - g.pw, g.H, g.W};
-    conv_forward_geom(dy, FlippedFiltersB<T>{w, g.K, g.R, g.S, g.C}, static_cast<const T*>(nullptr), dx, gb);
+    conv_forward_geom(dy, FlippedFilterTapsAlongRows<T>{w, g.K, g.R, g.S, g.C}, static_cast<const T*>(nullptr), dx, gb);
     return;
   }
   // General stride: gather-style col2im over bands of dx rows. A band [h0, h1) of image n needs the output
@@ -229,6 +259,7 @@ template <typename T> void conv2d_backward_data(const T* dy, const T* w, T* dx, 
 
 // x (N,H,W,C), dy (N,P,Q,K) -> dw (K,R,S,C) = dy^T (K, NPQ) * im2col(x) (NPQ, RSC)
 template <typename T> void conv2d_backward_weight(const T* x, const T* dy, T* dw, const Conv2dShape& s) {
+  if (conv_algo_setting() == ConvAlgo::direct) return conv2d_backward_weight_direct(x, dy, dw, s);
   const ConvGeom g = geom_of(s);
   const int64_t M = g.K, Ncols = g.R * g.S * g.C, Kd = g.N * g.P * g.Q;
   if (M * Ncols == 0) return;
@@ -239,7 +270,7 @@ template <typename T> void conv2d_backward_weight(const T* x, const T* dy, T* dw
   if constexpr (std::is_same_v<T, float>)
     if (conv_algo_setting() == ConvAlgo::automatic && conv2d_backward_weight_small_channels(x, dy, dw, s)) return;
   const StridedA<T> dyt{dy, 1, g.K};  // A(k, m) = dy[m, k]
-  const Im2colB<T> col{x, g};
+  const Im2colAlongRows<T> col{x, g};
   // The reduction runs over every output pixel. Threads share independent column chunks of dw; when there
   // are too few (narrow filters: first layer, few input channels) the pixels are also split into `splits`
   // fixed chunks with their own partial dw, added in chunk order afterwards. The split depends only on the
@@ -262,7 +293,7 @@ template <typename T> void conv2d_backward_weight(const T* x, const T* dy, T* dw
         void operator()(T* d, int mr, int64_t i0, int64_t mc, int64_t p0, int64_t kc) const { a(d, mr, i0, mc, k0 + p0, kc); }
       };
       struct SubB {
-        Im2colB<T> b; int64_t k0, j0;
+        Im2colAlongRows<T> b; int64_t k0, j0;
         void operator()(T* d, int nr, int64_t p0, int64_t kc, int64_t jj0, int64_t nc) const { b(d, nr, k0 + p0, kc, j0 + jj0, nc); }
       };
       if (k1 > k0)
@@ -281,34 +312,10 @@ template <typename T> void conv2d_backward_weight(const T* x, const T* dy, T* dw
   }
 }
 
-// dy (rows, cols) -> db (cols). Partial sums per fixed 1024-row chunk, accumulated in double (a float sum over
-// N*P*Q ~ 10^5..10^6 rows would lose ~1e-5 relative) and added in chunk order: the same bits for any thread count.
-template <typename T> void bias_backward(const T* dy, T* db, int64_t rows, int64_t cols) {
-  if (cols <= 0) return;
-  constexpr int64_t chunk = 1024;
-  const int64_t chunks = std::max<int64_t>(1, ceil_div(rows, chunk));
-  double* partial = thread_workspace<double>(Slot::partials, size_t(chunks * cols));
-#pragma omp parallel for schedule(static)
-  for (int64_t b = 0; b < chunks; ++b) {
-    double* acc = partial + b * cols;
-    std::fill(acc, acc + cols, 0.0);
-    for (int64_t r = b * chunk; r < std::min(rows, (b + 1) * chunk); ++r) {
-      const T* row = dy + r * cols;
-      for (int64_t c = 0; c < cols; ++c) acc[c] += row[c];
-    }
-  }
-  for (int64_t c = 0; c < cols; ++c) {
-    double sum = 0.0;
-    for (int64_t b = 0; b < chunks; ++b) sum += partial[b * cols + c];
-    db[c] = static_cast<T>(sum);
-  }
-}
-
 #define VGG_INSTANTIATE(T)                                                                       \
   template void conv2d_forward<T>(const T*, const T*, const T*, T*, const Conv2dShape&);         \
   template void conv2d_backward_data<T>(const T*, const T*, T*, const Conv2dShape&);             \
-  template void conv2d_backward_weight<T>(const T*, const T*, T*, const Conv2dShape&);           \
-  template void bias_backward<T>(const T*, T*, int64_t, int64_t);
+  template void conv2d_backward_weight<T>(const T*, const T*, T*, const Conv2dShape&);
 VGG_INSTANTIATE(float)
 VGG_INSTANTIATE(double)
 #undef VGG_INSTANTIATE

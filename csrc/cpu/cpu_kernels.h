@@ -9,6 +9,7 @@
 
 #include <cstdint>
 
+#include "../sgd_config.h"
 #include "../shapes.h"
 
 namespace vgg::cpu {
@@ -83,7 +84,7 @@ template <typename T> void cross_entropy_forward(const T* logits, const int64_t*
 template <typename T> void cross_entropy_backward(const T* logp, const int64_t* target, const T* dloss, T* dx, int64_t rows, int64_t cols);
 
 // ---- optimiser --------------------------------------------------------------------------------------------
-// In place: param (n), grad (n), momentum_buf (n) or nullptr when cfg.momentum == 0. Rule in shapes.h.
+// In place: param (n), grad (n), momentum_buf (n) or nullptr when cfg.momentum == 0. Rule in sgd_config.h.
 template <typename T> void sgd_update(T* param, const T* grad, T* momentum_buf, int64_t n, const SgdConfig& cfg);
 
 }  // namespace vgg::cpu

@@ -76,6 +76,8 @@ inline int available_threads() {
 
 // ---- packers for plain strided matrices ------------------------------------------------------------------
 // A (M, Kd): A(i, p) = a[i * rs + p * cs]. Writes ceil(mc / mr) panels of kc x mr starting at dst.
+// GPU counterparts (csrc/cuda/gemm_tiles.cuh): cs == 1 is gemm::DenseAlongK, rs == 1 gemm::DenseAlongRows; the
+// two layouts share one packer here because the CPU packs whole panels and the orientation only picks the loop.
 template <typename T> struct StridedA {
   const T* a;
   int64_t rs, cs;
@@ -102,6 +104,7 @@ template <typename T> struct StridedA {
 };
 
 // B (Kd, N): B(p, j) = b[p * rs + j * cs]. Writes ceil(nc / nr) panels of kc x nr starting at dst.
+// GPU counterparts: cs == 1 is gemm::DenseAlongRows, rs == 1 gemm::DenseAlongK (B's rows are the GEMM's N axis).
 template <typename T> struct StridedB {
   const T* b;
   int64_t rs, cs;

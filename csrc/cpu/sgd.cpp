@@ -1,4 +1,4 @@
-// SGD step with PyTorch's update rule (torch.optim.SGD, dampening 0), in place. Rule in shapes.h.
+// SGD step with PyTorch's update rule (torch.optim.SGD, dampening 0), in place. Rule in sgd_config.h.
 //
 // One pass over memory per parameter tensor; the arithmetic runs in double (free next to the loads) and
 // is rounded to T once per stored value, so float parameters see no extra error from the intermediate

@@ -14,7 +14,6 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
-#include <string>
 #include <type_traits>
 
 #include "gemm.h"
@@ -25,19 +24,9 @@
 
 namespace vgg::cpu {
 
-ConvAlgo conv_algo_setting() {
-  const char* v = std::getenv("VGG_CONV_ALGO");
-  if (!v) return ConvAlgo::automatic;
-  const std::string s(v);
-  if (s == "gemm") return ConvAlgo::gemm;
-  if (s == "winograd4") return ConvAlgo::winograd4;
-  if (s == "winograd2") return ConvAlgo::winograd2;
-  return ConvAlgo::automatic;
-}
-
 namespace {
 
-// What both choices share: 0 (the GEMM) for an empty problem or VGG_CONV_ALGO=gemm, the forced tile size for a
+// What both choices share: 0 (the GEMM) for an empty problem or VGG_CONV_ALGO=gemm (or direct), the forced tile size for a
 // forced Winograd; in auto mode 0 for double (it is for gradient checks, where the GEMM's summation is the
 // reference), for narrow layers (bound by the transforms, not the products) and for problems too small to amortise
 // the filter transform. Otherwise `undecided`, and the caller's own heuristic picks.
@@ -45,7 +34,8 @@ constexpr int undecided = -1;
 template <typename T> int common_tile_choice(const Winograd3x3& g) {
   if (g.N <= 0 || g.P <= 0 || g.Q <= 0 || g.Cin <= 0 || g.Cout <= 0) return 0;
   switch (conv_algo_setting()) {
-    case ConvAlgo::gemm: return 0;
+    case ConvAlgo::gemm:
+    case ConvAlgo::direct: return 0;  // conv2d.cpp takes the direct loops before asking
     case ConvAlgo::winograd4: return 4;
     case ConvAlgo::winograd2: return 2;
     case ConvAlgo::automatic: break;

@@ -13,13 +13,9 @@
 #include <cstdint>
 
 #include "../shapes.h"
+#include "conv_algo.h"
 
 namespace vgg::cpu {
-
-// Which algorithm conv2d uses. VGG_CONV_ALGO=auto|gemm|winograd4|winograd2 in the environment (read on every
-// call, so tests can switch it) forces one; a forced Winograd applies only where it is defined (3x3, stride 1).
-enum class ConvAlgo { automatic, gemm, winograd4, winograd2 };
-ConvAlgo conv_algo_setting();
 
 // A stride-1 3x3 convolution as Winograd sees it: x (N, H, W, Cin) zero-padded by ph rows and pw columns
 // (negative = cropped) -> y (N, P, Q, Cout).

@@ -9,6 +9,7 @@
 // std::runtime_error. Every output is overwritten.
 #include <cstdint>
 
+#include "../sgd_config.h"
 #include "../shapes.h"
 
 #ifndef VGG_GPU_NS

@@ -1,4 +1,4 @@
-// SGD update of the GPU backend, PyTorch's rule (shapes.h, torch.optim.SGD with dampening 0):
+// SGD update of the GPU backend, PyTorch's rule (sgd_config.h, torch.optim.SGD with dampening 0):
 //   d = grad + weight_decay * param
 //   momentum != 0: buf = first_step ? d : momentum * buf + d;  d = nesterov ? d + momentum * buf : buf
 //   param -= lr * d

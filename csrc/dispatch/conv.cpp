@@ -40,6 +40,29 @@ Conv2dShape conv_geometry(const char* op, const Shape& x_shape, const Shape& w_s
   return s;
 }
 
+// The GPU kernels (devices sim and cuda) index one image, one filter bank and a GEMM's rows and reduction with
+// 32-bit ints, and put a GEMM's column tiles on grid.y (at most 65535 blocks of the small tiles' 64 columns).
+// Checked here, before any allocation, so that a problem too large for them is a ValueError naming the op; the
+// kernels in csrc/cuda keep their own checks for callers that bypass dispatch (bench/labs).
+constexpr int64_t kGpuIndexLimit = (int64_t{1} << 31) - 1;
+constexpr int64_t kGpuMaxGemmColumns = int64_t{65535} * 64;
+
+void check_gpu_gemm(const char* op, const Device& device, int64_t M, int64_t N, int64_t kdim) {
+  if (device.type == DeviceType::CPU) return;
+  VGG_CHECK(M <= kGpuIndexLimit && kdim <= kGpuIndexLimit && N <= kGpuMaxGemmColumns, ValueError, op, ": on ",
+            device.str(), " the GEMM of this problem (M = ", M, ", N = ", N, ", K = ", kdim,
+            ") exceeds the GPU kernels' limits (M and K below 2^31, N at most ", kGpuMaxGemmColumns, ")");
+}
+
+void check_gpu_conv(const char* op, const Device& device, const Conv2dShape& s) {
+  if (device.type == DeviceType::CPU) return;
+  VGG_CHECK(s.H * s.W * s.C <= kGpuIndexLimit && s.P * s.Q * s.K <= kGpuIndexLimit &&
+                s.K * s.R * s.S * s.C <= kGpuIndexLimit,
+            ValueError, op, ": on ", device.str(), " one image (", s.H, "x", s.W, "x", s.C, " in, ", s.P, "x", s.Q,
+            "x", s.K, " out) or the filter bank (", s.K, "x", s.R, "x", s.S, "x", s.C,
+            ") exceeds the GPU kernels' 2^31-element limit");
+}
+
 // (rows, cols) view of a tensor whose last axis is `cols`.
 int64_t rows_of(const Tensor& t) { return t.dim() == 0 || t.size(-1) == 0 ? 0 : t.numel() / t.size(-1); }
 
@@ -55,6 +78,8 @@ Tensor conv2d_forward(const Tensor& x, const Tensor& w, const std::optional<Tens
     VGG_CHECK(bias->shape() == Shape{s.K}, ValueError, op, ": bias must have shape (", s.K, ",) for weight ",
               shape_str(w.shape()), ", got ", shape_str(bias->shape()));
   }
+  check_gpu_conv(op, x.device(), s);
+  check_gpu_gemm(op, x.device(), s.N * s.P * s.Q, s.K, s.R * s.S * s.C);
   Tensor y = Tensor::empty({s.N, s.P, s.Q, s.K}, x.dtype(), x.device());
   VGG_RUN_KERNEL(x.device(), x.dtype(), conv2d_forward, x.data<T>(), w.data<T>(), bias ? bias->data<T>() : nullptr,
                  y.data<T>(), s);
@@ -67,6 +92,8 @@ Tensor conv2d_backward_data(const Tensor& dy, const Tensor& w, const Shape& x_sh
   check_same(op, "grad_output", dy, "weight", w);
   const Conv2dShape s = conv_geometry(op, x_shape, w.shape(), stride, pad);
   check_shape(op, "grad_output", dy, {s.N, s.P, s.Q, s.K});
+  check_gpu_conv(op, dy.device(), s);
+  check_gpu_gemm(op, dy.device(), s.N * s.H * s.W, s.C, s.R * s.S * s.K);
   Tensor dx = Tensor::empty(x_shape, dy.dtype(), dy.device());
   VGG_RUN_KERNEL(dy.device(), dy.dtype(), conv2d_backward_data, dy.data<T>(), w.data<T>(), dx.data<T>(), s);
   return dx;
@@ -78,6 +105,8 @@ Tensor conv2d_backward_weight(const Tensor& x, const Tensor& dy, const Shape& w_
   check_same(op, "input", x, "grad_output", dy);
   const Conv2dShape s = conv_geometry(op, x.shape(), w_shape, stride, pad);
   check_shape(op, "grad_output", dy, {s.N, s.P, s.Q, s.K});
+  check_gpu_conv(op, x.device(), s);
+  check_gpu_gemm(op, x.device(), s.K, s.R * s.S * s.C, s.N * s.P * s.Q);
   Tensor dw = Tensor::empty(w_shape, x.dtype(), x.device());
   VGG_RUN_KERNEL(x.device(), x.dtype(), conv2d_backward_weight, x.data<T>(), dy.data<T>(), dw.data<T>(), s);
   return dw;
@@ -125,6 +154,7 @@ Tensor linear_forward(const Tensor& x, const Tensor& w, const std::optional<Tens
               shape_str(w.shape()), ", got ", shape_str(bias->shape()));
   }
   const int64_t M = rows_of(x);
+  check_gpu_gemm(op, x.device(), M, OUT, IN);
   Tensor y = Tensor::empty(with_last(x.shape(), OUT), x.dtype(), x.device());
   if (M == 0) return y;
   VGG_RUN_KERNEL(x.device(), x.dtype(), linear_forward, x.data<T>(), w.data<T>(), bias ? bias->data<T>() : nullptr,
@@ -139,6 +169,7 @@ Tensor linear_backward_data(const Tensor& dy, const Tensor& w) {
   VGG_CHECK(dy.size(-1) == OUT, ValueError, op, ": grad_output ", shape_str(dy.shape()), " does not match weight ",
             shape_str(w.shape()));
   const int64_t M = rows_of(dy);
+  check_gpu_gemm(op, dy.device(), M, IN, OUT);
   Tensor dx = Tensor::empty(with_last(dy.shape(), IN), dy.dtype(), dy.device());
   if (M == 0) return dx;
   VGG_RUN_KERNEL(dy.device(), dy.dtype(), linear_backward_data, dy.data<T>(), w.data<T>(), dx.data<T>(), M, OUT, IN);
@@ -153,6 +184,7 @@ Tensor linear_backward_weight(const Tensor& x, const Tensor& dy) {
             shape_str(x.shape()), " and grad_output ", shape_str(dy.shape()), " disagree on the batch axes");
   const int64_t IN = x.size(-1), OUT = dy.size(-1), M = rows_of(x);
   if (M == 0) return Tensor::zeros({OUT, IN}, x.dtype(), x.device());
+  check_gpu_gemm(op, x.device(), OUT, IN, M);
   Tensor dw = Tensor::empty({OUT, IN}, x.dtype(), x.device());
   VGG_RUN_KERNEL(x.device(), x.dtype(), linear_backward_weight, x.data<T>(), dy.data<T>(), dw.data<T>(), M, OUT, IN);
   return dw;

@@ -61,7 +61,8 @@ Tensor log_softmax_backward(const Tensor& y, const Tensor& dy) {
 
 namespace {
 
-// Checks labels on the host (they decide memory addresses in the kernels) and returns them on `device`.
+// Checks labels on the host (they decide memory addresses in the kernels) and returns them on the logits'
+// device. Called once per loss, by the forward; the backward reuses what it returned.
 Tensor checked_labels(const char* op, const Tensor& logits, const Tensor& target) {
   VGG_CHECK(target.defined(), TypeError, op, ": target is not a tensor");
   VGG_CHECK(target.dtype() == DType::Int64, TypeError, op, ": target must hold int64 class labels, got ",
@@ -79,7 +80,7 @@ Tensor checked_labels(const char* op, const Tensor& logits, const Tensor& target
 
 }  // namespace
 
-std::tuple<Tensor, Tensor> cross_entropy_forward(const Tensor& logits, const Tensor& target) {
+std::tuple<Tensor, Tensor, Tensor> cross_entropy_forward(const Tensor& logits, const Tensor& target) {
   const char* op = "cross_entropy";
   check_float(op, "logits", logits);
   VGG_CHECK(logits.dim() == 2 && logits.size(0) >= 1 && logits.size(1) >= 1, ValueError, op,
@@ -89,16 +90,20 @@ std::tuple<Tensor, Tensor> cross_entropy_forward(const Tensor& logits, const Ten
   Tensor logp = Tensor::empty(logits.shape(), logits.dtype(), logits.device());
   VGG_RUN_KERNEL(logits.device(), logits.dtype(), cross_entropy_forward, logits.data<T>(), labels.data<int64_t>(),
                  logp.data<T>(), loss.data<T>(), logits.size(0), logits.size(1));
-  return {loss, logp};
+  return {loss, logp, labels};
 }
 
-Tensor cross_entropy_backward(const Tensor& logp, const Tensor& target, const Tensor& dloss) {
+Tensor cross_entropy_backward(const Tensor& logp, const Tensor& labels, const Tensor& dloss) {
   const char* op = "cross_entropy_backward";
   check_float(op, "logp", logp);
   VGG_CHECK(logp.dim() == 2, ValueError, op, ": logp must be 2-D, got ", shape_str(logp.shape()));
   check_same(op, "logp", logp, "grad_output", dloss);
   VGG_CHECK(dloss.numel() == 1, ValueError, op, ": grad_output must be a scalar, got ", shape_str(dloss.shape()));
-  const Tensor labels = checked_labels(op, logp, target);
+  VGG_CHECK(labels.defined() && labels.dtype() == DType::Int64, TypeError, op,
+            ": labels must be the int64 labels cross_entropy_forward returned");
+  VGG_CHECK(labels.shape() == Shape{logp.size(0)} && labels.device() == logp.device(), ValueError, op, ": labels ",
+            shape_str(labels.shape()), " on ", labels.device().str(), " must have shape (", logp.size(0), ",) on ",
+            logp.device().str(), ", as cross_entropy_forward returned them for logp ", shape_str(logp.shape()));
   Tensor dx = Tensor::empty(logp.shape(), logp.dtype(), logp.device());
   VGG_RUN_KERNEL(logp.device(), logp.dtype(), cross_entropy_backward, logp.data<T>(), labels.data<int64_t>(),
                  dloss.data<T>(), dx.data<T>(), logp.size(0), logp.size(1));

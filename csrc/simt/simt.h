@@ -1,6 +1,7 @@
 // The SIMT emulator: runs the CUDA kernels of csrc/cuda/*.cu on the CPU, compiled by g++ (device "sim").
 //
-// Each CUDA thread is a fiber (64 KiB mmap'd stack with a guard page, switched with _setjmp/_longjmp); the blocks
+// Each CUDA thread is a fiber (64 KiB mmap'd stack with a guard page, switched by a small assembly routine on
+// x86-64 and with _setjmp/_longjmp elsewhere, see simt.cpp); the blocks
 // of a grid run one after another on the launching OS thread, so a `__shared__` array (a `static` here) is shared
 // by the fibers of the live block. A process-wide lock serialises launches, so two host threads never share the
 // static shared arrays. Kernel files never use <<<>>>: they launch through VGG_LAUNCH (../cuda/common.cuh), which

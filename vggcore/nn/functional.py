@@ -10,7 +10,7 @@ import numpy as np
 
 from .. import _C
 from .. import random as _random
-from ..autograd import Function
+from ..tensor import Function
 from ..tensor import Tensor
 
 
@@ -48,12 +48,15 @@ def _real_arg(op, name, value):
 class _Conv2d(Function):
     def forward(self, x, w, bias, stride, padding):
         self.stride, self.padding = stride, padding
+        self.x_shape, self.w_shape = list(x.shape), list(w.shape)
+        # the data gradient needs w, the weight gradient x
+        self.save_for_backward(x if self.needs_grad(1) else None, w if self.needs_grad(0) else None)
         return _C.conv2d_forward(x, w, bias, stride, padding)
 
     def backward(self, dy):
-        x, w, bias = (t._data if t is not None else None for t in self.inputs)
-        dx = _C.conv2d_backward_data(dy, w, list(x.shape), self.stride, self.padding) if self.needs_grad(0) else None
-        dw = _C.conv2d_backward_weight(x, dy, list(w.shape), self.stride, self.padding) if self.needs_grad(1) else None
+        x, w = self.saved_tensors
+        dx = _C.conv2d_backward_data(dy, w, self.x_shape, self.stride, self.padding) if self.needs_grad(0) else None
+        dw = _C.conv2d_backward_weight(x, dy, self.w_shape, self.stride, self.padding) if self.needs_grad(1) else None
         db = _C.bias_backward(dy) if self.needs_grad(2) else None
         return dx, dw, db
 
@@ -70,10 +73,12 @@ def conv2d(x, weight, bias=None, stride=1, padding=0):
 
 class _Linear(Function):
     def forward(self, x, w, bias):
+        # the data gradient needs w, the weight gradient x
+        self.save_for_backward(x if self.needs_grad(1) else None, w if self.needs_grad(0) else None)
         return _C.linear_forward(x, w, bias)
 
     def backward(self, dy):
-        x, w, _ = (t._data if t is not None else None for t in self.inputs)
+        x, w = self.saved_tensors
         dx = _C.linear_backward_data(dy, w) if self.needs_grad(0) else None
         dw = _C.linear_backward_weight(x, dy) if self.needs_grad(1) else None
         db = _C.bias_backward(dy) if self.needs_grad(2) else None
@@ -91,10 +96,12 @@ def linear(x, weight, bias=None):
 # ---- activations and regularisation ---------------------------------------------------------------------------------
 class _ReLU(Function):
     def forward(self, x):
+        self.save_for_backward(x)
         return _C.relu_forward(x)
 
     def backward(self, dy):
-        return (_C.relu_backward(self.inputs[0]._data, dy),)
+        (x,) = self.saved_tensors
+        return (_C.relu_backward(x, dy),)
 
 
 def relu(x):
@@ -134,11 +141,13 @@ def dropout(x, p=0.5, training=True, seed=None):
 class _MaxPool2d(Function):
     def forward(self, x, kernel, stride):
         self.kernel, self.stride, self.x_shape = kernel, stride, list(x.shape)
-        y, self.argmax = _C.max_pool2d_forward(x, kernel, stride)
+        y, argmax = _C.max_pool2d_forward(x, kernel, stride)
+        self.save_for_backward(argmax)
         return y
 
     def backward(self, dy):
-        return (_C.max_pool2d_backward(dy, self.argmax, self.x_shape, self.kernel, self.stride),)
+        (argmax,) = self.saved_tensors
+        return (_C.max_pool2d_backward(dy, argmax, self.x_shape, self.kernel, self.stride),)
 
 
 def max_pool2d(x, kernel_size=2, stride=2):
@@ -185,11 +194,13 @@ def global_avg_pool2d(x):
 class _LocalResponseNorm(Function):
     def forward(self, x, size, alpha, beta, k):
         self.params = (size, alpha, beta, k)
-        self.y, self.scale = _C.lrn_forward(x, size, alpha, beta, k)
-        return self.y
+        y, scale = _C.lrn_forward(x, size, alpha, beta, k)
+        self.save_for_backward(x, y, scale)
+        return y
 
     def backward(self, dy):
-        return (_C.lrn_backward(self.inputs[0]._data, self.y, self.scale, dy, *self.params),)
+        x, y, scale = self.saved_tensors
+        return (_C.lrn_backward(x, y, scale, dy, *self.params),)
 
 
 def local_response_norm(x, size=5, alpha=1e-4, beta=0.75, k=1.0):
@@ -214,11 +225,13 @@ def _check_last_axis(op, dim, x):
 
 class _Softmax(Function):
     def forward(self, x):
-        self.y = _C.softmax_forward(x)
-        return self.y
+        y = _C.softmax_forward(x)
+        self.save_for_backward(y)
+        return y
 
     def backward(self, dy):
-        return (_C.softmax_backward(self.y, dy),)
+        (y,) = self.saved_tensors
+        return (_C.softmax_backward(y, dy),)
 
 
 def softmax(x, dim=-1):
@@ -230,11 +243,13 @@ def softmax(x, dim=-1):
 
 class _LogSoftmax(Function):
     def forward(self, x):
-        self.y = _C.log_softmax_forward(x)
-        return self.y
+        y = _C.log_softmax_forward(x)
+        self.save_for_backward(y)
+        return y
 
     def backward(self, dy):
-        return (_C.log_softmax_backward(self.y, dy),)
+        (y,) = self.saved_tensors
+        return (_C.log_softmax_backward(y, dy),)
 
 
 def log_softmax(x, dim=-1):
@@ -267,12 +282,14 @@ def _labels(op, target):
 
 class _CrossEntropy(Function):
     def forward(self, logits, target):
-        self.target = target
-        loss, self.logp = _C.cross_entropy_forward(logits, target)
+        # the engine checks the labels once and returns them on the logits' device, for backward
+        loss, logp, labels = _C.cross_entropy_forward(logits, target)
+        self.save_for_backward(logp, labels)
         return loss
 
     def backward(self, dloss):
-        return (_C.cross_entropy_backward(self.logp, self.target, dloss),)
+        logp, labels = self.saved_tensors
+        return (_C.cross_entropy_backward(logp, labels, dloss),)
 
 
 def cross_entropy(logits, target):

@@ -1,5 +1,6 @@
-// Column sums of a (rows, cols) matrix: the bias gradient of conv (rows = N*P*Q, cols = K) and linear
-// (rows = M, cols = OUT). rows reaches millions (12.8 M for VGG's first layers at batch 256), cols is 64..4096.
+// The bias gradient of conv2d and linear on the GPU (the CPU twin is csrc/cpu/bias_backward.cpp): column sums of a
+// (rows, cols) matrix, rows = N*P*Q (conv) or M (linear), cols = K or OUT. rows reaches millions (12.8 M for VGG's
+// first layers at batch 256), cols is 64..4096.
 //
 // Deterministic two-pass reduction, no atomics:
 //   pass 1: grid (ceil(cols/32), splits). A block owns 32 columns (one coalesced 128-byte segment per row and

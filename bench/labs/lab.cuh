@@ -1,0 +1,314 @@
+// What every kernel lab shares (llm.c dev/cuda style): the production kernels, a CPU reference, validation of every
+// variant, CUDA-event timing with the L2 cache flushed between runs, and cuDNN as kernel 0.
+//
+// A lab is one .cu file per GPU pass (conv_fwd.cu, conv_dgrad.cu, conv_wgrad.cu, linear_gemm.cu). It lists its
+// variants in one table (name, launcher), so a new kernel is one line; main() calls run_lab(), which
+//   1. builds the problem from the command line (defaults: a VGG-16 layer at a modest batch),
+//   2. computes the float64 reference on the CPU with the production direct loops (csrc/cpu/conv_reference.cpp),
+//   3. runs every variant once and checks |out - ref| <= tol * max(|ref|, 1) elementwise (the test suite's rule),
+//   4. times the variants that passed, and cuDNN, with CUDA events: warm-up, then the mean of `reps` runs, each
+//      after a write of twice the L2 cache so that no run reads what the previous one left there,
+//   5. prints ms, TFLOP/s (2*N*P*Q*K*R*S*C per pass) and the time ratio to cuDNN.
+// Exit status: 0 all variants valid, 1 a variant failed validation, 2 a CUDA or cuDNN error.
+//
+// The production sources are compiled into this translation unit (nvcc, namespace vgg::cuda), with the two
+// runtime services they need provided below: the stream (the legacy default stream, which the events bracket)
+// and scratch memory (stream-ordered cudaMallocAsync, as the production allocator is stream-ordered too).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "cuda/conv2d.cu"
+#include "cuda/linear.cu"
+#include "cpu/conv_reference.cpp"
+
+#ifdef VGG_LAB_CUDNN
+#include <cudnn.h>
+#endif
+
+#define LAB_CUDA(call)                                                                                       \
+  do {                                                                                                       \
+    const cudaError_t lab_status_ = (call);                                                                  \
+    if (lab_status_ != cudaSuccess) {                                                                        \
+      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(lab_status_)); \
+      std::exit(2);                                                                                          \
+    }                                                                                                        \
+  } while (0)
+
+namespace vgg::cuda {
+cudaStream_t current_stream() { return 0; }
+void* workspace_alloc(size_t bytes) {
+  void* p = nullptr;
+  LAB_CUDA(cudaMallocAsync(&p, bytes, 0));
+  return p;
+}
+void workspace_free(void* ptr) noexcept {
+  if (ptr) cudaFreeAsync(ptr, 0);
+}
+}  // namespace vgg::cuda
+
+namespace lab {
+
+using vgg::Conv2dShape;
+using vgg::cuda::gemm::GemmPlan;
+
+enum class Pass { forward, backward_data, backward_weight };
+
+// The device buffers of one problem; which are inputs and which is the output depends on the pass.
+struct Buffers {
+  float *x, *w, *bias, *y;  // x (N,H,W,C), w (K,R,S,C), bias (K), y (N,P,Q,K): y is dy for the backward passes
+  float* out;               // forward: y's buffer; backward-data: dx (N,H,W,C); backward-weight: dw (K,R,S,C)
+};
+
+// A variant: its name and a launcher on the shape and buffers. Launchers run asynchronously on the default stream.
+struct Variant {
+  const char* name;
+  void (*run)(const Conv2dShape& s, const Buffers& b);
+};
+
+// The launcher of a variant that runs a pass's production GEMM with a forced tile plan:
+//   {"large tiles, split-K 4", lab::with_plan<planned, true, 4>}
+// where planned(s, b, plan) calls the pass with that plan.
+template <void (*Planned)(const Conv2dShape&, const Buffers&, GemmPlan), bool Large, int Splits>
+void with_plan(const Conv2dShape& s, const Buffers& b) {
+  Planned(s, b, GemmPlan{Large, Splits});
+}
+
+// The four rows every lab's table starts from: small and large tiles, without and with SPLITS-way split-K.
+#define LAB_TILE_PLANS(planned, SPLITS)                                                     \
+  {"small tiles", lab::with_plan<planned, false, 1>},                                       \
+  {"large tiles", lab::with_plan<planned, true, 1>},                                        \
+  {"small tiles, split-K " #SPLITS, lab::with_plan<planned, false, SPLITS>},                \
+  {"large tiles, split-K " #SPLITS, lab::with_plan<planned, true, SPLITS>}
+
+inline Conv2dShape parse_shape(int argc, char** argv, const Conv2dShape& fallback) {
+  // N H W C K R S stride pad (R = S given once as R when only 8 numbers follow)
+  if (argc == 1) return fallback;
+  if (argc != 10) {
+    std::fprintf(stderr, "usage: %s [N H W C K R S stride pad]\n", argv[0]);
+    std::exit(2);
+  }
+  Conv2dShape s{};
+  int64_t* fields[] = {&s.N, &s.H, &s.W, &s.C, &s.K, &s.R, &s.S, &s.stride, &s.pad};
+  for (int i = 0; i < 9; ++i) *fields[i] = std::atoll(argv[i + 1]);
+  s.P = (s.H + 2 * s.pad - s.R) / s.stride + 1;
+  s.Q = (s.W + 2 * s.pad - s.S) / s.stride + 1;
+  return s;
+}
+
+inline std::vector<double> random_values(size_t n, uint32_t seed, double scale) {
+  // Rounded to float here, so the float64 reference sees exactly the values the GPU does.
+  std::mt19937 gen(seed);
+  std::uniform_real_distribution<double> u(-scale, scale);
+  std::vector<double> v(n);
+  for (auto& e : v) e = static_cast<double>(static_cast<float>(u(gen)));
+  return v;
+}
+
+inline float* upload(const std::vector<double>& v) {
+  std::vector<float> f(v.begin(), v.end());
+  float* d = nullptr;
+  LAB_CUDA(cudaMalloc(&d, std::max<size_t>(f.size(), 1) * sizeof(float)));
+  LAB_CUDA(cudaMemcpy(d, f.data(), f.size() * sizeof(float), cudaMemcpyHostToDevice));
+  return d;
+}
+
+// |got - ref| <= tol * max(|ref|, 1) for every element; prints the worst element.
+inline bool validate(const char* name, const float* d_out, const std::vector<double>& ref, double tol) {
+  std::vector<float> got(ref.size());
+  LAB_CUDA(cudaDeviceSynchronize());
+  LAB_CUDA(cudaMemcpy(got.data(), d_out, got.size() * sizeof(float), cudaMemcpyDeviceToHost));
+  double worst = 0.0;
+  size_t at = 0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    const double err = std::fabs(double(got[i]) - ref[i]) / std::max(std::fabs(ref[i]), 1.0);
+    if (!(err <= worst)) worst = err, at = i;  // NaN is the worst
+  }
+  const bool ok = worst <= tol;
+  std::printf("  %-28s %s  max error %.2e at %zu (got %.7g, ref %.7g)\n", name, ok ? "ok  " : "FAIL", worst, at,
+              double(got[at]), ref[at]);
+  return ok;
+}
+
+// Mean milliseconds of `reps` runs of fn after `warmup` runs; the L2 cache is overwritten before each timed run.
+template <typename Fn> float time_ms(Fn fn, int warmup = 3, int reps = 20) {
+  int l2 = 0;
+  LAB_CUDA(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, 0));
+  void* flush = nullptr;
+  LAB_CUDA(cudaMalloc(&flush, 2 * size_t(l2)));
+  cudaEvent_t start, stop;
+  LAB_CUDA(cudaEventCreate(&start));
+  LAB_CUDA(cudaEventCreate(&stop));
+  for (int i = 0; i < warmup; ++i) fn();
+  float total = 0.0f;
+  for (int i = 0; i < reps; ++i) {
+    LAB_CUDA(cudaMemsetAsync(flush, i, 2 * size_t(l2), 0));
+    LAB_CUDA(cudaEventRecord(start, 0));
+    fn();
+    LAB_CUDA(cudaEventRecord(stop, 0));
+    LAB_CUDA(cudaEventSynchronize(stop));
+    float ms = 0.0f;
+    LAB_CUDA(cudaEventElapsedTime(&ms, start, stop));
+    total += ms;
+  }
+  LAB_CUDA(cudaGetLastError());
+  LAB_CUDA(cudaEventDestroy(start));
+  LAB_CUDA(cudaEventDestroy(stop));
+  LAB_CUDA(cudaFree(flush));
+  return total / reps;
+}
+
+#ifdef VGG_LAB_CUDNN
+#define LAB_CUDNN(call)                                                                                      \
+  do {                                                                                                       \
+    const cudnnStatus_t lab_status_ = (call);                                                                \
+    if (lab_status_ != CUDNN_STATUS_SUCCESS) {                                                               \
+      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call, cudnnGetErrorString(lab_status_)); \
+      std::exit(2);                                                                                          \
+    }                                                                                                        \
+  } while (0)
+
+// cuDNN on the same NHWC/KRSC buffers, fp32 with TF32 off (CUDNN_FMA_MATH), the fastest algorithm cuDNN's own
+// search finds for this pass (as torch.backends.cudnn.benchmark would), with its workspace allocated once.
+class Cudnn {
+ public:
+  Cudnn(const Conv2dShape& s, Pass pass) : pass_(pass) {
+    LAB_CUDNN(cudnnCreate(&handle_));
+    LAB_CUDNN(cudnnCreateTensorDescriptor(&x_));
+    LAB_CUDNN(cudnnCreateTensorDescriptor(&y_));
+    LAB_CUDNN(cudnnCreateFilterDescriptor(&w_));
+    LAB_CUDNN(cudnnCreateConvolutionDescriptor(&conv_));
+    LAB_CUDNN(cudnnSetTensor4dDescriptor(x_, CUDNN_TENSOR_NHWC, CUDNN_DATA_FLOAT, int(s.N), int(s.C), int(s.H), int(s.W)));
+    LAB_CUDNN(cudnnSetTensor4dDescriptor(y_, CUDNN_TENSOR_NHWC, CUDNN_DATA_FLOAT, int(s.N), int(s.K), int(s.P), int(s.Q)));
+    LAB_CUDNN(cudnnSetFilter4dDescriptor(w_, CUDNN_DATA_FLOAT, CUDNN_TENSOR_NHWC, int(s.K), int(s.C), int(s.R), int(s.S)));
+    LAB_CUDNN(cudnnSetConvolution2dDescriptor(conv_, int(s.pad), int(s.pad), int(s.stride), int(s.stride), 1, 1,
+                                              CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT));
+    LAB_CUDNN(cudnnSetConvolutionMathType(conv_, CUDNN_FMA_MATH));
+    int found = 0;
+    if (pass == Pass::forward) {
+      cudnnConvolutionFwdAlgoPerf_t perf[8];
+      LAB_CUDNN(cudnnFindConvolutionForwardAlgorithm(handle_, x_, w_, conv_, y_, 8, &found, perf));
+      pick(perf, found, fwd_);
+    } else if (pass == Pass::backward_data) {
+      cudnnConvolutionBwdDataAlgoPerf_t perf[8];
+      LAB_CUDNN(cudnnFindConvolutionBackwardDataAlgorithm(handle_, w_, y_, conv_, x_, 8, &found, perf));
+      pick(perf, found, bwd_data_);
+    } else {
+      cudnnConvolutionBwdFilterAlgoPerf_t perf[8];
+      LAB_CUDNN(cudnnFindConvolutionBackwardFilterAlgorithm(handle_, x_, y_, conv_, w_, 8, &found, perf));
+      pick(perf, found, bwd_filter_);
+    }
+    if (ws_bytes_) LAB_CUDA(cudaMalloc(&ws_, ws_bytes_));
+  }
+  ~Cudnn() {
+    cudaFree(ws_);
+    cudnnDestroyConvolutionDescriptor(conv_);
+    cudnnDestroyFilterDescriptor(w_);
+    cudnnDestroyTensorDescriptor(y_);
+    cudnnDestroyTensorDescriptor(x_);
+    cudnnDestroy(handle_);
+  }
+  void run(const Buffers& b) const {
+    const float one = 1.0f, zero = 0.0f;
+    if (pass_ == Pass::forward)
+      LAB_CUDNN(cudnnConvolutionForward(handle_, &one, x_, b.x, w_, b.w, conv_, fwd_, ws_, ws_bytes_, &zero, y_, b.out));
+    else if (pass_ == Pass::backward_data)
+      LAB_CUDNN(cudnnConvolutionBackwardData(handle_, &one, w_, b.w, y_, b.y, conv_, bwd_data_, ws_, ws_bytes_, &zero,
+                                             x_, b.out));
+    else
+      LAB_CUDNN(cudnnConvolutionBackwardFilter(handle_, &one, x_, b.x, y_, b.y, conv_, bwd_filter_, ws_, ws_bytes_,
+                                               &zero, w_, b.out));
+  }
+
+ private:
+  // The fastest successful result in FMA (no TF32) math; cuDNN sorts them by time.
+  template <typename Perf, typename Algo> void pick(const Perf* perf, int found, Algo& algo) {
+    for (int i = 0; i < found; ++i)
+      if (perf[i].status == CUDNN_STATUS_SUCCESS && perf[i].mathType == CUDNN_FMA_MATH) {
+        algo = perf[i].algo;
+        ws_bytes_ = perf[i].memory;
+        return;
+      }
+    std::fprintf(stderr, "cuDNN found no fp32 FMA algorithm for this problem\n");
+    std::exit(2);
+  }
+  Pass pass_;
+  cudnnHandle_t handle_{};
+  cudnnTensorDescriptor_t x_{}, y_{};
+  cudnnFilterDescriptor_t w_{};
+  cudnnConvolutionDescriptor_t conv_{};
+  cudnnConvolutionFwdAlgo_t fwd_{};
+  cudnnConvolutionBwdDataAlgo_t bwd_data_{};
+  cudnnConvolutionBwdFilterAlgo_t bwd_filter_{};
+  void* ws_ = nullptr;
+  size_t ws_bytes_ = 0;
+};
+#endif
+
+// Validates and times every variant of one pass on shape s; returns the exit status.
+inline int run_lab(const char* title, Pass pass, const Conv2dShape& s, const Variant* variants, int count,
+                   double tol = 1e-4) {
+  const size_t nx = s.N * s.H * s.W * s.C, nw = s.K * s.R * s.S * s.C, ny = s.N * s.P * s.Q * s.K;
+  // Inputs of order one: x and dy uniform in [-1, 1], w scaled by 1/sqrt(R*S*C) as a trained layer's would be.
+  const std::vector<double> x = random_values(nx, 1, 1.0), w = random_values(nw, 2, 1.0 / std::sqrt(double(s.R * s.S * s.C)));
+  const std::vector<double> bias = random_values(s.K, 3, 1.0), dy = random_values(ny, 4, 1.0);
+  std::vector<double> ref(pass == Pass::forward ? ny : pass == Pass::backward_data ? nx : nw);
+  if (pass == Pass::forward) vgg::cpu::conv2d_forward_direct(x.data(), w.data(), bias.data(), ref.data(), s);
+  else if (pass == Pass::backward_data) vgg::cpu::conv2d_backward_data_direct(dy.data(), w.data(), ref.data(), s);
+  else vgg::cpu::conv2d_backward_weight_direct(x.data(), dy.data(), ref.data(), s);
+
+  Buffers b{upload(x), upload(w), upload(bias), upload(dy), nullptr};
+  LAB_CUDA(cudaMalloc(&b.out, ref.size() * sizeof(float)));
+  const double flops = 2.0 * s.N * s.P * s.Q * s.K * s.R * s.S * s.C;
+  cudaDeviceProp prop{};
+  LAB_CUDA(cudaGetDeviceProperties(&prop, 0));
+  std::printf("%s on %s: N=%lld H=%lld W=%lld C=%lld -> K=%lld, %lldx%lld stride %lld pad %lld (%.1f GFLOP)\n", title,
+              prop.name, (long long)s.N, (long long)s.H, (long long)s.W, (long long)s.C, (long long)s.K,
+              (long long)s.R, (long long)s.S, (long long)s.stride, (long long)s.pad, flops * 1e-9);
+
+  std::printf("validation against the CPU float64 reference, |out - ref| <= %.0e * max(|ref|, 1):\n", tol);
+  std::vector<bool> valid(count);
+  bool all_valid = true;
+  for (int i = 0; i < count; ++i) {
+    LAB_CUDA(cudaMemset(b.out, 0xff, ref.size() * sizeof(float)));  // NaN: a variant that writes nothing fails
+    variants[i].run(s, b);
+    LAB_CUDA(cudaGetLastError());
+    valid[i] = validate(variants[i].name, b.out, ref, tol);
+    all_valid = all_valid && valid[i];
+  }
+  float vendor_ms = 0.0f;
+#ifdef VGG_LAB_CUDNN
+  const Cudnn cudnn(s, pass);
+  cudnn.run(b);
+  validate("kernel 0: cuDNN (fp32 FMA)", b.out, ref, tol);
+  vendor_ms = time_ms([&] { cudnn.run(b); });
+#else
+  std::printf("  (built without cuDNN: no kernel 0; `make CUDNN=<dir with include/cudnn.h>` adds it)\n");
+#endif
+
+  std::printf("\n| kernel | ms | TFLOP/s | time / cuDNN |\n|---|---:|---:|---:|\n");
+  if (vendor_ms > 0) std::printf("| 0: cuDNN | %.3f | %.2f | 1.00 |\n", vendor_ms, flops / vendor_ms * 1e-9);
+  for (int i = 0; i < count; ++i) {
+    if (!valid[i]) {
+      std::printf("| %s | invalid | | |\n", variants[i].name);
+      continue;
+    }
+    const float ms = time_ms([&] { variants[i].run(s, b); });
+    if (vendor_ms > 0)
+      std::printf("| %s | %.3f | %.2f | %.2f |\n", variants[i].name, ms, flops / ms * 1e-9, ms / vendor_ms);
+    else
+      std::printf("| %s | %.3f | %.2f | n/a |\n", variants[i].name, ms, flops / ms * 1e-9);
+  }
+  for (float* p : {b.x, b.w, b.bias, b.y, b.out}) LAB_CUDA(cudaFree(p));
+  return all_valid ? 0 : 1;
+}
+
+}  // namespace lab

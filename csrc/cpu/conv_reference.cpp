@@ -1,0 +1,111 @@
+// The reference convolution (see conv_reference.h): the three passes written as the sums that define them.
+//
+// Each pass gathers: a thread owns whole output rows and computes every element of them from its inputs, so there
+// is no scatter, no atomics and no dependence on the thread count. The channel loop is innermost because channels
+// are contiguous in NHWC and KRSC; the sums run in double so that float32 results are the correctly rounded
+// value of a sum of float products wherever that sum fits in double's 53 bits (small-integer inputs: exact).
+#include "conv_reference.h"
+
+#include <algorithm>
+#include <vector>
+
+namespace vgg::cpu {
+
+template <typename T> void conv2d_forward_direct(const T* x, const T* w, const T* bias, T* y, const Conv2dShape& s) {
+#pragma omp parallel
+  {
+    std::vector<double> acc(s.K);
+#pragma omp for collapse(2) schedule(static)
+    for (int64_t n = 0; n < s.N; ++n)
+      for (int64_t p = 0; p < s.P; ++p)
+        for (int64_t q = 0; q < s.Q; ++q) {
+          for (int64_t k = 0; k < s.K; ++k) acc[k] = bias ? double(bias[k]) : 0.0;
+          for (int64_t r = 0; r < s.R; ++r) {
+            const int64_t h = p * s.stride - s.pad + r;
+            if (h < 0 || h >= s.H) continue;  // zero padding
+            for (int64_t t = 0; t < s.S; ++t) {
+              const int64_t v = q * s.stride - s.pad + t;
+              if (v < 0 || v >= s.W) continue;
+              const T* xp = x + ((n * s.H + h) * s.W + v) * s.C;
+              for (int64_t k = 0; k < s.K; ++k) {
+                const T* wp = w + ((k * s.R + r) * s.S + t) * s.C;
+                double sum = 0.0;
+                for (int64_t c = 0; c < s.C; ++c) sum += double(xp[c]) * double(wp[c]);
+                acc[k] += sum;
+              }
+            }
+          }
+          T* yp = y + ((n * s.P + p) * s.Q + q) * s.K;
+          for (int64_t k = 0; k < s.K; ++k) yp[k] = static_cast<T>(acc[k]);
+        }
+  }
+}
+
+template <typename T> void conv2d_backward_data_direct(const T* dy, const T* w, T* dx, const Conv2dShape& s) {
+#pragma omp parallel
+  {
+    std::vector<double> acc(s.C);
+#pragma omp for collapse(2) schedule(static)
+    for (int64_t n = 0; n < s.N; ++n)
+      for (int64_t h = 0; h < s.H; ++h)
+        for (int64_t v = 0; v < s.W; ++v) {
+          std::fill(acc.begin(), acc.end(), 0.0);
+          for (int64_t r = 0; r < s.R; ++r) {
+            // the output rows p that read input row h through filter row r: h = p*stride - pad + r
+            const int64_t ph = h + s.pad - r;
+            if (ph < 0 || ph % s.stride != 0 || ph / s.stride >= s.P) continue;
+            const int64_t p = ph / s.stride;
+            for (int64_t t = 0; t < s.S; ++t) {
+              const int64_t qv = v + s.pad - t;
+              if (qv < 0 || qv % s.stride != 0 || qv / s.stride >= s.Q) continue;
+              const int64_t q = qv / s.stride;
+              const T* dyp = dy + ((n * s.P + p) * s.Q + q) * s.K;
+              for (int64_t k = 0; k < s.K; ++k) {
+                const double d = double(dyp[k]);
+                const T* wp = w + ((k * s.R + r) * s.S + t) * s.C;
+                for (int64_t c = 0; c < s.C; ++c) acc[c] += d * double(wp[c]);
+              }
+            }
+          }
+          T* dxp = dx + ((n * s.H + h) * s.W + v) * s.C;
+          for (int64_t c = 0; c < s.C; ++c) dxp[c] = static_cast<T>(acc[c]);
+        }
+  }
+}
+
+template <typename T> void conv2d_backward_weight_direct(const T* x, const T* dy, T* dw, const Conv2dShape& s) {
+#pragma omp parallel
+  {
+    std::vector<double> acc(s.C);
+#pragma omp for collapse(3) schedule(static)
+    for (int64_t k = 0; k < s.K; ++k)
+      for (int64_t r = 0; r < s.R; ++r)
+        for (int64_t t = 0; t < s.S; ++t) {
+          std::fill(acc.begin(), acc.end(), 0.0);
+          for (int64_t n = 0; n < s.N; ++n)
+            for (int64_t p = 0; p < s.P; ++p) {
+              const int64_t h = p * s.stride - s.pad + r;
+              if (h < 0 || h >= s.H) continue;
+              for (int64_t q = 0; q < s.Q; ++q) {
+                const int64_t v = q * s.stride - s.pad + t;
+                if (v < 0 || v >= s.W) continue;
+                const double d = double(dy[((n * s.P + p) * s.Q + q) * s.K + k]);
+                const T* xp = x + ((n * s.H + h) * s.W + v) * s.C;
+                for (int64_t c = 0; c < s.C; ++c) acc[c] += d * double(xp[c]);
+              }
+            }
+          T* dwp = dw + ((k * s.R + r) * s.S + t) * s.C;
+          for (int64_t c = 0; c < s.C; ++c) dwp[c] = static_cast<T>(acc[c]);
+        }
+  }
+}
+
+#define VGG_INSTANTIATE(T)                                                                              \
+  template void conv2d_forward_direct<T>(const T*, const T*, const T*, T*, const Conv2dShape&);         \
+  template void conv2d_backward_data_direct<T>(const T*, const T*, T*, const Conv2dShape&);             \
+  template void conv2d_backward_weight_direct<T>(const T*, const T*, T*, const Conv2dShape&);
+VGG_INSTANTIATE(float)
+VGG_INSTANTIATE(double)
+#undef VGG_INSTANTIATE
+
+}  // namespace vgg::cpu

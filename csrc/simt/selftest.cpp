@@ -1,4 +1,6 @@
-// Small CUDA-style kernels that exercise the SIMT emulator, bound into vggcore._C for tests/test_simt.py.
+// Small CUDA-style kernels that exercise the SIMT emulator, in the test-only module vggcore._simt_selftest
+// (tests/test_simt.py and tests/test_sim_*.py; vggcore itself never imports it). The module carries its own copy
+// of the emulator engine, so its schedule and check settings are its own (sim_set_schedule here, not _C's).
 // Each one is written exactly as a kernel in csrc/cuda/ would be (VGG_LAUNCH, VGG_DYNAMIC_SHARED, __shared__),
 // so the tests prove what the real kernels rely on: barriers, schedules, warp collectives, error reporting.
 #ifndef VGG_GPU_NS
@@ -13,6 +15,7 @@
 #include <vector>
 
 #include "../cuda/common.cuh"
+#include "bind.h"
 
 namespace py = pybind11;
 
@@ -245,13 +248,63 @@ void bad_launch(const std::string& kind) {
   else throw std::invalid_argument("unknown bad_launch kind " + kind);
 }
 
+// __launch_bounds__ through VGG_LAUNCH_BOUNDS: 64 (a multiple of 32) and 96 + 1 (not one).
+__global__ void VGG_LAUNCH_BOUNDS(64) bounded64_kernel(int* out) { out[threadIdx.x] = 1; }
+__global__ void VGG_LAUNCH_BOUNDS(97, 2) bounded97_kernel(int* out) { out[threadIdx.x] = 1; }
+
+// Threads that wrote their slot (a launch over the bound raises before any thread runs).
+int launch_bounds(int bound, int threads) {
+  std::vector<int> out(1024, 0);
+  if (bound == 64) VGG_LAUNCH(1, threads, 0, bounded64_kernel)(out.data());
+  else if (bound == 97) VGG_LAUNCH(1, threads, 0, bounded97_kernel)(out.data());
+  else throw std::invalid_argument("launch_bounds: bound must be 64 or 97");
+  int n = 0;
+  for (int v : out) n += v;
+  return n;
+}
+
+int launch_bound_of(int bound) {
+  const auto addr = [](auto* kernel) { return reinterpret_cast<const void*>(kernel); };
+  return simt::detail::launch_bound(bound == 64 ? addr(&bounded64_kernel)
+                                    : bound == 97 ? addr(&bounded97_kernel)
+                                                  : addr(&empty_kernel));
+}
+
+// Fills `bytes` of dynamic shared memory and sums it back (bytes / 4 ones).
+__device__ void big_shared_sum(int* out, int words) {
+  VGG_DYNAMIC_SHARED(int, s);
+  for (int i = threadIdx.x; i < words; i += blockDim.x) s[i] = 1;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int sum = 0;
+    for (int i = 0; i < words; ++i) sum += s[i];
+    *out = sum;
+  }
+}
+
+__global__ void big_shared_kernel(int* out, int words) { big_shared_sum(out, words); }
+__global__ void big_shared_other_kernel(int* out, int words) { big_shared_sum(out, words); }
+
+// Launches big_shared_kernel with `bytes` of dynamic shared memory after opting in to `opt_in` bytes (0: none).
+int big_shared(size_t bytes, size_t opt_in) {
+  if (opt_in) vgg_opt_in_dynamic_shared(big_shared_kernel, opt_in);
+  int out = -1;
+  VGG_LAUNCH(1, 128, bytes, big_shared_kernel)(&out, static_cast<int>(bytes / 4));
+  return out;
+}
+
+// The opt-in is per kernel: another kernel with the same signature still gets 48 KiB.
+int big_shared_other(size_t bytes) {
+  int out = -1;
+  VGG_LAUNCH(1, 128, bytes, big_shared_other_kernel)(&out, static_cast<int>(bytes / 4));
+  return out;
+}
+
 }  // namespace vgg::sim::selftest
 
-void bind_simt(py::module_& m) {
+PYBIND11_MODULE(_simt_selftest, m) {
   namespace st = vgg::sim::selftest;
-  m.def("sim_set_schedule", &simt::set_schedule, py::arg("schedule"),
-        "Order of the SIMT emulator's threads and blocks: 'linear', 'reverse' or 'random:SEED'.");
-  m.def("sim_get_schedule", &simt::get_schedule, "The SIMT emulator's current schedule.");
+  simt::bind_settings(m);
   m.def("simt_selftest_neighbour_sum", &st::neighbour_sum, py::arg("with_barrier"),
         "y[i] = x[i] + x[i-1] per 128-thread block through shared memory, x[i] = i % 17; 4 blocks.");
   m.def("simt_selftest_divergent_barrier", &st::divergent_barrier, py::arg("kind") = "sites",
@@ -275,4 +328,12 @@ void bind_simt(py::module_& m) {
   m.def("simt_selftest_kernel_throws", &st::kernel_throws, "A kernel whose thread 37 throws: raises.");
   m.def("simt_selftest_bad_launch", &st::bad_launch, py::arg("kind"),
         "An invalid launch: 'threads', 'block_z', 'grid_y', 'zero' or 'shared': raises.");
+  m.def("simt_selftest_launch_bounds", &st::launch_bounds, py::arg("bound"), py::arg("threads"),
+        "Launches a VGG_LAUNCH_BOUNDS(64) or (97, 2) kernel with `threads` threads; returns how many ran.");
+  m.def("simt_selftest_launch_bound_of", &st::launch_bound_of, py::arg("bound"),
+        "The bound the emulator reads from the 64 or 97 kernel (anything else: a kernel without bounds).");
+  m.def("simt_selftest_big_shared", &st::big_shared, py::arg("bytes"), py::arg("opt_in") = 0,
+        "Sum of bytes/4 ones through dynamic shared memory, after vgg_opt_in_dynamic_shared(opt_in) if nonzero.");
+  m.def("simt_selftest_big_shared_other", &st::big_shared_other, py::arg("bytes"),
+        "Like big_shared but a kernel that never opted in.");
 }

@@ -1,0 +1,20 @@
+// The emulator's settings as Python functions (see bind.h); bind_simt is what vggcore._C calls.
+#include "bind.h"
+
+#include <pybind11/stl.h>
+
+#include "simt.h"
+
+namespace py = pybind11;
+
+namespace simt {
+
+void bind_settings(py::module_& m) {
+  m.def("sim_set_schedule", &simt::set_schedule, py::arg("schedule"),
+        "Order of the SIMT emulator's threads and blocks: 'linear', 'reverse' or 'random:SEED'.");
+  m.def("sim_get_schedule", &simt::get_schedule, "The SIMT emulator's current schedule.");
+}
+
+}  // namespace simt
+
+void bind_simt(py::module_& m) { simt::bind_settings(m); }

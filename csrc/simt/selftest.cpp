@@ -1,7 +1,7 @@
 // Small CUDA-style kernels that exercise the SIMT emulator, in the test-only module vggcore._simt_selftest
 // (tests/test_simt.py and tests/test_sim_*.py; vggcore itself never imports it). The module carries its own copy
 // of the emulator engine, so its schedule and check settings are its own (sim_set_schedule here, not _C's).
-// Each one is written exactly as a kernel in csrc/cuda/ would be (VGG_LAUNCH, VGG_DYNAMIC_SHARED, __shared__),
+// Each one is written exactly as a kernel in csrc/cuda/ would be (VGG_LAUNCH, VGG_DYNAMIC_SHARED, VGG_SHARED),
 // so the tests prove what the real kernels rely on: barriers, schedules, warp collectives, error reporting.
 #ifndef VGG_GPU_NS
 #define VGG_GPU_NS sim
@@ -119,7 +119,7 @@ void shared_overflow(int overshoot) {
 // Per-warp sums with __shfl_down_sync, the block sum through static shared memory, and ballots/votes.
 __global__ void warp_reduce_kernel(const float* x, float* warp_sums, float* block_sums, unsigned* ballots,
                                    int* counts) {
-  __shared__ float partial[32];
+  VGG_SHARED(float, partial, [32]);
   const int t = threadIdx.x, lane = t % 32, warp = t / 32;
   const int i = blockIdx.x * blockDim.x + t;
   float v = x[i];
@@ -181,8 +181,8 @@ std::vector<int> histogram(const std::vector<int>& values, int nbins) {
 // C (M,N) = A (M,K) @ B (K,N), 16x16 tiles through static shared memory; two barriers per tile.
 template <int TILE>
 __global__ void sgemm_kernel(const float* A, const float* B, float* C, int M, int N, int K) {
-  __shared__ float As[TILE][TILE];
-  __shared__ float Bs[TILE][TILE];
+  VGG_SHARED(float, As, [TILE][TILE]);
+  VGG_SHARED(float, Bs, [TILE][TILE]);
   const int tx = threadIdx.x, ty = threadIdx.y;
   const int row = blockIdx.y * TILE + ty, col = blockIdx.x * TILE + tx;
   float acc = 0.0f;

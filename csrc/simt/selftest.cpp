@@ -16,6 +16,7 @@
 
 #include "../cuda/common.cuh"
 #include "bind.h"
+#include "memory.h"
 
 namespace py = pybind11;
 
@@ -300,6 +301,124 @@ int big_shared_other(size_t bytes) {
   return out;
 }
 
+// ---- the checks: one kernel per kind of bug, each with a correct variant (kind 0) -----------------------------
+
+// Shared memory races in a 64-thread block (two warps). kind 1: threads 0 and 32 write one word; 2: thread 40 reads
+// a word thread 0 wrote; 3: lane 1 reads a word lane 0 wrote (one warp, no __syncwarp); 4: every thread does
+// `total += 1` on one word (a lost atomicAdd); 5: as 3 with __syncwarp between; 6: as 4 with atomicAdd.
+__global__ void shared_race_kernel(int* out_all, int kind) {
+  VGG_SHARED(int, s, [64]);
+  const int t = threadIdx.x;
+  int* out = out_all + 4 * blockIdx.x;  // each block its own outputs
+  s[t] = t;
+  __syncthreads();
+  if (kind == 1 && (t == 0 || t == 32)) s[0] = t;
+  if (kind == 2) {
+    if (t == 0) s[1] = 7;
+    if (t == 40) out[1] = s[1];
+  }
+  if (kind == 3 || kind == 5) {
+    if (t == 0) s[2] = 9;
+    if (kind == 5) __syncwarp();
+    if (t == 1) out[2] = s[2];
+  }
+  if (kind == 4) s[3] += 1;
+  if (kind == 6) atomicAdd(&s[3], 1);
+  __syncthreads();
+  if (t == 0) out[0] = s[3];
+}
+
+int shared_race(int kind) {
+  int* out = static_cast<int*>(simt::device_alloc(64 * sizeof(int), "out"));
+  int result = 0;
+  try {
+    VGG_LAUNCH(2, 64, 0, shared_race_kernel)(out, kind);
+    result = out[0];
+  } catch (...) {
+    simt::device_free(out);
+    throw;
+  }
+  simt::device_free(out);
+  return result;
+}
+
+// Device memory: kind 1: every block writes out[0] (blocks race); 2: `out[0] += 1` from every thread of one
+// block (a lost atomicAdd); 3: atomicAdd from every block (fine); 4: reads one element past the end of `in`;
+// 5: writes one element past the end of `out`; 6: reads `in` one element before its start.
+__global__ void global_kernel(const float* in, float* out, int n, int kind) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (kind == 1 && threadIdx.x == 0) out[0] = static_cast<float>(blockIdx.x);
+  if (kind == 2 && blockIdx.x == 0) out[0] += 1.0f;
+  if (kind == 3) atomicAdd(&out[0], 1.0f);
+  if (kind == 4 && i < n) out[i] = in[i + 1];
+  if (kind == 5 && i <= n) out[i] = 1.0f;
+  if (kind == 6 && i < n) out[i] = in[i - 1];
+  if (kind == 0 && i < n) out[i] = in[i];
+}
+
+std::vector<float> global_access(int kind) {
+  const int n = 100;
+  auto* in = static_cast<float*>(simt::device_alloc(n * sizeof(float), "input"));
+  auto* out = static_cast<float*>(simt::device_alloc(n * sizeof(float), "output"));
+  for (int i = 0; i < n; ++i) in[i] = static_cast<float>(i);
+  for (int i = 0; i < n; ++i) out[i] = 0.0f;
+  std::vector<float> result;
+  try {
+    VGG_LAUNCH(4, 32, 0, global_kernel)(in, out, n, kind);
+    result.assign(out, out + n);
+  } catch (...) {
+    simt::device_free(in);
+    simt::device_free(out);
+    throw;
+  }
+  simt::device_free(in);
+  simt::device_free(out);
+  return result;
+}
+
+// Shared memory read before any write. kind 1: a block sum that forgets the barrier before thread 0 reads the
+// warp totals (static shared); 2: thread 0 reads a dynamic shared word nobody wrote; 3: reads one past the end of
+// the dynamic buffer; 0: the correct block sum. Returns the block sums of 3 blocks of 64 threads.
+__global__ void uninit_kernel(float* out, int kind) {
+  VGG_SHARED(float, totals, [2]);
+  VGG_DYNAMIC_SHARED(float, dyn);
+  const int t = threadIdx.x;
+  float v = 1.0f;
+  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_down_sync(0xffffffffu, v, offset);
+  if (t % 32 == 0) totals[t / 32] = v;
+  dyn[t] = v;
+  if (kind != 1) __syncthreads();
+  if (t == 0) {
+    float sum = totals[0] + totals[1];
+    if (kind == 2) sum += dyn[64];
+    if (kind == 3) sum += dyn[80];
+    out[blockIdx.x] = sum;
+  }
+  if (kind == 1) __syncthreads();
+}
+
+std::vector<float> uninit(int kind) {
+  auto* out = static_cast<float*>(simt::device_alloc(3 * sizeof(float), "block sums"));
+  std::vector<float> result;
+  try {
+    VGG_LAUNCH(3, 64, 80 * sizeof(float), uninit_kernel)(out, kind);
+    result.assign(out, out + 3);
+  } catch (...) {
+    simt::device_free(out);
+    throw;
+  }
+  simt::device_free(out);
+  return result;
+}
+
+// The first word of a fresh device allocation (the poison), as bits.
+unsigned fresh_word() {
+  auto* p = static_cast<unsigned*>(simt::device_alloc(8, "fresh"));
+  const unsigned v = p[0];
+  simt::device_free(p);
+  return v;
+}
+
 }  // namespace vgg::sim::selftest
 
 PYBIND11_MODULE(_simt_selftest, m) {
@@ -334,6 +453,13 @@ PYBIND11_MODULE(_simt_selftest, m) {
         "The bound the emulator reads from the 64 or 97 kernel (anything else: a kernel without bounds).");
   m.def("simt_selftest_big_shared", &st::big_shared, py::arg("bytes"), py::arg("opt_in") = 0,
         "Sum of bytes/4 ones through dynamic shared memory, after vgg_opt_in_dynamic_shared(opt_in) if nonzero.");
+  m.def("simt_selftest_shared_race", &st::shared_race, py::arg("kind"),
+        "Shared memory races (1: write-write, 2: read-write, 3: in a warp, 4: += for atomicAdd; 0, 5, 6: fine).");
+  m.def("simt_selftest_global_access", &st::global_access, py::arg("kind"),
+        "Device memory races and bounds (1: blocks race, 2: +=, 3: atomicAdd, 4-6: out of bounds; 0: copy).");
+  m.def("simt_selftest_uninit", &st::uninit, py::arg("kind"),
+        "Uninitialised shared reads (1: missing barrier, 2: unwritten word, 3: past the end; 0: fine).");
+  m.def("simt_selftest_fresh_word", &st::fresh_word, "The first word of a fresh sim device allocation.");
   m.def("simt_selftest_big_shared_other", &st::big_shared_other, py::arg("bytes"),
         "Like big_shared but a kernel that never opted in.");
 }

@@ -588,6 +588,25 @@ void on_access(const void* ptr, size_t size, bool write) {
       }
       return;
     }
+    if (E.check_uninit && !write && size >= 4) {
+      // A fresh allocation holds the poison word until something writes it (real data never has this NaN).
+      for (uintptr_t w = (a + 3) & ~uintptr_t{3}; w + 4 <= a + size; w += 4) {
+        uint32_t word;
+        std::memcpy(&word, reinterpret_cast<const void*>(w), 4);
+        if (word != kPoisonWord) continue;
+        Registry& R = registry();
+        std::string name;
+        {
+          std::lock_guard<std::mutex> lock(R.mutex);
+          const auto found = R.live.find(it->data);
+          name = found != R.live.end() ? alloc_str(found->second) : "device allocation #" + std::to_string(it->id);
+        }
+        violation(E, "uninitialised device memory read: thread " + thread_str(E.current->linear) +
+                         " reads byte offset " + std::to_string(w - it->data) + " of " + name +
+                         ", which still holds the allocation's poison (nothing has written it)");
+        return;
+      }
+    }
     if (E.check_races) global_access(E, *it, a, size, write);
     return;
   }

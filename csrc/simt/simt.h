@@ -130,7 +130,8 @@ void* dynamic_shared();
 //   "races":  two threads touching one shared or device-memory byte where at least one writes, not through an
 //             atomic, with no __syncthreads between them (different warps or blocks) and, within a warp, no
 //             collective of that warp between them either (independent thread scheduling);
-//   "uninit": a read of shared memory that no thread of the block has written;
+//   "uninit": a read of shared memory that no thread of the block has written, or of device memory that still
+//             holds the poison of a fresh allocation;
 //   "bounds": a kernel access to memory that is neither a device allocation (with its exact size), the block's
 //             shared memory nor the thread's own stack/arguments (host memory passed by the self-tests is exempt
 //             only when it is registered as a device allocation, so this check needs device_alloc'd buffers);

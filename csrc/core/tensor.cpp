@@ -11,6 +11,9 @@
 #ifdef VGG_WITH_CUDA
 #include "../cuda/runtime.h"
 #endif
+#ifdef VGG_WITH_SIM
+#include "../simt/memory.h"
+#endif
 
 namespace vgg {
 
@@ -194,6 +197,14 @@ std::string Device::str() const {
 }
 
 Storage::Storage(size_t bytes, Device device) : bytes_(bytes), device_(device) {
+#ifdef VGG_WITH_SIM
+  // sim memory comes from the emulator: exact size, guard zones checked after every launch, poisoned (NaN) at
+  // first, so that an overrun or a read of output no kernel wrote is seen (csrc/simt/memory.h).
+  if (device.type == DeviceType::Sim) {
+    data_ = simt::device_alloc(bytes, "tensor");
+    return;
+  }
+#endif
   if (device.is_host_memory()) {
     data_ = HostBlockCache::instance().allocate(bytes);
   } else {
@@ -206,6 +217,12 @@ Storage::Storage(size_t bytes, Device device) : bytes_(bytes), device_(device) {
 }
 
 Storage::~Storage() {
+#ifdef VGG_WITH_SIM
+  if (device_.type == DeviceType::Sim) {
+    simt::device_free(data_);
+    return;
+  }
+#endif
   if (device_.is_host_memory()) {
     HostBlockCache::instance().release(data_, bytes_);
   } else {
@@ -228,6 +245,10 @@ Tensor Tensor::empty(const std::vector<int64_t>& shape, DType dtype, Device devi
   t.storage_ = std::make_shared<Storage>(checked_bytes(shape, dtype), device);
   t.shape_ = shape;
   t.dtype_ = dtype;
+#ifdef VGG_WITH_SIM
+  if (device.type == DeviceType::Sim)
+    simt::set_allocation_label(t.raw(), cat(dtype_name(dtype), " tensor ", shape_str(shape)));
+#endif
   return t;
 }
 
@@ -311,10 +332,10 @@ Tensor Tensor::to(const Device& target) const {
 void empty_host_cache() { HostBlockCache::instance().clear(); }
 
 #ifdef VGG_WITH_SIM
-// Scratch memory for the SIMT emulator's kernels (declared in csrc/cuda/common.cuh): plain host memory.
+// Scratch memory for the SIMT emulator's kernels (declared in csrc/cuda/common.cuh): checked like tensors.
 namespace sim {
-void* workspace_alloc(size_t bytes) { return host_alloc(bytes); }
-void workspace_free(void* ptr) noexcept { std::free(ptr); }
+void* workspace_alloc(size_t bytes) { return simt::device_alloc(bytes, "workspace"); }
+void workspace_free(void* ptr) noexcept { simt::device_free(ptr); }
 }  // namespace sim
 #endif
 

@@ -30,7 +30,7 @@ constexpr int kBiasFinishThreads = 256;
 // Block (32, 8); blockIdx.x = column tile, blockIdx.y = split of rows_per_split consecutive rows.
 __global__ void bias_partial_kernel(const float* dy, double* partial, float* db, int64_t rows, int64_t cols,
                                     int64_t rows_per_split) {
-  __shared__ double slice_sums[kBiasSlices][kBiasTileCols];
+  VGG_SHARED(double, slice_sums, [kBiasSlices][kBiasTileCols]);
   const int64_t col = static_cast<int64_t>(blockIdx.x) * kBiasTileCols + threadIdx.x;
   const int64_t begin = static_cast<int64_t>(blockIdx.y) * rows_per_split;
   const int64_t end = begin + rows_per_split < rows ? begin + rows_per_split : rows;

@@ -4,6 +4,7 @@
 //   VGG_LAUNCH(grid, block, shared_bytes, kernel<Tmpl, Args>)(arg0, arg1, ...);   // never <<<>>> in kernel files
 //   VGG_CHECK_LAUNCH("op name");             // after each launch: a bad launch becomes a C++ exception
 //   VGG_DYNAMIC_SHARED(float, tile);         // inside a kernel: float* tile -> the launch's dynamic shared memory
+//   VGG_SHARED(float, tile, [16][17]);       // inside a kernel: __shared__ float tile[16][17] (poisoned on sim)
 //   vgg::VGG_GPU_NS::Workspace ws(bytes);    // scratch device memory, released at scope exit
 //   __global__ void VGG_LAUNCH_BOUNDS(256) k(...);   // __launch_bounds__: a launch with more threads is an error
 //   vgg_opt_in_dynamic_shared(k<T>, bytes);  // before launching k with more than 48 KiB of dynamic shared memory
@@ -35,6 +36,7 @@ cudaStream_t current_stream();  // the current device's stream (csrc/cuda/runtim
 #define VGG_DYNAMIC_SHARED(type, name)                              \
   extern __shared__ __align__(16) unsigned char vgg_dynamic_smem_[]; \
   type* name = reinterpret_cast<type*>(vgg_dynamic_smem_)
+#define VGG_SHARED(type, name, dims) __shared__ type name dims
 // Lets `kernel` launch with up to `bytes` of dynamic shared memory (above 48 KiB a GPU requires this opt-in).
 template <typename... P>
 void vgg_opt_in_dynamic_shared(void (*kernel)(P...), size_t bytes) {
@@ -55,6 +57,11 @@ void vgg_opt_in_dynamic_shared(void (*kernel)(P...), size_t bytes) {
     (void)(op);              \
   } while (0)
 #define VGG_DYNAMIC_SHARED(type, name) type* name = static_cast<type*>(::simt::dynamic_shared())
+// A static local, poisoned (and, with checks on, tracked) per block from the moment a thread reaches it.
+#define VGG_SHARED(type, name, dims)                                  \
+  static type name dims;                                              \
+  static constinit ::simt::detail::SharedSlot vgg_shared_slot_##name; \
+  ::simt::detail::reach_shared(vgg_shared_slot_##name, &name, sizeof(name), #name)
 // Lets `kernel` launch with up to `bytes` of dynamic shared memory; the emulator refuses more than 48 KiB without.
 template <typename... P>
 void vgg_opt_in_dynamic_shared(void (*kernel)(P...), size_t bytes) {

@@ -160,7 +160,7 @@ constexpr int64_t kGapMaxImagesPerGrid = 65535;  // gridDim.y limit; images beyo
 // x (N, HW, C) -> y (N, C) = mean over HW. Block (32, 8), grid (ceil(C/32), min(N, 65535)). Each slice sums
 // every 8th position in order, then slice 0 adds the 8 partial sums in order: deterministic.
 __global__ void global_avg_pool_forward_kernel(const float* x, float* y, int64_t N, int64_t HW, int64_t C) {
-  __shared__ float partial[kGapSlices][kGapChannels];
+  VGG_SHARED(float, partial, [kGapSlices][kGapChannels]);
   const int64_t c = static_cast<int64_t>(blockIdx.x) * kGapChannels + threadIdx.x;
   // The image loop is uniform across the block, so every thread reaches both barriers on every iteration.
   for (int64_t n = blockIdx.y; n < N; n += gridDim.y) {

@@ -117,7 +117,7 @@ constexpr int kMeanThreads = 256;
 // row_loss (rows) -> loss (1) = mean. One block of 256 threads: each thread adds every 256th row in order, then
 // a fixed shuffle tree per warp and warp 0 adds the 8 warp sums in order, so the result is reproducible.
 __global__ void mean_loss_kernel(const float* row_loss, float* loss, int64_t rows) {
-  __shared__ float warp_totals[kMeanThreads / 32];
+  VGG_SHARED(float, warp_totals, [kMeanThreads / 32]);
   float sum = 0.0f;
   for (int64_t r = threadIdx.x; r < rows; r += kMeanThreads) sum += row_loss[r];
   sum = warp_sum(sum);

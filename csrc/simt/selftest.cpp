@@ -1,5 +1,7 @@
-// Small CUDA-style kernels that exercise the SIMT emulator, bound into vggcore._C for tests/test_simt.py.
-// Each one is written exactly as a kernel in csrc/cuda/ would be (VGG_LAUNCH, VGG_DYNAMIC_SHARED, __shared__),
+// Small CUDA-style kernels that exercise the SIMT emulator, in the test-only module vggcore._simt_selftest
+// (tests/test_simt.py and tests/test_sim_*.py; vggcore itself never imports it). The module carries its own copy
+// of the emulator engine, so its schedule and check settings are its own (sim_set_schedule here, not _C's).
+// Each one is written exactly as a kernel in csrc/cuda/ would be (VGG_LAUNCH, VGG_DYNAMIC_SHARED, VGG_SHARED),
 // so the tests prove what the real kernels rely on: barriers, schedules, warp collectives, error reporting.
 #ifndef VGG_GPU_NS
 #define VGG_GPU_NS sim
@@ -13,6 +15,8 @@
 #include <vector>
 
 #include "../cuda/common.cuh"
+#include "bind.h"
+#include "memory.h"
 
 namespace py = pybind11;
 
@@ -116,7 +120,7 @@ void shared_overflow(int overshoot) {
 // Per-warp sums with __shfl_down_sync, the block sum through static shared memory, and ballots/votes.
 __global__ void warp_reduce_kernel(const float* x, float* warp_sums, float* block_sums, unsigned* ballots,
                                    int* counts) {
-  __shared__ float partial[32];
+  VGG_SHARED(float, partial, [32]);
   const int t = threadIdx.x, lane = t % 32, warp = t / 32;
   const int i = blockIdx.x * blockDim.x + t;
   float v = x[i];
@@ -178,8 +182,8 @@ std::vector<int> histogram(const std::vector<int>& values, int nbins) {
 // C (M,N) = A (M,K) @ B (K,N), 16x16 tiles through static shared memory; two barriers per tile.
 template <int TILE>
 __global__ void sgemm_kernel(const float* A, const float* B, float* C, int M, int N, int K) {
-  __shared__ float As[TILE][TILE];
-  __shared__ float Bs[TILE][TILE];
+  VGG_SHARED(float, As, [TILE][TILE]);
+  VGG_SHARED(float, Bs, [TILE][TILE]);
   const int tx = threadIdx.x, ty = threadIdx.y;
   const int row = blockIdx.y * TILE + ty, col = blockIdx.x * TILE + tx;
   float acc = 0.0f;
@@ -245,13 +249,181 @@ void bad_launch(const std::string& kind) {
   else throw std::invalid_argument("unknown bad_launch kind " + kind);
 }
 
+// __launch_bounds__ through VGG_LAUNCH_BOUNDS: 64 (a multiple of 32) and 96 + 1 (not one).
+__global__ void VGG_LAUNCH_BOUNDS(64) bounded64_kernel(int* out) { out[threadIdx.x] = 1; }
+__global__ void VGG_LAUNCH_BOUNDS(97, 2) bounded97_kernel(int* out) { out[threadIdx.x] = 1; }
+
+// Threads that wrote their slot (a launch over the bound raises before any thread runs).
+int launch_bounds(int bound, int threads) {
+  std::vector<int> out(1024, 0);
+  if (bound == 64) VGG_LAUNCH(1, threads, 0, bounded64_kernel)(out.data());
+  else if (bound == 97) VGG_LAUNCH(1, threads, 0, bounded97_kernel)(out.data());
+  else throw std::invalid_argument("launch_bounds: bound must be 64 or 97");
+  int n = 0;
+  for (int v : out) n += v;
+  return n;
+}
+
+int launch_bound_of(int bound) {
+  const auto addr = [](auto* kernel) { return reinterpret_cast<const void*>(kernel); };
+  return simt::detail::launch_bound(bound == 64 ? addr(&bounded64_kernel)
+                                    : bound == 97 ? addr(&bounded97_kernel)
+                                                  : addr(&empty_kernel));
+}
+
+// Fills `bytes` of dynamic shared memory and sums it back (bytes / 4 ones).
+__device__ void big_shared_sum(int* out, int words) {
+  VGG_DYNAMIC_SHARED(int, s);
+  for (int i = threadIdx.x; i < words; i += blockDim.x) s[i] = 1;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int sum = 0;
+    for (int i = 0; i < words; ++i) sum += s[i];
+    *out = sum;
+  }
+}
+
+__global__ void big_shared_kernel(int* out, int words) { big_shared_sum(out, words); }
+__global__ void big_shared_other_kernel(int* out, int words) { big_shared_sum(out, words); }
+
+// Launches big_shared_kernel with `bytes` of dynamic shared memory after opting in to `opt_in` bytes (0: none).
+int big_shared(size_t bytes, size_t opt_in) {
+  if (opt_in) vgg_opt_in_dynamic_shared(big_shared_kernel, opt_in);
+  int out = -1;
+  VGG_LAUNCH(1, 128, bytes, big_shared_kernel)(&out, static_cast<int>(bytes / 4));
+  return out;
+}
+
+// The opt-in is per kernel: another kernel with the same signature still gets 48 KiB.
+int big_shared_other(size_t bytes) {
+  int out = -1;
+  VGG_LAUNCH(1, 128, bytes, big_shared_other_kernel)(&out, static_cast<int>(bytes / 4));
+  return out;
+}
+
+// ---- the checks: one kernel per kind of bug, each with a correct variant (kind 0) -----------------------------
+
+// Shared memory races in a 64-thread block (two warps). kind 1: threads 0 and 32 write one word; 2: thread 40 reads
+// a word thread 0 wrote; 3: lane 1 reads a word lane 0 wrote (one warp, no __syncwarp); 4: every thread does
+// `total += 1` on one word (a lost atomicAdd); 5: as 3 with __syncwarp between; 6: as 4 with atomicAdd.
+__global__ void shared_race_kernel(int* out_all, int kind) {
+  VGG_SHARED(int, s, [64]);
+  const int t = threadIdx.x;
+  int* out = out_all + 4 * blockIdx.x;  // each block its own outputs
+  s[t] = t;
+  __syncthreads();
+  if (kind == 1 && (t == 0 || t == 32)) s[0] = t;
+  if (kind == 2) {
+    if (t == 0) s[1] = 7;
+    if (t == 40) out[1] = s[1];
+  }
+  if (kind == 3 || kind == 5) {
+    if (t == 0) s[2] = 9;
+    if (kind == 5) __syncwarp();
+    if (t == 1) out[2] = s[2];
+  }
+  if (kind == 4) s[3] += 1;
+  if (kind == 6) atomicAdd(&s[3], 1);
+  __syncthreads();
+  if (t == 0) out[0] = s[3];
+}
+
+int shared_race(int kind) {
+  int* out = static_cast<int*>(simt::device_alloc(64 * sizeof(int), "out"));
+  int result = 0;
+  try {
+    VGG_LAUNCH(2, 64, 0, shared_race_kernel)(out, kind);
+    result = out[0];
+  } catch (...) {
+    simt::device_free(out);
+    throw;
+  }
+  simt::device_free(out);
+  return result;
+}
+
+// Device memory: kind 1: every block writes out[0] (blocks race); 2: `out[0] += 1` from every thread of one
+// block (a lost atomicAdd); 3: atomicAdd from every block (fine); 4: reads one element past the end of `in`;
+// 5: writes one element past the end of `out`; 6: reads `in` one element before its start.
+__global__ void global_kernel(const float* in, float* out, int n, int kind) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (kind == 1 && threadIdx.x == 0) out[0] = static_cast<float>(blockIdx.x);
+  if (kind == 2 && blockIdx.x == 0) out[0] += 1.0f;
+  if (kind == 3) atomicAdd(&out[0], 1.0f);
+  if (kind == 4 && i < n) out[i] = in[i + 1];
+  if (kind == 5 && i <= n) out[i] = 1.0f;
+  if (kind == 6 && i < n) out[i] = in[i - 1];
+  if (kind == 0 && i < n) out[i] = in[i];
+}
+
+std::vector<float> global_access(int kind) {
+  const int n = 100;
+  auto* in = static_cast<float*>(simt::device_alloc(n * sizeof(float), "input"));
+  auto* out = static_cast<float*>(simt::device_alloc(n * sizeof(float), "output"));
+  for (int i = 0; i < n; ++i) in[i] = static_cast<float>(i);
+  for (int i = 0; i < n; ++i) out[i] = 0.0f;
+  std::vector<float> result;
+  try {
+    VGG_LAUNCH(4, 32, 0, global_kernel)(in, out, n, kind);
+    result.assign(out, out + n);
+  } catch (...) {
+    simt::device_free(in);
+    simt::device_free(out);
+    throw;
+  }
+  simt::device_free(in);
+  simt::device_free(out);
+  return result;
+}
+
+// Shared memory read before any write. kind 1: a block sum that forgets the barrier before thread 0 reads the
+// warp totals (static shared); 2: thread 0 reads a dynamic shared word nobody wrote; 3: reads one past the end of
+// the dynamic buffer; 0: the correct block sum. Returns the block sums of 3 blocks of 64 threads.
+__global__ void uninit_kernel(float* out, int kind) {
+  VGG_SHARED(float, totals, [2]);
+  VGG_DYNAMIC_SHARED(float, dyn);
+  const int t = threadIdx.x;
+  float v = 1.0f;
+  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_down_sync(0xffffffffu, v, offset);
+  if (t % 32 == 0) totals[t / 32] = v;
+  dyn[t] = v;
+  if (kind != 1) __syncthreads();
+  if (t == 0) {
+    float sum = totals[0] + totals[1];
+    if (kind == 2) sum += dyn[64];
+    if (kind == 3) sum += dyn[80];
+    out[blockIdx.x] = sum;
+  }
+  if (kind == 1) __syncthreads();
+}
+
+std::vector<float> uninit(int kind) {
+  auto* out = static_cast<float*>(simt::device_alloc(3 * sizeof(float), "block sums"));
+  std::vector<float> result;
+  try {
+    VGG_LAUNCH(3, 64, 80 * sizeof(float), uninit_kernel)(out, kind);
+    result.assign(out, out + 3);
+  } catch (...) {
+    simt::device_free(out);
+    throw;
+  }
+  simt::device_free(out);
+  return result;
+}
+
+// The first word of a fresh device allocation (the poison), as bits.
+unsigned fresh_word() {
+  auto* p = static_cast<unsigned*>(simt::device_alloc(8, "fresh"));
+  const unsigned v = p[0];
+  simt::device_free(p);
+  return v;
+}
+
 }  // namespace vgg::sim::selftest
 
-void bind_simt(py::module_& m) {
+PYBIND11_MODULE(_simt_selftest, m) {
   namespace st = vgg::sim::selftest;
-  m.def("sim_set_schedule", &simt::set_schedule, py::arg("schedule"),
-        "Order of the SIMT emulator's threads and blocks: 'linear', 'reverse' or 'random:SEED'.");
-  m.def("sim_get_schedule", &simt::get_schedule, "The SIMT emulator's current schedule.");
+  simt::bind_settings(m);
   m.def("simt_selftest_neighbour_sum", &st::neighbour_sum, py::arg("with_barrier"),
         "y[i] = x[i] + x[i-1] per 128-thread block through shared memory, x[i] = i % 17; 4 blocks.");
   m.def("simt_selftest_divergent_barrier", &st::divergent_barrier, py::arg("kind") = "sites",
@@ -275,4 +447,19 @@ void bind_simt(py::module_& m) {
   m.def("simt_selftest_kernel_throws", &st::kernel_throws, "A kernel whose thread 37 throws: raises.");
   m.def("simt_selftest_bad_launch", &st::bad_launch, py::arg("kind"),
         "An invalid launch: 'threads', 'block_z', 'grid_y', 'zero' or 'shared': raises.");
+  m.def("simt_selftest_launch_bounds", &st::launch_bounds, py::arg("bound"), py::arg("threads"),
+        "Launches a VGG_LAUNCH_BOUNDS(64) or (97, 2) kernel with `threads` threads; returns how many ran.");
+  m.def("simt_selftest_launch_bound_of", &st::launch_bound_of, py::arg("bound"),
+        "The bound the emulator reads from the 64 or 97 kernel (anything else: a kernel without bounds).");
+  m.def("simt_selftest_big_shared", &st::big_shared, py::arg("bytes"), py::arg("opt_in") = 0,
+        "Sum of bytes/4 ones through dynamic shared memory, after vgg_opt_in_dynamic_shared(opt_in) if nonzero.");
+  m.def("simt_selftest_shared_race", &st::shared_race, py::arg("kind"),
+        "Shared memory races (1: write-write, 2: read-write, 3: in a warp, 4: += for atomicAdd; 0, 5, 6: fine).");
+  m.def("simt_selftest_global_access", &st::global_access, py::arg("kind"),
+        "Device memory races and bounds (1: blocks race, 2: +=, 3: atomicAdd, 4-6: out of bounds; 0: copy).");
+  m.def("simt_selftest_uninit", &st::uninit, py::arg("kind"),
+        "Uninitialised shared reads (1: missing barrier, 2: unwritten word, 3: past the end; 0: fine).");
+  m.def("simt_selftest_fresh_word", &st::fresh_word, "The first word of a fresh sim device allocation.");
+  m.def("simt_selftest_big_shared_other", &st::big_shared_other, py::arg("bytes"),
+        "Like big_shared but a kernel that never opted in.");
 }

@@ -10,7 +10,9 @@
 #undef _FORTIFY_SOURCE
 
 #include "simt.h"
+#include "memory.h"
 
+#include <pthread.h>
 #include <setjmp.h>
 #include <sys/mman.h>
 #include <ucontext.h>
@@ -20,6 +22,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
+#include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <numeric>
@@ -81,7 +85,7 @@ constexpr size_t kMaxDynamicShared = 227 * 1024;
 constexpr size_t kDefaultDynamicShared = 48 * 1024;  // without cudaFuncSetAttribute's opt-in
 constexpr size_t kGuardBytes = 256;  // each side of the dynamic shared buffer
 constexpr unsigned char kGuardByte = 0xA5;
-constexpr unsigned char kPoisonByte = 0xFF;
+constexpr size_t kAllocGuardBytes = 64;  // each side of a device allocation (and up to 63 bytes of rounding)
 constexpr unsigned kNoThread = ~0u;  // an error found after the block ran (shared memory guards)
 
 enum class State : uint8_t { runnable, barrier, warp, done };
@@ -118,6 +122,30 @@ struct Warp {
 
 enum class Order : uint8_t { linear, reverse, random };
 
+// One access as the checks record it.
+struct Tag {
+  uint64_t block = 0;  // block_serial; 0: none
+  uint32_t tid = 0;
+  uint32_t barrier = 0;  // barrier_epoch at the access
+  uint32_t warp = 0;     // warp_epoch of the thread's warp at the access
+};
+struct Shadow {
+  Tag write, read1, read2;  // the last write, and two reads of different threads since it
+};
+struct Static {
+  unsigned char* base;
+  size_t bytes;
+  const char* name;
+  std::vector<Shadow> shadow;  // per word
+  uint64_t launch = 0;         // launch_first_block of the launch that listed it in Engine::statics
+};
+struct LiveAlloc {
+  uintptr_t data;
+  size_t bytes;
+  unsigned long long id;
+};
+struct BlockOrder;
+
 // All emulator state. Launches are serialised by `launch_mutex`, so one instance serves the process.
 struct Engine {
   std::mutex launch_mutex;
@@ -149,6 +177,21 @@ struct Engine {
   size_t shared_alloc_bytes = 0;
   unsigned char* shared = nullptr;
   size_t shared_bytes = 0;
+
+  // Checks (set_checks) and their state.
+  bool checks_initialised = false;
+  bool check_races = false, check_uninit = false, check_bounds = false;
+  std::string check_error;  // the first violation found in this block, raised at the thread's next sync point
+  unsigned check_error_thread = 0;
+  uint64_t launch_first_block = 0;  // block_serial of the launch's first block: older records are ordered
+  unsigned barrier_epoch = 0;       // completed __syncthreads of the block
+  std::vector<unsigned> warp_epoch;  // completed collectives of each warp
+  std::vector<Static*> statics;  // static shared arrays reached in this launch
+  std::map<const void*, std::unique_ptr<Static>> static_map;  // every static shared array ever reached
+  std::vector<Shadow> dynamic_shadow;                        // per word of the dynamic shared buffer
+  std::unordered_map<uintptr_t, Shadow> global_shadow;       // per word of device memory, this launch
+  std::vector<LiveAlloc> launch_allocs;                      // device allocations, sorted by address
+  const BlockOrder* block_order = nullptr;
 
   // The block.
   unsigned live = 0;
@@ -216,6 +259,7 @@ void resume(Fiber* f) {
 }
 
 std::string thread_str(unsigned linear);
+void raise_check_error(Engine& E);
 
 [[noreturn]] void fiber_main() {
   Engine& E = engine();
@@ -224,6 +268,7 @@ std::string thread_str(unsigned linear);
     if (!E.aborting) {
       try {
         E.thunk(E.thunk_ctx);
+        raise_check_error(E);
       } catch (const Aborting&) {
       } catch (...) {
         if (!E.error) {
@@ -319,6 +364,264 @@ void check_resumed() {
   if (engine().aborting) throw Aborting{};
 }
 
+// ---- device memory (memory.h) ---------------------------------------------------------------------------------
+
+struct Alloc {
+  unsigned char* base;  // guard | data | guard
+  size_t bytes, total;
+  unsigned long long id;
+  std::string label;
+};
+struct Registry {
+  std::mutex mutex;
+  std::map<uintptr_t, Alloc> live;  // by data address
+  unsigned long long next_id = 1;
+};
+Registry& registry() {
+  static Registry* r = new Registry;  // leaked: Python may free tensors after static destructors ran
+  return *r;
+}
+
+// The poison pattern's byte at `offset` from a word-aligned origin (little-endian 0x7FFFFFFF).
+inline unsigned char poison_byte(size_t offset) { return offset % 4 == 3 ? 0x7F : 0xFF; }
+void fill_poison(unsigned char* p, size_t bytes, size_t origin_offset = 0) {
+  for (size_t i = 0; i < bytes; ++i) p[i] = poison_byte(origin_offset + i);
+}
+
+// Guard bytes of an allocation: the front zone and everything after data + bytes.
+size_t tail_guard_bytes(const Alloc& a) { return a.total - kAllocGuardBytes - a.bytes; }
+void poison_guards(Alloc& a) {
+  fill_poison(a.base, kAllocGuardBytes);
+  fill_poison(a.base + kAllocGuardBytes + a.bytes, tail_guard_bytes(a), a.bytes);
+#if SIMT_ASAN
+  ASAN_POISON_MEMORY_REGION(a.base, kAllocGuardBytes);
+  ASAN_POISON_MEMORY_REGION(a.base + kAllocGuardBytes + a.bytes, tail_guard_bytes(a));
+#endif
+}
+std::string alloc_str(const Alloc& a) {
+  return "device allocation #" + std::to_string(a.id) + " (" + a.label + ", " + std::to_string(a.bytes) + " bytes)";
+}
+
+// After a launch: any guard byte changed is a write outside an allocation. Repairs the guards it reports.
+void check_allocation_guards(const char* kernel_name) {
+  Registry& R = registry();
+  std::string error;
+  {
+    std::lock_guard<std::mutex> lock(R.mutex);
+    for (auto& [key, a] : R.live) {
+#if SIMT_ASAN
+      ASAN_UNPOISON_MEMORY_REGION(a.base, kAllocGuardBytes);
+      ASAN_UNPOISON_MEMORY_REGION(a.base + kAllocGuardBytes + a.bytes, tail_guard_bytes(a));
+#endif
+      long long first = 0, last = 0;
+      bool dirty = false;
+      for (size_t i = 0; i < kAllocGuardBytes; ++i)
+        if (a.base[i] != poison_byte(i)) {
+          if (!dirty) first = static_cast<long long>(i) - static_cast<long long>(kAllocGuardBytes);
+          last = static_cast<long long>(i) - static_cast<long long>(kAllocGuardBytes);
+          dirty = true;
+        }
+      const unsigned char* tail = a.base + kAllocGuardBytes + a.bytes;
+      for (size_t i = 0; i < tail_guard_bytes(a); ++i)
+        if (tail[i] != poison_byte(a.bytes + i)) {
+          if (!dirty) first = static_cast<long long>(a.bytes + i);
+          last = static_cast<long long>(a.bytes + i);
+          dirty = true;
+        }
+      if (dirty && error.empty())
+        error = std::string("simt: kernel '") + kernel_name + "' wrote outside " + alloc_str(a) + ": byte offsets " +
+                std::to_string(first) + ".." + std::to_string(last) +
+                (first < 0 ? " (before its start)" : " (past its end)");
+      if (dirty) poison_guards(a);
+      else {
+#if SIMT_ASAN
+        ASAN_POISON_MEMORY_REGION(a.base, kAllocGuardBytes);
+        ASAN_POISON_MEMORY_REGION(a.base + kAllocGuardBytes + a.bytes, tail_guard_bytes(a));
+#endif
+      }
+    }
+  }
+  if (!error.empty()) throw Error(error);
+}
+
+// ---- the checks (set_checks): shadow memory fed by the instrumentation hooks at the end of this file --------
+
+
+// Read by every hook (from any host thread running instrumented code): true only while a launch runs with a check on.
+std::atomic<bool> g_checks_active{false};
+
+std::string block_of(const Engine& E, uint64_t serial);
+
+// Why two accesses are unordered, or nullptr if they are ordered (or the older one is stale).
+const char* unordered(const Engine& E, const Tag& old, const Tag& cur, bool global) {
+  if (old.block == 0) return nullptr;
+  if (old.block != cur.block) {
+    if (!global || old.block < E.launch_first_block) return nullptr;  // another block's shared memory; a launch ago
+    return "blocks of one launch are unordered: use an atomic or a second kernel";
+  }
+  if (old.tid == cur.tid || old.barrier != cur.barrier) return nullptr;
+  if (old.tid / 32 != cur.tid / 32) return "different warps with no __syncthreads between them";
+  if (old.warp != cur.warp) return nullptr;
+  return "the same warp with no __syncwarp or other warp collective between them (lanes are not lock-step)";
+}
+
+void violation(Engine& E, std::string what) {
+  if (!E.check_error.empty()) return;
+  E.check_error = std::move(what);
+  E.check_error_thread = E.current->linear;
+}
+
+std::string who_str(const Engine& E, const Tag& t, bool with_block) {
+  std::string s = "thread " + thread_str(t.tid);
+  if (with_block) s += " of block " + block_of(E, t.block);
+  return s;
+}
+
+void record(Engine& E, Shadow& sh, const Tag& cur, bool write, bool global, const std::function<std::string()>& where) {
+  if (E.check_races) {
+    const auto race = [&](const Tag& old, bool old_write) {
+      const char* why = unordered(E, old, cur, global);
+      if (!why) return false;
+      const bool blocks = old.block != cur.block;
+      violation(E, std::string(global ? "device memory" : "shared memory") + " race on " + where() + ": " +
+                       who_str(E, cur, blocks) + (write ? " writes it and " : " reads it and ") +
+                       who_str(E, old, blocks) + (old_write ? " wrote it" : " read it") + ", " + why);
+      return true;
+    };
+    if (race(sh.write, true)) return;
+    if (write && (race(sh.read1, false) || race(sh.read2, false))) return;
+  }
+  if (write) {
+    sh.write = cur;
+    sh.read1 = sh.read2 = Tag{};
+  } else if (sh.read1.block != cur.block || sh.read1.barrier != cur.barrier || sh.read1.tid == cur.tid) {
+    if (sh.read1.block != cur.block || sh.read1.barrier != cur.barrier) sh.read1 = cur;
+  } else {
+    sh.read2 = cur;
+  }
+}
+
+void shared_access(Engine& E, std::vector<Shadow>& shadow, size_t offset, size_t size, bool write, const char* region,
+                   size_t region_bytes) {
+  const Tag cur{block_serial, E.current->linear, E.barrier_epoch, E.warp_epoch[E.current->linear / 32]};
+  for (size_t w = offset / 4; w <= (offset + size - 1) / 4 && w < shadow.size(); ++w) {
+    Shadow& sh = shadow[w];
+    const auto where = [&] {
+      return "byte offset " + std::to_string(w * 4) + " of " + region + " (" + std::to_string(region_bytes) + " bytes)";
+    };
+    if (!write && E.check_uninit && sh.write.block != cur.block) {
+      violation(E, "uninitialised shared memory read: thread " + thread_str(cur.tid) + " reads " + where() +
+                       ", which no thread of this block has written");
+      return;
+    }
+    record(E, sh, cur, write, false, where);
+    if (!E.check_error.empty()) return;
+  }
+}
+
+void global_access(Engine& E, const LiveAlloc& a, uintptr_t addr, size_t size, bool write) {
+  const Tag cur{block_serial, E.current->linear, E.barrier_epoch, E.warp_epoch[E.current->linear / 32]};
+  for (uintptr_t w = addr / 4; w <= (addr + size - 1) / 4; ++w) {
+    Shadow& sh = E.global_shadow[w];
+    const auto where = [&] {
+      Registry& R = registry();
+      std::lock_guard<std::mutex> lock(R.mutex);
+      const auto it = R.live.find(a.data);
+      return "byte offset " + std::to_string(w * 4 - a.data) + " of " +
+             (it != R.live.end() ? alloc_str(it->second) : "device allocation #" + std::to_string(a.id));
+    };
+    record(E, sh, cur, write, true, where);
+    if (!E.check_error.empty()) return;
+  }
+}
+
+void on_access(const void* ptr, size_t size, bool write) {
+  Engine& E = engine();
+  if (!tl_in_launch || !E.current || !E.check_error.empty() || size == 0) return;
+  const uintptr_t a = reinterpret_cast<uintptr_t>(ptr);
+  const uintptr_t alloc_lo = reinterpret_cast<uintptr_t>(E.shared_alloc);
+  if (a < alloc_lo + E.shared_bytes + 2 * kGuardBytes && a + size > alloc_lo) {
+    const uintptr_t lo = reinterpret_cast<uintptr_t>(E.shared);
+    const size_t bytes = E.config->dynamic_shared_bytes;
+    if (a < lo || a + size > lo + bytes) {
+      if (E.check_bounds)
+        violation(E, std::string("out-of-bounds shared memory ") + (write ? "write" : "read") + ": thread " +
+                         thread_str(E.current->linear) + " accesses byte offset " +
+                         std::to_string(static_cast<long long>(a - lo)) + " of the dynamic shared buffer (" +
+                         std::to_string(bytes) + " bytes)");
+      return;
+    }
+    if (E.check_races || E.check_uninit)
+      shared_access(E, E.dynamic_shadow, a - lo, size, write, "the dynamic shared buffer", bytes);
+    return;
+  }
+  for (Static* st : E.statics) {
+    const uintptr_t lo = reinterpret_cast<uintptr_t>(st->base);
+    if (a >= lo && a < lo + st->bytes) {
+      if (E.check_races || E.check_uninit) {
+        const std::string region = std::string("static shared array '") + st->name + "'";
+        shared_access(E, st->shadow, a - lo, size, write, region.c_str(), st->bytes);
+      }
+      return;
+    }
+  }
+  // Device allocations, with their guard zones: the last one starting at or below the end of the access.
+  auto& v = E.launch_allocs;
+  auto it = std::upper_bound(v.begin(), v.end(), a + size - 1 + kAllocGuardBytes,
+                             [](uintptr_t x, const LiveAlloc& l) { return x < l.data; });
+  while (it != v.begin()) {
+    --it;
+    if (a + size + kAllocGuardBytes <= it->data) continue;                  // the access is before its front guard
+    if (a >= it->data + ((it->bytes + 63) & ~size_t{63}) + kAllocGuardBytes) break;  // after its tail guard
+    if (a < it->data || a + size > it->data + it->bytes) {
+      if (E.check_bounds) {
+        Registry& R = registry();
+        std::string name;
+        {
+          std::lock_guard<std::mutex> lock(R.mutex);
+          const auto found = R.live.find(it->data);
+          name = found != R.live.end() ? alloc_str(found->second) : "device allocation #" + std::to_string(it->id);
+        }
+        violation(E, std::string("out-of-bounds device memory ") + (write ? "write" : "read") + ": thread " +
+                         thread_str(E.current->linear) + " accesses byte offset " +
+                         std::to_string(static_cast<long long>(a - it->data)) + " of " + name);
+      }
+      return;
+    }
+    if (E.check_uninit && !write && size >= 4) {
+      // A fresh allocation holds the poison word until something writes it (real data never has this NaN).
+      for (uintptr_t w = (a + 3) & ~uintptr_t{3}; w + 4 <= a + size; w += 4) {
+        uint32_t word;
+        std::memcpy(&word, reinterpret_cast<const void*>(w), 4);
+        if (word != kPoisonWord) continue;
+        Registry& R = registry();
+        std::string name;
+        {
+          std::lock_guard<std::mutex> lock(R.mutex);
+          const auto found = R.live.find(it->data);
+          name = found != R.live.end() ? alloc_str(found->second) : "device allocation #" + std::to_string(it->id);
+        }
+        violation(E, "uninitialised device memory read: thread " + thread_str(E.current->linear) +
+                         " reads byte offset " + std::to_string(w - it->data) + " of " + name +
+                         ", which still holds the allocation's poison (nothing has written it)");
+        return;
+      }
+    }
+    if (E.check_races) global_access(E, *it, a, size, write);
+    return;
+  }
+}
+
+// Raises the first violation the hooks found, at the calling thread's sync point or exit.
+void raise_check_error(Engine& E) {
+  if (E.check_error.empty()) return;
+  std::string what = std::move(E.check_error);
+  E.check_error.clear();
+  E.error_thread = E.check_error_thread;
+  g_checks_active = false;  // nothing more to record in this launch
+  throw Error("simt: " + what);
+}
+
 // ---- warp collectives ----------------------------------------------------------------------------------------
 
 bool valid_width(int width) { return width >= 1 && width <= 32 && (width & (width - 1)) == 0; }
@@ -396,6 +699,7 @@ uint64_t warp_collective(Site site, WarpOp op, unsigned mask, uint64_t value, in
   if (!self) fail(std::string("simt: ") + site.name + " called outside a kernel");
   const unsigned lane = self->linear % 32;
   const unsigned warp_index = self->linear / 32;
+  raise_check_error(E);
   Warp& w = E.warps[warp_index];
   const unsigned bit = 1u << lane;
   const auto who = [&] { return "thread " + thread_str(self->linear) + " (lane " + std::to_string(lane) + ")"; };
@@ -430,6 +734,7 @@ uint64_t warp_collective(Site site, WarpOp op, unsigned mask, uint64_t value, in
   if (((w.arrived | bit) & group) == group) {
     // The last lane to arrive completes the collective for the whole group and carries on without a switch.
     complete_collective(w, group, warp_index);
+    ++E.warp_epoch[warp_index];
     w.arrived &= ~group;
     for (unsigned m = group & ~bit; m; m &= m - 1)
       E.pool[warp_index * 32 + std::countr_zero(m)]->state = State::runnable;
@@ -455,6 +760,7 @@ int syncthreads(Site site, int mode, int predicate) {
   Engine& E = engine();
   Fiber* self = E.current;
   if (!self) fail("simt: __syncthreads called outside a kernel");
+  raise_check_error(E);
   if (E.barrier_count == 0) {
     E.barrier_site = site;
     E.barrier_mode = mode;
@@ -498,6 +804,35 @@ void parse_schedule(const std::string& s, Order& order, uint64_t& seed) {
     }
   } else {
     throw std::invalid_argument("simt: unknown schedule '" + s + "' (expected linear, reverse or random:SEED)");
+  }
+}
+
+void parse_checks(const std::string& text, bool& races, bool& uninit, bool& bounds) {
+  races = uninit = bounds = false;
+  size_t start = 0;
+  while (start <= text.size()) {
+    size_t end = text.find(',', start);
+    if (end == std::string::npos) end = text.size();
+    const std::string name = text.substr(start, end - start);
+    if (name == "races") races = true;
+    else if (name == "uninit") uninit = true;
+    else if (name == "bounds") bounds = true;
+    else if (name == "all") races = uninit = bounds = true;
+    else if (!name.empty() && name != "none")
+      throw std::invalid_argument("simt: unknown check '" + name + "' (expected races, uninit, bounds, all or none)");
+    start = end + 1;
+  }
+}
+
+void init_checks_from_env(Engine& E) {
+  if (E.checks_initialised) return;
+  E.checks_initialised = true;
+  if (const char* env = std::getenv("VGG_SIM_CHECKS")) {
+    try {
+      parse_checks(env, E.check_races, E.check_uninit, E.check_bounds);
+    } catch (const std::invalid_argument& e) {
+      throw Error(std::string(e.what()) + " in VGG_SIM_CHECKS");
+    }
   }
 }
 
@@ -575,6 +910,7 @@ void run_block(Engine& E) {
         }
         E.barrier_result = E.barrier_acc;
         E.barrier_count = 0;
+        ++E.barrier_epoch;
         for (unsigned t = 0; t < E.nthreads; ++t)
           if (E.pool[t]->state == State::barrier) E.pool[t]->state = State::runnable;
         for (Warp& w : E.warps) w.at_barrier = 0;
@@ -582,6 +918,7 @@ void run_block(Engine& E) {
       }
       if (!progress) report_stall(E);
     }
+    raise_check_error(E);
   } catch (...) {
     if (!E.error) E.error = std::current_exception();
     E.aborting = true;
@@ -613,7 +950,7 @@ void poison_shared(Engine& E) {
   ASAN_UNPOISON_MEMORY_REGION(E.shared_alloc, E.shared_bytes + 2 * kGuardBytes);
 #endif
   std::memset(E.shared_alloc, kGuardByte, kGuardBytes);
-  std::memset(E.shared, kPoisonByte, E.shared_bytes);
+  fill_poison(E.shared, E.shared_bytes);
   std::memset(E.shared + E.shared_bytes, kGuardByte, kGuardBytes);
 #if SIMT_ASAN
   ASAN_POISON_MEMORY_REGION(E.shared_alloc, kGuardBytes);
@@ -634,7 +971,7 @@ void check_shared_guards(Engine& E) {
   // Bytes between the requested size and the 16-byte rounding count as overflow too.
   const unsigned char* tail = E.shared + size;
   for (size_t i = 0; i < E.shared_bytes - size + kGuardBytes; ++i)
-    if (tail[i] != (i < E.shared_bytes - size ? kPoisonByte : kGuardByte))
+    if (tail[i] != (i < E.shared_bytes - size ? poison_byte(size + i) : kGuardByte))
       fail("simt: shared memory overflow: a thread wrote at byte offset " + std::to_string(size + i) +
            " of the dynamic shared buffer, which has " + std::to_string(size) + " bytes");
 }
@@ -701,6 +1038,29 @@ std::string where(const Engine& E) {
   return E.error_thread == kNoThread ? std::string() : " thread " + thread_str(E.error_thread);
 }
 
+std::string block_of(const Engine& E, uint64_t serial) {
+  if (!E.block_order || serial < E.launch_first_block) return "?";
+  const uint64_t b = (*E.block_order)[serial - E.launch_first_block];
+  const uint64_t gx = gridDim.x, gy = gridDim.y;
+  return dim_str(uint3{static_cast<unsigned>(b % gx), static_cast<unsigned>((b / gx) % gy),
+                       static_cast<unsigned>(b / (gx * gy))});
+}
+
+// What the checks need for this launch: the device allocations and fresh shadow state.
+void prepare_checks(Engine& E, unsigned nwarps) {
+  E.statics.clear();
+  E.warp_epoch.assign(nwarps, 0);
+  E.launch_first_block = block_serial + 1;
+  g_checks_active = E.check_races || E.check_uninit || E.check_bounds;
+  if (!g_checks_active) return;
+  E.dynamic_shadow.assign((E.config->dynamic_shared_bytes + 3) / 4, Shadow{});
+  E.global_shadow.clear();
+  E.launch_allocs.clear();
+  Registry& R = registry();
+  std::lock_guard<std::mutex> lock(R.mutex);
+  for (const auto& [key, a] : R.live) E.launch_allocs.push_back(LiveAlloc{key, a.bytes, a.id});
+}
+
 }  // namespace
 
 int launch_bound(const void* kernel) {
@@ -732,8 +1092,15 @@ void run_grid(const LaunchConfig& config, void (*thunk)(void*), void* ctx) {
       engine().current = nullptr;
     }
   } reset;
+  struct ChecksOff {
+    ~ChecksOff() {
+      g_checks_active = false;
+      engine().block_order = nullptr;
+    }
+  } checks_off;
 
   init_schedule_from_env(E);
+  init_checks_from_env(E);
   const unsigned n = static_cast<unsigned>(config.block.x * config.block.y * config.block.z);
   while (E.pool.size() < n) E.pool.emplace_back(create_fiber(E.pool.size()));
   E.config = &config;
@@ -760,8 +1127,12 @@ void run_grid(const LaunchConfig& config, void (*thunk)(void*), void* ctx) {
   const uint64_t gx = gridDim.x, gy = gridDim.y;
   const uint64_t nblocks = gx * gy * gridDim.z;
   const BlockOrder blocks(E, nblocks);
+  E.block_order = &blocks;
+  prepare_checks(E, static_cast<unsigned>(E.warps.size()));
   for (uint64_t i = 0; i < nblocks; ++i) {
     const uint64_t b = blocks[i];
+    ++block_serial;
+    E.barrier_epoch = 0;
     blockIdx = uint3{static_cast<unsigned>(b % gx), static_cast<unsigned>((b / gx) % gy),
                      static_cast<unsigned>(b / (gx * gy))};
     try {
@@ -780,6 +1151,23 @@ void run_grid(const LaunchConfig& config, void (*thunk)(void*), void* ctx) {
       throw Error(std::string("simt: kernel '") + config.kernel_name + "' block " + dim_str(blockIdx) + where(E) +
                   ": unknown exception");
     }
+  }
+  g_checks_active = false;
+  check_allocation_guards(config.kernel_name);
+}
+
+void first_reach_shared(SharedSlot& slot, void* array, size_t bytes, const char* name) {
+  Engine& E = engine();
+  slot.block = block_serial;
+  if (!E.current) return;  // called outside a kernel: nothing to poison for
+  fill_poison(static_cast<unsigned char*>(array), bytes);
+  if (!g_checks_active) return;
+  auto& st = E.static_map[array];
+  if (!st) st = std::make_unique<Static>(Static{static_cast<unsigned char*>(array), bytes, name, {}, 0});
+  if (st->launch != E.launch_first_block) {
+    st->launch = E.launch_first_block;
+    st->shadow.assign((bytes + 3) / 4, Shadow{});
+    E.statics.push_back(st.get());
   }
 }
 
@@ -815,6 +1203,66 @@ void set_max_dynamic_shared(const void* kernel, size_t bytes) {
   E.opt_in[kernel] = bytes;
 }
 
+void set_checks(const std::string& checks) {
+  auto& E = detail::engine();
+  std::lock_guard<std::mutex> lock(E.launch_mutex);
+  detail::parse_checks(checks, E.check_races, E.check_uninit, E.check_bounds);
+  E.checks_initialised = true;
+}
+
+std::string get_checks() {
+  auto& E = detail::engine();
+  std::lock_guard<std::mutex> lock(E.launch_mutex);
+  detail::init_checks_from_env(E);
+  std::string out;
+  for (auto [on, name] : {std::pair{E.check_races, "races"}, {E.check_uninit, "uninit"}, {E.check_bounds, "bounds"}})
+    if (on) out += (out.empty() ? "" : ",") + std::string(name);
+  return out;
+}
+
+void* device_alloc(size_t bytes, const char* what) {
+  using detail::kAllocGuardBytes;
+  const size_t total = kAllocGuardBytes + ((bytes + 63) & ~size_t{63}) + kAllocGuardBytes;
+  auto* base = static_cast<unsigned char*>(std::aligned_alloc(64, total));
+  if (!base) throw std::bad_alloc();
+  detail::fill_poison(base + kAllocGuardBytes, bytes);
+  auto& R = detail::registry();
+  try {
+    std::lock_guard<std::mutex> lock(R.mutex);
+    detail::Alloc& a = R.live[reinterpret_cast<uintptr_t>(base + kAllocGuardBytes)];
+    a = detail::Alloc{base, bytes, total, R.next_id++, what};
+    detail::poison_guards(a);
+  } catch (...) {
+    std::free(base);
+    throw;
+  }
+  return base + kAllocGuardBytes;
+}
+
+void device_free(void* ptr) noexcept {
+  if (!ptr) return;
+  auto& R = detail::registry();
+  unsigned char* base = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(R.mutex);
+    const auto it = R.live.find(reinterpret_cast<uintptr_t>(ptr));
+    if (it == R.live.end()) return;  // not ours: leak rather than free a foreign pointer
+    base = it->second.base;
+#if SIMT_ASAN
+    ASAN_UNPOISON_MEMORY_REGION(base, it->second.total);
+#endif
+    R.live.erase(it);
+  }
+  std::free(base);
+}
+
+void set_allocation_label(void* ptr, std::string label) {
+  auto& R = detail::registry();
+  std::lock_guard<std::mutex> lock(R.mutex);
+  const auto it = R.live.find(reinterpret_cast<uintptr_t>(ptr));
+  if (it != R.live.end()) it->second.label = std::move(label);
+}
+
 void* dynamic_shared() {
   auto& E = detail::engine();
   if (!E.current) throw Error("simt: dynamic_shared() called outside a kernel");
@@ -822,3 +1270,77 @@ void* dynamic_shared() {
 }
 
 }  // namespace simt
+
+// ---- instrumentation hooks -------------------------------------------------------------------------------------
+// g++ -fsanitize=thread makes every load and store in the kernel sources call these (the kernel files are built
+// with it; this file is not). They stand in for libtsan, which is never linked: a call that finds the checks
+// off costs one predictable branch. Hidden, so that _C and _simt_selftest each keep their own.
+#define SIMT_HOOK_ extern "C" __attribute__((visibility("hidden")))
+#define SIMT_ACCESS_HOOKS_(n)                                                                                     \
+  SIMT_HOOK_ void __tsan_read##n(void* p) {                                                                       \
+    if (__builtin_expect(simt::detail::g_checks_active.load(std::memory_order_relaxed), 0)) simt::detail::on_access(p, n, false);                \
+  }                                                                                                               \
+  SIMT_HOOK_ void __tsan_write##n(void* p) {                                                                      \
+    if (__builtin_expect(simt::detail::g_checks_active.load(std::memory_order_relaxed), 0)) simt::detail::on_access(p, n, true);                 \
+  }                                                                                                               \
+  SIMT_HOOK_ void __tsan_unaligned_read##n(void* p) {                                                             \
+    if (__builtin_expect(simt::detail::g_checks_active.load(std::memory_order_relaxed), 0)) simt::detail::on_access(p, n, false);                \
+  }                                                                                                               \
+  SIMT_HOOK_ void __tsan_unaligned_write##n(void* p) {                                                            \
+    if (__builtin_expect(simt::detail::g_checks_active.load(std::memory_order_relaxed), 0)) simt::detail::on_access(p, n, true);                 \
+  }
+SIMT_ACCESS_HOOKS_(1)
+SIMT_ACCESS_HOOKS_(2)
+SIMT_ACCESS_HOOKS_(4)
+SIMT_ACCESS_HOOKS_(8)
+SIMT_ACCESS_HOOKS_(16)
+SIMT_HOOK_ void __tsan_read_range(void* p, unsigned long size) {
+  if (__builtin_expect(simt::detail::g_checks_active.load(std::memory_order_relaxed), 0)) simt::detail::on_access(p, size, false);
+}
+SIMT_HOOK_ void __tsan_write_range(void* p, unsigned long size) {
+  if (__builtin_expect(simt::detail::g_checks_active.load(std::memory_order_relaxed), 0)) simt::detail::on_access(p, size, true);
+}
+SIMT_HOOK_ void __tsan_init() {}
+SIMT_HOOK_ void __tsan_func_entry(void*) {}
+SIMT_HOOK_ void __tsan_func_exit() {}
+SIMT_HOOK_ void __tsan_vptr_update(void**, void*) {}
+SIMT_HOOK_ void __tsan_vptr_read(void**) {}
+// Atomics in instrumented code (static-local guards, std::atomic in host code of the kernel files): performed,
+// always sequentially consistent, and not seen by the checks.
+#define SIMT_ATOMIC_HOOKS_(bits, T)                                                                              \
+  SIMT_HOOK_ T __tsan_atomic##bits##_load(const volatile T* a, int) { return __atomic_load_n(a, __ATOMIC_SEQ_CST); } \
+  SIMT_HOOK_ void __tsan_atomic##bits##_store(volatile T* a, T v, int) { __atomic_store_n(a, v, __ATOMIC_SEQ_CST); } \
+  SIMT_HOOK_ T __tsan_atomic##bits##_exchange(volatile T* a, T v, int) {                                         \
+    return __atomic_exchange_n(a, v, __ATOMIC_SEQ_CST);                                                          \
+  }                                                                                                              \
+  SIMT_HOOK_ T __tsan_atomic##bits##_fetch_add(volatile T* a, T v, int) {                                        \
+    return __atomic_fetch_add(a, v, __ATOMIC_SEQ_CST);                                                           \
+  }                                                                                                              \
+  SIMT_HOOK_ T __tsan_atomic##bits##_fetch_sub(volatile T* a, T v, int) {                                        \
+    return __atomic_fetch_sub(a, v, __ATOMIC_SEQ_CST);                                                           \
+  }                                                                                                              \
+  SIMT_HOOK_ T __tsan_atomic##bits##_fetch_and(volatile T* a, T v, int) {                                        \
+    return __atomic_fetch_and(a, v, __ATOMIC_SEQ_CST);                                                           \
+  }                                                                                                              \
+  SIMT_HOOK_ T __tsan_atomic##bits##_fetch_or(volatile T* a, T v, int) {                                         \
+    return __atomic_fetch_or(a, v, __ATOMIC_SEQ_CST);                                                            \
+  }                                                                                                              \
+  SIMT_HOOK_ T __tsan_atomic##bits##_fetch_xor(volatile T* a, T v, int) {                                        \
+    return __atomic_fetch_xor(a, v, __ATOMIC_SEQ_CST);                                                           \
+  }                                                                                                              \
+  SIMT_HOOK_ int __tsan_atomic##bits##_compare_exchange_strong(volatile T* a, T* c, T v, int, int) {             \
+    return __atomic_compare_exchange_n(a, c, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);                      \
+  }                                                                                                              \
+  SIMT_HOOK_ int __tsan_atomic##bits##_compare_exchange_weak(volatile T* a, T* c, T v, int, int) {               \
+    return __atomic_compare_exchange_n(a, c, v, true, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);                       \
+  }                                                                                                              \
+  SIMT_HOOK_ T __tsan_atomic##bits##_compare_exchange_val(volatile T* a, T c, T v, int, int) {                   \
+    __atomic_compare_exchange_n(a, &c, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);                            \
+    return c;                                                                                                    \
+  }
+SIMT_ATOMIC_HOOKS_(8, uint8_t)
+SIMT_ATOMIC_HOOKS_(16, uint16_t)
+SIMT_ATOMIC_HOOKS_(32, uint32_t)
+SIMT_ATOMIC_HOOKS_(64, uint64_t)
+SIMT_HOOK_ void __tsan_atomic_thread_fence(int) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+SIMT_HOOK_ void __tsan_atomic_signal_fence(int) { __atomic_signal_fence(__ATOMIC_SEQ_CST); }

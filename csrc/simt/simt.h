@@ -23,9 +23,13 @@
 //     __syncthreads or at another collective is an error, so is a mask without the calling lane, a shuffle
 //     width that is not a power of two in [1, 32], and a shuffle that reads a lane outside the mask;
 //   - writes just outside the dynamic shared buffer (256-byte guard zones checked after each block).
-// Dynamic shared memory is refilled with 0xFF bytes (NaN as float, -1 as int) before every block, so a read
-// before write shows up. Static __shared__ arrays keep their contents from block to block (not poisoned), and
-// out-of-bounds indexing of them is only caught by AddressSanitizer (plain static arrays in non-template code).
+//   - with checks on (simt::set_checks, VGG_SIM_CHECKS): shared and global memory races, reads of shared memory
+//     not written in this block, and device-memory accesses outside every allocation (see set_checks).
+// Shared memory is poisoned with the word 0x7FFFFFFF (NaN as float and double, INT_MAX as int) before every
+// block: the dynamic buffer at block start, each static array (VGG_SHARED) when the block's first thread reaches
+// its declaration, which is before any thread of the block can touch it. Device allocations of the sim backend
+// (simt::device_alloc, csrc/simt/memory.h) have their exact size, guard zones that are checked after every
+// launch, and start poisoned too.
 //
 // Scheduling: within a block every runnable fiber runs until it blocks (barrier, collective) or returns, in the
 // order given by simt::set_schedule ("linear", "reverse", "random:SEED"; default from VGG_SIM_SCHEDULE), which
@@ -55,6 +59,7 @@
 #define __host__
 #define __constant__
 #define __forceinline__ inline
+// Plain __shared__ is a static local; use VGG_SHARED (csrc/cuda/common.cuh) so that the array is poisoned per block.
 #define __shared__ static
 // __launch_bounds__(N[, min_blocks]) is recorded in the function itself so that a launch can enforce it: the
 // kernel starts with N / 32 one-byte NOPs when N is a multiple of 32 and 32 + N otherwise (at most 32 NOPs for
@@ -119,8 +124,26 @@ void set_max_dynamic_shared(const void* kernel, size_t bytes);
 void set_schedule(const std::string& schedule);
 std::string get_schedule();
 
-// The current block's dynamic shared memory (16-byte aligned, the size given at launch, 0xFF-filled per block).
+// The current block's dynamic shared memory (16-byte aligned, the size given at launch, poisoned per block).
 void* dynamic_shared();
+
+// The checks that cost time, as a comma-separated list (default from VGG_SIM_CHECKS, else none):
+//   "races":  two threads touching one shared or device-memory byte where at least one writes, not through an
+//             atomic, with no __syncthreads between them (different warps or blocks) and, within a warp, no
+//             collective of that warp between them either (independent thread scheduling);
+//   "uninit": a read of shared memory that no thread of the block has written, or of device memory that still
+//             holds the poison of a fresh allocation;
+//   "bounds": a kernel access to memory that is neither a device allocation (with its exact size), the block's
+//             shared memory nor the thread's own stack/arguments (host memory passed by the self-tests is exempt
+//             only when it is registered as a device allocation, so this check needs device_alloc'd buffers);
+//   "all" (every check above) or "" / "none".
+// They see every load and store of the kernel sources, which g++ instruments with -fsanitize=thread's hooks
+// (implemented here, not by libtsan). Throws std::invalid_argument for an unknown name.
+void set_checks(const std::string& checks);
+std::string get_checks();
+
+// The poison word of fresh shared and device memory: NaN as float (and as double), INT_MAX as int32.
+inline constexpr uint32_t kPoisonWord = 0x7FFFFFFFu;
 
 namespace detail {
 
@@ -178,6 +201,16 @@ struct LaunchConfig {
 
 // Runs thunk(ctx) once per CUDA thread of the grid; throws simt::Error.
 void run_grid(const LaunchConfig& config, void (*thunk)(void*), void* ctx);
+
+// A static shared array (VGG_SHARED): poisoned when the first thread of each block reaches its declaration.
+struct SharedSlot {
+  uint64_t block = 0;  // the block_serial that last poisoned it
+};
+inline constinit uint64_t block_serial = 1;  // distinct for every block the emulator runs (bumped at block start)
+void first_reach_shared(SharedSlot& slot, void* array, size_t bytes, const char* name);
+inline void reach_shared(SharedSlot& slot, void* array, size_t bytes, const char* name) {
+  if (slot.block != block_serial) first_reach_shared(slot, array, bytes, name);
+}
 
 }  // namespace detail
 
@@ -281,8 +314,10 @@ inline T __ldg(const T* p) { return *p; }
 
 // ---- atomics: fibers switch only inside barriers and collectives, and launches are serialised, so a plain
 // read-modify-write is atomic with respect to every other emulated thread. -------------------------------------
+// The race check does not see atomics: their functions are not instrumented.
+#define SIMT_ATOMIC_ __attribute__((no_sanitize_thread, noinline))
 template <typename T>
-inline T simt_atomic_rmw_(T* p, T v, int op) {
+SIMT_ATOMIC_ T simt_atomic_rmw_(T* p, T v, int op) {
   T old = *p;
   switch (op) {
     case 0: *p = old + v; break;
@@ -313,7 +348,7 @@ inline unsigned atomicExch(unsigned* p, unsigned v) { return simt_atomic_rmw_(p,
 inline unsigned long long atomicExch(unsigned long long* p, unsigned long long v) { return simt_atomic_rmw_(p, v, 4); }
 inline float atomicExch(float* p, float v) { return simt_atomic_rmw_(p, v, 4); }
 template <typename T>
-inline T simt_atomic_cas_(T* p, T compare, T v) {
+SIMT_ATOMIC_ T simt_atomic_cas_(T* p, T compare, T v) {
   T old = *p;
   if (old == compare) *p = v;
   return old;
@@ -324,14 +359,22 @@ inline unsigned long long atomicCAS(unsigned long long* p, unsigned long long c,
   return simt_atomic_cas_(p, c, v);
 }
 inline unsigned short atomicCAS(unsigned short* p, unsigned short c, unsigned short v) { return simt_atomic_cas_(p, c, v); }
-inline int atomicAnd(int* p, int v) { int o = *p; *p = o & v; return o; }
-inline unsigned atomicAnd(unsigned* p, unsigned v) { unsigned o = *p; *p = o & v; return o; }
-inline int atomicOr(int* p, int v) { int o = *p; *p = o | v; return o; }
-inline unsigned atomicOr(unsigned* p, unsigned v) { unsigned o = *p; *p = o | v; return o; }
-inline int atomicXor(int* p, int v) { int o = *p; *p = o ^ v; return o; }
-inline unsigned atomicXor(unsigned* p, unsigned v) { unsigned o = *p; *p = o ^ v; return o; }
-inline unsigned atomicInc(unsigned* p, unsigned limit) { unsigned o = *p; *p = (o >= limit) ? 0 : o + 1; return o; }
-inline unsigned atomicDec(unsigned* p, unsigned limit) { unsigned o = *p; *p = (o == 0 || o > limit) ? limit : o - 1; return o; }
+SIMT_ATOMIC_ inline int atomicAnd(int* p, int v) { int o = *p; *p = o & v; return o; }
+SIMT_ATOMIC_ inline unsigned atomicAnd(unsigned* p, unsigned v) { unsigned o = *p; *p = o & v; return o; }
+SIMT_ATOMIC_ inline int atomicOr(int* p, int v) { int o = *p; *p = o | v; return o; }
+SIMT_ATOMIC_ inline unsigned atomicOr(unsigned* p, unsigned v) { unsigned o = *p; *p = o | v; return o; }
+SIMT_ATOMIC_ inline int atomicXor(int* p, int v) { int o = *p; *p = o ^ v; return o; }
+SIMT_ATOMIC_ inline unsigned atomicXor(unsigned* p, unsigned v) { unsigned o = *p; *p = o ^ v; return o; }
+SIMT_ATOMIC_ inline unsigned atomicInc(unsigned* p, unsigned limit) {
+  unsigned o = *p;
+  *p = (o >= limit) ? 0 : o + 1;
+  return o;
+}
+SIMT_ATOMIC_ inline unsigned atomicDec(unsigned* p, unsigned limit) {
+  unsigned o = *p;
+  *p = (o == 0 || o > limit) ? limit : o - 1;
+  return o;
+}
 
 // ---- device math and bit intrinsics that g++ lacks ---------------------------------------------------------------
 inline float __expf(float x) { return std::exp(x); }

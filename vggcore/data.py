@@ -422,6 +422,7 @@ class EvalTransform:
 # ---------------------------------------------------------------------------------------------------- loader
 
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+_JPEG_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif")
 
 
 def load_planned(folder: ImageFolder, index: int, transform, rng, out=None):
@@ -437,12 +438,15 @@ def load_planned(folder: ImageFolder, index: int, transform, rng, out=None):
         img = folder.load(index)
         return None if img is None else transform(img, rng)
     path = folder.samples[index][0]
+    if not path.lower().endswith(_JPEG_EXTENSIONS):
+        img = folder.load(index)
+        return None if img is None else transform.apply(img, transform.plan(img.size, rng), out)
     try:
         im = Image.open(path)
     except _DECODE_ERRORS:
         folder.mark_skipped(path)
         return None
-    if im.format != "JPEG":
+    if im.format != "JPEG":             # named .jpg but something else: the general path
         im.close()
         img = folder.load(index)
         return None if img is None else transform.apply(img, transform.plan(img.size, rng), out)
@@ -541,7 +545,7 @@ class DataLoader:
         if self._shape is not None:
             buf = self._free.pop() if self._free else np.empty((self.batch_size,) + tuple(self._shape), np.float32)
         results = [None] * n
-        chunk = max(1, -(-n // (2 * self.num_workers)))      # two pieces per thread evens out slow images
+        chunk = max(1, -(-n // self.num_workers))             # one piece per thread
         futures = [self._pool.submit(self._fill, epoch, start, indices, lo, min(n, lo + chunk), buf, results)
                    for lo in range(0, n, chunk)]
         return futures, indices, buf, results

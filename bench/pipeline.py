@@ -73,14 +73,14 @@ def render_photo(rng: np.random.Generator, w=500, h=375) -> Image.Image:
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
 
 
-def ensure_photos(root: Path, n: int, seed=0) -> Path:
+def ensure_photos(root: Path, n: int, seed=0, size=(500, 375)) -> Path:
     """``root/<class>/*.jpg``, n images in all (4 classes), generated once; landscape and portrait."""
-    marker = root / f".complete-{n}-{seed}"
+    marker = root / f".complete-{n}-{seed}-{size[0]}x{size[1]}"
     if marker.is_file():
         return root
     for i in range(n):
         rng = np.random.default_rng([seed, i])
-        w, h = (500, 375) if i % 4 else (375, 500)
+        w, h = size if i % 4 else size[::-1]
         folder = root / CLASSES[i % len(CLASSES)]
         folder.mkdir(parents=True, exist_ok=True)
         render_photo(rng, w, h).save(folder / f"{i:05d}.jpg", quality=90)
@@ -163,34 +163,40 @@ def vggcore_transform(tf, path, rng, stages, out):
     return out
 
 
-def time_pipeline(kind, paths, scale, crop, batch, reps, tf=None, eval_mode=False):
-    """Best-of-reps images/s on one thread, and the mean per-image stage times (ms) of the best pass."""
-    best = None
+def _one_pass(kind, paths, scale, crop, batch, tf):
+    stages = dict(decode=0.0, resample=0.0, augment=0.0, batch=0.0)
+    buf = np.empty((batch, crop, crop, 3), np.float32)
+    t0 = time.perf_counter()
+    for b in range(0, len(paths), batch):
+        chunk = paths[b:b + batch]
+        outs = []
+        for j, p in enumerate(chunk):
+            rng = np.random.default_rng([0, b + j])
+            if kind == "baseline":
+                outs.append(baseline_transform(scale if isinstance(scale, int) else scale[0], crop, p, rng, stages))
+            elif kind == "before":
+                outs.append(before_transform(tf, p, rng, stages))
+            else:
+                vggcore_transform(tf, p, rng, stages, buf[j])
+        tb = time.perf_counter()
+        if kind != "vggcore":
+            np.stack(outs)
+        stages["batch"] += time.perf_counter() - tb
+    return time.perf_counter() - t0, stages
+
+
+def time_pipelines(kinds, paths, scale, crop, batch, reps, tf):
+    """{kind: (images/s, per-image stage ms)} on one thread, best of ``reps`` passes.
+
+    The pipelines take turns pass by pass, so a change in the machine's load affects them alike.
+    """
+    best = {}
     for _ in range(reps):
-        stages = dict(decode=0.0, resample=0.0, augment=0.0, batch=0.0)
-        buf = np.empty((batch, crop, crop, 3), np.float32)
-        t0 = time.perf_counter()
-        for b in range(0, len(paths), batch):
-            chunk = paths[b:b + batch]
-            outs = []
-            for j, p in enumerate(chunk):
-                rng = np.random.default_rng([0, b + j])
-                if kind == "baseline":
-                    outs.append(baseline_transform(scale if isinstance(scale, int) else scale[0], crop, p, rng,
-                                                   stages))
-                elif kind == "before":
-                    outs.append(before_transform(tf, p, rng, stages))
-                else:
-                    vggcore_transform(tf, p, rng, stages, buf[j])
-            tb = time.perf_counter()
-            if kind != "vggcore":
-                np.stack(outs)
-            stages["batch"] += time.perf_counter() - tb
-        elapsed = time.perf_counter() - t0
-        if best is None or elapsed < best[0]:
-            best = (elapsed, stages)
-    elapsed, stages = best
-    return len(paths) / elapsed, {k: 1e3 * v / len(paths) for k, v in stages.items()}
+        for kind in kinds:
+            elapsed, stages = _one_pass(kind, paths, scale, crop, batch, tf)
+            if kind not in best or elapsed < best[kind][0]:
+                best[kind] = (elapsed, stages)
+    return {k: (len(paths) / e, {n: 1e3 * v / len(paths) for n, v in st.items()}) for k, (e, st) in best.items()}
 
 
 def before_eval(q, crop, mean, path):
@@ -224,6 +230,49 @@ def time_eval(paths, q, crop, reps):
         rates[name] = len(paths) / best
     del folder_like
     return rates
+
+
+def before_stats(folder, sample=2000, seed=0):
+    """compute_stats as it was before the threaded version: one thread, fancy indexing of float64 pixels."""
+    rng = np.random.default_rng([seed, 0x57A75])
+    n = len(folder)
+    idx = np.sort(rng.choice(n, size=min(sample, n), replace=False))
+    total, outer, count = np.zeros(3), np.zeros((3, 3)), 0
+    for i in idx:
+        img = folder.load(int(i))
+        if img is None:
+            continue
+        px = np.asarray(img, dtype=np.float64).reshape(-1, 3)
+        if len(px) > 65536:
+            px = px[rng.choice(len(px), size=65536, replace=False)]
+        total += px.sum(0)
+        outer += px.T @ px
+        count += len(px)
+    mean = total / count
+    cov = (outer / count - np.outer(mean, mean)) / (255.0 ** 2)
+    eigval, eigvec = np.linalg.eigh(cov)
+    order = np.argsort(eigval)[::-1]
+    return {"mean_rgb": mean.tolist(), "eigval": np.maximum(eigval[order], 0).tolist(),
+            "eigvec": eigvec[:, order].tolist()}
+
+
+def time_stats(folder, workers, reps):
+    """ms per image of the preprocessing statistics: before, and compute_stats on 1 and ``workers`` threads."""
+    best = {}
+    for _ in range(reps):
+        for name in ("before", "1 thread", f"{workers} threads"):
+            t0 = time.perf_counter()
+            if name == "before":
+                got = before_stats(folder)
+            else:
+                got = data.compute_stats(folder, cache=False, num_workers=1 if name == "1 thread" else workers)
+            e = time.perf_counter() - t0
+            best[name] = min(best.get(name, e), e)
+            if name == "before":
+                ref = got
+            elif got != ref:
+                raise AssertionError("compute_stats differs from the single-threaded statistics")
+    return {k: 1e3 * v / len(folder) for k, v in best.items()}
 
 
 def loader_scaling(folder, tf, batch, max_workers, reps):
@@ -293,6 +342,7 @@ def main(argv=None):
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--max-workers", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--large", type=int, default=24, help="also time this many 1600x1200 JPEGs (0: skip)")
     ap.add_argument("--steps", type=int, default=6, help="training steps of the end-to-end figure (0: skip)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
@@ -305,19 +355,26 @@ def main(argv=None):
              "eigvec": np.linalg.qr(np.random.default_rng(0).standard_normal((3, 3)))[0].tolist()}
     lines = common.header_lines(extra=[f"images: {len(paths)} generated JPEGs (500x375 / 375x500, quality 90) "
                                        f"in {root}", f"cores: {os.cpu_count()}, batch {args.batch}, "
-                                       f"best of {args.reps} passes, one thread unless stated"])
+                                       f"best of {args.reps} passes, one thread unless stated",
+                                       "load average at the start (1, 5, 15 min): "
+                                       + ", ".join(f"{v:.1f}" for v in os.getloadavg())])
     lines += ["", "## Training transform, one thread (images/s per core)", ""]
     rows = []
-    for scale in (256, 384, 512, (256, 512)):
-        tf = data.TrainTransform(crop, scale, stats["mean_rgb"], stats["eigval"], stats["eigvec"])
-        res = {k: time_pipeline(k, paths, scale, crop, args.batch, args.reps, tf)
-               for k in ("baseline", "before", "vggcore")}
-        label = f"S={scale}" if isinstance(scale, int) else f"S in [{scale[0]}, {scale[1]}]"
-        for k, (ips, st) in res.items():
-            rows.append([label, k, f"{ips:.0f}", f"{ips / res['before'][0]:.2f}x", f"{st['decode']:.2f}",
-                         f"{st['resample']:.2f}", f"{st['augment']:.2f}", f"{st['batch']:.2f}"])
-        print(f"{label}: " + ", ".join(f"{k} {v[0]:.0f}/s" for k, v in res.items()), flush=True)
-    lines += [common.markdown_table(["scale", "pipeline", "images/s", "vs before", "decode ms", "resample ms",
+    sets = [("500x375", paths, (256, 384, 512, (256, 512)))]
+    if args.large:
+        big = ensure_photos(root.parent / f"{root.name}-large", args.large, seed=1, size=(1600, 1200))
+        sets.append(("1600x1200", [p for p, _ in data.ImageFolder(big).samples], (256, (256, 512))))
+    for size_label, files, scales in sets:
+        for scale in scales:
+            tf = data.TrainTransform(crop, scale, stats["mean_rgb"], stats["eigval"], stats["eigvec"])
+            res = time_pipelines(("baseline", "before", "vggcore"), files, scale, crop, args.batch, args.reps, tf)
+            label = f"S={scale}" if isinstance(scale, int) else f"S in [{scale[0]}, {scale[1]}]"
+            for k, (ips, st) in res.items():
+                rows.append([size_label, label, k, f"{ips:.0f}", f"{ips / res['before'][0]:.2f}x",
+                             f"{st['decode']:.2f}", f"{st['resample']:.2f}", f"{st['augment']:.2f}",
+                             f"{st['batch']:.2f}"])
+            print(f"{size_label} {label}: " + ", ".join(f"{k} {v[0]:.0f}/s" for k, v in res.items()), flush=True)
+    lines += [common.markdown_table(["images", "scale", "pipeline", "images/s", "vs before", "decode ms", "resample ms",
                                     "augment ms", "batch ms"], rows)]
     lines += ["", "(baseline: S=Smin for the jittered row; per-stage times are ms per image.)", "",
               "## Eval transform (Q=256, centre crop 224), one thread", ""]
@@ -325,6 +382,12 @@ def main(argv=None):
     lines += [common.markdown_table(["pipeline", "images/s", "vs before"],
                                    [[k, f"{v:.0f}", f"{v / ev['before']:.2f}x"] for k, v in ev.items()])]
     print("eval:", ev, flush=True)
+    st = time_stats(folder, args.max_workers, args.reps)
+    lines += ["", f"## Preprocessing statistics (mean RGB, colour PCA) of the {len(folder)} images, ms per image", "",
+              "Bit-identical results (checked in the run).", ""]
+    lines += [common.markdown_table(["implementation", "ms / image", "speed-up"],
+                                    [[k, f"{v:.2f}", f"{st['before'] / v:.2f}x"] for k, v in st.items()])]
+    print("stats:", st, flush=True)
     tf = data.TrainTransform(crop, (256, 512), stats["mean_rgb"], stats["eigval"], stats["eigvec"])
     scaling = loader_scaling(folder, tf, args.batch, args.max_workers, args.reps)
     lines += ["", "## DataLoader threads, S in [256, 512] (whole pipeline, images/s)", ""]

@@ -129,9 +129,10 @@ def _cmd_train(args):
     elapsed = time.perf_counter() - t0
     if result.history:
         last = result.history[-1]
+        top5 = last.get("val_top5_err")
+        top5 = f", top-5 err {top5:.4f}" if top5 is not None else ""
         print(f"done in {elapsed:.0f} s: val top-1 err {last['val_top1_err']:.4f} (best "
-              f"{result.best_val_top1_err:.4f}), top-5 err {last['val_top5_err']:.4f}; checkpoints in "
-              f"{kwargs['checkpoint_dir']}")
+              f"{result.best_val_top1_err:.4f}){top5}; checkpoints in {kwargs['checkpoint_dir']}")
     return 0
 
 

@@ -8,12 +8,15 @@ Pipeline of one training image (Simonyan & Zisserman, sec. 3.1, with AlexNet's c
 Evaluation images are rescaled to Q and centre-cropped (or kept whole for dense evaluation). Batches are
 NHWC float32 arrays. Every random choice for an image comes from a generator seeded by
 (seed, epoch, position in the epoch), so batches are identical run to run whatever the thread timing.
+The random choices are made from the image file's header, before decoding, so that only the crop's source
+region is resampled and a large JPEG can be decoded at a reduced scale (see ``load_planned``).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import hashlib
+import itertools
 import json
 import os
 import threading
@@ -26,7 +29,7 @@ from PIL import Image
 
 __all__ = [
     "IMAGE_EXTENSIONS", "CorruptImageWarning", "ImageFolder", "check_same_classes", "load_rgb", "rescale",
-    "compute_stats", "TrainTransform", "EvalTransform", "DataLoader", "default_workers",
+    "compute_stats", "TrainTransform", "EvalTransform", "DataLoader", "default_workers", "load_planned",
 ]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -91,9 +94,13 @@ class ImageFolder:
         path = self.samples[index][0]
         img = load_rgb(path)
         if img is None:
-            with self._lock:
-                self.skipped.add(path)
+            self.mark_skipped(path)
         return img
+
+    def mark_skipped(self, path):
+        """Record ``path`` as undecodable (thread-safe); ``warn_skipped`` names it later."""
+        with self._lock:
+            self.skipped.add(path)
 
     def warn_skipped(self):
         """Issue one CorruptImageWarning per newly skipped file (called from the consuming thread)."""
@@ -152,49 +159,102 @@ def _scale_range(scale):
 
 # ----------------------------------------------------------------------------------------------------- stats
 
-def compute_stats(folder: ImageFolder, sample: int = 2000, seed: int = 0, cache=True) -> dict:
+def _stats_cache_file(folder, idx, sample, seed):
+    h = hashlib.sha1()
+    h.update(json.dumps([str(folder.root.resolve()), len(folder), sample, seed]).encode())
+    for i in idx:
+        path = folder.samples[i][0]
+        try:
+            st = os.stat(path)
+            h.update(f"{path}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        except OSError:
+            h.update(f"{path}|missing\n".encode())
+    from .datasets import cache_dir
+    return cache_dir() / "stats" / f"{h.hexdigest()}.json"
+
+
+def _pixel_sums(px):
+    """Sum and sum of outer products of an (N, 3) uint8 pixel sample, in float64.
+
+    Every partial sum is an integer below 2**53 (N <= 65536 pixels of at most 255**2 per product), so these
+    float64 sums are exact whatever the summation order: the result does not depend on how BLAS splits them.
+    """
+    px = px.astype(np.float64)
+    return px.sum(0), px.T @ px, len(px)
+
+
+def compute_stats(folder: ImageFolder, sample: int = 2000, seed: int = 0, cache=True, num_workers=None,
+                  progress=None, log=None) -> dict:
     """Mean RGB and the eigen decomposition of the RGB covariance, from up to ``sample`` training images.
 
     Returns ``{"mean_rgb": [3] (0..255 units), "eigval": [3], "eigvec": [[3]x3] (columns are eigenvectors)}``;
     the covariance is of pixels scaled to [0, 1], the convention of the usual AlexNet colour-shift
-    implementations. With ``cache`` the result is stored under the cache folder, keyed by the folder's path,
-    its file list and the sampled files' sizes and times, so a second run reuses it.
+    implementations. Images with more than 65,536 pixels contribute a random sample of 65,536 of them. With
+    ``cache`` the result is stored under the cache folder, keyed by the folder's path, its file list and the
+    sampled files' sizes and times, so a second run reuses it.
+
+    Images are decoded and summed on ``num_workers`` threads (default: one per core, as the loader); the
+    random pixel samples are drawn in file order on the calling thread, so the result is the same for any
+    number of threads. ``progress(done, total)`` is called as images are done; ``log(message)`` receives one
+    line saying what is computed (or that the cache was used).
     """
     rng = np.random.default_rng([seed, 0x57A75])
     n = len(folder)
     idx = np.sort(rng.choice(n, size=min(sample, n), replace=False))
-    key = None
+    cache_file = None
     if cache:
-        h = hashlib.sha1()
-        h.update(json.dumps([str(folder.root.resolve()), n, sample, seed]).encode())
-        for i in idx:
-            path = folder.samples[i][0]
-            try:
-                st = os.stat(path)
-                h.update(f"{path}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-            except OSError:
-                h.update(f"{path}|missing\n".encode())
-        key = h.hexdigest()
-        from .datasets import cache_dir
-        cache_file = cache_dir() / "stats" / f"{key}.json"
+        cache_file = _stats_cache_file(folder, idx, sample, seed)
         try:
-            return json.loads(cache_file.read_text())
+            stats = json.loads(cache_file.read_text())
+            if log is not None:
+                log(f"preprocessing statistics (mean RGB, colour PCA) of {len(idx)} training images: "
+                    f"cached in {cache_file}")
+            return stats
         except (OSError, ValueError):
             pass
+
+    workers = default_workers() if num_workers is None else max(1, int(num_workers))
+    if log is not None:
+        log(f"computing the preprocessing statistics (mean RGB, colour PCA) of {len(idx)} of {n} training "
+            f"images on {workers} thread{'s' if workers > 1 else ''}" + (" (cached for later runs)" if cache else ""))
+
+    def decode(i):
+        img = folder.load(int(i))
+        return None if img is None else np.asarray(img).reshape(-1, 3)
 
     total = np.zeros(3)
     outer = np.zeros((3, 3))
     count = 0
-    for i in idx:
-        img = folder.load(int(i))
-        if img is None:
-            continue
-        px = np.asarray(img, dtype=np.float64).reshape(-1, 3)
-        if len(px) > 65536:        # bound the cost of very large images
-            px = px[rng.choice(len(px), size=65536, replace=False)]
-        total += px.sum(0)
-        outer += px.T @ px
-        count += len(px)
+    window = 4 * workers           # decoded images waiting for the calling thread: bounded memory
+    with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="vggcore-stats") as pool:
+        decoded, summed = deque(), deque()
+        todo = iter(idx)
+        for i in itertools.islice(todo, window):
+            decoded.append(pool.submit(decode, i))
+        done = 0
+        while decoded:
+            px = decoded.popleft().result()
+            nxt = next(todo, None)
+            if nxt is not None:
+                decoded.append(pool.submit(decode, nxt))
+            if px is not None:
+                if len(px) > 65536:        # bound the cost of very large images
+                    px = np.take(px, rng.choice(len(px), size=65536, replace=False), axis=0)
+                summed.append(pool.submit(_pixel_sums, px))
+            while summed and (summed[0].done() or len(summed) > window):
+                s, o, c = summed.popleft().result()
+                total += s
+                outer += o
+                count += c
+            done += 1
+            if progress is not None:
+                progress(done, len(idx))
+        for f in summed:
+            s, o, c = f.result()
+            total += s
+            outer += o
+            count += c
+    folder.warn_skipped()
     if count == 0:
         raise ValueError(f"compute_stats: none of the {len(idx)} sampled images of {folder.root} could be decoded")
     mean = total / count
@@ -215,11 +275,67 @@ def compute_stats(folder: ImageFolder, sample: int = 2000, seed: int = 0, cache=
 
 # ------------------------------------------------------------------------------------------------ transforms
 
+class _Plan(tuple):
+    """An image's random choices, made before it is decoded: (scaled size, crop box, flip, colour shift)."""
+    __slots__ = ()
+
+    def __new__(cls, scaled, box, flip, shift):
+        return super().__new__(cls, (scaled, box, flip, shift))
+
+    scaled = property(lambda self: self[0])     # (w, h) of the whole image rescaled to S
+    box = property(lambda self: self[1])        # (x0, y0, x1, y1) of the crop in the rescaled image
+    flip = property(lambda self: self[2])
+    shift = property(lambda self: self[3])      # float32 [3] subtracted from the pixels
+
+
+def _scaled_size(w, h, smallest_side):
+    """(w, h) after the isotropic rescale that makes the smaller side ``smallest_side``."""
+    if min(w, h) == smallest_side:
+        return w, h
+    if w <= h:
+        return smallest_side, max(1, round(h * smallest_side / w))
+    return max(1, round(w * smallest_side / h)), smallest_side
+
+
+def _resample_crop(img: Image.Image, scaled, box) -> np.ndarray:
+    """``box`` of ``img`` rescaled to ``scaled``, as a uint8 array, resampling only the box's source region.
+
+    The bilinear (antialiased) filter is the one of ``rescale``; Pillow reads the box's coordinates in single
+    precision, so a sample position can move by about 1e-5 pixel and a value by one level (in some pixels)
+    against rescaling the whole image and cropping it. ``img`` may be smaller than the size ``scaled`` was
+    planned for (a JPEG decoded at 1/2, 1/4 or 1/8 scale): the box is mapped proportionally.
+    """
+    w, h = img.size
+    x0, y0, x1, y1 = box
+    if tuple(scaled) == (w, h):
+        return np.asarray(img.crop(box))
+    sx, sy = w / scaled[0], h / scaled[1]
+    src = (x0 * sx, y0 * sy, min(x1 * sx, w), min(y1 * sy, h))
+    return np.asarray(img.resize((x1 - x0, y1 - y0), Image.BILINEAR, box=src))
+
+
+def _to_float(arr, plan, input_scale, out):
+    """(arr[:, ::-1] if flipped) - shift, times input_scale, as float32 into ``out`` (allocated when None)."""
+    if plan.flip:
+        arr = arr[:, ::-1]
+    if out is None:
+        out = np.empty(arr.shape, np.float32)
+    np.copyto(out, arr, casting="unsafe")       # exact: uint8 -> float32; faster than a mixed-type subtract
+    np.subtract(out, plan.shift, out=out)
+    if input_scale != 1.0:
+        np.multiply(out, input_scale, out=out)
+    return out
+
+
 class TrainTransform:
     """The paper's training augmentation of one decoded image; returns a (crop, crop, 3) float32 array.
 
     scale: S (single-scale training) or (Smin, Smax) (scale jittering, S drawn per image).
     colour_std: std of the AlexNet colour-shift coefficients (0.1); 0 or eigval None disables it.
+
+    The random choices (S, crop offset, flip, colour coefficients, drawn in that order) are made by ``plan``
+    from the image's size alone, so the loader can make them before decoding; only the crop's source region
+    is then resampled (``_resample_crop``), and a JPEG at least twice S is decoded at a reduced DCT scale.
     """
 
     def __init__(self, crop, scale, mean_rgb, eigval=None, eigvec=None, flip=True, colour_std=0.1,
@@ -240,24 +356,29 @@ class TrainTransform:
                                  * np.asarray(eigval, dtype=np.float64).reshape(1, 3) * 255.0)
         self.input_scale = float(input_scale)
 
-    def __call__(self, img: Image.Image, rng: np.random.Generator) -> np.ndarray:
+    @property
+    def output_shape(self):
+        return (self.crop, self.crop, 3)
+
+    def plan(self, size, rng: np.random.Generator) -> _Plan:
+        """The random choices for an image of ``size`` = (w, h)."""
         s = int(rng.integers(self.smin, self.smax + 1))
-        arr = np.asarray(rescale(img, s))
-        h, w = arr.shape[:2]
-        y = int(rng.integers(0, h - self.crop + 1))
-        x = int(rng.integers(0, w - self.crop + 1))
-        arr = arr[y:y + self.crop, x:x + self.crop]
-        if self.flip and rng.random() < 0.5:
-            arr = arr[:, ::-1]
-        out = arr.astype(np.float32)
+        w2, h2 = _scaled_size(size[0], size[1], s)
+        y = int(rng.integers(0, h2 - self.crop + 1))
+        x = int(rng.integers(0, w2 - self.crop + 1))
+        flip = self.flip and rng.random() < 0.5
         shift = self.mean_rgb
         if self.colour_std > 0:
             alpha = rng.normal(0.0, self.colour_std, size=3)
             shift = self.mean_rgb - (self.colour_basis @ alpha).astype(np.float32)
-        out -= shift
-        if self.input_scale != 1.0:
-            out *= self.input_scale
-        return out
+        return _Plan((w2, h2), (x, y, x + self.crop, y + self.crop), flip, shift)
+
+    def apply(self, img: Image.Image, plan: _Plan, out=None) -> np.ndarray:
+        """The transformed image of ``plan``, written into ``out`` (crop, crop, 3) float32 when given."""
+        return _to_float(_resample_crop(img, plan.scaled, plan.box), plan, self.input_scale, out)
+
+    def __call__(self, img: Image.Image, rng: np.random.Generator, out=None) -> np.ndarray:
+        return self.apply(img, self.plan(img.size, rng), out)
 
 
 class EvalTransform:
@@ -272,35 +393,99 @@ class EvalTransform:
         self.flip = bool(flip)
         self.input_scale = float(input_scale)
 
-    def __call__(self, img: Image.Image, rng=None) -> np.ndarray:
-        arr = np.asarray(rescale(img, self.scale))
+    @property
+    def output_shape(self):
+        """(crop, crop, 3), or None for whole images (their size varies)."""
+        return None if self.crop is None else (self.crop, self.crop, 3)
+
+    def plan(self, size, rng=None) -> _Plan:
+        w2, h2 = _scaled_size(size[0], size[1], self.scale)
+        box = (0, 0, w2, h2)
         if self.crop is not None:
-            h, w = arr.shape[:2]
-            y, x = (h - self.crop) // 2, (w - self.crop) // 2
-            arr = arr[y:y + self.crop, x:x + self.crop]
-        if self.flip:
-            arr = arr[:, ::-1]
-        out = arr.astype(np.float32) - self.mean_rgb
-        if self.input_scale != 1.0:
-            out *= self.input_scale
-        return out
+            y, x = (h2 - self.crop) // 2, (w2 - self.crop) // 2
+            box = (x, y, x + self.crop, y + self.crop)
+        return _Plan((w2, h2), box, self.flip, self.mean_rgb)
+
+    def apply(self, img: Image.Image, plan: _Plan, out=None) -> np.ndarray:
+        if self.crop is None and img.size == tuple(plan.scaled):
+            arr = np.asarray(img)
+        elif self.crop is None:
+            arr = np.asarray(img.resize(plan.scaled, Image.BILINEAR))    # exactly ``rescale``
+        else:
+            arr = _resample_crop(img, plan.scaled, plan.box)
+        return _to_float(arr, plan, self.input_scale, out)
+
+    def __call__(self, img: Image.Image, rng=None, out=None) -> np.ndarray:
+        return self.apply(img, self.plan(img.size), out)
 
 
 # ---------------------------------------------------------------------------------------------------- loader
+
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+_JPEG_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif")
+
+
+def load_planned(folder: ImageFolder, index: int, transform, rng, out=None):
+    """Decode sample ``index`` and apply ``transform`` with ``rng``; None when the file cannot be decoded.
+
+    A transform with ``plan``/``apply`` makes its random choices from the file's header; a JPEG whose smaller
+    side is at least twice the planned one is then decoded at the largest DCT scale (1/2, 1/4, 1/8) that
+    keeps it at least that size (``Image.draft``), which changes the pixels a little against a full decode
+    (a different, also antialiased, downscale). Other formats go through ``folder.load``. A plain callable
+    ``transform(img, rng)`` gets the fully decoded image.
+    """
+    if not hasattr(transform, "plan"):
+        img = folder.load(index)
+        return None if img is None else transform(img, rng)
+    path = folder.samples[index][0]
+    if not path.lower().endswith(_JPEG_EXTENSIONS):
+        img = folder.load(index)
+        return None if img is None else transform.apply(img, transform.plan(img.size, rng), out)
+    try:
+        im = Image.open(path)
+    except _DECODE_ERRORS:
+        folder.mark_skipped(path)
+        return None
+    if im.format != "JPEG":             # named .jpg but something else: the general path
+        im.close()
+        img = folder.load(index)
+        return None if img is None else transform.apply(img, transform.plan(img.size, rng), out)
+    try:
+        plan = transform.plan(im.size, rng)
+        if min(im.size) >= 2 * min(plan.scaled):
+            im.draft("RGB", tuple(plan.scaled))
+        im.load()
+        img = im if im.mode == "RGB" else im.convert("RGB")
+    except _DECODE_ERRORS:
+        im.close()
+        folder.mark_skipped(path)
+        return None
+    return transform.apply(img, plan, out)
+
 
 class DataLoader:
     """Batches ``(x, y)`` of an ImageFolder: x NHWC float32, y int64, prepared by a pool of threads.
 
     ``loader.epoch(e)`` iterates epoch ``e``: its order (when shuffling) and every image's augmentation come
-    from generators seeded by ``(seed, e)`` and ``(seed, e, position)``, so the batches do not depend on
-    thread timing, and resuming at epoch ``e`` reproduces them. Up to ``prefetch`` batches are prepared
-    ahead of the consumer. Undecodable files are left out of their batch (so a batch can be short) and
-    warned about once each from the consuming thread. ``iter(loader)`` is ``loader.epoch(0)``. With
-    ``ragged=True`` a batch whose images differ in size comes as a list of (H, W, 3) arrays instead.
+    from generators seeded by ``(seed, e)`` and ``(seed, e, position in the epoch)``, so the batches do not
+    depend on thread timing or the number of threads, and resuming at epoch ``e`` reproduces them.
+
+    The threads (``num_workers``, default one per core, 2 to 8) share the images of each batch, written
+    straight into the batch's array. Batches are prepared ahead of the consumer, at most ``prefetch``
+    (default 4) of them and at most ``prefetch_bytes`` (default 512 MiB) of them, at least one: with the
+    paper's batch of 256 224-pixel crops (154 MB) that is 3 batches ahead, so the loader's arrays peak at
+    about 4 batches (the 3 ahead and the one the consumer holds), whatever the number of threads. With
+    ``reuse_buffers=True`` those arrays are recycled: a yielded batch stays valid only until the next one is
+    requested (the training loop copies it to the device first); by default every batch is a new array.
+
+    Undecodable files are left out of their batch (so a batch can be short) and warned about once each from
+    the consuming thread. ``iter(loader)`` is ``loader.epoch(0)``. With ``ragged=True`` a batch whose images
+    differ in size comes as a list of (H, W, 3) arrays instead.
     """
 
     def __init__(self, folder: ImageFolder, batch_size: int, transform, *, shuffle=False, seed=0,
-                 num_workers=None, prefetch=None, drop_last=False, ragged=False):
+                 num_workers=None, prefetch=None, drop_last=False, ragged=False, prefetch_bytes=512 << 20,
+                 reuse_buffers=False):
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         self.folder = folder
@@ -309,9 +494,13 @@ class DataLoader:
         self.shuffle = bool(shuffle)
         self.seed = int(seed)
         self.num_workers = default_workers() if num_workers is None else max(1, int(num_workers))
-        self.prefetch = 2 * self.num_workers if prefetch is None else max(1, int(prefetch))
+        self.prefetch = 4 if prefetch is None else max(1, int(prefetch))
+        self.prefetch_bytes = int(prefetch_bytes)
         self.drop_last = bool(drop_last)
         self.ragged = bool(ragged)
+        self.reuse_buffers = bool(reuse_buffers)
+        self._shape = getattr(transform, "output_shape", None)
+        self._free = []
         self._pool = None
 
     def __len__(self):
@@ -321,6 +510,21 @@ class DataLoader:
     def __iter__(self):
         return self.epoch(0)
 
+    @property
+    def batch_bytes(self):
+        """Bytes of one full batch's array, or None when the images' size is not fixed."""
+        if self._shape is None:
+            return None
+        return self.batch_size * int(np.prod(self._shape)) * 4
+
+    @property
+    def batches_ahead(self) -> int:
+        """How many batches are prepared ahead of the consumer (``prefetch`` capped by ``prefetch_bytes``)."""
+        nbytes = self.batch_bytes
+        if nbytes is None:
+            return self.prefetch
+        return max(1, min(self.prefetch, self.prefetch_bytes // nbytes))
+
     def order(self, epoch: int) -> np.ndarray:
         """The sample indices of epoch ``epoch``, in the order they are batched."""
         n = len(self.folder)
@@ -328,24 +532,45 @@ class DataLoader:
             return np.arange(n)
         return np.random.default_rng([self.seed, int(epoch), 0x0DE5]).permutation(n)
 
-    def _make_batch(self, epoch, start, indices):
-        xs, ys = [], []
-        for pos, i in enumerate(indices):
-            img = self.folder.load(int(i))
-            if img is None:
-                continue
+    def _fill(self, epoch, start, indices, lo, hi, buf, results):
+        """Images lo..hi-1 of a batch: into buf[pos] (fixed shapes) or results[pos] (None: undecodable)."""
+        for pos in range(lo, hi):
             rng = np.random.default_rng([self.seed, int(epoch), start + pos])
-            xs.append(self.transform(img, rng))
-            ys.append(self.folder.samples[int(i)][1])
-        if not xs:
-            return None
+            out = None if buf is None else buf[pos]
+            results[pos] = load_planned(self.folder, int(indices[pos]), self.transform, rng, out)
+
+    def _submit(self, epoch, start, indices):
+        n = len(indices)
+        buf = None
+        if self._shape is not None:
+            buf = self._free.pop() if self._free else np.empty((self.batch_size,) + tuple(self._shape), np.float32)
+        results = [None] * n
+        chunk = max(1, -(-n // self.num_workers))             # one piece per thread
+        futures = [self._pool.submit(self._fill, epoch, start, indices, lo, min(n, lo + chunk), buf, results)
+                   for lo in range(0, n, chunk)]
+        return futures, indices, buf, results
+
+    def _assemble(self, job):
+        """The (x, y) of a finished batch, and the buffer to recycle once the consumer is done with it."""
+        futures, indices, buf, results = job
+        for f in futures:
+            f.result()
+        ok = np.array([r is not None for r in results], dtype=bool)
+        labels = np.array([self.folder.samples[int(i)][1] for i in indices], dtype=np.int64)[ok]
+        if not ok.any():
+            return None, buf
+        if buf is not None:
+            if ok.all():
+                return (buf[:len(indices)], labels), buf
+            return (buf[:len(indices)][ok], labels), buf       # a copy: the buffer is free again at once
+        xs = [r for r in results if r is not None]
         shapes = {x.shape for x in xs}
         if len(shapes) > 1 and self.ragged:
-            return xs, np.asarray(ys, dtype=np.int64)
+            return (xs, labels), None
         if len(shapes) > 1:
             raise ValueError(f"images of one batch have different shapes {sorted(shapes)}; use a crop, "
                              "or ragged=True for whole images of different sizes")
-        return np.stack(xs), np.asarray(ys, dtype=np.int64)
+        return (np.stack(xs), labels), None
 
     def epoch(self, epoch: int = 0):
         order = self.order(epoch)
@@ -354,28 +579,38 @@ class DataLoader:
             starts = starts[:-1]
         if self._pool is None:
             self._pool = concurrent.futures.ThreadPoolExecutor(self.num_workers, thread_name_prefix="vggcore-data")
+        ahead = self.batches_ahead
         pending = deque()
+        todo = iter(starts)
         try:
-            for start in starts:
-                pending.append(self._pool.submit(self._make_batch, epoch, start, order[start:start + self.batch_size]))
-                if len(pending) >= self.prefetch:
-                    batch = pending.popleft().result()
-                    self.folder.warn_skipped()
-                    if batch is not None:
-                        yield batch
+            for start in itertools.islice(todo, ahead):
+                pending.append(self._submit(epoch, start, order[start:start + self.batch_size]))
             while pending:
-                batch = pending.popleft().result()
+                batch, buf = self._assemble(pending.popleft())
                 self.folder.warn_skipped()
+                start = next(todo, None)
+                if batch is not None and buf is not None and batch[0].base is not buf:
+                    self._free.append(buf)     # the batch was compacted into a new array
+                    buf = None
+                if batch is None and buf is not None:
+                    self._free.append(buf)
+                    buf = None
+                if start is not None:
+                    pending.append(self._submit(epoch, start, order[start:start + self.batch_size]))
                 if batch is not None:
                     yield batch
+                if buf is not None and self.reuse_buffers:
+                    self._free.append(buf)
         finally:
-            for f in pending:
-                f.cancel()
+            for job in pending:
+                for f in job[0]:
+                    f.cancel()
 
     def close(self):
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
+        self._free.clear()
 
     def __del__(self):
         try:

@@ -47,6 +47,7 @@ PAPER_DEFAULTS = {"epochs": 74, "batch_size": 256, "scale": 256, "crop": 224, "w
 BUILTIN_DEFAULTS = {"epochs": 12, "batch_size": 32, "scale": (32, 40), "crop": 32, "width": 0.25,
                     "fc_width": 128, "init": "he", "dropout": 0.0}
 CHECKPOINT_FORMAT = "vggcore-train-1"
+_CURVES_NOTE_GIVEN = []          # non-empty once the "curves.png needs matplotlib" note was given
 # Settings that must stay as they were when a run is resumed (the rest may change, e.g. epochs, device).
 _RUN_KEYS = ("config", "batch_size", "momentum", "weight_decay", "nesterov", "scale", "crop", "width", "fc_width",
              "dropout", "init", "seed", "lr_patience", "lr_factor", "max_lr_drops", "eval_scale", "flip",
@@ -67,16 +68,49 @@ class TrainResult:
                 f"best_val_top1_err={self.best_val_top1_err:.4f}, checkpoint={self.checkpoint!r})")
 
 
-class _Progress:
-    """A one-line progress bar rewritten in place with carriage returns (stderr, terminals only by default)."""
+def _duration(seconds):
+    """'42 s', '3:07', '1:02:03' for an ETA."""
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds} s"
+    m, sec = divmod(seconds, 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"
 
-    def __init__(self, enabled, total, epoch, epochs, stream=None):
+
+def _eta(elapsed, done, total):
+    """Seconds left when ``done`` of ``total`` units took ``elapsed`` seconds; None before the first unit."""
+    if done <= 0:
+        return None
+    return elapsed / done * (total - done)
+
+
+class _Progress:
+    """A one-line progress bar rewritten in place with carriage returns (stderr, terminals only by default).
+
+    It shows the epoch's ETA and the run's: the rest of this epoch, plus its validation pass and the epochs
+    after it at the duration of the previous epoch (train + validation), or of this one's pace when it is the
+    first. ``data`` is the fraction of the epoch's time spent waiting for the loader (input-bound time).
+    """
+
+    def __init__(self, enabled, total, epoch, epochs, stream=None, last_epoch_s=None, last_val_s=None):
         self.stream = stream or sys.stderr
         self.enabled = enabled
         self.total, self.epoch, self.epochs = total, epoch, epochs
+        self.last_epoch_s, self.last_val_s = last_epoch_s, last_val_s
         self.last = 0.0
+        self.width = 0
 
-    def update(self, done, loss, err, ips, force=False):
+    def run_eta(self, elapsed, done):
+        """Seconds left in the run, or None before the first batch."""
+        left = _eta(elapsed, done, self.total)
+        if left is None:
+            return None
+        val = self.last_val_s or 0.0
+        per_epoch = self.last_epoch_s if self.last_epoch_s is not None else elapsed / done * self.total + val
+        return left + val + (self.epochs - self.epoch) * per_epoch
+
+    def update(self, done, loss, err, ips, elapsed=None, data_frac=None, force=False):
         if not self.enabled:
             return
         now = time.monotonic()
@@ -86,14 +120,48 @@ class _Progress:
         width = 24
         filled = int(width * done / max(self.total, 1))
         bar = "#" * filled + "." * (width - filled)
-        self.stream.write(f"\repoch {self.epoch}/{self.epochs} [{bar}] {done}/{self.total} loss {loss:.4f} "
-                          f"top-1 err {err:.3f} {ips:.0f} img/s ")
+        line = (f"\repoch {self.epoch}/{self.epochs} [{bar}] {done}/{self.total} loss {loss:.4f} "
+                f"top-1 err {err:.3f} {ips:.0f} img/s")
+        if data_frac is not None:
+            line += f" data wait {100 * data_frac:.0f}%"
+        if elapsed is not None and done:
+            line += f" ETA {_duration(_eta(elapsed, done, self.total))}"
+            if self.epochs > self.epoch or self.last_val_s:
+                line += f" (run {_duration(self.run_eta(elapsed, done))})"
+        self.width = max(self.width, len(line))
+        self.stream.write(line.ljust(self.width) + " ")
         self.stream.flush()
 
     def close(self):
         if self.enabled:
-            self.stream.write("\r" + " " * 100 + "\r")
+            self.stream.write("\r" + " " * (self.width + 1) + "\r")
             self.stream.flush()
+
+
+class _CountBar:
+    """'<what> 340/2000 (3.1 s, ETA 9 s)' rewritten in place on stderr; a callable(done, total)."""
+
+    def __init__(self, enabled, what, stream=None):
+        self.enabled, self.what = enabled, what
+        self.stream = stream or sys.stderr
+        self.t0 = time.perf_counter()
+        self.last = 0.0
+        self.calls = 0
+
+    def __call__(self, done, total):
+        self.calls += 1
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if done < total and now - self.last < 0.2:
+            return
+        self.last = now
+        elapsed = time.perf_counter() - self.t0
+        self.stream.write(f"\r{self.what} {done}/{total} ({elapsed:.1f} s, ETA "
+                          f"{_duration(_eta(elapsed, done, total))})   ")
+        if done == total:
+            self.stream.write("\n")
+        self.stream.flush()
 
 
 def _parse_scale(scale):
@@ -140,12 +208,12 @@ def _save_filters(model, path):
 
 
 def _plot(history, path):
-    """Loss and error curves as a PNG when matplotlib is installed (the optional 'plot' extra)."""
+    """Loss and error curves as a PNG when matplotlib is installed (the optional 'plot' extra); False without it."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-    except Exception:
+    except ImportError:
         return False
     epochs = [h["epoch"] for h in history]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
@@ -154,7 +222,8 @@ def _plot(history, path):
     ax1.set_xlabel("epoch"), ax1.legend()
     ax2.plot(epochs, [h["train_top1_err"] for h in history], "o-", label="train top-1 err")
     ax2.plot(epochs, [h["val_top1_err"] for h in history], "o-", label="val top-1 err")
-    ax2.plot(epochs, [h["val_top5_err"] for h in history], "o-", label="val top-5 err")
+    if any(h.get("val_top5_err") is not None for h in history):
+        ax2.plot(epochs, [h["val_top5_err"] for h in history], "o-", label="val top-5 err")
     ax2.set_xlabel("epoch"), ax2.set_ylim(0, 1), ax2.legend()
     fig.tight_layout()
     tmp = Path(path).with_name(f".{Path(path).name}.tmp.png")
@@ -183,7 +252,14 @@ def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum
     max_lr_drops times). eval_scale: the validation Q (default S, or (Smin + Smax) / 2). colour_std: std of the
     AlexNet colour shift (0 turns it off). input_scale: pixels are (RGB - mean) * input_scale; 1/255 keeps
     Glorot-initialised activations in a range where lr=1e-2 is stable (the paper's Caffe models used 1.0).
-    verbose prints one line per epoch; progress draws an in-place bar (default: when stderr is a terminal).
+    verbose prints what is done before training (the preprocessing statistics, with progress) and one line per
+    epoch; progress draws in-place bars with ETAs (default: when stderr is a terminal).
+
+    history: one dict per epoch with epoch, lr, train_loss, train_top1_err, val_loss, val_top1_err,
+    val_top5_err (None when the data has 5 classes or fewer: top-5 would be 0 by construction), images_per_s,
+    epoch_time_s (the training pass), val_time_s, data_wait_s (time the loop waited for the loader) and
+    input_bound (data_wait_s / epoch_time_s: near 0 the computation is the bottleneck, near 1 the input
+    pipeline is; more num_workers helps only the latter), skipped_files.
     """
     import vggcore as vc
     from .nn import functional as F
@@ -259,7 +335,15 @@ def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum
         stats = state["stats"]
     else:
         vc.manual_seed(settings["seed"])
-        stats = _data.compute_stats(train_folder, sample=settings["stats_sample"], seed=settings["seed"])
+        if progress is None:
+            progress = verbose and sys.stderr.isatty()
+        stats_bar = _CountBar(progress, "preprocessing statistics: images")
+        t_stats = time.perf_counter()
+        stats = _data.compute_stats(train_folder, sample=settings["stats_sample"], seed=settings["seed"],
+                                    num_workers=num_workers, progress=stats_bar,
+                                    log=(lambda m: print(m, flush=True)) if verbose else None)
+        if verbose and stats_bar.calls:
+            print(f"preprocessing statistics done in {time.perf_counter() - t_stats:.1f} s", flush=True)
         model = _vgg(settings["config"], num_classes=len(train_folder.classes), width=settings["width"],
                            fc_width=settings["fc_width"], input_size=settings["crop"], dropout=settings["dropout"],
                            init=settings["init"])
@@ -286,10 +370,14 @@ def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum
                                     input_scale=settings["input_scale"])
     val_tf = _data.EvalTransform(settings["eval_scale"], model.mean_rgb, crop=settings["crop"],
                                  input_scale=settings["input_scale"])
+    # The loop copies each batch to the device before asking for the next: the loader may recycle its arrays.
     train_loader = _data.DataLoader(train_folder, settings["batch_size"], train_tf, shuffle=True,
-                                    seed=settings["seed"], num_workers=num_workers)
+                                    seed=settings["seed"], num_workers=num_workers, reuse_buffers=True)
     val_loader = _data.DataLoader(val_folder, settings["batch_size"], val_tf, num_workers=num_workers)
     n_epochs = int(settings["epochs"])
+    num_classes = len(train_folder.classes)
+    report_top5 = num_classes > 5         # top-k only for k below the number of classes
+    curves_note = False
     if progress is None:
         progress = verbose and sys.stderr.isatty()
     if verbose and start_epoch < n_epochs:
@@ -298,6 +386,9 @@ def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum
               f"fc {settings['fc_width']}) on {len(train_folder)} images of {len(train_folder.classes)} classes "
               f"from {root}, device {device}, crop {settings['crop']}, scale {settings['scale']}, "
               f"batch {settings['batch_size']}" + (f", resuming after epoch {start_epoch}" if start_epoch else ""))
+        if not report_top5:
+            print(f"top-5 error not reported: the data has {num_classes} classes, so every image's label is "
+                  "among its top 5")
 
     result = TrainResult(model=model, history=history,
                          checkpoint=str(last_path) if state is not None else None,
@@ -306,10 +397,20 @@ def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum
         for epoch in range(start_epoch, n_epochs):
             lr_now = optimizer.lr
             model.train()
-            bar = _Progress(progress, len(train_loader), epoch + 1, n_epochs)
+            prev = history[-1] if history else {}
+            bar = _Progress(progress, len(train_loader), epoch + 1, n_epochs,
+                            last_epoch_s=(prev["epoch_time_s"] + prev["val_time_s"]) if "val_time_s" in prev else None,
+                            last_val_s=prev.get("val_time_s"))
             t0 = time.perf_counter()
-            seen, loss_sum, wrong, batches = 0, 0.0, 0, 0
-            for x_np, y_np in train_loader.epoch(epoch):
+            seen, loss_sum, wrong, batches, wait = 0, 0.0, 0, 0, 0.0
+            batches_iter = train_loader.epoch(epoch)
+            while True:
+                t_wait = time.perf_counter()
+                try:
+                    x_np, y_np = next(batches_iter)
+                except StopIteration:
+                    break
+                wait += time.perf_counter() - t_wait
                 x = vc.tensor(x_np, device=device)
                 logits = model(x)
                 loss = F.cross_entropy(logits, y_np)
@@ -328,18 +429,22 @@ def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum
                 batches += 1
                 loss_sum += loss_value * n
                 wrong += int((logits.numpy().argmax(axis=1) != y_np).sum())
-                bar.update(batches, loss_sum / seen, wrong / seen, seen / (time.perf_counter() - t0))
+                elapsed = time.perf_counter() - t0
+                bar.update(batches, loss_sum / seen, wrong / seen, seen / elapsed, elapsed, wait / elapsed)
             train_time = time.perf_counter() - t0
             bar.close()
             if seen == 0:
                 raise ValueError(f"train: no training image of {train_folder.root} could be decoded")
 
             model.eval()
+            t_val = time.perf_counter()
             probs, labels = predict_loader(model, val_loader.epoch(0), device)
             if len(labels) == 0:
                 raise ValueError(f"train: no validation image of {val_folder.root} could be decoded")
             top1, top5 = topk_errors(probs, labels)
+            top5 = top5 if report_top5 else None
             val_loss = float(-np.mean(np.log(np.maximum(probs[np.arange(len(labels)), labels], 1e-30))))
+            val_time = time.perf_counter() - t_val
 
             improved = top1 < schedule["best_val_top1_err"] - 1e-9
             if improved:
@@ -352,15 +457,18 @@ def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum
                     schedule["bad_epochs"] = 0
             entry = {"epoch": epoch + 1, "lr": lr_now, "train_loss": loss_sum / seen, "train_top1_err": wrong / seen,
                      "val_loss": val_loss, "val_top1_err": top1, "val_top5_err": top5,
-                     "images_per_s": seen / train_time, "epoch_time_s": train_time,
+                     "images_per_s": seen / train_time, "epoch_time_s": train_time, "val_time_s": val_time,
+                     "data_wait_s": wait, "input_bound": wait / train_time,
                      "skipped_files": train_folder.num_skipped + val_folder.num_skipped}
             history.append(entry)
             result.best_val_top1_err = schedule["best_val_top1_err"]
             if verbose:
                 note = f"  -> lr {optimizer.lr:g}" if optimizer.lr != lr_now else ""
+                top5_text = f"  top-5 err {top5:.4f}" if top5 is not None else ""
                 print(f"epoch {epoch + 1:3d}/{n_epochs}  train loss {entry['train_loss']:.4f}  "
-                      f"val top-1 err {top1:.4f}  top-5 err {top5:.4f}  lr {lr_now:g}  "
-                      f"{entry['images_per_s']:.0f} img/s{note}", flush=True)
+                      f"val top-1 err {top1:.4f}{top5_text}  lr {lr_now:g}  "
+                      f"{entry['images_per_s']:.0f} img/s  data wait {100 * entry['input_bound']:.0f}%{note}",
+                      flush=True)
 
             if ckpt_dir is not None:
                 ckpt = {"format": CHECKPOINT_FORMAT, "epoch": epoch + 1, "model": model.state_dict(),
@@ -373,9 +481,19 @@ def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum
                     _ckpt.save_state(ckpt_dir / "best.safetensors", ckpt)
                 result.checkpoint = str(last_path)
                 try:
-                    _plot(history, ckpt_dir / "curves.png")
+                    plotted = _plot(history, ckpt_dir / "curves.png")
                 except Exception as error:          # a plotting problem must never stop training
+                    plotted = True
                     warnings.warn(f"train: could not write curves.png: {error}", stacklevel=2)
+                if not plotted and not curves_note and not _CURVES_NOTE_GIVEN:
+                    curves_note = True
+                    _CURVES_NOTE_GIVEN.append(True)     # once per process, however many runs
+                    message = ("curves.png is not written: matplotlib is not installed "
+                               "(pip install .[plot] from the repository, or pip install matplotlib)")
+                    if verbose:
+                        print(message, flush=True)
+                    else:
+                        warnings.warn(f"train: {message}", stacklevel=2)
                 if save_filters:
                     _save_filters(model, ckpt_dir / "conv1_1_filters.png")
     finally:

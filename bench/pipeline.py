@@ -1,0 +1,411 @@
+"""The CPU input pipeline: images/s per core of the training and eval transforms, and end-to-end training.
+
+    python bench/pipeline.py                         # 160 generated JPEGs, 1..cores threads, results to stdout
+    python bench/pipeline.py --images 320 --out bench/results/pipeline.md
+
+The images are generated once into ``--folder`` (default ``$VGGCORE_CACHE/bench-photos``): ImageNet-like
+JPEGs (500x375 or 375x500, quality 90) with photo-like content, since JPEG decode time depends on it:
+smooth colour gradients, a few shaded shapes with soft edges, fine texture and sensor noise, slightly blurred.
+
+Rows, all measured in this run on the same files (best of ``--reps`` passes, one thread, file cache warm):
+- ``baseline``: plain PIL the torchvision way (open, RGB, resize the smaller side to S, random crop, flip,
+  to float32 and normalise), no scale-jitter-free shortcut;
+- ``before``: a copy of vggcore's training transform as it was before the crop-first pipeline (decode, rescale
+  the whole image to S, crop, flip, colour shift, np.stack);
+- ``vggcore``: today's ``data.load_planned`` (random choices from the header, only the crop's source region
+  resampled, JPEG DCT-domain downscale when the image is at least 2 S, written into the batch array).
+Per-stage times split one image's cost into decode, resample, augmentation (crop, flip, colour shift, float
+conversion) and batch assembly. The scaling table runs ``data.DataLoader`` with 1..N threads; the end-to-end
+figure trains a thin VGG-A on the cpu device from the loader and from the same batches held in memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+
+import vggcore as vc  # noqa: E402
+from vggcore import data  # noqa: E402
+from vggcore.datasets import cache_dir  # noqa: E402
+
+CLASSES = ("field", "street", "room", "coast")
+
+
+# ------------------------------------------------------------------------------------------------ images
+
+def render_photo(rng: np.random.Generator, w=500, h=375) -> Image.Image:
+    """A photo-like RGB image: low-frequency colour field, shaded soft shapes, texture, noise, a slight blur."""
+    # Low-frequency field: a coarse random grid upsampled bicubically (sky, walls, ground).
+    coarse = rng.uniform(30, 225, size=(4, 5, 3)).astype(np.uint8)
+    field = np.asarray(Image.fromarray(coarse).resize((w, h), Image.BICUBIC), dtype=np.float32)
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    field += (y / h - 0.5)[..., None] * rng.uniform(-60, 60, size=3)        # vertical light gradient
+    img = Image.fromarray(np.clip(field, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(img, "RGBA")
+    for _ in range(int(rng.integers(4, 10))):
+        cx, cy = rng.uniform(0, w), rng.uniform(0, h)
+        rx, ry = rng.uniform(15, w / 3), rng.uniform(15, h / 3)
+        colour = tuple(int(c) for c in rng.uniform(0, 255, size=3)) + (int(rng.uniform(120, 255)),)
+        if rng.random() < 0.5:
+            draw.ellipse([cx - rx, cy - ry, cx + rx, cy + ry], fill=colour)
+        else:
+            k = int(rng.integers(3, 7))
+            a = rng.uniform(0, 2 * math.pi)
+            pts = [(cx + rx * math.cos(a + 2 * math.pi * i / k), cy + ry * math.sin(a + 2 * math.pi * i / k))
+                   for i in range(k)]
+            draw.polygon(pts, fill=colour)
+    img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.8, 2.0)))
+    arr = np.asarray(img, dtype=np.float32)
+    # Texture (foliage, fabric): band-limited noise at two scales, and per-pixel sensor noise.
+    tex = rng.normal(0, 1, size=(h // 4 + 1, w // 4 + 1)).astype(np.float32)
+    tex = np.asarray(Image.fromarray(tex, mode="F").resize((w, h), Image.BILINEAR))
+    arr += tex[..., None] * rng.uniform(4, 14) + rng.normal(0, 3, size=(h, w, 3)).astype(np.float32)
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+
+
+def ensure_photos(root: Path, n: int, seed=0, size=(500, 375)) -> Path:
+    """``root/<class>/*.jpg``, n images in all (4 classes), generated once; landscape and portrait."""
+    marker = root / f".complete-{n}-{seed}-{size[0]}x{size[1]}"
+    if marker.is_file():
+        return root
+    for i in range(n):
+        rng = np.random.default_rng([seed, i])
+        w, h = size if i % 4 else size[::-1]
+        folder = root / CLASSES[i % len(CLASSES)]
+        folder.mkdir(parents=True, exist_ok=True)
+        render_photo(rng, w, h).save(folder / f"{i:05d}.jpg", quality=90)
+    marker.write_text("")
+    return root
+
+
+# ------------------------------------------------------------------------------------- the three pipelines
+
+def before_transform(tf: data.TrainTransform, path, rng, stages):
+    """vggcore's training transform before the crop-first pipeline, with its stages timed."""
+    t0 = time.perf_counter()
+    img = data.load_rgb(path)
+    t1 = time.perf_counter()
+    s = int(rng.integers(tf.smin, tf.smax + 1))
+    arr = np.asarray(data.rescale(img, s))
+    t2 = time.perf_counter()
+    hh, ww = arr.shape[:2]
+    y = int(rng.integers(0, hh - tf.crop + 1))
+    x = int(rng.integers(0, ww - tf.crop + 1))
+    arr = arr[y:y + tf.crop, x:x + tf.crop]
+    if tf.flip and rng.random() < 0.5:
+        arr = arr[:, ::-1]
+    out = arr.astype(np.float32)
+    shift = tf.mean_rgb
+    if tf.colour_std > 0:
+        alpha = rng.normal(0.0, tf.colour_std, size=3)
+        shift = tf.mean_rgb - (tf.colour_basis @ alpha).astype(np.float32)
+    out -= shift
+    if tf.input_scale != 1.0:
+        out *= tf.input_scale
+    t3 = time.perf_counter()
+    stages["decode"] += t1 - t0
+    stages["resample"] += t2 - t1
+    stages["augment"] += t3 - t2
+    return out
+
+
+def baseline_transform(s, crop, path, rng, stages):
+    """The torchvision way in plain PIL: Resize(S), RandomCrop(crop), RandomHorizontalFlip, to float, normalise."""
+    t0 = time.perf_counter()
+    with Image.open(path) as im:
+        img = im.convert("RGB")
+    t1 = time.perf_counter()
+    w, h = img.size
+    size = (s, round(h * s / w)) if w <= h else (round(w * s / h), s)
+    img = img.resize(size, Image.BILINEAR)
+    t2 = time.perf_counter()
+    x = int(rng.integers(0, size[0] - crop + 1))
+    y = int(rng.integers(0, size[1] - crop + 1))
+    img = img.crop((x, y, x + crop, y + crop))
+    if rng.random() < 0.5:
+        img = img.transpose(Image.FLIP_LEFT_RIGHT)
+    out = (np.asarray(img, dtype=np.float32) / 255.0 - np.float32([0.485, 0.456, 0.406])) / np.float32(
+        [0.229, 0.224, 0.225])
+    t3 = time.perf_counter()
+    stages["decode"] += t1 - t0
+    stages["resample"] += t2 - t1
+    stages["augment"] += t3 - t2
+    return out
+
+
+def vggcore_transform(tf, path, rng, stages, out):
+    """data.load_planned's steps, timed one by one (the same calls, in the same order)."""
+    t0 = time.perf_counter()
+    im = Image.open(path)
+    plan = tf.plan(im.size, rng)
+    if im.format == "JPEG" and min(im.size) >= 2 * min(plan.scaled):
+        im.draft("RGB", tuple(plan.scaled))
+    im.load()
+    img = im if im.mode == "RGB" else im.convert("RGB")
+    t1 = time.perf_counter()
+    arr = data._resample_crop(img, plan.scaled, plan.box)
+    t2 = time.perf_counter()
+    data._to_float(arr, plan, tf.input_scale, out)
+    t3 = time.perf_counter()
+    stages["decode"] += t1 - t0
+    stages["resample"] += t2 - t1
+    stages["augment"] += t3 - t2
+    return out
+
+
+def _one_pass(kind, paths, scale, crop, batch, tf):
+    stages = dict(decode=0.0, resample=0.0, augment=0.0, batch=0.0)
+    buf = np.empty((batch, crop, crop, 3), np.float32)
+    t0 = time.perf_counter()
+    for b in range(0, len(paths), batch):
+        chunk = paths[b:b + batch]
+        outs = []
+        for j, p in enumerate(chunk):
+            rng = np.random.default_rng([0, b + j])
+            if kind == "baseline":
+                outs.append(baseline_transform(scale if isinstance(scale, int) else scale[0], crop, p, rng, stages))
+            elif kind == "before":
+                outs.append(before_transform(tf, p, rng, stages))
+            else:
+                vggcore_transform(tf, p, rng, stages, buf[j])
+        tb = time.perf_counter()
+        if kind != "vggcore":
+            np.stack(outs)
+        stages["batch"] += time.perf_counter() - tb
+    return time.perf_counter() - t0, stages
+
+
+def time_pipelines(kinds, paths, scale, crop, batch, reps, tf):
+    """{kind: (images/s, per-image stage ms)} on one thread, best of ``reps`` passes.
+
+    The pipelines take turns pass by pass, so a change in the machine's load affects them alike.
+    """
+    best = {}
+    for _ in range(reps):
+        for kind in kinds:
+            elapsed, stages = _one_pass(kind, paths, scale, crop, batch, tf)
+            if kind not in best or elapsed < best[kind][0]:
+                best[kind] = (elapsed, stages)
+    return {k: (len(paths) / e, {n: 1e3 * v / len(paths) for n, v in st.items()}) for k, (e, st) in best.items()}
+
+
+def before_eval(q, crop, mean, path):
+    img = data.load_rgb(path)
+    arr = np.asarray(data.rescale(img, q))
+    h, w = arr.shape[:2]
+    y, x = (h - crop) // 2, (w - crop) // 2
+    return (arr[y:y + crop, x:x + crop].astype(np.float32) - mean) * np.float32(1 / 255)
+
+
+def time_eval(paths, q, crop, reps):
+    tf = data.EvalTransform(q, [120.0, 115.0, 100.0], crop=crop)
+    folder_like = None
+    rates = {}
+    for name in ("before", "vggcore"):
+        best = None
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            for p in paths:
+                if name == "before":
+                    before_eval(q, crop, tf.mean_rgb, p)
+                else:
+                    with Image.open(p) as im:
+                        plan = tf.plan(im.size)
+                        if min(im.size) >= 2 * min(plan.scaled):
+                            im.draft("RGB", tuple(plan.scaled))
+                        im.load()
+                        tf.apply(im.convert("RGB") if im.mode != "RGB" else im, plan)
+            e = time.perf_counter() - t0
+            best = e if best is None else min(best, e)
+        rates[name] = len(paths) / best
+    del folder_like
+    return rates
+
+
+def before_stats(folder, sample=2000, seed=0):
+    """compute_stats as it was before the threaded version: one thread, fancy indexing of float64 pixels."""
+    rng = np.random.default_rng([seed, 0x57A75])
+    n = len(folder)
+    idx = np.sort(rng.choice(n, size=min(sample, n), replace=False))
+    total, outer, count = np.zeros(3), np.zeros((3, 3)), 0
+    for i in idx:
+        img = folder.load(int(i))
+        if img is None:
+            continue
+        px = np.asarray(img, dtype=np.float64).reshape(-1, 3)
+        if len(px) > 65536:
+            px = px[rng.choice(len(px), size=65536, replace=False)]
+        total += px.sum(0)
+        outer += px.T @ px
+        count += len(px)
+    mean = total / count
+    cov = (outer / count - np.outer(mean, mean)) / (255.0 ** 2)
+    eigval, eigvec = np.linalg.eigh(cov)
+    order = np.argsort(eigval)[::-1]
+    return {"mean_rgb": mean.tolist(), "eigval": np.maximum(eigval[order], 0).tolist(),
+            "eigvec": eigvec[:, order].tolist()}
+
+
+def time_stats(folder, workers, reps):
+    """ms per image of the preprocessing statistics: before, and compute_stats on 1 and ``workers`` threads."""
+    best = {}
+    for _ in range(reps):
+        for name in ("before", "1 thread", f"{workers} threads"):
+            t0 = time.perf_counter()
+            if name == "before":
+                got = before_stats(folder)
+            else:
+                got = data.compute_stats(folder, cache=False, num_workers=1 if name == "1 thread" else workers)
+            e = time.perf_counter() - t0
+            best[name] = min(best.get(name, e), e)
+            if name == "before":
+                ref = got
+            elif got != ref:
+                raise AssertionError("compute_stats differs from the single-threaded statistics")
+    return {k: 1e3 * v / len(folder) for k, v in best.items()}
+
+
+def loader_scaling(folder, tf, batch, max_workers, reps):
+    rows = []
+    for workers in range(1, max_workers + 1):
+        loader = data.DataLoader(folder, batch, tf, shuffle=True, seed=0, num_workers=workers, reuse_buffers=True)
+        best = None
+        for r in range(reps):
+            t0 = time.perf_counter()
+            n = sum(len(y) for _, y in loader.epoch(r))
+            e = time.perf_counter() - t0
+            best = e if best is None else min(best, e)
+        loader.close()
+        rows.append((workers, n / best))
+    return rows
+
+
+def end_to_end(folder, tf, batch, steps, workers):
+    """Training images/s of a thin VGG-A (224 crops) fed by the loader, and fed from batches in memory."""
+    import vggcore.nn.functional as F
+    vc.manual_seed(0)
+    model = vc.models.vgg("A", num_classes=len(folder.classes), width=1 / 16, fc_width=64, input_size=tf.crop,
+                          dropout=0.0, init="he").to("cpu")
+    opt = vc.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    loader = data.DataLoader(folder, batch, tf, shuffle=True, seed=0, num_workers=workers, reuse_buffers=True,
+                             drop_last=True)
+
+    def step(x_np, y_np):
+        loss = F.cross_entropy(model(vc.tensor(x_np, device="cpu")), y_np)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    held = []
+    for x_np, y_np in loader.epoch(0):
+        held.append((x_np.copy(), y_np))
+        if len(held) == 2:
+            break
+    step(*held[0])                                     # warm-up: allocations, kernel selection
+    t0 = time.perf_counter()
+    for i in range(steps):
+        step(*held[i % len(held)])
+    mem = steps * batch / (time.perf_counter() - t0)
+    done, wait, epoch = 0, 0.0, 1
+    t0 = time.perf_counter()
+    while done < steps:
+        it = loader.epoch(epoch)
+        while done < steps:
+            tw = time.perf_counter()
+            try:
+                x_np, y_np = next(it)
+            except StopIteration:
+                break
+            wait += time.perf_counter() - tw
+            step(x_np, y_np)
+            done += 1
+        epoch += 1
+    fed = steps * batch / (time.perf_counter() - t0)
+    loader.close()
+    return mem, fed, wait / (time.perf_counter() - t0)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--images", type=int, default=160)
+    ap.add_argument("--folder", default=None)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--max-workers", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--large", type=int, default=24, help="also time this many 1600x1200 JPEGs (0: skip)")
+    ap.add_argument("--steps", type=int, default=6, help="training steps of the end-to-end figure (0: skip)")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+
+    root = ensure_photos(Path(args.folder) if args.folder else cache_dir() / "bench-photos", args.images)
+    folder = data.ImageFolder(root)
+    paths = [p for p, _ in folder.samples][:args.images]
+    crop = 224
+    stats = {"mean_rgb": [120.0, 115.0, 100.0], "eigval": [0.05, 0.01, 0.002],
+             "eigvec": np.linalg.qr(np.random.default_rng(0).standard_normal((3, 3)))[0].tolist()}
+    lines = common.header_lines(extra=[f"images: {len(paths)} generated JPEGs (500x375 / 375x500, quality 90) "
+                                       f"in {root}", f"cores: {os.cpu_count()}, batch {args.batch}, "
+                                       f"best of {args.reps} passes, one thread unless stated",
+                                       "load average at the start (1, 5, 15 min): "
+                                       + ", ".join(f"{v:.1f}" for v in os.getloadavg())])
+    lines += ["", "## Training transform, one thread (images/s per core)", ""]
+    rows = []
+    sets = [("500x375", paths, (256, 384, 512, (256, 512)))]
+    if args.large:
+        big = ensure_photos(root.parent / f"{root.name}-large", args.large, seed=1, size=(1600, 1200))
+        sets.append(("1600x1200", [p for p, _ in data.ImageFolder(big).samples], (256, (256, 512))))
+    for size_label, files, scales in sets:
+        for scale in scales:
+            tf = data.TrainTransform(crop, scale, stats["mean_rgb"], stats["eigval"], stats["eigvec"])
+            res = time_pipelines(("baseline", "before", "vggcore"), files, scale, crop, args.batch, args.reps, tf)
+            label = f"S={scale}" if isinstance(scale, int) else f"S in [{scale[0]}, {scale[1]}]"
+            for k, (ips, st) in res.items():
+                rows.append([size_label, label, k, f"{ips:.0f}", f"{ips / res['before'][0]:.2f}x",
+                             f"{st['decode']:.2f}", f"{st['resample']:.2f}", f"{st['augment']:.2f}",
+                             f"{st['batch']:.2f}"])
+            print(f"{size_label} {label}: " + ", ".join(f"{k} {v[0]:.0f}/s" for k, v in res.items()), flush=True)
+    lines += [common.markdown_table(["images", "scale", "pipeline", "images/s", "vs before", "decode ms", "resample ms",
+                                    "augment ms", "batch ms"], rows)]
+    lines += ["", "(baseline: S=Smin for the jittered row; per-stage times are ms per image.)", "",
+              "## Eval transform (Q=256, centre crop 224), one thread", ""]
+    ev = time_eval(paths, 256, crop, args.reps)
+    lines += [common.markdown_table(["pipeline", "images/s", "vs before"],
+                                   [[k, f"{v:.0f}", f"{v / ev['before']:.2f}x"] for k, v in ev.items()])]
+    print("eval:", ev, flush=True)
+    st = time_stats(folder, args.max_workers, args.reps)
+    lines += ["", f"## Preprocessing statistics (mean RGB, colour PCA) of the {len(folder)} images, ms per image", "",
+              "Bit-identical results (checked in the run).", ""]
+    lines += [common.markdown_table(["implementation", "ms / image", "speed-up"],
+                                    [[k, f"{v:.2f}", f"{st['before'] / v:.2f}x"] for k, v in st.items()])]
+    print("stats:", st, flush=True)
+    tf = data.TrainTransform(crop, (256, 512), stats["mean_rgb"], stats["eigval"], stats["eigvec"])
+    scaling = loader_scaling(folder, tf, args.batch, args.max_workers, args.reps)
+    lines += ["", "## DataLoader threads, S in [256, 512] (whole pipeline, images/s)", ""]
+    lines += [common.markdown_table(["threads", "images/s", "per thread", "speed-up"],
+                                   [[w, f"{r:.0f}", f"{r / w:.0f}", f"{r / scaling[0][1]:.2f}x"] for w, r in scaling])]
+    print("scaling:", scaling, flush=True)
+    if args.steps:
+        mem, fed, wait = end_to_end(folder, tf, 16, args.steps, args.max_workers)
+        lines += ["", "## End-to-end training on cpu (VGG-A width 1/16, fc 64, 224 crops, batch 16)", "",
+                  f"- from batches in memory: {mem:.1f} images/s",
+                  f"- fed by the DataLoader ({args.max_workers} threads, S in [256, 512]): {fed:.1f} images/s "
+                  f"({100 * wait:.0f}% of the time waiting for data)"]
+        print(f"end to end: memory {mem:.1f}/s, loader {fed:.1f}/s, wait {wait:.2f}", flush=True)
+    text = "\n".join(lines) + "\n"
+    if args.out:
+        Path(args.out).write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

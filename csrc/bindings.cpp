@@ -18,6 +18,7 @@ using vgg::Tensor;
 
 #ifdef VGG_WITH_SIM
 void bind_simt(py::module_& m);  // csrc/simt/selftest.cpp
+void bind_tc_selftest(py::module_& m);  // csrc/simt/tc_selftest.cpp
 #endif
 
 namespace {
@@ -179,5 +180,6 @@ PYBIND11_MODULE(_C, m) {
 
 #ifdef VGG_WITH_SIM
   bind_simt(m);
+  bind_tc_selftest(m);
 #endif
 }

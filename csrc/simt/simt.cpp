@@ -151,6 +151,7 @@ struct Engine {
   size_t shared_bytes = 0;
 
   // The block.
+  uint64_t block_serial = 0;  // counts blocks run by this process (simt::block_serial)
   unsigned live = 0;
   unsigned exited = 0;
   unsigned first_exited = 0;
@@ -765,6 +766,7 @@ void run_grid(const LaunchConfig& config, void (*thunk)(void*), void* ctx) {
     blockIdx = uint3{static_cast<unsigned>(b % gx), static_cast<unsigned>((b / gx) % gy),
                      static_cast<unsigned>(b / (gx * gy))};
     try {
+      ++E.block_serial;
       poison_shared(E);
       run_block(E);
       check_shared_guards(E);
@@ -814,6 +816,8 @@ void set_max_dynamic_shared(const void* kernel, size_t bytes) {
   std::lock_guard<std::mutex> lock(E.opt_in_mutex);
   E.opt_in[kernel] = bytes;
 }
+
+uint64_t block_serial() { return detail::engine().block_serial; }
 
 void* dynamic_shared() {
   auto& E = detail::engine();

@@ -21,6 +21,8 @@ void bind_simt(py::module_& m);  // csrc/simt/selftest.cpp
 void bind_tc_selftest(py::module_& m);  // csrc/simt/tc_selftest.cpp
 #endif
 
+void bind_tc_testing(py::module_& m);  // csrc/dispatch/tc_testing.cpp
+
 namespace {
 
 // numpy's equivalence test (PyArray_EquivTypes), not object identity: np.dtype("=f4") is float32 too.
@@ -178,6 +180,7 @@ PYBIND11_MODULE(_C, m) {
         py::arg("momentum_buffer"), py::arg("lr"), py::arg("momentum"), py::arg("weight_decay"), py::arg("nesterov"),
         py::arg("first_step"), release);
 
+  bind_tc_testing(m);
 #ifdef VGG_WITH_SIM
   bind_simt(m);
   bind_tc_selftest(m);

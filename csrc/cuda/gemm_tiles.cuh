@@ -33,6 +33,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "../core/precision.h"
 #include "common.cuh"
 
 #if defined(__CUDACC__)
@@ -105,7 +106,8 @@ __device__ __forceinline__ void check_aligned16(const void* p) {
 #endif
 }
 
-__device__ __forceinline__ void set_zero(float (&v)[4]) { v[0] = v[1] = v[2] = v[3] = 0.0f; }
+template <class T>
+__device__ __forceinline__ void set_zero(T (&v)[4]) { v[0] = v[1] = v[2] = v[3] = T{}; }
 
 __device__ __forceinline__ void load4(float (&v)[4], const float* p) {
   check_aligned16(p);
@@ -116,23 +118,40 @@ __device__ __forceinline__ void load4(float (&v)[4], const float* p) {
   v[3] = t.w;
 }
 
+// Four bfloat16 (raw bits) in one 8-byte load.
+__device__ __forceinline__ void load4(uint16_t (&v)[4], const uint16_t* p) {
+#if defined(VGG_SIMT_ACTIVE)
+  if (reinterpret_cast<uintptr_t>(p) % 8 != 0) throw std::logic_error("gemm_tiles: misaligned 8-byte access");
+#endif
+  const uint2 t = *reinterpret_cast<const uint2*>(p);
+  v[0] = static_cast<uint16_t>(t.x & 0xFFFFu);
+  v[1] = static_cast<uint16_t>(t.x >> 16);
+  v[2] = static_cast<uint16_t>(t.y & 0xFFFFu);
+  v[3] = static_cast<uint16_t>(t.y >> 16);
+}
+
 // ---- operand loaders ---------------------------------------------------------------------------------------------
 // Each loader: kAlongK; begin(row, k) with this thread's first element; load(v) fetches the 4 elements
 // (row, k..k+3) if kAlongK else (row..row+3, k) of the current tile, 0 outside; advance(bk) moves to the next tile.
 // Parameters (member prm) are plain structs filled on the host; VEC selects the float4 path (the host checks
-// that it is legal: channel counts % 4 == 0 and 16-byte aligned pointers).
+// that it is legal: channel counts % 4 == 0 and 16-byte aligned pointers). T is the element type: float, or
+// uint16_t holding bfloat16 bits for the tensor-core kernels. With VEC, vec_src() is the address of the 4
+// contiguous elements of the current tile, or nullptr where they are all 0 (what cp.async's zero-fill copies).
 
 // Dense, contiguous along k: element (row, k) = p[row * ld + k]. x or dy of a linear layer, conv weights (K, RSC).
-struct DenseParams {
-  const float* p;
+template <class T>
+struct DenseParamsOf {
+  const T* p;
   int64_t ld, rows, kdim;
 };
-template <bool VEC>
+using DenseParams = DenseParamsOf<float>;
+template <bool VEC, class T = float>
 struct DenseAlongK {
   static constexpr bool kAlongK = true;
   static constexpr bool kVec = VEC;
-  DenseParams prm;
-  const float* row_ptr;
+  using Elem = T;
+  DenseParamsOf<T> prm;
+  const T* row_ptr;
   int64_t k;
   bool row_ok;
   __device__ __forceinline__ void begin(int64_t row, int64_t k0) {
@@ -140,60 +159,72 @@ struct DenseAlongK {
     row_ptr = prm.p + (row_ok ? row * prm.ld : 0);
     k = k0;
   }
-  __device__ __forceinline__ void load(float (&v)[4]) const {
-    if (VEC) {  // kdim % 4 == 0: the 4 elements are all inside or all outside
-      if (row_ok && k < prm.kdim) load4(v, row_ptr + k); else set_zero(v);
+  // kdim % 4 == 0: the 4 elements are all inside or all outside.
+  __device__ __forceinline__ const T* vec_src() const { return row_ok && k < prm.kdim ? row_ptr + k : nullptr; }
+  __device__ __forceinline__ void load(T (&v)[4]) const {
+    if (VEC) {
+      const T* src = vec_src();
+      if (src) load4(v, src); else set_zero(v);
     } else {
       VGG_GEMM_UNROLL
-      for (int j = 0; j < 4; ++j) v[j] = (row_ok && k + j < prm.kdim) ? row_ptr[k + j] : 0.0f;
+      for (int j = 0; j < 4; ++j) v[j] = (row_ok && k + j < prm.kdim) ? row_ptr[k + j] : T{};
     }
   }
   __device__ __forceinline__ void advance(int bk) { k += bk; }
 };
 
 // Dense, contiguous along the row dimension: element (row, k) = p[k * ld + row]. dy^T, w and x of linear passes.
-template <bool VEC>
+template <bool VEC, class T = float>
 struct DenseAlongRows {
   static constexpr bool kAlongK = false;
   static constexpr bool kVec = VEC;
-  DenseParams prm;
+  using Elem = T;
+  DenseParamsOf<T> prm;
   int64_t row, k;
   __device__ __forceinline__ void begin(int64_t row0, int64_t k0) {
     row = row0;
     k = k0;
   }
-  __device__ __forceinline__ void load(float (&v)[4]) const {
+  // rows % 4 == 0
+  __device__ __forceinline__ const T* vec_src() const {
+    return k < prm.kdim && row < prm.rows ? prm.p + k * prm.ld + row : nullptr;
+  }
+  __device__ __forceinline__ void load(T (&v)[4]) const {
+    if (VEC) {
+      const T* src = vec_src();
+      if (src) load4(v, src); else set_zero(v);
+      return;
+    }
     if (k >= prm.kdim) {
       set_zero(v);
       return;
     }
-    const float* p = prm.p + k * prm.ld + row;
-    if (VEC) {  // rows % 4 == 0
-      if (row < prm.rows) load4(v, p); else set_zero(v);
-    } else {
-      VGG_GEMM_UNROLL
-      for (int j = 0; j < 4; ++j) v[j] = (row + j < prm.rows) ? p[j] : 0.0f;
-    }
+    const T* p = prm.p + k * prm.ld + row;
+    VGG_GEMM_UNROLL
+    for (int j = 0; j < 4; ++j) v[j] = (row + j < prm.rows) ? p[j] : T{};
   }
   __device__ __forceinline__ void advance(int bk) { k += bk; }
 };
 
 // Convolution geometry shared by the implicit-GEMM loaders (int: one image, one filter fit in 2^31).
-struct ConvGeometry {
-  const float* p;                // x (N,H,W,C), dy (N,P,Q,K) or w (K,R,S,C), depending on the loader
+template <class T>
+struct ConvGeometryOf {
+  const T* p;                    // x (N,H,W,C), dy (N,P,Q,K) or w (K,R,S,C), depending on the loader
   int64_t rows;                  // row count of the GEMM operand (M of A, N of B)
   int N, H, W, C, K, R, S, P, Q; // sizes as in Conv2dShape
   int stride, pad;
 };
+using ConvGeometry = ConvGeometryOf<float>;
 
 // Conv forward A: im2col(x) without the buffer. Row m = (n, p, q), k = (r, s, c):
 // element = x[n, p*stride - pad + r, q*stride - pad + s, c], 0 in the padding.
-template <bool VEC>
+template <bool VEC, class T = float>
 struct Im2colAlongK {
   static constexpr bool kAlongK = true;
   static constexpr bool kVec = VEC;
-  ConvGeometry prm;
-  const float* image;  // x + n*H*W*C
+  using Elem = T;
+  ConvGeometryOf<T> prm;
+  const T* image;      // x + n*H*W*C
   int ih0, iw0;
   bool row_ok;
   Digits rsc;          // (r, s, c) of this thread's first k
@@ -208,16 +239,21 @@ struct Im2colAlongK {
     image = prm.p + n * prm.H * prm.W * prm.C;
     rsc.set(k0, prm.S, prm.C);
   }
-  __device__ __forceinline__ float at(int r, int s, int c) const {
+  __device__ __forceinline__ T at(int r, int s, int c) const {
     const int ih = ih0 + r, iw = iw0 + s;
     const bool ok = row_ok && r < prm.R && ih >= 0 && ih < prm.H && iw >= 0 && iw < prm.W;
-    return ok ? image[(ih * prm.W + iw) * prm.C + c] : 0.0f;
+    return ok ? image[(ih * prm.W + iw) * prm.C + c] : T{};
   }
-  __device__ __forceinline__ void load(float (&v)[4]) const {
-    if (VEC) {  // C % 4 == 0: the 4 channels share (r, s)
-      const int ih = ih0 + rsc.hi, iw = iw0 + rsc.mid;
-      const bool ok = row_ok && rsc.hi < prm.R && ih >= 0 && ih < prm.H && iw >= 0 && iw < prm.W;
-      if (ok) load4(v, image + (ih * prm.W + iw) * prm.C + rsc.lo); else set_zero(v);
+  // C % 4 == 0: the 4 channels share (r, s).
+  __device__ __forceinline__ const T* vec_src() const {
+    const int ih = ih0 + rsc.hi, iw = iw0 + rsc.mid;
+    const bool ok = row_ok && rsc.hi < prm.R && ih >= 0 && ih < prm.H && iw >= 0 && iw < prm.W;
+    return ok ? image + (ih * prm.W + iw) * prm.C + rsc.lo : nullptr;
+  }
+  __device__ __forceinline__ void load(T (&v)[4]) const {
+    if (VEC) {
+      const T* src = vec_src();
+      if (src) load4(v, src); else set_zero(v);
     } else {
       Digits e = rsc;
       VGG_GEMM_UNROLL
@@ -232,12 +268,13 @@ struct Im2colAlongK {
 
 // Conv backward-data A: row m = (n, h, w) of dx, k = (r, s, kout):
 // element = dy[n, p, q, kout] where h + pad = p*stride + r and w + pad = q*stride + s (exact division), else 0.
-template <bool VEC>
+template <bool VEC, class T = float>
 struct DyGatherAlongK {
   static constexpr bool kAlongK = true;
   static constexpr bool kVec = VEC;
-  ConvGeometry prm;
-  const float* image;  // dy + n*P*Q*K
+  using Elem = T;
+  ConvGeometryOf<T> prm;
+  const T* image;      // dy + n*P*Q*K
   int hp, wp;          // h + pad, w + pad
   bool row_ok;
   Digits rsk;
@@ -260,16 +297,21 @@ struct DyGatherAlongK {
     if (p * prm.stride != th || q * prm.stride != tw || p >= prm.P || q >= prm.Q) return -1;
     return (p * prm.Q + q) * prm.K;
   }
-  __device__ __forceinline__ void load(float (&v)[4]) const {
-    if (VEC) {  // K % 4 == 0: the 4 output channels share (r, s)
-      const int off = tap_offset(rsk.hi, rsk.mid);
-      if (off >= 0) load4(v, image + off + rsk.lo); else set_zero(v);
+  // K % 4 == 0: the 4 output channels share (r, s).
+  __device__ __forceinline__ const T* vec_src() const {
+    const int off = tap_offset(rsk.hi, rsk.mid);
+    return off >= 0 ? image + off + rsk.lo : nullptr;
+  }
+  __device__ __forceinline__ void load(T (&v)[4]) const {
+    if (VEC) {
+      const T* src = vec_src();
+      if (src) load4(v, src); else set_zero(v);
     } else {
       Digits e = rsk;
       VGG_GEMM_UNROLL
       for (int j = 0; j < 4; ++j) {
         const int off = tap_offset(e.hi, e.mid);
-        v[j] = off >= 0 ? image[off + e.lo] : 0.0f;
+        v[j] = off >= 0 ? image[off + e.lo] : T{};
         e.step(1, prm.S, prm.K);
       }
     }
@@ -278,41 +320,49 @@ struct DyGatherAlongK {
 };
 
 // Conv backward-data B: k = (r, s, kout), column c: element = w[kout, r, s, c]. p = w.
-template <bool VEC>
+template <bool VEC, class T = float>
 struct FilterTapsAlongRows {
   static constexpr bool kAlongK = false;
   static constexpr bool kVec = VEC;
-  ConvGeometry prm;
+  using Elem = T;
+  ConvGeometryOf<T> prm;
   int c;
   Digits rsk;
   __device__ __forceinline__ void begin(int64_t col, int64_t k0) {
     c = static_cast<int>(col);
     rsk.set(k0, prm.S, prm.K);
   }
-  __device__ __forceinline__ void load(float (&v)[4]) const {
-    if (rsk.hi >= prm.R) {  // k >= R*S*K
+  __device__ __forceinline__ const T* tap_ptr() const {
+    const int64_t rsc_n = static_cast<int64_t>(prm.R) * prm.S * prm.C;
+    return prm.p + rsk.lo * rsc_n + (rsk.hi * prm.S + rsk.mid) * prm.C + c;
+  }
+  // C % 4 == 0; rsk.hi >= R means k >= R*S*K.
+  __device__ __forceinline__ const T* vec_src() const { return rsk.hi < prm.R && c < prm.C ? tap_ptr() : nullptr; }
+  __device__ __forceinline__ void load(T (&v)[4]) const {
+    if (VEC) {
+      const T* src = vec_src();
+      if (src) load4(v, src); else set_zero(v);
+      return;
+    }
+    if (rsk.hi >= prm.R) {
       set_zero(v);
       return;
     }
-    const int64_t rsc_n = static_cast<int64_t>(prm.R) * prm.S * prm.C;
-    const float* p = prm.p + rsk.lo * rsc_n + (rsk.hi * prm.S + rsk.mid) * prm.C + c;
-    if (VEC) {  // C % 4 == 0
-      if (c < prm.C) load4(v, p); else set_zero(v);
-    } else {
-      VGG_GEMM_UNROLL
-      for (int j = 0; j < 4; ++j) v[j] = (c + j < prm.C) ? p[j] : 0.0f;
-    }
+    const T* p = tap_ptr();
+    VGG_GEMM_UNROLL
+    for (int j = 0; j < 4; ++j) v[j] = (c + j < prm.C) ? p[j] : T{};
   }
   __device__ __forceinline__ void advance(int bk) { rsk.step(bk, prm.S, prm.K); }
 };
 
 // Conv backward-weight B: k = (n, p, q), column = (r, s, c): element = x[n, p*stride - pad + r, q*stride - pad + s, c].
 // prm.rows = R*S*C (the columns), kdim = N*P*Q.
-template <bool VEC>
+template <bool VEC, class T = float>
 struct Im2colAlongRows {
   static constexpr bool kAlongK = false;
   static constexpr bool kVec = VEC;
-  ConvGeometry prm;
+  using Elem = T;
+  ConvGeometryOf<T> prm;
   int r[4], s[4], c[4];  // the 4 columns' taps (VEC: only [0] is used, the 4 channels are consecutive)
   bool col_ok[4];
   Digits npq;
@@ -328,22 +378,31 @@ struct Im2colAlongRows {
     }
     npq.set(k0, prm.P, prm.Q);
   }
-  __device__ __forceinline__ void load(float (&v)[4]) const {
-    if (npq.hi >= prm.N) {  // k >= N*P*Q
+  // C % 4 == 0: the 4 columns are 4 consecutive channels of one tap. npq.hi >= N means k >= N*P*Q.
+  __device__ __forceinline__ const T* vec_src() const {
+    if (npq.hi >= prm.N) return nullptr;
+    const int ih = npq.mid * prm.stride - prm.pad + r[0], iw = npq.lo * prm.stride - prm.pad + s[0];
+    const bool ok = col_ok[0] && ih >= 0 && ih < prm.H && iw >= 0 && iw < prm.W;
+    return ok ? prm.p + static_cast<int64_t>(npq.hi) * prm.H * prm.W * prm.C + (ih * prm.W + iw) * prm.C + c[0]
+              : nullptr;
+  }
+  __device__ __forceinline__ void load(T (&v)[4]) const {
+    if (VEC) {
+      const T* src = vec_src();
+      if (src) load4(v, src); else set_zero(v);
+      return;
+    }
+    if (npq.hi >= prm.N) {
       set_zero(v);
       return;
     }
-    const float* image = prm.p + static_cast<int64_t>(npq.hi) * prm.H * prm.W * prm.C;
+    const T* image = prm.p + static_cast<int64_t>(npq.hi) * prm.H * prm.W * prm.C;
     const int ih0 = npq.mid * prm.stride - prm.pad, iw0 = npq.lo * prm.stride - prm.pad;
     VGG_GEMM_UNROLL
-    for (int j = 0; j < (VEC ? 1 : 4); ++j) {
+    for (int j = 0; j < 4; ++j) {
       const int ih = ih0 + r[j], iw = iw0 + s[j];
       const bool ok = col_ok[j] && ih >= 0 && ih < prm.H && iw >= 0 && iw < prm.W;
-      if (VEC) {
-        if (ok) load4(v, image + (ih * prm.W + iw) * prm.C + c[0]); else set_zero(v);
-      } else {
-        v[j] = ok ? image[(ih * prm.W + iw) * prm.C + c[j]] : 0.0f;
-      }
+      v[j] = ok ? image[(ih * prm.W + iw) * prm.C + c[j]] : T{};
     }
   }
   __device__ __forceinline__ void advance(int bk) { npq.step(bk, prm.P, prm.Q); }
@@ -521,26 +580,14 @@ constexpr int64_t kMinKPerSplit = 256;
 constexpr int kMaxSplits = 128;
 constexpr int64_t kMaxSplitWorkspaceBytes = int64_t{256} << 20;
 
-// VGG_GPU_GEMM=small|large[:SPLITS] (read on every call; "auto" or unset keeps the automatic plan) forces the
-// tiles and the number of k splits. The emulator's test shapes are far too small for the automatic plan to pick
-// large tiles or split-K, yet those are what a GPU runs at VGG sizes: the tests force each plan.
+// The test-only override (vgg::set_gpu_gemm_plan, bound as _C._set_gpu_gemm_plan) forces the tiles and the
+// number of k splits: the emulator's test shapes are far too small for the automatic plan to pick large tiles or
+// split-K, yet those are what a GPU runs at VGG sizes.
 inline GemmPlan forced_plan(GemmPlan plan) {
-  const char* setting = std::getenv("VGG_GPU_GEMM");
-  if (setting == nullptr || std::string(setting).empty() || std::string(setting) == "auto") return plan;
-  const std::string value(setting);
-  const size_t colon = value.find(':');
-  const std::string tiles = value.substr(0, colon);
-  if (tiles != "small" && tiles != "large")
-    throw std::runtime_error("VGG_GPU_GEMM=" + value + ": expected auto, small, large, small:SPLITS or large:SPLITS");
-  plan.large = tiles == "large";
-  plan.splits = 1;
-  if (colon != std::string::npos) {
-    const std::string digits = value.substr(colon + 1);
-    if (digits.empty() || digits.size() > 3 || digits.find_first_not_of("0123456789") != std::string::npos ||
-        std::stoi(digits) < 1)
-      throw std::runtime_error("VGG_GPU_GEMM=" + value + ": SPLITS must be an integer from 1 to 999");
-    plan.splits = std::stoi(digits);
-  }
+  const GemmPlanOverride forced = gpu_gemm_plan_override();
+  if (!forced.forced) return plan;
+  plan.large = forced.large;
+  plan.splits = forced.splits;
   return plan;
 }
 
@@ -616,21 +663,21 @@ void launch_gemm_tiles(const char* op, const ALoader& a, const BLoader& b, int64
 
 // Runs C = A * B [+ bias] with the plan's tiles and VEC path. ALoader/BLoader are loader templates over VEC;
 // ap/bp their parameter structs.
-template <template <bool> class ALoader, template <bool> class BLoader, class AParams, class BParams>
+template <template <bool, class> class ALoader, template <bool, class> class BLoader, class AParams, class BParams>
 void run_gemm(const char* op, const AParams& ap, const BParams& bp, bool vec, int64_t M, int64_t N, int64_t kdim,
               float* out, const float* bias, const GemmPlan& plan) {
   if (M <= 0 || N <= 0) return;
   check_gemm_limits(op, M, N, kdim);
   if (vec) {
-    ALoader<true> a{};
-    BLoader<true> b{};
+    ALoader<true, float> a{};
+    BLoader<true, float> b{};
     a.prm = ap;
     b.prm = bp;
     if (plan.large) launch_gemm_tiles<LargeTiles>(op, a, b, M, N, kdim, out, bias, plan.splits);
     else launch_gemm_tiles<SmallTiles>(op, a, b, M, N, kdim, out, bias, plan.splits);
   } else {
-    ALoader<false> a{};
-    BLoader<false> b{};
+    ALoader<false, float> a{};
+    BLoader<false, float> b{};
     a.prm = ap;
     b.prm = bp;
     if (plan.large) launch_gemm_tiles<LargeTiles>(op, a, b, M, N, kdim, out, bias, plan.splits);

@@ -161,3 +161,15 @@ def test_cp_async_wait_group_leaves_the_newest_group_in_flight():
 def test_cp_async_bad_mode_is_an_error():
     with pytest.raises(ValueError, match="cp_async mode"):
         C.tc_selftest_cp_async("sometimes")
+
+
+def test_fragment_layout_probe_script_on_sim(capsys):
+    """bench/tc_probe.py (what gpu_check.sh runs on the hardware) passes against the emulator's model."""
+    import importlib.util
+    import os
+    path = os.path.join(os.path.dirname(__file__), os.pardir, "bench", "tc_probe.py")
+    spec = importlib.util.spec_from_file_location("tc_probe", path)
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    assert probe.main(["--device", "sim", "--quiet"]) == 0, capsys.readouterr().out
+    assert "all lanes match" in capsys.readouterr().out

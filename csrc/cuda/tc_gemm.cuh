@@ -49,7 +49,7 @@ struct TcTiles {
   static_assert(BM % 32 == 0 && BN % 32 == 0, "row padding keeps fragment reads conflict-free for these widths");
 };
 
-// 128 x 128 blocks of 8 warps (64 x 32 each), 3 stages: the big-problem tiles (108 KiB of shared memory for tf32).
+// plan_gemm's two tile sizes. 128 x 128 blocks of 8 warps (64 x 32 each), 3 stages: the big-problem tiles (108 KiB of shared memory for tf32).
 using TcLargeTiles = TcTiles<128, 128, 32, 64, 32, 3>;
 // 64 x 64 blocks of 4 warps (32 x 32 each), 3 stages: small maps, thin layers, split-K.
 using TcSmallTiles = TcTiles<64, 64, 32, 32, 32, 3>;
@@ -313,6 +313,22 @@ void tc_opt_in_shared(Kernel kernel, size_t bytes) {
 #endif
 }
 
+// The plan of plan_gemm for the tensor-core kernels: occupancy of the kernel that will run (the float partials'
+// variant when it splits; the two differ only in the epilogue's stores).
+template <class Op, class A, class B, class OutT>
+GemmPlan plan_tc_gemm(int64_t M, int64_t N, int64_t kdim) {
+  using LL = TcLayout<TcLargeTiles, Op, A, B>;
+  using LS = TcLayout<TcSmallTiles, Op, A, B>;
+  tc_opt_in_shared(tc_gemm_kernel<TcLargeTiles, Op, A, B, OutT>, LL::kSharedBytes);
+  tc_opt_in_shared(tc_gemm_kernel<TcSmallTiles, Op, A, B, OutT>, LS::kSharedBytes);
+  // The model's register limit: 8 warps of up to 128 registers (large), 4 warps (small).
+  const KernelSlots large =
+      kernel_slots(tc_gemm_kernel<TcLargeTiles, Op, A, B, OutT>, TcLargeTiles::kThreads, LL::kSharedBytes, 2);
+  const KernelSlots small =
+      kernel_slots(tc_gemm_kernel<TcSmallTiles, Op, A, B, OutT>, TcSmallTiles::kThreads, LS::kSharedBytes, 4);
+  return plan_gemm(M, N, kdim, large, small, 60.0);
+}
+
 template <class Tiles, class Op, class ALoader, class BLoader, class OutT>
 void launch_tc_gemm(const char* op, const ALoader& a, const BLoader& b, int64_t M, int64_t N, int64_t kdim, OutT* out,
                     const typename Op::Elem* bias, int splits) {
@@ -348,17 +364,20 @@ void launch_tc_gemm(const char* op, const ALoader& a, const BLoader& b, int64_t 
   VGG_CHECK_LAUNCH(op);
 }
 
-// Runs C = A * B [+ bias] on tensor cores with the plan's tiles; Op is Tf32Op or Bf16Op, OutT its output type.
+// Runs C = A * B [+ bias] on tensor cores with the planned tiles; Op is Tf32Op or Bf16Op, OutT its output type.
 template <class Op, template <bool, class> class ALoader, template <bool, class> class BLoader, class AParams,
           class BParams, class OutT>
 void run_tc_gemm(const char* op, const AParams& ap, const BParams& bp, bool vec, int64_t M, int64_t N, int64_t kdim,
-                 OutT* out, const typename Op::Elem* bias, const GemmPlan& plan) {
+                 OutT* out, const typename Op::Elem* bias) {
   using T = typename Op::Elem;
   if (M <= 0 || N <= 0) return;
   check_gemm_limits(op, M, N, kdim);
   auto go = [&](auto a, auto b) {
+    using A = decltype(a);
+    using B = decltype(b);
     a.prm = ap;
     b.prm = bp;
+    const GemmPlan plan = plan_tc_gemm<Op, A, B, OutT>(M, N, kdim);
     if (plan.large) launch_tc_gemm<TcLargeTiles, Op>(op, a, b, M, N, kdim, out, bias, plan.splits);
     else launch_tc_gemm<TcSmallTiles, Op>(op, a, b, M, N, kdim, out, bias, plan.splits);
   };

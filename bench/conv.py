@@ -364,6 +364,8 @@ def run_layers(args, results, torch):
         results.data["info"]["precision"] = torch_precision(torch, args.precision)
         # PyTorch CPU (--quick) stays float32 for bf16: it only exercises the code path, its numbers mean nothing
         base_dtype = torch.bfloat16 if args.precision == "bf16" and on_gpu else torch.float32
+        if not on_gpu:
+            results.data["info"]["precision"] = "PyTorch CPU float32 (--quick: exercises the code path only)"
         ctx.base = TorchConv(torch, dev if on_gpu else "cpu", base_dtype)
         if on_gpu:
             torch.cuda.set_device(torch.device(dev))   # events record on the current device's stream

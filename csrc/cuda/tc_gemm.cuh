@@ -58,7 +58,8 @@ using TcSmallTiles = TcTiles<64, 64, 32, 32, 32, 3>;
 template <class T, bool AlongK, int ROWS, int BK>
 struct TcOperandTile {
   static constexpr int kPad = 16 / static_cast<int>(sizeof(T));  // 4 floats or 8 bf16: 16-byte rows stay aligned
-  static constexpr int kLd = AlongK ? BK + kPad : ROWS + (sizeof(T) == 4 ? 8 : 8);
+  // [row][k]: +16 bytes per row; [k][row]: +8 elements, so 8 lanes reading 8 k rows land 8 banks apart.
+  static constexpr int kLd = AlongK ? BK + kPad : ROWS + 8;
   static constexpr int kElems = AlongK ? ROWS * kLd : BK * kLd;
   static constexpr size_t kBytes = static_cast<size_t>(kElems) * sizeof(T);
   __device__ __forceinline__ static int at(int row, int k) { return AlongK ? row * kLd + k : k * kLd + row; }

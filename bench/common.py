@@ -36,6 +36,31 @@ FP32_PEAK_TFLOPS = [
 ]
 
 
+# dense tensor-core peaks (no sparsity), TFLOP/s, from the datasheets: (needle, tf32, bf16); same matching rule.
+TENSOR_PEAK_TFLOPS = [
+    ("h100 pcie", 378.0, 756.0),
+    ("h100 nvl", 417.0, 835.0),
+    ("h100", 494.7, 989.4),     # H100 SXM5
+    ("h200", 494.7, 989.4),     # same GH100 tensor cores and clocks as the H100 SXM5
+    ("gh200", 494.7, 989.4),
+    ("a100", 156.0, 312.0),
+    ("a10g", 35.0, 70.0),
+    ("l40s", 183.0, 366.0),
+    ("l4", 60.0, 121.0),
+]
+
+
+def peak_tflops(device_name, precision="fp32"):
+    """The GPU's dense peak in TFLOP/s for "fp32" (non-tensor), "tf32" or "bf16"; None when not in the tables."""
+    if precision == "fp32":
+        return fp32_peak_tflops(device_name)
+    name = (device_name or "").lower()
+    for needle, tf32, bf16 in TENSOR_PEAK_TFLOPS:
+        if needle in name:
+            return tf32 if precision == "tf32" else bf16
+    return None
+
+
 def fp32_peak_tflops(device_name):
     """The GPU's fp32 (non-tensor) peak in TFLOP/s, or None when the name is not in the table."""
     name = (device_name or "").lower()

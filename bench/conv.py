@@ -4,6 +4,14 @@ by pass, on the VGG-16 conv layers and config C's 1x1 layers, plus images/s of a
     python bench/conv.py                          # cuda:0, batch 32 and 128, layers and whole network
     python bench/conv.py --batch 128 --no-net --out bench/results/conv-h100.md
     python bench/conv.py --device sim --quick     # tiny shapes on the emulator, checked against NumPy (CI)
+    python bench/conv.py --precision tf32         # ours on TF32 tensor cores against cuDNN with TF32 on
+    python bench/conv.py --precision bf16         # ours on BF16 tensor cores against cuDNN bf16 channels_last
+
+Precisions (--precision, one per run; each side in the same precision):
+    fp32  ours: float32 CUDA-core kernels ("highest");   cuDNN: fp32 with TF32 off
+    tf32  ours: vc.set_float32_matmul_precision("high"); cuDNN: fp32 tensors with TF32 allowed
+    bf16  ours: the bf16 kernels on bf16 buffers (_C._bf16_run: the interface that bf16 tensors dispatch to);
+          cuDNN: bfloat16 channels_last tensors. Both get the same bf16-rounded inputs.
 
 What is compared. Our side calls the engine's raw kernels, vggcore._C.conv2d_forward / conv2d_backward_data /
 conv2d_backward_weight, on engine tensors (NHWC activations, KRSC weights). The baseline ("kernel 0") is
@@ -50,9 +58,13 @@ import traceback
 
 import numpy as np
 
+# default --tol per precision: max|ours - ref| / max|ref| against float64 from the float32 inputs. TF32 rounds
+# each operand to 10 mantissa bits (2^-11 relative), BF16 to 7 (2^-8) and its output once more.
+DEFAULT_TOL = {"fp32": 1e-4, "tf32": 5e-3, "bf16": 3e-2}
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (conv_flops, fmt, fp32_peak_tflops, geomean, header_lines, markdown_table,  # noqa: E402
-                    measure_bursts)
+from common import (conv_flops, fmt, geomean, header_lines, markdown_table, measure_bursts,  # noqa: E402
+                    peak_tflops)
 # The NumPy float64 oracle of --quick mode is the test suite's (tests/reference.py): one reference for both.
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
 import reference  # noqa: E402
@@ -110,6 +122,25 @@ def import_torch(required, device):
     return torch
 
 
+def torch_precision(torch, precision):
+    """cuDNN's settings for --precision; returns their description."""
+    if precision == "fp32":
+        return torch_fp32_strict(torch)
+    cudnn_conv = getattr(torch.backends.cudnn, "conv", None)
+    torch.backends.cudnn.benchmark = True
+    if cudnn_conv is not None and hasattr(cudnn_conv, "fp32_precision"):
+        cudnn_conv.fp32_precision = "tf32"
+        torch.backends.cuda.matmul.fp32_precision = "tf32"
+        state = f"cudnn.conv.fp32_precision={cudnn_conv.fp32_precision}"
+    else:
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        state = f"cudnn.allow_tf32={torch.backends.cudnn.allow_tf32}"
+    if precision == "bf16":
+        state = "bfloat16 tensors (float32 accumulation inside cuDNN), " + state
+    return state + ", cudnn.benchmark=True"
+
+
 def torch_fp32_strict(torch):
     """fp32 with TF32 off for cuDNN convolutions and matmuls; returns a description of the state set."""
     cudnn_conv = getattr(torch.backends.cudnn, "conv", None)
@@ -129,22 +160,41 @@ def torch_fp32_strict(torch):
 
 
 class Ours:
-    """vggcore's raw conv kernels on engine tensors."""
+    """vggcore's raw conv kernels on engine tensors (fp32, tf32), or on bf16 buffers (bf16)."""
 
-    def __init__(self, device, torch=None):
+    def __init__(self, device, torch=None, precision="fp32"):
         import vggcore as vc
         self.C = vc._C
         self.device = device
+        self.precision = precision
         self.torch_cuda = torch is not None and device.startswith("cuda")
+        self.C.set_float32_matmul_precision("high" if precision == "tf32" else "highest")
         # one element on our device: reading it synchronises vggcore's stream (numpy() syncs)
         self._probe = self.C.full([1], 0.0, "float32", device)
 
     def upload(self, array):
-        return self.C.Tensor.from_numpy(np.ascontiguousarray(array, dtype=np.float32), self.device)
+        t = self.C.Tensor.from_numpy(np.ascontiguousarray(array, dtype=np.float32), self.device)
+        if self.precision == "bf16":
+            return (self.C._bf16_from_float(t), list(array.shape))
+        return t
 
     def variants(self, base, count):
         """base and count-1 scaled copies made on the device (distinct buffers, no host traffic)."""
+        if self.precision == "bf16":   # via float32 on the way (setup only)
+            buf, shape = base
+            f = self.C._bf16_to_float(buf, shape)
+            return [base] + [(self.C._bf16_from_float(self.C.scale(f, 1.0 + i / 16.0)), shape)
+                             for i in range(1, count)]
         return [base] + [self.C.scale(base, 1.0 + i / 16.0) for i in range(1, count)]
+
+    def event_ms(self, call, nbuf, iters):
+        """CUDA-event time per call on vggcore's stream (sim: wall clock), rotating the buffer sets."""
+        state = {"i": 0}
+
+        def one():
+            call(state["i"] % nbuf)
+            state["i"] += 1
+        return self.C._stream_time_ms(self.device, one, max(1, int(iters)))
 
     def sync(self):
         if self.torch_cuda:
@@ -153,16 +203,23 @@ class Ours:
         self._probe.numpy()
 
     def fwd(self, x, w, pad):
+        if self.precision == "bf16":
+            return self.C._bf16_run("conv2d_forward", x[0], x[1], w[0], w[1], None, [], 1, pad)
         return self.C.conv2d_forward(x, w, None, 1, pad)
 
     def dgrad(self, dy, w, x_shape, pad):
+        if self.precision == "bf16":
+            return self.C._bf16_run("conv2d_backward_data", dy[0], dy[1], w[0], w[1], None, list(x_shape), 1, pad)
         return self.C.conv2d_backward_data(dy, w, list(x_shape), 1, pad)
 
     def wgrad(self, x, dy, w_shape, pad):
+        if self.precision == "bf16":
+            return self.C._bf16_run("conv2d_backward_weight", x[0], x[1], dy[0], dy[1], None, list(w_shape), 1, pad)
         return self.C.conv2d_backward_weight(x, dy, list(w_shape), 1, pad)
 
-    @staticmethod
-    def numpy(t):
+    def numpy(self, t):
+        if self.precision == "bf16":
+            return self.C._bf16_to_float(t[0], t[1]).numpy()
         return t.numpy()
 
 
@@ -268,11 +325,15 @@ def run_layers(args, results, torch):
     """Validate, then time, every layer and pass at one batch size."""
     dev = args.device
     on_gpu = dev.startswith("cuda")
-    ctx = argparse.Namespace(args=args, torch=torch, dev=dev, on_gpu=on_gpu, ours=Ours(dev, torch),
-                             base=None, ref64=None)
+    ctx = argparse.Namespace(args=args, torch=torch, dev=dev, on_gpu=on_gpu,
+                             ours=Ours(dev, torch, args.precision), base=None, ref64=None)
     if torch is not None:
-        results.data["info"]["precision"] = torch_fp32_strict(torch)
-        ctx.base = TorchConv(torch, dev if on_gpu else "cpu")
+        results.data["info"]["precision"] = torch_precision(torch, args.precision)
+        # PyTorch CPU (--quick) stays float32 for bf16: it only exercises the code path, its numbers mean nothing
+        base_dtype = torch.bfloat16 if args.precision == "bf16" and on_gpu else torch.float32
+        if not on_gpu:
+            results.data["info"]["precision"] = "PyTorch CPU float32 (--quick: exercises the code path only)"
+        ctx.base = TorchConv(torch, dev if on_gpu else "cpu", base_dtype)
         if on_gpu:
             torch.cuda.set_device(torch.device(dev))   # events record on the current device's stream
             ctx.ref64 = TorchConv(torch, dev, torch.float64)
@@ -298,6 +359,12 @@ def run_layers(args, results, torch):
         if on_gpu:
             torch.cuda.empty_cache()
     return failed
+
+
+def bf16_round(a):
+    """float32 -> the nearest bfloat16 value (ties to even), still as float32."""
+    u = np.ascontiguousarray(a, np.float32).view(np.uint32).astype(np.uint64)
+    return (((u + 0x7FFF + ((u >> 16) & 1)) >> 16) << 16).astype(np.uint32).view(np.float32)
 
 
 def rel_err(torch, out, ref):
@@ -341,6 +408,8 @@ def bench_layer(ctx, layer, index, rows):
     x = random_array(torch, x_shape, 3 * index + 1, dev)
     w = random_array(torch, w_shape, 3 * index + 2, dev)
     dy = random_array(torch, y_shape, 3 * index + 3, dev)
+    if args.precision == "bf16":   # both sides see the same bf16 values; the reference is exact from them
+        x, w, dy = (bf16_round(a) for a in (x, w, dy))
     set_bytes = 4 * (x.size + w.size + dy.size)
     nbuf = int(min(8, max(2, math.ceil(4 * ctx.l2 / set_bytes)))) if ctx.on_gpu else 2
     refs = float64_reference(ctx, x, w, dy, pad, x_shape, w_shape)
@@ -403,6 +472,8 @@ def bench_layer(ctx, layer, index, rows):
                     events=base.events if base.is_cuda else None)
             row["ours_ms"], _, row["iters"] = measure_bursts(ours_call[p], ours.sync, nbuf, args.burst_ms,
                                                              args.reps)
+            ours.sync()
+            row["ours_event_ms"] = ours.event_ms(ours_call[p], nbuf, row["iters"])
             summary = f"  {p:5s}: ours {row['ours_ms']:.3f} ms"
             if base is not None:
                 summary += f", {'cuDNN' if ctx.on_gpu else 'torch'} {row['ref_ms']:.3f} ms"
@@ -444,6 +515,15 @@ def run_net(args, results, torch, side):
     images = rng.uniform(0, 1, size=(n, size, size, 3)).astype(np.float32)
     labels = rng.integers(0, cfg["num_classes"], size=n)
     net = {"side": side, "batch": n, **cfg}
+    net["precision"] = args.precision
+    if side == "ours" and args.precision == "bf16":
+        # the bf16 kernels exist; bf16 activations through every op of the stack (vc.train(precision="bf16"))
+        # come with the bfloat16 tensor dtype: until then this side is not measured.
+        net["status"] = "skipped: a bf16 training step of our side needs bfloat16 tensors through the stack"
+        results.data["net"] = net
+        results.save()
+        log(net["status"])
+        return 0
     if side == "ours":
         import vggcore as vc
         import vggcore.nn.functional as F
@@ -462,7 +542,7 @@ def run_net(args, results, torch, side):
         model.train()
         opt = vc.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
         x = vc.tensor(images, device=args.device)
-        ours = Ours(args.device, None)
+        ours = Ours(args.device, None, args.precision)
         sync = ours.sync
         losses = []
 
@@ -474,7 +554,9 @@ def run_net(args, results, torch, side):
             return loss
     else:
         dev = args.device if args.device.startswith("cuda") else "cpu"
-        net["precision"] = torch_fp32_strict(torch)
+        net["torch_settings"] = torch_precision(torch, args.precision)
+        autocast = (torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+                    if args.precision == "bf16" and dev.startswith("cuda") else None)
         torch.manual_seed(0)
         model = torch_vgg16(torch, cfg["num_classes"], cfg["width"], cfg["fc_width"], size)
         model = model.to(dev, memory_format=torch.channels_last).train()
@@ -489,7 +571,12 @@ def run_net(args, results, torch, side):
 
         def step(_i):
             opt.zero_grad(set_to_none=True)
-            loss = torch.nn.functional.cross_entropy(model(x), y)
+            if autocast is not None:   # bf16 autocast: convs and linears in bf16, loss in float32
+                with autocast:
+                    out = model(x)
+                loss = torch.nn.functional.cross_entropy(out.float(), y)
+            else:
+                loss = torch.nn.functional.cross_entropy(model(x), y)
             loss.backward()
             opt.step()
             return loss
@@ -559,6 +646,7 @@ def run_child(args, section, batch, deadline, hard_timeout):
     os.close(fd)
     cmd = [sys.executable, os.path.abspath(__file__), "--child", section, "--device", args.device,
            "--batch", str(batch), "--json", path, "--tol", str(args.tol), "--reps", str(args.reps),
+           "--precision", args.precision,
            "--burst-ms", str(args.burst_ms), "--net-reps", str(args.net_reps),
            "--net-burst-ms", str(args.net_burst_ms)]
     if args.quick:
@@ -599,7 +687,7 @@ def run_child(args, section, batch, deadline, hard_timeout):
 def layer_table(rows, peak, ref_name):
     headers = ["layer", "C->K", "HxW", "RxS", "pass", "ours ms", "ours TFLOP/s", "ours % peak",
                f"{ref_name} ms", f"{ref_name} TFLOP/s", f"{ref_name} % peak", "ours/" + ref_name,
-               f"{ref_name} event ms", "err ours", f"err {ref_name}", "status"]
+               f"{ref_name} event ms", "ours event ms", "err ours", f"err {ref_name}", "status"]
     out = []
     for r in rows:
         ours_tf = r["flops"] / (r["ours_ms"] * 1e9) if r.get("ours_ms") else None
@@ -609,10 +697,11 @@ def layer_table(rows, peak, ref_name):
         out.append([r["layer"], f"{r['C']}->{r['K']}", f"{r['H']}x{r['H']}", f"{r['R']}x{r['R']}",
                     r["pass_"], fmt(r.get("ours_ms")), fmt(ours_tf, ".2f"), fmt(pct(ours_tf), ".1f"),
                     fmt(r.get("ref_ms")), fmt(ref_tf, ".2f"), fmt(pct(ref_tf), ".1f"), fmt(ratio, ".2f"),
-                    fmt(r.get("ref_event_ms")), fmt(r.get("err_ours"), ".1e"), fmt(r.get("err_ref"), ".1e"),
+                    fmt(r.get("ref_event_ms")), fmt(r.get("ours_event_ms")), fmt(r.get("err_ours"), ".1e"),
+                    fmt(r.get("err_ref"), ".1e"),
                     (r["status"] + (f" (vs {r['reference']})" if r.get("reference") else ""))
                     if r["status"] == "ok" else f"**{r['status']}**"])
-    return markdown_table(headers, out, "lllll" + "r" * 10 + "l")
+    return markdown_table(headers, out, "lllll" + "r" * 11 + "l")
 
 
 def summary_table(rows, ref_name):
@@ -697,7 +786,7 @@ def render_report(args, results, have_torch):
             info.setdefault(key, value)
     ref_name = "cuDNN" if on_gpu else "torch-cpu"
     gpu = info.get("gpu", "")
-    peak = args.peak_tflops or fp32_peak_tflops(gpu)
+    peak = args.peak_tflops or peak_tflops(gpu, args.precision)
     extra = [f"device: {args.device}" + (f" (vggcore: {info['vggcore_device_name']})"
                                          if info.get("vggcore_device_name") else "")]
     if info.get("torch"):
@@ -706,15 +795,16 @@ def render_report(args, results, have_torch):
     if not have_torch:
         extra.append("baseline: none (PyTorch not installed, or --no-torch): ours against NumPy only")
     if info.get("precision"):
-        extra.append(f"baseline settings: fp32, {info['precision']}, channels_last")
+        extra.append(f"precision: {args.precision}; baseline settings: {info['precision']}, channels_last")
     if on_gpu:
         extra.append(f"GPU: {info.get('sm_count', '?')} SMs, L2 {info.get('l2_bytes', 0) / 2**20:.0f} MiB, "
-                     f"{info.get('gpu_mem_gib', 0):.0f} GiB; fp32 peak used for %: "
+                     f"{info.get('gpu_mem_gib', 0):.0f} GiB; {args.precision} dense peak used for %: "
                      + (f"{peak:g} TFLOP/s" if peak else "n/a (GPU not in bench/common.py's table)"))
     extra.append(f"timing: median of {args.reps} bursts of back-to-back calls (~{args.burst_ms:g} ms each) "
                  "between device syncs, after warm-up; inputs rotated over several buffer sets "
-                 "(see bench/conv.py's docstring)")
-    lines = ["# vggcore conv benchmark" + (" (--quick, emulator)" if args.quick else ""), ""]
+                 "(see bench/conv.py's docstring); \"ours event ms\": one more burst timed with CUDA events on "
+                 "vggcore's stream (vggcore._C._stream_time_ms)")
+    lines = [f"# vggcore conv benchmark, {args.precision}" + (" (--quick, emulator)" if args.quick else ""), ""]
     lines += header_lines(gpu, extra)
     problems = []
     for section, batch, data in results:
@@ -722,7 +812,8 @@ def render_report(args, results, have_torch):
         problems += [f"{r['layer']} {r['pass_']} at batch {batch}: {r['status']}" for r in data.get("rows", [])
                      if r["status"] != "ok"]
         net = data.get("net") or {}
-        if section.startswith("net") and net.get("status", "ok") != "ok" and "vggcore.models" not in net["status"]:
+        if (section.startswith("net") and net.get("status", "ok") != "ok" and "vggcore.models" not in net["status"]
+                and "needs bfloat16 tensors" not in net["status"]):
             problems.append(f"{section} at batch {batch}: {net['status']}")
     for section, batch, data in results:
         if section != "layers":
@@ -744,8 +835,9 @@ def render_report(args, results, have_torch):
                       "weight decay 5e-4)", ""]
         cfg = NET_QUICK if args.quick else NET_FULL
         lines.append(f"{cfg['input_size']}x{cfg['input_size']} images, {cfg['num_classes']} classes, width "
-                     f"{cfg['width']:g}, fc {cfg['fc_width']}, dropout 0.5, fp32; PyTorch in channels_last with TF32 "
-                     "off; one fixed batch already on the device (no data loading).")
+                     f"{cfg['width']:g}, fc {cfg['fc_width']}, dropout 0.5, precision {args.precision}; PyTorch in "
+                     "channels_last (fp32: TF32 off; tf32: TF32 on; bf16: autocast); one fixed batch already on the "
+                     "device (no data loading).")
         lines.append("")
         rows = []
         for batch in batches:
@@ -784,13 +876,17 @@ def parse_args(argv=None):
     ap.add_argument("--layers", default="", help="only these layer names (comma-separated)")
     ap.add_argument("--no-net", action="store_true", help="skip the whole-network training-step benchmark")
     ap.add_argument("--no-torch", action="store_true", help="--quick without the PyTorch CPU comparison")
-    ap.add_argument("--tol", type=float, default=1e-4, help="max relative error of ours (default 1e-4)")
+    ap.add_argument("--precision", choices=("fp32", "tf32", "bf16"), default="fp32",
+                    help="fp32 (CUDA cores, TF32 off on both sides), tf32 or bf16 (tensor cores on both sides)")
+    ap.add_argument("--tol", type=float, default=None,
+                    help="max relative error of ours (default per precision: fp32 1e-4, tf32 5e-3, bf16 3e-2)")
     ap.add_argument("--reps", type=int, default=None, help="timed bursts per measurement (default 7; quick 3)")
     ap.add_argument("--burst-ms", type=float, default=None, help="length of one burst (default 25; quick 2)")
     ap.add_argument("--net-reps", type=int, default=3)
     ap.add_argument("--net-burst-ms", type=float, default=None,
                     help="length of one whole-network burst (default 1500; quick 100)")
-    ap.add_argument("--peak-tflops", type=float, default=None, help="fp32 peak of the GPU for the %% column")
+    ap.add_argument("--peak-tflops", type=float, default=None,
+                    help="the GPU's dense peak in this precision, for the %% column (default: bench/common.py's table)")
     ap.add_argument("--time-budget", type=float, default=0,
                     help="seconds for the whole run; later layers are skipped (and marked) once it is spent")
     ap.add_argument("--out", default="", help="also write the markdown report to this file")
@@ -812,6 +908,7 @@ def parse_args(argv=None):
         ap.error("--batch sizes must be positive")
     args.batch = args.batch_list[0]
     args.reps = args.reps or (3 if args.quick else 7)
+    args.tol = args.tol if args.tol is not None else DEFAULT_TOL[args.precision]
     args.burst_ms = args.burst_ms or (2.0 if args.quick else 25.0)
     args.net_burst_ms = args.net_burst_ms or (100.0 if args.quick else 1500.0)
     return args

@@ -3,13 +3,19 @@
 # The one-command GPU check (DESIGN.md section 7), for a machine with an NVIDIA GPU and no network:
 #
 #   bench/gpu_check.sh            # from anywhere; works in the repository root
+#   bench/gpu_check.sh --bench-only   # build, devices, probe, tensor-core tests and the benchmarks only
 #
 #   1. build and install vggcore with nvcc for the GPU present: pip install --no-build-isolation -v .
 #   2. nvidia-smi, and the devices the installed vggcore sees (cuda:0 must be among them)
-#   3. the whole test suite: pytest -q (it parametrises over vc.devices(), so cuda:0 is included)
-#   4. bench/conv.py at batch 32 and 128 against cuDNN (layers and whole VGG-16 training step)
-#   5. compute-sanitizer memcheck over the cuda op tests; racecheck and synccheck over the small-shape ones
+#   3. the fragment-layout probe (bench/tc_probe.py): what mma.sync and ldmatrix put in each lane, against the
+#      PTX ISA tables the emulator implements (a mismatch means the emulator's tests proved the wrong layout)
+#   4. the tensor-core tests on cuda:0 (tests/test_tensor_cores.py, test_gpu_planner.py, test_gpu_gemm_plans.py)
+#   5. bench/conv.py at batch 128 per precision against cuDNN in the same precision: tf32, bf16 (layers and
+#      the whole VGG-16 step against PyTorch bf16 autocast), fp32 (TF32 off on both sides)
+#   6. the whole test suite: pytest -q (it parametrises over vc.devices(), so cuda:0 is included)
+#   7. compute-sanitizer memcheck over the cuda op tests; racecheck and synccheck over the small-shape ones
 #      (the cuda twins of the tests the emulator runs)
+#   (6 and 7 are skipped with --bench-only)
 #
 # and writes ONE results file, bench/results/gpu-<date>-<gpu>.md (GPU, driver, CUDA, commit, the step table,
 # test and sanitizer summaries, the ptxas register report, the benchmark tables), rewritten after every step
@@ -17,12 +23,22 @@
 # the full logs are copied there too. A failing step is recorded and the rest still run; the exit status is
 # nonzero when any step failed or timed out.
 #
-# Time: everything must fit in GPU_CHECK_BUDGET seconds (default 540, inside a 10-minute limit). Each step has
-# its own cap, shortened where needed so that the later steps keep a minimum share of the budget.
+# Time: everything must fit in GPU_CHECK_BUDGET seconds (default 540, inside a 10-minute limit of a 15-minute
+# GPU window that includes the machine's start). Each step has its own cap, shortened where needed so that the
+# later steps keep a minimum share of the budget; the results file is rewritten after every step.
 #
 # Environment: PYTHON (default python3), GPU_CHECK_BUDGET, GPU_CHECK_PYTEST_WORKERS (pytest-xdist workers,
 # default 8; 0 runs serially), VGG_COMMIT (the commit to report where the tree has no .git).
 set -u -o pipefail
+
+BENCH_ONLY=0
+for arg in "$@"; do
+  case $arg in
+    --bench-only) BENCH_ONLY=1 ;;
+    -h | --help) sed -n '2,30p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    *) echo "gpu_check.sh: unknown argument $arg (expected --bench-only)" >&2; exit 2 ;;
+  esac
+done
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 2
 PY=${PYTHON:-python3}
@@ -154,6 +170,14 @@ write_results() {
       ptxas_report
     fi
     echo
+    echo "## Fragment-layout probe: bench/tc_probe.py --device cuda:0"
+    echo
+    log_tail "$LOGDIR/probe.log" 300
+    echo
+    echo "## Tensor-core tests on cuda:0"
+    echo
+    log_tail "$LOGDIR/tc-tests.log" 30
+    echo
     echo "## Tests: pytest -q (whole suite)"
     echo
     log_tail "$LOGDIR/pytest.log" 40
@@ -170,17 +194,20 @@ write_results() {
       sanitizer_summary "$LOGDIR/sanitizer-$tool.log"
     done
     echo
-    echo "## Benchmark: bench/conv.py --batch 32,128"
-    echo
-    if [ -s "$LOGDIR/bench.md" ]; then
-      sed -e 's/^# /### /' -e 's/^## /### /' "$LOGDIR/bench.md"
-    else
-      log_tail "$LOGDIR/bench.log" 40
-    fi
+    for p in tf32 bf16 fp32; do
+      echo "## Benchmark: bench/conv.py --batch 128 --precision $p"
+      echo
+      if [ -s "$LOGDIR/bench-$p.md" ]; then
+        sed -e 's/^# /### /' -e 's/^## /### /' "$LOGDIR/bench-$p.md"
+      else
+        log_tail "$LOGDIR/bench-$p.log" 40
+      fi
+      echo
+    done
     echo
     echo "## Logs"
     echo
-    echo "Full logs: $LOGDIR (build.log, pytest.log, bench.log, sanitizer-*.log)$([ -n "${OUT:-}" ] && echo "; copied to \$OUT/gpu-check-logs.tar.gz")."
+    echo "Full logs: $LOGDIR (build.log, probe.log, tc-tests.log, pytest.log, bench-*.log, sanitizer-*.log)$([ -n "${OUT:-}" ] && echo "; copied to \$OUT/gpu-check-logs.tar.gz")."
   } >"$RESULTS.tmp" && mv "$RESULTS.tmp" "$RESULTS"
   if [ -n "${OUT:-}" ] && [ -d "${OUT:-}" ]; then
     cp "$RESULTS" "$OUT/" 2>/dev/null
@@ -193,7 +220,8 @@ echo "vggcore GPU check: $GPU_NAME (driver $DRIVER), commit $COMMIT; results -> 
 # The steps. Each is a function run by run_step in a child bash under `timeout` (hence export -f). The
 # benchmark runs before the sanitizers: it is the measurement a GPU window is for, while the sanitizer steps are the ones
 # that can be cut short without losing their findings so far (their logs keep what they saw).
-# Minimum seconds kept for the steps after each one: tests 60, benchmark 150, sanitizers 30 + 25 + 20.
+# Minimum seconds kept for the steps after each one: the probe and tensor-core tests come first, then the three
+# benchmarks share what is left but 150 s (0 with --bench-only) kept for the whole suite and the sanitizers.
 export PY WORKERS LOGDIR
 build() {
   CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) "$PY" -m pip install --no-build-isolation --no-index -v .
@@ -224,21 +252,49 @@ sanitize() {
   compute-sanitizer --tool "$tool" --error-exitcode 86 --target-processes all --print-limit 50 \
     "$PY" -P -m pytest -q "$@"
 }
-bench() {
-  "$PY" bench/conv.py --batch 32,128 --reps 5 --burst-ms 20 --time-budget "$1" --out "$LOGDIR/bench.md"
+probe() {
+  "$PY" -P bench/tc_probe.py --device cuda:0
 }
-export -f build devices pytest_all sanitize bench
+tc_tests() {
+  "$PY" -P -m pytest -q -k "cuda" tests/test_tensor_cores.py tests/test_gpu_planner.py tests/test_gpu_gemm_plans.py
+}
+bench() {
+  local precision=$1 budget=$2
+  shift 2
+  "$PY" bench/conv.py --batch 128 --precision "$precision" --reps 5 --burst-ms 20 --time-budget "$budget" \
+    --out "$LOGDIR/bench-$precision.md" "$@"
+}
+export -f build devices probe tc_tests pytest_all sanitize bench
 
 run_step "build + install" 300 285 "$LOGDIR/build.log" build
 
 { nvidia-smi 2>&1 || echo "nvidia-smi failed or is missing"; } >"$LOGDIR/nvidia-smi.log"
 
 run_step "vggcore sees cuda:0" 60 285 "$LOGDIR/devices.log" devices
-run_step "pytest -q (whole suite)" 200 225 "$LOGDIR/pytest.log" pytest_all
+run_step "fragment-layout probe (bench/tc_probe.py)" 60 270 "$LOGDIR/probe.log" probe
+run_step "tensor-core tests on cuda:0" 120 240 "$LOGDIR/tc-tests.log" tc_tests
 
-# the benchmark gets what is left but the sanitizers' minimum; conv.py shares its budget among its sections
-left=$((BUDGET - (SECONDS - START) - 75))
-run_step "bench/conv.py --batch 32,128" 600 75 "$LOGDIR/bench.log" bench $((left > 90 ? left - 30 : 60))
+# The benchmarks, the issue's measurement, in order of importance; each step's cap is its share of what is left
+# (the reserve keeps time for the later steps), and conv.py shares its cap among its sections.
+REST=$((BENCH_ONLY ? 0 : 150))
+left=$((BUDGET - (SECONDS - START) - REST))
+run_step "bench/conv.py --precision tf32 (layers)" $((left / 3 > 60 ? left / 3 : 60)) $((REST + 2 * left / 3)) \
+  "$LOGDIR/bench-tf32.log" bench tf32 $((left / 3 > 90 ? left / 3 - 20 : 60)) --no-net
+left=$((BUDGET - (SECONDS - START) - REST))
+run_step "bench/conv.py --precision bf16 (layers, VGG-16 step)" $((left / 2 > 60 ? left / 2 : 60)) \
+  $((REST + left / 2)) "$LOGDIR/bench-bf16.log" bench bf16 $((left / 2 > 90 ? left / 2 - 20 : 60))
+left=$((BUDGET - (SECONDS - START) - REST))
+run_step "bench/conv.py --precision fp32 (layers)" $((left > 60 ? left : 60)) "$REST" "$LOGDIR/bench-fp32.log" \
+  bench fp32 $((left > 90 ? left - 20 : 60)) --no-net
+
+if [ "$BENCH_ONLY" -eq 1 ]; then
+  write_results
+  echo
+  echo "results: $RESULTS (--bench-only; overall: $([ "$FAILED" -eq 0 ] && echo PASS || echo FAIL), $((SECONDS - START)) s)"
+  [ -n "${OUT:-}" ] && echo "copied to \$OUT: $(basename "$RESULTS"), gpu-check-logs.tar.gz"
+  exit "$FAILED"
+fi
+run_step "pytest -q (whole suite)" 200 75 "$LOGDIR/pytest.log" pytest_all
 
 # the cuda twins of the small-shape tests (the ones the emulator runs), for the slow sanitizer tools
 # (sim test ids carry the emulator schedule after the device: "sim-linear-float32-...", "cuda:0-float32-...")

@@ -18,7 +18,10 @@ using vgg::Tensor;
 
 #ifdef VGG_WITH_SIM
 void bind_simt(py::module_& m);  // csrc/simt/selftest.cpp
+void bind_tc_selftest(py::module_& m);  // csrc/simt/tc_selftest.cpp
 #endif
+
+void bind_tc_testing(py::module_& m);  // csrc/dispatch/tc_testing.cpp
 
 namespace {
 
@@ -178,7 +181,9 @@ PYBIND11_MODULE(_C, m) {
         py::arg("momentum_buffer"), py::arg("lr"), py::arg("momentum"), py::arg("weight_decay"), py::arg("nesterov"),
         py::arg("first_step"), release);
 
+  bind_tc_testing(m);
 #ifdef VGG_WITH_SIM
   bind_simt(m);
+  bind_tc_selftest(m);
 #endif
 }

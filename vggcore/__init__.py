@@ -24,6 +24,18 @@ def cuda_available():
     return any(name.startswith("cuda") for name in _C.devices())
 
 
+def set_float32_matmul_precision(precision):
+    """``"highest"`` (default): float32 conv2d/linear are exact float32. ``"high"``: on sim and cuda they may run on
+    TF32 tensor cores (10-bit mantissa operands, float32 accumulation), as PyTorch's setting of the same name; the
+    cpu stays float32."""
+    _C.set_float32_matmul_precision(precision)
+
+
+def get_float32_matmul_precision():
+    """The current float32 matmul precision, ``"highest"`` or ``"high"``."""
+    return _C.get_float32_matmul_precision()
+
+
 def default_device():
     """The device ``device="auto"`` means: the first GPU when there is one, else the CPU."""
     return "cuda:0" if cuda_available() else "cpu"
@@ -37,5 +49,6 @@ from .train import TrainResult, train  # noqa: E402
 
 __all__ = [
     "Tensor", "tensor", "zeros", "ones", "no_grad", "enable_grad", "is_grad_enabled", "manual_seed",
-    "devices", "cuda_available", "default_device", "nn", "optim", "models", "train", "TrainResult", "evaluate",
+    "devices", "cuda_available", "default_device",
+    "set_float32_matmul_precision", "get_float32_matmul_precision", "nn", "optim", "models", "train", "TrainResult", "evaluate",
 ]

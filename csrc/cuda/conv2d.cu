@@ -5,22 +5,29 @@
 //   backward data    dx (N*H*W, C)   = gather(dy) (N*H*W, R*S*K) * w' ((r,s,k), C)
 //   backward weight  dw (K, R*S*C)   = dy^T (K, N*P*Q)           * im2col(x) (N*P*Q, R*S*C), split-K over N*P*Q
 //
+// With float32 matmul precision "high" the float32 passes run on the TF32 tensor-core kernel (tc_gemm.cuh); the
+// bfloat16 entry points always do (BF16 tensor cores, float32 accumulation, outputs rounded to nearest even).
+//
 // Backward data gathers dy at p = (h + pad - r) / stride only where the division is exact, so any stride works;
 // for stride > 1 most taps are skipped zeros (VGG uses stride 1 throughout). A 1x1, stride-1, unpadded
 // convolution is exactly a linear layer over N*H*W rows and runs on the dense loaders of linear.cu.
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
+#include "../core/precision.h"
 #include "common.cuh"
 #include "gemm_tiles.cuh"
 #include "gpu_kernels.h"
+#include "tc_gemm.cuh"
 
 namespace vgg::VGG_GPU_NS {
 namespace conv2d_detail {
 
-inline gemm::ConvGeometry conv_geometry(const float* p, int64_t rows, const Conv2dShape& s) {
-  return gemm::ConvGeometry{p,
+template <class T>
+inline gemm::ConvGeometryOf<T> conv_geometry(const T* p, int64_t rows, const Conv2dShape& s) {
+  return gemm::ConvGeometryOf<T>{p,
                             rows,
                             static_cast<int>(s.N),
                             static_cast<int>(s.H),
@@ -44,55 +51,98 @@ inline void check_limits(const char* op, const Conv2dShape& s) {
 
 inline bool is_pointwise(const Conv2dShape& s) { return s.R == 1 && s.S == 1 && s.stride == 1 && s.pad == 0; }
 
+// Runs one pass's GEMM on the CUDA cores (Op = void, float only) or on tensor cores (Tf32Op, Bf16Op).
+template <class Op, template <bool, class> class ALoader, template <bool, class> class BLoader, class AParams,
+          class BParams, class T>
+inline void gemm_pass(const char* op, const AParams& ap, const BParams& bp, bool vec, int64_t M, int64_t N,
+                      int64_t kdim, T* out, const T* bias) {
+  if constexpr (std::is_void_v<Op>) gemm::run_gemm<ALoader, BLoader>(op, ap, bp, vec, M, N, kdim, out, bias);
+  else gemm::run_tc_gemm<Op, ALoader, BLoader>(op, ap, bp, vec, M, N, kdim, out, bias);
+}
+
+// The 4-element vector loads (and cp.async copies) need 4 * sizeof(T)-byte aligned pointers.
+template <class T>
+inline bool vec_aligned(const T* p) {
+  return reinterpret_cast<uintptr_t>(p) % (4 * sizeof(T)) == 0;
+}
+
 // x (N,H,W,C), w (K,R,S,C), bias (K) or nullptr -> y (N,P,Q,K). GEMM M = N*P*Q, N = K, Kdim = R*S*C.
-inline void forward(const float* x, const float* w, const float* bias, float* y, const Conv2dShape& s,
-                    const gemm::GemmPlan& plan) {
+template <class Op, class T>
+inline void forward(const char* op, const T* x, const T* w, const T* bias, T* y, const Conv2dShape& s) {
   const int64_t M = s.N * s.P * s.Q, RSC = s.R * s.S * s.C;
-  const bool vec = s.C % 4 == 0 && aligned16(x) && aligned16(w);
-  gemm::run_gemm<gemm::Im2colAlongK, gemm::DenseAlongK>("conv2d_forward", conv_geometry(x, M, s),
-                                                        gemm::DenseParams{w, RSC, s.K, RSC}, vec, M, s.K, RSC, y,
-                                                        bias, plan);
+  const bool vec = s.C % 4 == 0 && vec_aligned(x) && vec_aligned(w);
+  gemm_pass<Op, gemm::Im2colAlongK, gemm::DenseAlongK>(op, conv_geometry(x, M, s),
+                                                       gemm::DenseParamsOf<T>{w, RSC, s.K, RSC}, vec, M, s.K, RSC,
+                                                       y, bias);
 }
 
 // dy (N,P,Q,K), w (K,R,S,C) -> dx (N,H,W,C). GEMM M = N*H*W, N = C, Kdim = R*S*K (k fastest).
-inline void backward_data(const float* dy, const float* w, float* dx, const Conv2dShape& s,
-                          const gemm::GemmPlan& plan) {
+template <class Op, class T>
+inline void backward_data(const char* op, const T* dy, const T* w, T* dx, const Conv2dShape& s) {
   const int64_t M = s.N * s.H * s.W, RSK = s.R * s.S * s.K;
-  const bool vec = s.K % 4 == 0 && s.C % 4 == 0 && aligned16(dy) && aligned16(w);
-  gemm::run_gemm<gemm::DyGatherAlongK, gemm::FilterTapsAlongRows>("conv2d_backward_data", conv_geometry(dy, M, s),
-                                                                  conv_geometry(w, s.C, s), vec, M, s.C, RSK, dx,
-                                                                  nullptr, plan);
+  const bool vec = s.K % 4 == 0 && s.C % 4 == 0 && vec_aligned(dy) && vec_aligned(w);
+  gemm_pass<Op, gemm::DyGatherAlongK, gemm::FilterTapsAlongRows>(op, conv_geometry(dy, M, s), conv_geometry(w, s.C, s),
+                                                                 vec, M, s.C, RSK, dx, static_cast<const T*>(nullptr));
 }
 
 // x (N,H,W,C), dy (N,P,Q,K) -> dw (K,R,S,C). GEMM M = K, N = R*S*C, Kdim = N*P*Q (split-K).
-inline void backward_weight(const float* x, const float* dy, float* dw, const Conv2dShape& s,
-                            const gemm::GemmPlan& plan) {
+template <class Op, class T>
+inline void backward_weight(const char* op, const T* x, const T* dy, T* dw, const Conv2dShape& s) {
   const int64_t NPQ = s.N * s.P * s.Q, RSC = s.R * s.S * s.C;
-  const bool vec = s.K % 4 == 0 && s.C % 4 == 0 && aligned16(x) && aligned16(dy);
-  gemm::run_gemm<gemm::DenseAlongRows, gemm::Im2colAlongRows>("conv2d_backward_weight",
-                                                              gemm::DenseParams{dy, s.K, s.K, NPQ},
-                                                              conv_geometry(x, RSC, s), vec, s.K, RSC, NPQ, dw,
-                                                              nullptr, plan);
+  const bool vec = s.K % 4 == 0 && s.C % 4 == 0 && vec_aligned(x) && vec_aligned(dy);
+  gemm_pass<Op, gemm::DenseAlongRows, gemm::Im2colAlongRows>(op, gemm::DenseParamsOf<T>{dy, s.K, s.K, NPQ},
+                                                             conv_geometry(x, RSC, s), vec, s.K, RSC, NPQ, dw,
+                                                             static_cast<const T*>(nullptr));
 }
+
+inline bool tf32() { return float32_matmul_precision() == MatmulPrecision::High; }
 
 }  // namespace conv2d_detail
 
 void conv2d_forward(const float* x, const float* w, const float* bias, float* y, const Conv2dShape& s) {
-  conv2d_detail::check_limits("conv2d_forward", s);
-  if (conv2d_detail::is_pointwise(s)) return linear_forward(x, w, bias, y, s.N * s.H * s.W, s.K, s.C);
-  conv2d_detail::forward(x, w, bias, y, s, gemm::plan_gemm(s.N * s.P * s.Q, s.K, s.R * s.S * s.C));
+  using namespace conv2d_detail;
+  check_limits("conv2d_forward", s);
+  if (is_pointwise(s)) return linear_forward(x, w, bias, y, s.N * s.H * s.W, s.K, s.C);
+  if (tf32()) forward<gemm::Tf32Op>("conv2d_forward", x, w, bias, y, s);
+  else forward<void>("conv2d_forward", x, w, bias, y, s);
 }
 
 void conv2d_backward_data(const float* dy, const float* w, float* dx, const Conv2dShape& s) {
-  conv2d_detail::check_limits("conv2d_backward_data", s);
-  if (conv2d_detail::is_pointwise(s)) return linear_backward_data(dy, w, dx, s.N * s.H * s.W, s.K, s.C);
-  conv2d_detail::backward_data(dy, w, dx, s, gemm::plan_gemm(s.N * s.H * s.W, s.C, s.R * s.S * s.K));
+  using namespace conv2d_detail;
+  check_limits("conv2d_backward_data", s);
+  if (is_pointwise(s)) return linear_backward_data(dy, w, dx, s.N * s.H * s.W, s.K, s.C);
+  if (tf32()) backward_data<gemm::Tf32Op>("conv2d_backward_data", dy, w, dx, s);
+  else backward_data<void>("conv2d_backward_data", dy, w, dx, s);
 }
 
 void conv2d_backward_weight(const float* x, const float* dy, float* dw, const Conv2dShape& s) {
-  conv2d_detail::check_limits("conv2d_backward_weight", s);
-  if (conv2d_detail::is_pointwise(s)) return linear_backward_weight(x, dy, dw, s.N * s.H * s.W, s.K, s.C);
-  conv2d_detail::backward_weight(x, dy, dw, s, gemm::plan_gemm(s.K, s.R * s.S * s.C, s.N * s.P * s.Q));
+  using namespace conv2d_detail;
+  check_limits("conv2d_backward_weight", s);
+  if (is_pointwise(s)) return linear_backward_weight(x, dy, dw, s.N * s.H * s.W, s.K, s.C);
+  if (tf32()) backward_weight<gemm::Tf32Op>("conv2d_backward_weight", x, dy, dw, s);
+  else backward_weight<void>("conv2d_backward_weight", x, dy, dw, s);
+}
+
+void conv2d_forward_bf16(const uint16_t* x, const uint16_t* w, const uint16_t* bias, uint16_t* y,
+                         const Conv2dShape& s) {
+  using namespace conv2d_detail;
+  check_limits("conv2d_forward", s);
+  if (is_pointwise(s)) return linear_forward_bf16(x, w, bias, y, s.N * s.H * s.W, s.K, s.C);
+  forward<gemm::Bf16Op>("conv2d_forward", x, w, bias, y, s);
+}
+
+void conv2d_backward_data_bf16(const uint16_t* dy, const uint16_t* w, uint16_t* dx, const Conv2dShape& s) {
+  using namespace conv2d_detail;
+  check_limits("conv2d_backward_data", s);
+  if (is_pointwise(s)) return linear_backward_data_bf16(dy, w, dx, s.N * s.H * s.W, s.K, s.C);
+  backward_data<gemm::Bf16Op>("conv2d_backward_data", dy, w, dx, s);
+}
+
+void conv2d_backward_weight_bf16(const uint16_t* x, const uint16_t* dy, uint16_t* dw, const Conv2dShape& s) {
+  using namespace conv2d_detail;
+  check_limits("conv2d_backward_weight", s);
+  if (is_pointwise(s)) return linear_backward_weight_bf16(x, dy, dw, s.N * s.H * s.W, s.K, s.C);
+  backward_weight<gemm::Bf16Op>("conv2d_backward_weight", x, dy, dw, s);
 }
 
 }  // namespace vgg::VGG_GPU_NS

@@ -24,7 +24,8 @@
 // Split-K: blockIdx.z takes a contiguous range of Kdim (a multiple of BK) and writes its partial C tile into a
 // workspace slice; a second kernel sums the slices in a fixed order (and adds the bias), so results are
 // identical from run to run and no float atomics are used. This fills the GPU when M x N is small (weight
-// gradients, FC layers at small batch). The plan depends only on the shapes.
+// gradients, FC layers at small batch). The plan (plan_gemm) depends on the shapes, the SM count and the
+// kernel's occupancy, and makes launches whole waves.
 #pragma once
 
 #include <cstddef>
@@ -33,6 +34,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "../core/precision.h"
 #include "common.cuh"
 
 #if defined(__CUDACC__)
@@ -63,6 +65,7 @@ struct TileConfig {
   static_assert(BM * BK == 4 * kThreads && BN * BK == 4 * kThreads,
                 "each thread loads exactly one 4-vector of A and one of B per k tile");
   static_assert(kSharedBytes <= 48 * 1024, "48 KiB: the most dynamic shared memory a launch gets without opting in");
+  static_assert((BM == 128 && BN == 128) || (BM == 64 && BN == 64), "plan_gemm knows 128 x 128 and 64 x 64 tiles");
 };
 
 // 256 threads, 8x8 outputs each: the big-problem workhorse (64 FMAs per 4 shared float4 reads). Two blocks per
@@ -105,7 +108,8 @@ __device__ __forceinline__ void check_aligned16(const void* p) {
 #endif
 }
 
-__device__ __forceinline__ void set_zero(float (&v)[4]) { v[0] = v[1] = v[2] = v[3] = 0.0f; }
+template <class T>
+__device__ __forceinline__ void set_zero(T (&v)[4]) { v[0] = v[1] = v[2] = v[3] = T{}; }
 
 __device__ __forceinline__ void load4(float (&v)[4], const float* p) {
   check_aligned16(p);
@@ -116,23 +120,40 @@ __device__ __forceinline__ void load4(float (&v)[4], const float* p) {
   v[3] = t.w;
 }
 
+// Four bfloat16 (raw bits) in one 8-byte load.
+__device__ __forceinline__ void load4(uint16_t (&v)[4], const uint16_t* p) {
+#if defined(VGG_SIMT_ACTIVE)
+  if (reinterpret_cast<uintptr_t>(p) % 8 != 0) throw std::logic_error("gemm_tiles: misaligned 8-byte access");
+#endif
+  const uint2 t = *reinterpret_cast<const uint2*>(p);
+  v[0] = static_cast<uint16_t>(t.x & 0xFFFFu);
+  v[1] = static_cast<uint16_t>(t.x >> 16);
+  v[2] = static_cast<uint16_t>(t.y & 0xFFFFu);
+  v[3] = static_cast<uint16_t>(t.y >> 16);
+}
+
 // ---- operand loaders ---------------------------------------------------------------------------------------------
 // Each loader: kAlongK; begin(row, k) with this thread's first element; load(v) fetches the 4 elements
 // (row, k..k+3) if kAlongK else (row..row+3, k) of the current tile, 0 outside; advance(bk) moves to the next tile.
 // Parameters (member prm) are plain structs filled on the host; VEC selects the float4 path (the host checks
-// that it is legal: channel counts % 4 == 0 and 16-byte aligned pointers).
+// that it is legal: channel counts % 4 == 0 and 16-byte aligned pointers). T is the element type: float, or
+// uint16_t holding bfloat16 bits for the tensor-core kernels. With VEC, vec_src() is the address of the 4
+// contiguous elements of the current tile, or nullptr where they are all 0 (what cp.async's zero-fill copies).
 
 // Dense, contiguous along k: element (row, k) = p[row * ld + k]. x or dy of a linear layer, conv weights (K, RSC).
-struct DenseParams {
-  const float* p;
+template <class T>
+struct DenseParamsOf {
+  const T* p;
   int64_t ld, rows, kdim;
 };
-template <bool VEC>
+using DenseParams = DenseParamsOf<float>;
+template <bool VEC, class T = float>
 struct DenseAlongK {
   static constexpr bool kAlongK = true;
   static constexpr bool kVec = VEC;
-  DenseParams prm;
-  const float* row_ptr;
+  using Elem = T;
+  DenseParamsOf<T> prm;
+  const T* row_ptr;
   int64_t k;
   bool row_ok;
   __device__ __forceinline__ void begin(int64_t row, int64_t k0) {
@@ -140,60 +161,72 @@ struct DenseAlongK {
     row_ptr = prm.p + (row_ok ? row * prm.ld : 0);
     k = k0;
   }
-  __device__ __forceinline__ void load(float (&v)[4]) const {
-    if (VEC) {  // kdim % 4 == 0: the 4 elements are all inside or all outside
-      if (row_ok && k < prm.kdim) load4(v, row_ptr + k); else set_zero(v);
+  // kdim % 4 == 0: the 4 elements are all inside or all outside.
+  __device__ __forceinline__ const T* vec_src() const { return row_ok && k < prm.kdim ? row_ptr + k : nullptr; }
+  __device__ __forceinline__ void load(T (&v)[4]) const {
+    if (VEC) {
+      const T* src = vec_src();
+      if (src) load4(v, src); else set_zero(v);
     } else {
       VGG_GEMM_UNROLL
-      for (int j = 0; j < 4; ++j) v[j] = (row_ok && k + j < prm.kdim) ? row_ptr[k + j] : 0.0f;
+      for (int j = 0; j < 4; ++j) v[j] = (row_ok && k + j < prm.kdim) ? row_ptr[k + j] : T{};
     }
   }
   __device__ __forceinline__ void advance(int bk) { k += bk; }
 };
 
 // Dense, contiguous along the row dimension: element (row, k) = p[k * ld + row]. dy^T, w and x of linear passes.
-template <bool VEC>
+template <bool VEC, class T = float>
 struct DenseAlongRows {
   static constexpr bool kAlongK = false;
   static constexpr bool kVec = VEC;
-  DenseParams prm;
+  using Elem = T;
+  DenseParamsOf<T> prm;
   int64_t row, k;
   __device__ __forceinline__ void begin(int64_t row0, int64_t k0) {
     row = row0;
     k = k0;
   }
-  __device__ __forceinline__ void load(float (&v)[4]) const {
+  // rows % 4 == 0
+  __device__ __forceinline__ const T* vec_src() const {
+    return k < prm.kdim && row < prm.rows ? prm.p + k * prm.ld + row : nullptr;
+  }
+  __device__ __forceinline__ void load(T (&v)[4]) const {
+    if (VEC) {
+      const T* src = vec_src();
+      if (src) load4(v, src); else set_zero(v);
+      return;
+    }
     if (k >= prm.kdim) {
       set_zero(v);
       return;
     }
-    const float* p = prm.p + k * prm.ld + row;
-    if (VEC) {  // rows % 4 == 0
-      if (row < prm.rows) load4(v, p); else set_zero(v);
-    } else {
-      VGG_GEMM_UNROLL
-      for (int j = 0; j < 4; ++j) v[j] = (row + j < prm.rows) ? p[j] : 0.0f;
-    }
+    const T* p = prm.p + k * prm.ld + row;
+    VGG_GEMM_UNROLL
+    for (int j = 0; j < 4; ++j) v[j] = (row + j < prm.rows) ? p[j] : T{};
   }
   __device__ __forceinline__ void advance(int bk) { k += bk; }
 };
 
 // Convolution geometry shared by the implicit-GEMM loaders (int: one image, one filter fit in 2^31).
-struct ConvGeometry {
-  const float* p;                // x (N,H,W,C), dy (N,P,Q,K) or w (K,R,S,C), depending on the loader
+template <class T>
+struct ConvGeometryOf {
+  const T* p;                    // x (N,H,W,C), dy (N,P,Q,K) or w (K,R,S,C), depending on the loader
   int64_t rows;                  // row count of the GEMM operand (M of A, N of B)
   int N, H, W, C, K, R, S, P, Q; // sizes as in Conv2dShape
   int stride, pad;
 };
+using ConvGeometry = ConvGeometryOf<float>;
 
 // Conv forward A: im2col(x) without the buffer. Row m = (n, p, q), k = (r, s, c):
 // element = x[n, p*stride - pad + r, q*stride - pad + s, c], 0 in the padding.
-template <bool VEC>
+template <bool VEC, class T = float>
 struct Im2colAlongK {
   static constexpr bool kAlongK = true;
   static constexpr bool kVec = VEC;
-  ConvGeometry prm;
-  const float* image;  // x + n*H*W*C
+  using Elem = T;
+  ConvGeometryOf<T> prm;
+  const T* image;      // x + n*H*W*C
   int ih0, iw0;
   bool row_ok;
   Digits rsc;          // (r, s, c) of this thread's first k
@@ -208,16 +241,21 @@ struct Im2colAlongK {
     image = prm.p + n * prm.H * prm.W * prm.C;
     rsc.set(k0, prm.S, prm.C);
   }
-  __device__ __forceinline__ float at(int r, int s, int c) const {
+  __device__ __forceinline__ T at(int r, int s, int c) const {
     const int ih = ih0 + r, iw = iw0 + s;
     const bool ok = row_ok && r < prm.R && ih >= 0 && ih < prm.H && iw >= 0 && iw < prm.W;
-    return ok ? image[(ih * prm.W + iw) * prm.C + c] : 0.0f;
+    return ok ? image[(ih * prm.W + iw) * prm.C + c] : T{};
   }
-  __device__ __forceinline__ void load(float (&v)[4]) const {
-    if (VEC) {  // C % 4 == 0: the 4 channels share (r, s)
-      const int ih = ih0 + rsc.hi, iw = iw0 + rsc.mid;
-      const bool ok = row_ok && rsc.hi < prm.R && ih >= 0 && ih < prm.H && iw >= 0 && iw < prm.W;
-      if (ok) load4(v, image + (ih * prm.W + iw) * prm.C + rsc.lo); else set_zero(v);
+  // C % 4 == 0: the 4 channels share (r, s).
+  __device__ __forceinline__ const T* vec_src() const {
+    const int ih = ih0 + rsc.hi, iw = iw0 + rsc.mid;
+    const bool ok = row_ok && rsc.hi < prm.R && ih >= 0 && ih < prm.H && iw >= 0 && iw < prm.W;
+    return ok ? image + (ih * prm.W + iw) * prm.C + rsc.lo : nullptr;
+  }
+  __device__ __forceinline__ void load(T (&v)[4]) const {
+    if (VEC) {
+      const T* src = vec_src();
+      if (src) load4(v, src); else set_zero(v);
     } else {
       Digits e = rsc;
       VGG_GEMM_UNROLL
@@ -232,12 +270,13 @@ struct Im2colAlongK {
 
 // Conv backward-data A: row m = (n, h, w) of dx, k = (r, s, kout):
 // element = dy[n, p, q, kout] where h + pad = p*stride + r and w + pad = q*stride + s (exact division), else 0.
-template <bool VEC>
+template <bool VEC, class T = float>
 struct DyGatherAlongK {
   static constexpr bool kAlongK = true;
   static constexpr bool kVec = VEC;
-  ConvGeometry prm;
-  const float* image;  // dy + n*P*Q*K
+  using Elem = T;
+  ConvGeometryOf<T> prm;
+  const T* image;      // dy + n*P*Q*K
   int hp, wp;          // h + pad, w + pad
   bool row_ok;
   Digits rsk;
@@ -256,20 +295,30 @@ struct DyGatherAlongK {
   __device__ __forceinline__ int tap_offset(int r, int s) const {
     const int th = hp - r, tw = wp - s;
     if (!row_ok || r >= prm.R || th < 0 || tw < 0) return -1;
-    const int p = th / prm.stride, q = tw / prm.stride;
-    if (p * prm.stride != th || q * prm.stride != tw || p >= prm.P || q >= prm.Q) return -1;
+    int p = th, q = tw;
+    if (prm.stride != 1) {  // stride 1 (all of VGG) is a block-uniform branch past the two divisions
+      p = th / prm.stride;
+      q = tw / prm.stride;
+      if (p * prm.stride != th || q * prm.stride != tw) return -1;
+    }
+    if (p >= prm.P || q >= prm.Q) return -1;
     return (p * prm.Q + q) * prm.K;
   }
-  __device__ __forceinline__ void load(float (&v)[4]) const {
-    if (VEC) {  // K % 4 == 0: the 4 output channels share (r, s)
-      const int off = tap_offset(rsk.hi, rsk.mid);
-      if (off >= 0) load4(v, image + off + rsk.lo); else set_zero(v);
+  // K % 4 == 0: the 4 output channels share (r, s).
+  __device__ __forceinline__ const T* vec_src() const {
+    const int off = tap_offset(rsk.hi, rsk.mid);
+    return off >= 0 ? image + off + rsk.lo : nullptr;
+  }
+  __device__ __forceinline__ void load(T (&v)[4]) const {
+    if (VEC) {
+      const T* src = vec_src();
+      if (src) load4(v, src); else set_zero(v);
     } else {
       Digits e = rsk;
       VGG_GEMM_UNROLL
       for (int j = 0; j < 4; ++j) {
         const int off = tap_offset(e.hi, e.mid);
-        v[j] = off >= 0 ? image[off + e.lo] : 0.0f;
+        v[j] = off >= 0 ? image[off + e.lo] : T{};
         e.step(1, prm.S, prm.K);
       }
     }
@@ -278,41 +327,49 @@ struct DyGatherAlongK {
 };
 
 // Conv backward-data B: k = (r, s, kout), column c: element = w[kout, r, s, c]. p = w.
-template <bool VEC>
+template <bool VEC, class T = float>
 struct FilterTapsAlongRows {
   static constexpr bool kAlongK = false;
   static constexpr bool kVec = VEC;
-  ConvGeometry prm;
+  using Elem = T;
+  ConvGeometryOf<T> prm;
   int c;
   Digits rsk;
   __device__ __forceinline__ void begin(int64_t col, int64_t k0) {
     c = static_cast<int>(col);
     rsk.set(k0, prm.S, prm.K);
   }
-  __device__ __forceinline__ void load(float (&v)[4]) const {
-    if (rsk.hi >= prm.R) {  // k >= R*S*K
+  __device__ __forceinline__ const T* tap_ptr() const {
+    const int64_t rsc_n = static_cast<int64_t>(prm.R) * prm.S * prm.C;
+    return prm.p + rsk.lo * rsc_n + (rsk.hi * prm.S + rsk.mid) * prm.C + c;
+  }
+  // C % 4 == 0; rsk.hi >= R means k >= R*S*K.
+  __device__ __forceinline__ const T* vec_src() const { return rsk.hi < prm.R && c < prm.C ? tap_ptr() : nullptr; }
+  __device__ __forceinline__ void load(T (&v)[4]) const {
+    if (VEC) {
+      const T* src = vec_src();
+      if (src) load4(v, src); else set_zero(v);
+      return;
+    }
+    if (rsk.hi >= prm.R) {
       set_zero(v);
       return;
     }
-    const int64_t rsc_n = static_cast<int64_t>(prm.R) * prm.S * prm.C;
-    const float* p = prm.p + rsk.lo * rsc_n + (rsk.hi * prm.S + rsk.mid) * prm.C + c;
-    if (VEC) {  // C % 4 == 0
-      if (c < prm.C) load4(v, p); else set_zero(v);
-    } else {
-      VGG_GEMM_UNROLL
-      for (int j = 0; j < 4; ++j) v[j] = (c + j < prm.C) ? p[j] : 0.0f;
-    }
+    const T* p = tap_ptr();
+    VGG_GEMM_UNROLL
+    for (int j = 0; j < 4; ++j) v[j] = (c + j < prm.C) ? p[j] : T{};
   }
   __device__ __forceinline__ void advance(int bk) { rsk.step(bk, prm.S, prm.K); }
 };
 
 // Conv backward-weight B: k = (n, p, q), column = (r, s, c): element = x[n, p*stride - pad + r, q*stride - pad + s, c].
 // prm.rows = R*S*C (the columns), kdim = N*P*Q.
-template <bool VEC>
+template <bool VEC, class T = float>
 struct Im2colAlongRows {
   static constexpr bool kAlongK = false;
   static constexpr bool kVec = VEC;
-  ConvGeometry prm;
+  using Elem = T;
+  ConvGeometryOf<T> prm;
   int r[4], s[4], c[4];  // the 4 columns' taps (VEC: only [0] is used, the 4 channels are consecutive)
   bool col_ok[4];
   Digits npq;
@@ -328,22 +385,31 @@ struct Im2colAlongRows {
     }
     npq.set(k0, prm.P, prm.Q);
   }
-  __device__ __forceinline__ void load(float (&v)[4]) const {
-    if (npq.hi >= prm.N) {  // k >= N*P*Q
+  // C % 4 == 0: the 4 columns are 4 consecutive channels of one tap. npq.hi >= N means k >= N*P*Q.
+  __device__ __forceinline__ const T* vec_src() const {
+    if (npq.hi >= prm.N) return nullptr;
+    const int ih = npq.mid * prm.stride - prm.pad + r[0], iw = npq.lo * prm.stride - prm.pad + s[0];
+    const bool ok = col_ok[0] && ih >= 0 && ih < prm.H && iw >= 0 && iw < prm.W;
+    return ok ? prm.p + static_cast<int64_t>(npq.hi) * prm.H * prm.W * prm.C + (ih * prm.W + iw) * prm.C + c[0]
+              : nullptr;
+  }
+  __device__ __forceinline__ void load(T (&v)[4]) const {
+    if (VEC) {
+      const T* src = vec_src();
+      if (src) load4(v, src); else set_zero(v);
+      return;
+    }
+    if (npq.hi >= prm.N) {
       set_zero(v);
       return;
     }
-    const float* image = prm.p + static_cast<int64_t>(npq.hi) * prm.H * prm.W * prm.C;
+    const T* image = prm.p + static_cast<int64_t>(npq.hi) * prm.H * prm.W * prm.C;
     const int ih0 = npq.mid * prm.stride - prm.pad, iw0 = npq.lo * prm.stride - prm.pad;
     VGG_GEMM_UNROLL
-    for (int j = 0; j < (VEC ? 1 : 4); ++j) {
+    for (int j = 0; j < 4; ++j) {
       const int ih = ih0 + r[j], iw = iw0 + s[j];
       const bool ok = col_ok[j] && ih >= 0 && ih < prm.H && iw >= 0 && iw < prm.W;
-      if (VEC) {
-        if (ok) load4(v, image + (ih * prm.W + iw) * prm.C + c[0]); else set_zero(v);
-      } else {
-        v[j] = ok ? image[(ih * prm.W + iw) * prm.C + c[j]] : 0.0f;
-      }
+      v[j] = ok ? image[(ih * prm.W + iw) * prm.C + c[j]] : T{};
     }
   }
   __device__ __forceinline__ void advance(int bk) { npq.step(bk, prm.P, prm.Q); }
@@ -508,66 +574,100 @@ __global__ void splitk_reduce_kernel(const float* partial, int splits, int64_t m
 
 // ---- host side: planning and launching --------------------------------------------------------------------------
 
-// Which tiles, and how many k splits. Depends on the shapes only, so results are reproducible run to run.
+// Which tiles, and how many k splits. Depends on the shapes and the device only, so results are reproducible
+// run to run on one GPU model.
 struct GemmPlan {
-  bool large;  // LargeTiles else SmallTiles
+  bool large;  // the 128 x 128 tiles, else the 64 x 64 ones (both the CUDA-core and the tensor-core kernels)
   int splits;  // 1 = no split-K
 };
 
-// About two blocks per SM of an H100 (132 SMs); below this, split K.
-constexpr int64_t kTargetBlocks = 264;
+// How many blocks of one kernel run at once: SMs x resident blocks per SM.
+struct KernelSlots {
+  int sms;
+  int per_sm;
+};
+
 // A split must keep at least this much of Kdim, or the extra partial sums cost more than they gain.
 constexpr int64_t kMinKPerSplit = 256;
 constexpr int kMaxSplits = 128;
 constexpr int64_t kMaxSplitWorkspaceBytes = int64_t{256} << 20;
+// The emulator plans for the GPU the benchmarks run on: an H100/H200 (132 SMs, 228 KiB shared memory per SM).
+constexpr int kModelSms = 132;
+constexpr size_t kModelSharedPerSm = 228 * 1024;
 
-// VGG_GPU_GEMM=small|large[:SPLITS] (read on every call; "auto" or unset keeps the automatic plan) forces the
-// tiles and the number of k splits. The emulator's test shapes are far too small for the automatic plan to pick
-// large tiles or split-K, yet those are what a GPU runs at VGG sizes: the tests force each plan.
-inline GemmPlan forced_plan(GemmPlan plan) {
-  const char* setting = std::getenv("VGG_GPU_GEMM");
-  if (setting == nullptr || std::string(setting).empty() || std::string(setting) == "auto") return plan;
-  const std::string value(setting);
-  const size_t colon = value.find(':');
-  const std::string tiles = value.substr(0, colon);
-  if (tiles != "small" && tiles != "large")
-    throw std::runtime_error("VGG_GPU_GEMM=" + value + ": expected auto, small, large, small:SPLITS or large:SPLITS");
-  plan.large = tiles == "large";
-  plan.splits = 1;
-  if (colon != std::string::npos) {
-    const std::string digits = value.substr(colon + 1);
-    if (digits.empty() || digits.size() > 3 || digits.find_first_not_of("0123456789") != std::string::npos ||
-        std::stoi(digits) < 1)
-      throw std::runtime_error("VGG_GPU_GEMM=" + value + ": SPLITS must be an integer from 1 to 999");
-    plan.splits = std::stoi(digits);
+// Resident blocks per SM of `kernel` with `threads` threads and `smem` bytes of dynamic shared memory: the CUDA
+// occupancy calculator on a GPU (registers, shared memory, threads); in the emulator a model of the same limits
+// with `model_per_sm` standing for the register limit the kernel's __launch_bounds__ asks for.
+template <class Kernel>
+KernelSlots kernel_slots(Kernel kernel, int threads, size_t smem, int model_per_sm) {
+#if defined(__CUDACC__)
+  int device = 0, sms = 0, per_sm = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess ||
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem) != cudaSuccess) {
+    cudaGetLastError();  // a failed query is not a launch error: fall back to the model below
+    return KernelSlots{kModelSms, model_per_sm};
   }
+  return KernelSlots{sms > 0 ? sms : 1, per_sm > 0 ? per_sm : 1};
+#else
+  (void)kernel;
+  int per_sm = model_per_sm;
+  const int by_threads = 2048 / threads;
+  const int by_smem = static_cast<int>(kModelSharedPerSm / (smem + 1024));  // 1 KiB reserved per block
+  if (by_threads < per_sm) per_sm = by_threads;
+  if (by_smem < per_sm) per_sm = by_smem;
+  return KernelSlots{kModelSms, per_sm > 0 ? per_sm : 1};
+#endif
+}
+
+// The test-only override (vgg::set_gpu_gemm_plan, bound as _C._set_gpu_gemm_plan) forces the tiles and the
+// number of k splits: the emulator's test shapes are far too small for the automatic plan to pick large tiles or
+// split-K, yet those are what a GPU runs at VGG sizes.
+inline GemmPlan forced_plan(GemmPlan plan) {
+  const GemmPlanOverride forced = gpu_gemm_plan_override();
+  if (!forced.forced) return plan;
+  plan.large = forced.large;
+  plan.splits = forced.splits;
   return plan;
 }
 
-inline GemmPlan plan_gemm(int64_t M, int64_t N, int64_t kdim) {
-  GemmPlan plan;
-  // Large tiles once they make a full wave of blocks and waste little more on the M/N tails than small ones
-  // would (e.g. N = 64 output channels would leave half of every 128-wide tile idle).
-  const int64_t large_tiles = ceil_div(M, LargeTiles::BM) * ceil_div(N, LargeTiles::BN);
-  const int64_t large_area = large_tiles * LargeTiles::BM * LargeTiles::BN;
-  const int64_t small_area =
-      ceil_div(M, SmallTiles::BM) * ceil_div(N, SmallTiles::BN) * SmallTiles::BM * SmallTiles::BN;
-  plan.large = large_tiles >= kTargetBlocks / 2 && large_area * 8 <= small_area * 9;
-  const int64_t tiles = plan.large ? ceil_div(M, LargeTiles::BM) * ceil_div(N, LargeTiles::BN)
-                                   : ceil_div(M, SmallTiles::BM) * ceil_div(N, SmallTiles::BN);
-  int64_t splits = 1;
-  if (tiles < kTargetBlocks) {
-    splits = ceil_div(kTargetBlocks, tiles);
-    if (splits > kdim / kMinKPerSplit) splits = kdim / kMinKPerSplit;
-    if (splits > kMaxSplits) splits = kMaxSplits;
+// A launch should be whole waves: for each tile size, the split count s minimising
+//   waves(s) x (work of one block) x (blocks per SM)          [the SM-time of the launch, in MACs per SM]
+//   + macs_per_byte x (split-K workspace traffic) / SMs       [the deterministic reduction, memory bound]
+// with waves(s) = ceil(tiles x s / slots); then the tile size with the lower cost, the 64 x 64 tiles charged
+// 25% more per MAC (half the operand reuse of the 128 x 128 ones). macs_per_byte is the device's compute to
+// memory ratio (about 10 for float32 CUDA cores, 60 for tensor cores on an H100). E.g. VGG's conv4 weight
+// gradient (M = 512, N = 4608: 144 large tiles) on 132 SMs x 2 slots takes 11 splits: 1584 blocks, 6 waves.
+inline GemmPlan plan_gemm(int64_t M, int64_t N, int64_t kdim, KernelSlots large, KernelSlots small,
+                          double macs_per_byte) {
+  struct Choice {
+    int splits;
+    double cost;
+  };
+  auto choose = [&](int64_t bm, int64_t bn, KernelSlots slots) {
+    const int64_t tiles = ceil_div(M, bm) * ceil_div(N, bn);
+    const int64_t nslots = static_cast<int64_t>(slots.sms) * slots.per_sm;
+    int64_t max_splits = kdim / kMinKPerSplit;
+    if (max_splits > kMaxSplits) max_splits = kMaxSplits;
     const int64_t bytes_per_split = M * N * static_cast<int64_t>(sizeof(float));
-    if (splits * bytes_per_split > kMaxSplitWorkspaceBytes) splits = kMaxSplitWorkspaceBytes / bytes_per_split;
-    if (splits < 1) splits = 1;
-  }
-  plan.splits = static_cast<int>(splits);
+    if (bytes_per_split > 0 && max_splits * bytes_per_split > kMaxSplitWorkspaceBytes)
+      max_splits = kMaxSplitWorkspaceBytes / bytes_per_split;
+    if (max_splits < 1) max_splits = 1;
+    Choice best{1, 0.0};
+    for (int64_t s = 1; s <= max_splits; ++s) {
+      const double waves = static_cast<double>(ceil_div(tiles * s, nslots));
+      double cost = waves * static_cast<double>(bm * bn) * static_cast<double>(ceil_div(kdim, s)) * slots.per_sm;
+      if (s > 1) cost += macs_per_byte * 4.0 * static_cast<double>(s + 1) * static_cast<double>(M * N) / slots.sms;
+      if (s == 1 || cost < best.cost) best = Choice{static_cast<int>(s), cost};
+    }
+    return best;
+  };
+  const Choice l = choose(128, 128, large), sm = choose(64, 64, small);
+  GemmPlan plan;
+  plan.large = l.cost <= 1.25 * sm.cost;
+  plan.splits = plan.large ? l.splits : sm.splits;
   return forced_plan(plan);
 }
-
 
 // The dimensions the kernel indexes with 32-bit block coordinates and per-image int offsets.
 inline void check_gemm_limits(const char* op, int64_t M, int64_t N, int64_t kdim) {
@@ -614,28 +714,29 @@ void launch_gemm_tiles(const char* op, const ALoader& a, const BLoader& b, int64
   VGG_CHECK_LAUNCH(op);
 }
 
-// Runs C = A * B [+ bias] with the plan's tiles and VEC path. ALoader/BLoader are loader templates over VEC;
-// ap/bp their parameter structs.
-template <template <bool> class ALoader, template <bool> class BLoader, class AParams, class BParams>
+// Runs C = A * B [+ bias] with the planned tiles and the VEC path. ALoader/BLoader are loader templates over
+// VEC and the element type; ap/bp their parameter structs.
+template <template <bool, class> class ALoader, template <bool, class> class BLoader, class AParams, class BParams>
 void run_gemm(const char* op, const AParams& ap, const BParams& bp, bool vec, int64_t M, int64_t N, int64_t kdim,
-              float* out, const float* bias, const GemmPlan& plan) {
+              float* out, const float* bias) {
   if (M <= 0 || N <= 0) return;
   check_gemm_limits(op, M, N, kdim);
-  if (vec) {
-    ALoader<true> a{};
-    BLoader<true> b{};
+  auto go = [&](auto a, auto b) {
+    using A = decltype(a);
+    using B = decltype(b);
     a.prm = ap;
     b.prm = bp;
+    constexpr bool kVec = A::kVec && B::kVec;  // the scalar loaders get one block per SM (__launch_bounds__)
+    const KernelSlots large = kernel_slots(gemm_tile_kernel<LargeTiles, A, B>, LargeTiles::kThreads,
+                                           LargeTiles::kSharedBytes, kVec ? LargeTiles::kMinBlocksPerSM : 1);
+    const KernelSlots small = kernel_slots(gemm_tile_kernel<SmallTiles, A, B>, SmallTiles::kThreads,
+                                           SmallTiles::kSharedBytes, kVec ? SmallTiles::kMinBlocksPerSM : 1);
+    const GemmPlan plan = plan_gemm(M, N, kdim, large, small, 10.0);
     if (plan.large) launch_gemm_tiles<LargeTiles>(op, a, b, M, N, kdim, out, bias, plan.splits);
     else launch_gemm_tiles<SmallTiles>(op, a, b, M, N, kdim, out, bias, plan.splits);
-  } else {
-    ALoader<false> a{};
-    BLoader<false> b{};
-    a.prm = ap;
-    b.prm = bp;
-    if (plan.large) launch_gemm_tiles<LargeTiles>(op, a, b, M, N, kdim, out, bias, plan.splits);
-    else launch_gemm_tiles<SmallTiles>(op, a, b, M, N, kdim, out, bias, plan.splits);
-  }
+  };
+  if (vec) go(ALoader<true, float>{}, BLoader<true, float>{});
+  else go(ALoader<false, float>{}, BLoader<false, float>{});
 }
 
 }  // namespace vgg::VGG_GPU_NS::gemm

@@ -34,6 +34,15 @@ void linear_backward_data(const float* dy, const float* w, float* dx, int64_t M,
 // x (M, IN), dy (M, OUT) -> dw (OUT, IN)
 void linear_backward_weight(const float* x, const float* dy, float* dw, int64_t M, int64_t OUT, int64_t IN);
 
+// bfloat16 (raw bits in uint16_t) on BF16 tensor cores: the same shapes as the float32 passes above, float32
+// accumulation, outputs (and the bias add) rounded to nearest even once at the end.
+void conv2d_forward_bf16(const uint16_t* x, const uint16_t* w, const uint16_t* bias, uint16_t* y, const Conv2dShape& s);
+void conv2d_backward_data_bf16(const uint16_t* dy, const uint16_t* w, uint16_t* dx, const Conv2dShape& s);
+void conv2d_backward_weight_bf16(const uint16_t* x, const uint16_t* dy, uint16_t* dw, const Conv2dShape& s);
+void linear_forward_bf16(const uint16_t* x, const uint16_t* w, const uint16_t* bias, uint16_t* y, int64_t M, int64_t OUT, int64_t IN);
+void linear_backward_data_bf16(const uint16_t* dy, const uint16_t* w, uint16_t* dx, int64_t M, int64_t OUT, int64_t IN);
+void linear_backward_weight_bf16(const uint16_t* x, const uint16_t* dy, uint16_t* dw, int64_t M, int64_t OUT, int64_t IN);
+
 void relu_forward(const float* x, float* y, int64_t n);
 void relu_backward(const float* x, const float* dy, float* dx, int64_t n);
 void dropout(const float* x, float* y, int64_t n, double p, uint64_t seed);

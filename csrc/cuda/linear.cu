@@ -1,60 +1,101 @@
-// Fully connected layer of the GPU backend: three dense GEMMs on the shared tile kernel of gemm_tiles.cuh.
-// Weights are (OUT, IN) as in PyTorch; outputs are overwritten. Also serves 1x1 stride-1 convolutions (conv2d.cu).
+// Fully connected layer of the GPU backend: three dense GEMMs on the shared tile kernels. Weights are (OUT, IN)
+// as in PyTorch; outputs are overwritten. Also serves 1x1 stride-1 convolutions (conv2d.cu).
 //
 //   forward          y  (M, OUT)  = x (M, IN)    * w^T (IN, OUT) + bias
 //   backward data    dx (M, IN)   = dy (M, OUT)  * w (OUT, IN)
 //   backward weight  dw (OUT, IN) = dy^T (OUT, M) * x (M, IN)      (split-K over M at small OUT x IN)
 //
+// float32 runs on the CUDA-core kernel (gemm_tiles.cuh), or on TF32 tensor cores with float32 matmul precision
+// "high"; the bfloat16 entry points run on BF16 tensor cores (tc_gemm.cuh), float32 accumulation.
 // At small batch every pass has a short side (M), so the plan picks the small tiles and splits K to fill the GPU.
 #include <cstdint>
+#include <type_traits>
 
+#include "../core/precision.h"
 #include "common.cuh"
 #include "gemm_tiles.cuh"
 #include "gpu_kernels.h"
+#include "tc_gemm.cuh"
 
 namespace vgg::VGG_GPU_NS {
 namespace linear_detail {
 
+template <class Op, template <bool, class> class ALoader, template <bool, class> class BLoader, class T>
+inline void gemm_pass(const char* op, const gemm::DenseParamsOf<T>& ap, const gemm::DenseParamsOf<T>& bp, bool vec,
+                      int64_t M, int64_t N, int64_t kdim, T* out, const T* bias) {
+  if constexpr (std::is_void_v<Op>) gemm::run_gemm<ALoader, BLoader>(op, ap, bp, vec, M, N, kdim, out, bias);
+  else gemm::run_tc_gemm<Op, ALoader, BLoader>(op, ap, bp, vec, M, N, kdim, out, bias);
+}
+
+// The 4-element vector loads (and cp.async copies) need 4 * sizeof(T)-byte aligned pointers.
+template <class T>
+inline bool vec_aligned(const T* p) {
+  return reinterpret_cast<uintptr_t>(p) % (4 * sizeof(T)) == 0;
+}
+
 // x (M, IN), w (OUT, IN), bias (OUT) or nullptr -> y (M, OUT). GEMM M = M, N = OUT, Kdim = IN.
-inline void forward(const float* x, const float* w, const float* bias, float* y, int64_t M, int64_t OUT, int64_t IN,
-                    const gemm::GemmPlan& plan) {
-  const bool vec = IN % 4 == 0 && aligned16(x) && aligned16(w);
-  gemm::run_gemm<gemm::DenseAlongK, gemm::DenseAlongK>("linear_forward", gemm::DenseParams{x, IN, M, IN},
-                                                       gemm::DenseParams{w, IN, OUT, IN}, vec, M, OUT, IN, y, bias,
-                                                       plan);
+template <class Op, class T>
+inline void forward(const T* x, const T* w, const T* bias, T* y, int64_t M, int64_t OUT, int64_t IN) {
+  const bool vec = IN % 4 == 0 && vec_aligned(x) && vec_aligned(w);
+  gemm_pass<Op, gemm::DenseAlongK, gemm::DenseAlongK>("linear_forward", gemm::DenseParamsOf<T>{x, IN, M, IN},
+                                                      gemm::DenseParamsOf<T>{w, IN, OUT, IN}, vec, M, OUT, IN, y,
+                                                      bias);
 }
 
 // dy (M, OUT), w (OUT, IN) -> dx (M, IN). GEMM M = M, N = IN, Kdim = OUT.
-inline void backward_data(const float* dy, const float* w, float* dx, int64_t M, int64_t OUT, int64_t IN,
-                          const gemm::GemmPlan& plan) {
-  const bool vec = OUT % 4 == 0 && IN % 4 == 0 && aligned16(dy) && aligned16(w);
-  gemm::run_gemm<gemm::DenseAlongK, gemm::DenseAlongRows>("linear_backward_data", gemm::DenseParams{dy, OUT, M, OUT},
-                                                          gemm::DenseParams{w, IN, IN, OUT}, vec, M, IN, OUT, dx,
-                                                          nullptr, plan);
+template <class Op, class T>
+inline void backward_data(const T* dy, const T* w, T* dx, int64_t M, int64_t OUT, int64_t IN) {
+  const bool vec = OUT % 4 == 0 && IN % 4 == 0 && vec_aligned(dy) && vec_aligned(w);
+  gemm_pass<Op, gemm::DenseAlongK, gemm::DenseAlongRows>("linear_backward_data", gemm::DenseParamsOf<T>{dy, OUT, M, OUT},
+                                                         gemm::DenseParamsOf<T>{w, IN, IN, OUT}, vec, M, IN, OUT, dx,
+                                                         static_cast<const T*>(nullptr));
 }
 
 // x (M, IN), dy (M, OUT) -> dw (OUT, IN). GEMM M = OUT, N = IN, Kdim = M.
-inline void backward_weight(const float* x, const float* dy, float* dw, int64_t M, int64_t OUT, int64_t IN,
-                            const gemm::GemmPlan& plan) {
-  const bool vec = OUT % 4 == 0 && IN % 4 == 0 && aligned16(x) && aligned16(dy);
-  gemm::run_gemm<gemm::DenseAlongRows, gemm::DenseAlongRows>("linear_backward_weight",
-                                                             gemm::DenseParams{dy, OUT, OUT, M},
-                                                             gemm::DenseParams{x, IN, IN, M}, vec, OUT, IN, M, dw,
-                                                             nullptr, plan);
+template <class Op, class T>
+inline void backward_weight(const T* x, const T* dy, T* dw, int64_t M, int64_t OUT, int64_t IN) {
+  const bool vec = OUT % 4 == 0 && IN % 4 == 0 && vec_aligned(x) && vec_aligned(dy);
+  gemm_pass<Op, gemm::DenseAlongRows, gemm::DenseAlongRows>("linear_backward_weight",
+                                                            gemm::DenseParamsOf<T>{dy, OUT, OUT, M},
+                                                            gemm::DenseParamsOf<T>{x, IN, IN, M}, vec, OUT, IN, M, dw,
+                                                            static_cast<const T*>(nullptr));
 }
+
+inline bool tf32() { return float32_matmul_precision() == MatmulPrecision::High; }
 
 }  // namespace linear_detail
 
 void linear_forward(const float* x, const float* w, const float* bias, float* y, int64_t M, int64_t OUT, int64_t IN) {
-  linear_detail::forward(x, w, bias, y, M, OUT, IN, gemm::plan_gemm(M, OUT, IN));
+  using namespace linear_detail;
+  if (tf32()) forward<gemm::Tf32Op>(x, w, bias, y, M, OUT, IN);
+  else forward<void>(x, w, bias, y, M, OUT, IN);
 }
 
 void linear_backward_data(const float* dy, const float* w, float* dx, int64_t M, int64_t OUT, int64_t IN) {
-  linear_detail::backward_data(dy, w, dx, M, OUT, IN, gemm::plan_gemm(M, IN, OUT));
+  using namespace linear_detail;
+  if (tf32()) backward_data<gemm::Tf32Op>(dy, w, dx, M, OUT, IN);
+  else backward_data<void>(dy, w, dx, M, OUT, IN);
 }
 
 void linear_backward_weight(const float* x, const float* dy, float* dw, int64_t M, int64_t OUT, int64_t IN) {
-  linear_detail::backward_weight(x, dy, dw, M, OUT, IN, gemm::plan_gemm(OUT, IN, M));
+  using namespace linear_detail;
+  if (tf32()) backward_weight<gemm::Tf32Op>(x, dy, dw, M, OUT, IN);
+  else backward_weight<void>(x, dy, dw, M, OUT, IN);
+}
+
+void linear_forward_bf16(const uint16_t* x, const uint16_t* w, const uint16_t* bias, uint16_t* y, int64_t M,
+                         int64_t OUT, int64_t IN) {
+  linear_detail::forward<gemm::Bf16Op>(x, w, bias, y, M, OUT, IN);
+}
+
+void linear_backward_data_bf16(const uint16_t* dy, const uint16_t* w, uint16_t* dx, int64_t M, int64_t OUT,
+                               int64_t IN) {
+  linear_detail::backward_data<gemm::Bf16Op>(dy, w, dx, M, OUT, IN);
+}
+
+void linear_backward_weight_bf16(const uint16_t* x, const uint16_t* dy, uint16_t* dw, int64_t M, int64_t OUT,
+                                 int64_t IN) {
+  linear_detail::backward_weight<gemm::Bf16Op>(x, dy, dw, M, OUT, IN);
 }
 
 }  // namespace vgg::VGG_GPU_NS

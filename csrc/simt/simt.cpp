@@ -1263,6 +1263,8 @@ void set_allocation_label(void* ptr, std::string label) {
   if (it != R.live.end()) it->second.label = std::move(label);
 }
 
+uint64_t block_serial() { return detail::block_serial; }
+
 void* dynamic_shared() {
   auto& E = detail::engine();
   if (!E.current) throw Error("simt: dynamic_shared() called outside a kernel");

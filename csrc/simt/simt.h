@@ -124,6 +124,10 @@ void set_max_dynamic_shared(const void* kernel, size_t bytes);
 void set_schedule(const std::string& schedule);
 std::string get_schedule();
 
+// A number that differs for every block run by this process (per-thread emulator state, such as pending
+// cp.async copies in tensor_core.cpp, is tagged with it so that nothing leaks from one block into the next).
+uint64_t block_serial();
+
 // The current block's dynamic shared memory (16-byte aligned, the size given at launch, poisoned per block).
 void* dynamic_shared();
 

@@ -254,6 +254,7 @@ def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum
 
     if precision not in _PRECISIONS:
         raise ValueError(f"train: precision must be one of {', '.join(_PRECISIONS)}, got {precision!r}")
+    settings["precision"] = precision
 
     # Everything that can be wrong with the data is found here, before any training.
     root = _resolve_data(data)

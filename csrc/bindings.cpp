@@ -95,11 +95,13 @@ PYBIND11_MODULE(_C, m) {
   py::class_<Tensor>(m, "Tensor", "Contiguous NHWC storage on one device; autograd lives in vggcore.Tensor")
       .def_static("from_numpy", &from_numpy, py::arg("array"), py::arg("device") = "cpu",
                   "Copies a numpy array (float32, float64, int32, int64) onto a device")
-      .def("numpy", &to_numpy, "Copies the contents into a new numpy array (synchronises); bfloat16 reads out as float32")
+      .def("numpy", &to_numpy,
+           "Copies the contents into a new numpy array (synchronises); bfloat16 reads out as float32 (exact)")
       .def_property_readonly("shape", &shape_tuple)
       .def_property_readonly("dtype", [](const Tensor& t) { return vgg::dtype_name(t.dtype()); })
       .def_property_readonly("device", [](const Tensor& t) { return t.device().str(); })
       .def_property_readonly("numel", &Tensor::numel)
+      .def_property_readonly("nbytes", &Tensor::nbytes, "Bytes of storage: numel * 2 (bfloat16), 4 or 8")
       .def("to", [](const Tensor& t, const std::string& device) { return t.to(vgg::Device::parse(device)); },
            py::arg("device"), py::call_guard<py::gil_scoped_release>())
       .def("reshape", &Tensor::reshape, py::arg("shape"), "A view with a new shape (shares storage)")
@@ -130,7 +132,8 @@ PYBIND11_MODULE(_C, m) {
         vgg::cuda::empty_cache();
 #endif
       }, "Returns the cached free blocks (host memory of cpu/sim tensors, and CUDA memory) to the system");
-  m.def("full", [](const std::vector<int64_t>& shape, double value, const std::string& dtype, const std::string& device) {
+  m.def("full", [](const std::vector<int64_t>& shape, double value, const std::string& dtype,
+                   const std::string& device) {
         return vgg::ops::full(shape, value, vgg::parse_float_dtype(dtype, "full"), vgg::Device::parse(device));
       }, py::arg("shape"), py::arg("value"), py::arg("dtype"), py::arg("device"));
   m.def("cast", [](const Tensor& x, const std::string& dtype) {

@@ -125,6 +125,7 @@ def test_dtype_and_to(device):
     x = vc.tensor([[1.0, 2.5], [-3.0, 256.0]], device=device)
     b = x.to(dtype="bfloat16")
     assert b.dtype == "bfloat16" and b.device == x.device and b.shape == (2, 2)
+    assert b._data.nbytes == 2 * 4 and x._data.nbytes == 4 * 4   # 2 bytes an element
     assert x.to("bfloat16").dtype == "bfloat16" and b.bfloat16() is b and x.float() is x
     assert b.numpy().dtype == np.float32
     np.testing.assert_array_equal(b.numpy(), [[1.0, 2.5], [-3.0, 256.0]])
@@ -203,7 +204,7 @@ def test_gradient_flows_through_device_and_dtype_changes():
     np.testing.assert_array_equal(x.grad.numpy(), rounded(ref.grad.numpy()))
 
 
-# ---- every VGG op on bfloat16, against the float32 kernel on the same values ------------------------------------------
+# ---- every VGG op on bfloat16, against the float32 kernel on the same values -------------------------------------
 def fp32_then_round(fn, *arrays, device):
     out = fn(*(on(device, a, "float32") for a in arrays))
     return rounded(out.numpy())
@@ -321,7 +322,8 @@ def assert_matmul_close(got, ref, mag, n_terms, what):
     assert excess.max() <= 0, f"{what}: error exceeds 2^-8|ref| + n 2^-24 (|x||w|) by {excess.max():.3g}"
 
 
-CONV_CASES = [((1, 5, 6, 3), (17, 3, 3, 3), 1, 1), ((2, 7, 5, 13), (9, 3, 3, 13), 2, 1), ((1, 4, 4, 8), (5, 1, 1, 8), 1, 0)]
+CONV_CASES = [((1, 5, 6, 3), (17, 3, 3, 3), 1, 1), ((2, 7, 5, 13), (9, 3, 3, 13), 2, 1),
+              ((1, 4, 4, 8), (5, 1, 1, 8), 1, 0)]
 
 
 @pytest.mark.parametrize("xs,ws,stride,pad", CONV_CASES)

@@ -1,8 +1,8 @@
 // Element storage of the GPU kernels: float32 (float) or bfloat16 (uint16_t bits, core/bfloat16.h).
 //
 // Kernels that are not matrix products are templated on the storage type T and compute in float32 whatever T is:
-//   float v = load_element(x, i);  ...;  store_element(y, i, v);        // bfloat16: widen exactly, round to nearest even
-//   float4 q = load4(x, g);  store4(y, g, q);                           // elements 4g .. 4g+3
+//   float v = load_element(x, i);  ...;  store_element(y, i, v);   // bfloat16: widen exactly, round to nearest even
+//   float4 q = load4(x, g);  store4(y, g, q);                      // elements 4g .. 4g+3
 // The 4-wide forms need the address of element 4g aligned to 4 * sizeof(T) bytes (16 for float, 8 for bfloat16);
 // the callers check 16-byte alignment of the tensor starts, which covers both.
 #pragma once

@@ -33,7 +33,8 @@ inline void check_float(const char* op, const char* name, const Tensor& t) {
   VGG_CHECK(t.dtype() == DType::Float32 || t.dtype() == DType::Float64 || t.dtype() == DType::BFloat16, TypeError,
             op, ": ", name, " must be float32, float64 or bfloat16, got ", dtype_name(t.dtype()));
   VGG_CHECK(t.dtype() != DType::Float64 || t.device().type == DeviceType::CPU, TypeError, op, ": ", name,
-            " is float64 on device ", t.device().str(), ", which runs float32 and bfloat16 only (use float32, or the cpu)");
+            " is float64 on device ", t.device().str(),
+            ", which runs float32 and bfloat16 only (use float32, or the cpu)");
   VGG_CHECK(t.dtype() != DType::BFloat16 || t.device().type != DeviceType::CPU, TypeError, op, ": ", name,
             " is bfloat16 on the cpu, whose kernels run float32 and float64 only: convert it with "
             ".to(dtype=\"float32\"), or run on sim/cuda (shape ", shape_str(t.shape()), ")");
@@ -152,7 +153,8 @@ inline void check_positive(const char* op, const char* name, int64_t value) {
   } while (0)
 
 // VGG_RUN_KERNEL for the ops with float32 kernels only on sim and cuda (the backward passes of the loss ops, whose
-// forward passes return float32 even for bfloat16 input): the caller has refused bfloat16 (check_no_bf16).
+// forward passes return float32 even for bfloat16 input, and LRN's float32 scale): the caller has routed bfloat16
+// elsewhere (VGG_RUN_GPU) or refused it (check_no_bf16).
 #define VGG_RUN_KERNEL_NO_BF16(device, dtype, fn, ...)                        \
   do {                                                                        \
     if ((device).type == ::vgg::DeviceType::CPU) {                            \

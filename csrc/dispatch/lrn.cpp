@@ -63,8 +63,8 @@ Tensor lrn_backward(const Tensor& x, const Tensor& y, const Tensor& scale, const
     VGG_RUN_GPU(x.device(), lrn_backward, x.data<uint16_t>(), y.data<uint16_t>(), scale.data<float>(),
                 dy.data<uint16_t>(), dx.data<uint16_t>(), s);
   } else {
-    VGG_RUN_KERNEL_NO_BF16(x.device(), x.dtype(), lrn_backward, x.data<T>(), y.data<T>(), scale.data<T>(), dy.data<T>(),
-                   dx.data<T>(), s);
+    VGG_RUN_KERNEL_NO_BF16(x.device(), x.dtype(), lrn_backward, x.data<T>(), y.data<T>(), scale.data<T>(),
+                           dy.data<T>(), dx.data<T>(), s);
   }
   return dx;
 }

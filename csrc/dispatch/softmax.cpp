@@ -62,7 +62,8 @@ Tensor softmax_backward(const Tensor& y, const Tensor& dy) {
   check_same(op, "output", y, "grad_output", dy);
   check_shape(op, "grad_output", dy, y.shape());
   Tensor dx = Tensor::empty(y.shape(), y.dtype(), y.device());
-  VGG_RUN_KERNEL_NO_BF16(y.device(), y.dtype(), softmax_backward, y.data<T>(), dy.data<T>(), dx.data<T>(), r.rows, r.cols);
+  VGG_RUN_KERNEL_NO_BF16(y.device(), y.dtype(), softmax_backward, y.data<T>(), dy.data<T>(), dx.data<T>(), r.rows,
+                         r.cols);
   return dx;
 }
 
@@ -110,8 +111,8 @@ std::tuple<Tensor, Tensor> cross_entropy_forward(const Tensor& logits, const Ten
     VGG_RUN_GPU(logits.device(), cross_entropy_forward, logits.data<uint16_t>(), labels.data<int64_t>(),
                 logp.data<float>(), loss.data<float>(), logits.size(0), logits.size(1));
   } else {
-    VGG_RUN_KERNEL_NO_BF16(logits.device(), logits.dtype(), cross_entropy_forward, logits.data<T>(), labels.data<int64_t>(),
-                   logp.data<T>(), loss.data<T>(), logits.size(0), logits.size(1));
+    VGG_RUN_KERNEL_NO_BF16(logits.device(), logits.dtype(), cross_entropy_forward, logits.data<T>(),
+                           labels.data<int64_t>(), logp.data<T>(), loss.data<T>(), logits.size(0), logits.size(1));
   }
   return {loss, logp};
 }

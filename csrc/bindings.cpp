@@ -35,9 +35,11 @@ DType dtype_of(const py::array& array) {
                        " (expected float32, float64, int32 or int64)");
 }
 
+// numpy has no bfloat16: a bfloat16 tensor reads out as float32 (exact, every bfloat16 is a float32).
 py::dtype numpy_dtype(DType dtype) {
   switch (dtype) {
-    case DType::Float32: return py::dtype::of<float>();
+    case DType::Float32:
+    case DType::BFloat16: return py::dtype::of<float>();
     case DType::Float64: return py::dtype::of<double>();
     case DType::Int32: return py::dtype::of<int32_t>();
     case DType::Int64: return py::dtype::of<int64_t>();
@@ -62,7 +64,10 @@ py::array to_numpy(const Tensor& t) {
   void* dst = out.mutable_data();
   {
     py::gil_scoped_release release;
-    t.copy_to_host(dst);
+    if (t.dtype() == DType::BFloat16)
+      vgg::ops::cast(t, DType::Float32).copy_to_host(dst);
+    else
+      t.copy_to_host(dst);
   }
   return out;
 }
@@ -93,11 +98,13 @@ PYBIND11_MODULE(_C, m) {
   py::class_<Tensor>(m, "Tensor", "Contiguous NHWC storage on one device; autograd lives in vggcore.Tensor")
       .def_static("from_numpy", &from_numpy, py::arg("array"), py::arg("device") = "cpu",
                   "Copies a numpy array (float32, float64, int32, int64) onto a device")
-      .def("numpy", &to_numpy, "Copies the contents into a new numpy array (synchronises)")
+      .def("numpy", &to_numpy,
+           "Copies the contents into a new numpy array (synchronises); bfloat16 reads out as float32 (exact)")
       .def_property_readonly("shape", &shape_tuple)
       .def_property_readonly("dtype", [](const Tensor& t) { return vgg::dtype_name(t.dtype()); })
       .def_property_readonly("device", [](const Tensor& t) { return t.device().str(); })
       .def_property_readonly("numel", &Tensor::numel)
+      .def_property_readonly("nbytes", &Tensor::nbytes, "Bytes of storage: numel * 2 (bfloat16), 4 or 8")
       .def("to", [](const Tensor& t, const std::string& device) { return t.to(vgg::Device::parse(device)); },
            py::arg("device"), py::call_guard<py::gil_scoped_release>())
       .def("reshape", &Tensor::reshape, py::arg("shape"), "A view with a new shape (shares storage)")
@@ -128,11 +135,16 @@ PYBIND11_MODULE(_C, m) {
         vgg::cuda::empty_cache();
 #endif
       }, "Returns the cached free blocks (host memory of cpu/sim tensors, and CUDA memory) to the system");
-  m.def("full", [](const std::vector<int64_t>& shape, double value, const std::string& dtype, const std::string& device) {
-        const DType d = dtype == "float64" ? DType::Float64 : dtype == "float32" ? DType::Float32
-                      : throw vgg::TypeError("full: dtype must be float32 or float64, got " + dtype);
-        return vgg::ops::full(shape, value, d, vgg::Device::parse(device));
+  m.def("full", [](const std::vector<int64_t>& shape, double value, const std::string& dtype,
+                   const std::string& device) {
+        return vgg::ops::full(shape, value, vgg::parse_float_dtype(dtype, "full"), vgg::Device::parse(device));
       }, py::arg("shape"), py::arg("value"), py::arg("dtype"), py::arg("device"));
+  m.def("cast", [](const Tensor& x, const std::string& dtype) {
+        const DType d = vgg::parse_float_dtype(dtype, "cast");
+        py::gil_scoped_release release;
+        return vgg::ops::cast(x, d);
+      }, py::arg("x"), py::arg("dtype"),
+      "x in dtype float32, float64 (cpu) or bfloat16, rounded to nearest even when narrowing; x itself if unchanged");
 
   using namespace vgg::ops;
   const auto release = py::call_guard<py::gil_scoped_release>();

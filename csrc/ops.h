@@ -44,6 +44,9 @@ Tensor dropout(const Tensor& x, double p, uint64_t seed);
 Tensor add(const Tensor& a, const Tensor& b);            // same shape, dtype and device
 Tensor scale(const Tensor& x, double alpha);
 Tensor full(const Shape& shape, double value, DType dtype, const Device& device);
+// x -> the same values in `dtype` (float32, float64 on the cpu, bfloat16), rounded to nearest even when narrowing;
+// x itself when it already has that dtype. Autograd's cast is this call in both directions.
+Tensor cast(const Tensor& x, DType dtype);
 
 // ---- pooling (floor mode, no padding) ------------------------------------------------------------------------
 // x (N,H,W,C) -> (y (N,P,Q,C), argmax (N,P,Q,C) int32 = h*W + w)

@@ -148,7 +148,7 @@ def test_tensor_rejects_non_numeric_data(data):
         vc.tensor(data)
 
 
-@pytest.mark.parametrize("dtype", ["int32", "float16", "bfloat16", "f32", 3])
+@pytest.mark.parametrize("dtype", ["int32", "float16", "bf16", "f32", 3])
 def test_tensor_rejects_unknown_dtype(dtype):
     with pytest.raises(ERR):
         vc.tensor([1.0, 2.0], dtype=dtype)

@@ -80,6 +80,9 @@ def build_parser():
     t.add_argument("--init-from", default=None, help="checkpoint of a trained net A to initialise from (paper 3.1)")
     t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or sim (default auto)")
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--precision", choices=("fp32", "tf32", "bf16"), default="fp32",
+                   help="fp32 (default); tf32: TF32 tensor cores for float32 conv/linear; bf16: mixed precision "
+                        "(bfloat16 activations, float32 weights; sim/cuda only)")
     t.add_argument("--checkpoint-dir", default=None,
                    help="where checkpoints and curves go (default runs/vgg-<config>)")
     t.add_argument("--resume", action="store_true", help="continue from CHECKPOINT_DIR/last.safetensors")

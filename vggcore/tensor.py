@@ -11,19 +11,23 @@ import numpy as np
 from . import _C
 from .autograd import AutogradError, Context, is_grad_enabled, run_backward
 
-_DTYPES = {"float32": np.float32, "float64": np.float64}
+# dtype name -> the numpy dtype data is staged in on the host. numpy has no bfloat16: bfloat16 tensors are made
+# from float32 values (rounded to nearest even) and read back by .numpy() as float32 (exact).
+_DTYPES = {"float32": np.float32, "float64": np.float64, "bfloat16": np.float32}
 
 
-def _dtype_name(dtype):
-    """Normalises "float32", np.float32, np.dtype("float64") ... to "float32"/"float64"."""
+def _dtype_name(dtype, op="tensor"):
+    """Normalises "float32", np.float32, np.dtype("float64"), "bfloat16" ... to "float32"/"float64"/"bfloat16"."""
     if dtype is None:
         return None
+    if isinstance(dtype, str) and dtype in _DTYPES:
+        return dtype
     try:
         name = np.dtype(dtype).name
     except TypeError:
         name = None
-    if name not in _DTYPES:
-        raise TypeError(f"tensor: dtype must be float32 or float64, got {dtype!r}")
+    if name not in ("float32", "float64"):
+        raise TypeError(f"{op}: dtype must be \"float32\", \"float64\" or \"bfloat16\", got {dtype!r}")
     return name
 
 
@@ -34,9 +38,11 @@ def _check_device(device, op="tensor"):
 
 
 class Tensor:
-    """An n-dimensional float32/float64 array on one device (cpu, sim or cuda:N), with autograd.
+    """An n-dimensional float32/float64/bfloat16 array on one device (cpu, sim or cuda:N), with autograd.
 
-    Activations are NHWC (N, H, W, C). Create tensors with ``vggcore.tensor(...)``.
+    Activations are NHWC (N, H, W, C). Create tensors with ``vggcore.tensor(...)``. float64 lives on the cpu only;
+    bfloat16 computes on sim and cuda, and the cpu only stores, converts and moves it (``.numpy()`` returns its
+    values as float32, exactly).
     """
 
     __slots__ = ("_data", "requires_grad_", "grad", "grad_fn", "__weakref__")
@@ -101,7 +107,7 @@ class Tensor:
 
     # ---- conversion ---------------------------------------------------------------------------------------------
     def numpy(self):
-        """A copy of the contents as a numpy array (synchronises with the device)."""
+        """A copy of the contents as a numpy array (synchronises with the device); bfloat16 comes back as float32."""
         return self._data.numpy()
 
     def item(self):
@@ -116,12 +122,37 @@ class Tensor:
         """The same storage, cut from the graph."""
         return Tensor._from_engine(self._data, requires_grad=False, grad_fn=None)
 
-    def to(self, device):
-        """A copy on ``device`` ("cpu", "sim", "cuda", "cuda:N"); differentiable. Same device: returns self."""
-        _check_device(device, "to")
-        if device == self.device or (device == "cuda" and self.device == "cuda:0"):
-            return self
-        return _ToDevice.apply(self, device=device)
+    def to(self, device=None, dtype=None):
+        """A copy on ``device`` ("cpu", "sim", "cuda", "cuda:N") and/or in ``dtype`` ("float32", "float64" (cpu
+        only), "bfloat16"); differentiable (the gradient of a cast is the cast back, as in PyTorch). Narrowing
+        rounds to nearest even. ``t.to("bfloat16")`` is ``t.to(dtype="bfloat16")``. Nothing to change: self.
+        """
+        if isinstance(device, str) and device in _DTYPES and dtype is None:
+            device, dtype = None, device
+        if device is not None:
+            _check_device(device, "to")
+        dtype = _dtype_name(dtype, "to")
+        same_device = device is None or device == self.device or (device == "cuda" and self.device == "cuda:0")
+        out = self
+        if dtype is None or dtype == self.dtype:
+            return out if same_device else _ToDevice.apply(out, device=device)
+        # Convert where the dtypes exist (float64: the cpu only) and move the smaller of the two copies.
+        cast_first = same_device or self.dtype == "float64" or (dtype == "bfloat16" and self.dtype == "float32")
+        if cast_first:
+            out = _Cast.apply(out, dtype=dtype)
+        if not same_device:
+            out = _ToDevice.apply(out, device=device)
+        if not cast_first:
+            out = _Cast.apply(out, dtype=dtype)
+        return out
+
+    def float(self):
+        """``self.to(dtype="float32")``."""
+        return self.to(dtype="float32")
+
+    def bfloat16(self):
+        """``self.to(dtype="bfloat16")``."""
+        return self.to(dtype="bfloat16")
 
     def cpu(self):
         return self.to("cpu")
@@ -236,6 +267,15 @@ class _ToDevice(Function):
         return (grad.to(self.source_device),)
 
 
+class _Cast(Function):
+    def forward(self, x, dtype):
+        self.source_dtype = x.dtype
+        return _C.cast(x, dtype)
+
+    def backward(self, grad):
+        return (_C.cast(grad, self.source_dtype),)
+
+
 class _Reshape(Function):
     def forward(self, x, shape):
         self.source_shape = list(x.shape)
@@ -276,8 +316,10 @@ def _as_array(data, dtype):
             raise ValueError(f"tensor: data is not a rectangular array ({error})") from None
     if array.dtype.kind not in "biuf":
         raise TypeError(f"tensor: data must be numeric, got numpy dtype {array.dtype}")
+    if dtype is None and isinstance(data, Tensor):
+        dtype = data.dtype
     if dtype is None:  # as torch.tensor: numpy float arrays keep their precision, Python numbers become float32
-        keeps_dtype = isinstance(data, (np.ndarray, np.generic, Tensor)) and array.dtype.name in _DTYPES
+        keeps_dtype = isinstance(data, (np.ndarray, np.generic)) and array.dtype.name in ("float32", "float64")
         dtype = array.dtype.name if keeps_dtype else "float32"
     return np.array(array, dtype=_DTYPES[dtype], order="C", copy=True), dtype
 
@@ -285,12 +327,18 @@ def _as_array(data, dtype):
 def tensor(data, dtype=None, device="cpu", requires_grad=False):
     """A new tensor holding a copy of ``data`` (numpy array, nested list, number, or Tensor).
 
-    dtype: "float32" or "float64"; by default numpy float32/float64 arrays (and Tensors) keep theirs, everything
-    else (Python numbers and lists, integer arrays) becomes float32. sim and cuda hold float32 only.
+    dtype: "float32", "float64" or "bfloat16"; by default numpy float32/float64 arrays (and Tensors) keep theirs,
+    everything else (Python numbers and lists, integer arrays) becomes float32. sim and cuda hold float32 and
+    bfloat16; bfloat16 values are the float32 data rounded to nearest even.
     """
     dtype = _dtype_name(dtype)
     _check_device(device)
     array, dtype = _as_array(data, dtype)
+    if dtype == "bfloat16":  # rounded on the host, then moved: half the bytes to copy
+        data = _C.cast(_C.Tensor.from_numpy(array, "cpu"), "bfloat16")
+        if device != "cpu":
+            data = data.to(device)
+        return Tensor._from_engine(data, requires_grad=requires_grad)
     return Tensor._from_engine(_C.Tensor.from_numpy(array, device), requires_grad=requires_grad)
 
 

@@ -18,6 +18,7 @@ The training loop only talks to the device through vggcore tensors, so the same 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import sys
@@ -52,6 +53,37 @@ _CURVES_NOTE_GIVEN = []          # non-empty once the "curves.png needs matplotl
 _RUN_KEYS = ("config", "batch_size", "momentum", "weight_decay", "nesterov", "scale", "crop", "width", "fc_width",
              "dropout", "init", "seed", "lr_patience", "lr_factor", "max_lr_drops", "eval_scale", "flip",
              "colour_std", "input_scale", "stats_sample")
+
+
+_PRECISIONS = ("fp32", "tf32", "bf16")
+
+
+@contextlib.contextmanager
+def _matmul_precision(value):
+    """vc.set_float32_matmul_precision(value) inside, the previous setting restored after."""
+    import vggcore as vc
+    previous = vc.get_float32_matmul_precision()
+    vc.set_float32_matmul_precision(value)
+    try:
+        yield
+    finally:
+        vc.set_float32_matmul_precision(previous)
+
+
+def _precision_scope(precision, device):
+    """The global setting a run's precision needs, as a context manager; ValueError where it cannot run."""
+    import vggcore as vc
+    if precision == "bf16" and device == "cpu":
+        raise ValueError("train: precision='bf16' needs device 'sim' or 'cuda' (the cpu kernels compute float32 "
+                         "and float64 only); use precision='fp32' on the cpu")
+    if precision != "tf32":
+        return contextlib.nullcontext()
+    if not hasattr(vc, "set_float32_matmul_precision"):
+        if device == "cpu":  # the cpu computes exact float32 whatever the setting says
+            return contextlib.nullcontext()
+        raise ValueError(f"train: precision='tf32' needs vc.set_float32_matmul_precision, which this build of "
+                         f"vggcore lacks; use precision='fp32' on {device}")
+    return _matmul_precision("high")
 
 
 @dataclass
@@ -238,7 +270,7 @@ def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum
           checkpoint_dir=None, resume=False, *, nesterov=False, dropout=None, init=None, lr_patience=3,
           lr_factor=0.1, max_lr_drops=3, eval_scale=None, flip=True, colour_std=0.1,
           input_scale=_data.DEFAULT_INPUT_SCALE, stats_sample=2000, num_workers=None, save_filters=False,
-          verbose=True, progress=None) -> TrainResult:
+          verbose=True, progress=None, precision="fp32") -> TrainResult:
     """Train configuration ``config`` on ``data`` the way the paper did; returns TrainResult(model, history).
 
     data: a folder holding train/<class>/*.{jpg,png,...} and val/<class>/...; None: the built-in shapes set
@@ -260,6 +292,10 @@ def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum
     epoch_time_s (the training pass), val_time_s, data_wait_s (time the loop waited for the loader) and
     input_bound (data_wait_s / epoch_time_s: near 0 the computation is the bottleneck, near 1 the input
     pipeline is; more num_workers helps only the latter), skipped_files.
+    precision: "fp32" (default); "tf32": float32 conv/linear may use TF32 tensor cores (sets
+    vc.set_float32_matmul_precision("high") for the run, restored after; on the cpu, which is exact float32,
+    it changes nothing); "bf16": mixed precision on sim/cuda (activations and their gradients in bfloat16,
+    float32 master weights, momentum, loss and softmax, no loss scaling; checkpoints stay float32).
     """
     import vggcore as vc
     from .nn import functional as F
@@ -292,12 +328,17 @@ def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum
     if settings["eval_scale"] < settings["crop"]:
         raise ValueError(f"train: eval_scale {eval_scale} is smaller than the crop {settings['crop']}")
 
+    if precision not in _PRECISIONS:
+        raise ValueError(f"train: precision must be one of {', '.join(_PRECISIONS)}, got {precision!r}")
+    settings["precision"] = precision
+
     # Everything that can be wrong with the data is found here, before any training.
     root = _resolve_data(data)
     train_folder = _data.ImageFolder(root / "train")
     val_folder = _data.ImageFolder(root / "val")
     _data.check_same_classes(train_folder, val_folder)
     device = resolve_device(device)
+    precision_scope = _precision_scope(precision, device)
 
     ckpt_dir = Path(checkpoint_dir).expanduser() if checkpoint_dir is not None else None
     last_path = ckpt_dir / "last.safetensors" if ckpt_dir else None
@@ -393,7 +434,9 @@ def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum
     result = TrainResult(model=model, history=history,
                          checkpoint=str(last_path) if state is not None else None,
                          best_val_top1_err=schedule["best_val_top1_err"])
+    compute = F.autocast("bfloat16") if precision == "bf16" else contextlib.nullcontext()
     try:
+        precision_scope.__enter__()
         for epoch in range(start_epoch, n_epochs):
             lr_now = optimizer.lr
             model.train()
@@ -412,8 +455,9 @@ def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum
                     break
                 wait += time.perf_counter() - t_wait
                 x = vc.tensor(x_np, device=device)
-                logits = model(x)
-                loss = F.cross_entropy(logits, y_np)
+                with compute:
+                    logits = model(x)
+                    loss = F.cross_entropy(logits, y_np)
                 loss_value = loss.item()
                 if not math.isfinite(loss_value):
                     where = f"epoch {epoch + 1}, batch {batches + 1}"
@@ -438,7 +482,8 @@ def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum
 
             model.eval()
             t_val = time.perf_counter()
-            probs, labels = predict_loader(model, val_loader.epoch(0), device)
+            with compute:
+                probs, labels = predict_loader(model, val_loader.epoch(0), device)
             if len(labels) == 0:
                 raise ValueError(f"train: no validation image of {val_folder.root} could be decoded")
             top1, top5 = topk_errors(probs, labels)
@@ -459,7 +504,7 @@ def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum
                      "val_loss": val_loss, "val_top1_err": top1, "val_top5_err": top5,
                      "images_per_s": seen / train_time, "epoch_time_s": train_time, "val_time_s": val_time,
                      "data_wait_s": wait, "input_bound": wait / train_time,
-                     "skipped_files": train_folder.num_skipped + val_folder.num_skipped}
+                     "skipped_files": train_folder.num_skipped + val_folder.num_skipped, "precision": precision}
             history.append(entry)
             result.best_val_top1_err = schedule["best_val_top1_err"]
             if verbose:
@@ -475,7 +520,7 @@ def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum
                         "model_info": describe(model), "optimizer": optimizer.state_dict(),
                         "rng": _random.get_state(), "schedule": dict(schedule), "history": history,
                         "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in settings.items()},
-                        "stats": stats, "data": str(root)}
+                        "stats": stats, "data": str(root), "precision": precision}
                 _ckpt.save_state(last_path, ckpt)
                 if improved:
                     _ckpt.save_state(ckpt_dir / "best.safetensors", ckpt)
@@ -497,6 +542,7 @@ def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum
                 if save_filters:
                     _save_filters(model, ckpt_dir / "conv1_1_filters.png")
     finally:
+        precision_scope.__exit__(None, None, None)
         train_loader.close()
         val_loader.close()
     if save_filters and ckpt_dir is None:

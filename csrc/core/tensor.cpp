@@ -118,6 +118,7 @@ size_t dtype_size(DType dtype) {
     case DType::Float64: return 8;
     case DType::Int32: return 4;
     case DType::Int64: return 8;
+    case DType::BFloat16: return 2;
   }
   return 0;
 }
@@ -128,8 +129,16 @@ const char* dtype_name(DType dtype) {
     case DType::Float64: return "float64";
     case DType::Int32: return "int32";
     case DType::Int64: return "int64";
+    case DType::BFloat16: return "bfloat16";
   }
   return "?";
+}
+
+DType parse_float_dtype(const std::string& name, const char* op) {
+  if (name == "float32") return DType::Float32;
+  if (name == "float64") return DType::Float64;
+  if (name == "bfloat16") return DType::BFloat16;
+  throw TypeError(cat(op, ": dtype must be \"float32\", \"float64\" or \"bfloat16\", got \"", name, "\""));
 }
 
 bool cuda_compiled() {
@@ -240,7 +249,7 @@ int64_t Tensor::numel() const {
 
 Tensor Tensor::empty(const std::vector<int64_t>& shape, DType dtype, Device device) {
   VGG_CHECK(dtype != DType::Float64 || device.type == DeviceType::CPU, TypeError, "tensor: device ", device.str(),
-            " holds float32 only (its kernels run float32): pass dtype=\"float32\"; float64 is for the cpu");
+            " holds float32 and bfloat16 only (its kernels run those): pass dtype=\"float32\"; float64 is for the cpu");
   Tensor t;
   t.storage_ = std::make_shared<Storage>(checked_bytes(shape, dtype), device);
   t.shape_ = shape;

@@ -1,13 +1,16 @@
-// Elementwise ops of the GPU backend: relu (forward, backward), inverted dropout, add, scale, fill.
-// Semantics are those of csrc/cpu/cpu_kernels.h; every output is overwritten.
+// Elementwise ops of the GPU backend: relu (forward, backward), inverted dropout, add, scale, fill, and the
+// float32 <-> bfloat16 casts. Semantics are those of csrc/cpu/cpu_kernels.h; every output is overwritten.
+// Each kernel is templated on the element storage (float, or uint16_t bfloat16 bits) and computes in float32:
+// bfloat16 loads widen exactly and stores round to nearest even (element_types.cuh).
 //
-// All kernels are memory bound: a grid-stride loop over the elements, with a float4 body when every pointer is
+// All kernels are memory bound: a grid-stride loop over the elements, with a 4-wide body when every pointer is
 // 16-byte aligned (tensors start 64-byte aligned; views may not) and a scalar loop for the last n % 4 elements.
 // The grid is capped so it stays within CUDA's limits for any n; each thread then walks several elements.
 #include <cmath>
 #include <cstdint>
 
 #include "common.cuh"
+#include "element_types.cuh"
 #include "gpu_kernels.h"
 #include "../rng.h"
 
@@ -21,7 +24,7 @@ constexpr int64_t kElementwiseMaxBlocks = 4096;
 // Blocks for `work` independent items, one per thread, capped (the kernels are grid-stride loops).
 dim3 elementwise_blocks(int64_t work) { return grid_stride_blocks(work, kElementwiseThreads, kElementwiseMaxBlocks); }
 
-// Number of float4 groups the vector body handles: all of n / 4 when the pointers allow it, else none.
+// Number of 4-element groups the vector body handles: all of n / 4 when the pointers allow it, else none.
 int64_t elementwise_vector_groups(int64_t n, bool aligned) { return aligned ? n / 4 : 0; }
 
 __device__ __forceinline__ int64_t elementwise_thread_index() {
@@ -41,17 +44,20 @@ struct ScaleOp {
   __device__ float operator()(float x) const { return alpha * x; }
 };
 
-// x (n) -> y (n) = op(x). Float4 groups [0, n4), then scalars [4*n4, n).
-template <typename Op>
-__global__ void map_unary_kernel(const float* x, float* y, int64_t n4, int64_t n, Op op) {
+struct IdentityOp {  // the casts: only the storage changes
+  __device__ float operator()(float x) const { return x; }
+};
+
+// x (n) -> y (n) = op(x). 4-element groups [0, n4), then scalars [4*n4, n).
+template <typename In, typename Out, typename Op>
+__global__ void map_unary_kernel(const In* x, Out* y, int64_t n4, int64_t n, Op op) {
   const int64_t stride = elementwise_grid_threads();
-  const float4* x4 = reinterpret_cast<const float4*>(x);
-  float4* y4 = reinterpret_cast<float4*>(y);
   for (int64_t i = elementwise_thread_index(); i < n4; i += stride) {
-    const float4 v = x4[i];
-    y4[i] = make_float4(op(v.x), op(v.y), op(v.z), op(v.w));
+    const float4 v = load4(x, i);
+    store4(y, i, make_float4(op(v.x), op(v.y), op(v.z), op(v.w)));
   }
-  for (int64_t i = 4 * n4 + elementwise_thread_index(); i < n; i += stride) y[i] = op(x[i]);
+  for (int64_t i = 4 * n4 + elementwise_thread_index(); i < n; i += stride)
+    store_element(y, i, op(load_element(x, i)));
 }
 
 // ---- y = op(a, b) -------------------------------------------------------------------------------------------
@@ -66,37 +72,35 @@ struct ReluBackwardOp {
 };
 
 // a (n), b (n) -> y (n) = op(a, b); y may alias a or b (each element is read before it is written).
-template <typename Op>
-__global__ void map_binary_kernel(const float* a, const float* b, float* y, int64_t n4, int64_t n, Op op) {
+template <typename T, typename Op>
+__global__ void map_binary_kernel(const T* a, const T* b, T* y, int64_t n4, int64_t n, Op op) {
   const int64_t stride = elementwise_grid_threads();
-  const float4* a4 = reinterpret_cast<const float4*>(a);
-  const float4* b4 = reinterpret_cast<const float4*>(b);
-  float4* y4 = reinterpret_cast<float4*>(y);
   for (int64_t i = elementwise_thread_index(); i < n4; i += stride) {
-    const float4 u = a4[i];
-    const float4 v = b4[i];
-    y4[i] = make_float4(op(u.x, v.x), op(u.y, v.y), op(u.z, v.z), op(u.w, v.w));
+    const float4 u = load4(a, i);
+    const float4 v = load4(b, i);
+    store4(y, i, make_float4(op(u.x, v.x), op(u.y, v.y), op(u.z, v.z), op(u.w, v.w)));
   }
-  for (int64_t i = 4 * n4 + elementwise_thread_index(); i < n; i += stride) y[i] = op(a[i], b[i]);
+  for (int64_t i = 4 * n4 + elementwise_thread_index(); i < n; i += stride)
+    store_element(y, i, op(load_element(a, i), load_element(b, i)));
 }
 
-template <typename Op>
-void launch_unary(const char* name, const float* x, float* y, int64_t n, Op op) {
+template <typename In, typename Out, typename Op>
+void launch_unary(const char* name, const In* x, Out* y, int64_t n, Op op) {
   if (n <= 0) return;
   const int64_t n4 = elementwise_vector_groups(n, aligned16(x) && aligned16(y));
   const int64_t work = n4 + (n - 4 * n4);
   VGG_LAUNCH(elementwise_blocks(work), dim3(kElementwiseThreads), 0,
-             map_unary_kernel<Op>)(x, y, n4, n, op);
+             map_unary_kernel<In, Out, Op>)(x, y, n4, n, op);
   VGG_CHECK_LAUNCH(name);
 }
 
-template <typename Op>
-void launch_binary(const char* name, const float* a, const float* b, float* y, int64_t n, Op op) {
+template <typename T, typename Op>
+void launch_binary(const char* name, const T* a, const T* b, T* y, int64_t n, Op op) {
   if (n <= 0) return;
   const int64_t n4 = elementwise_vector_groups(n, aligned16(a) && aligned16(b) && aligned16(y));
   const int64_t work = n4 + (n - 4 * n4);
   VGG_LAUNCH(elementwise_blocks(work), dim3(kElementwiseThreads), 0,
-             map_binary_kernel<Op>)(a, b, y, n4, n, op);
+             map_binary_kernel<T, Op>)(a, b, y, n4, n, op);
   VGG_CHECK_LAUNCH(name);
 }
 
@@ -105,14 +109,12 @@ void launch_binary(const char* name, const float* a, const float* b, float* y, i
 // x (n) -> y (n) = keep(seed, i) ? x * keep_scale : 0, keep as rng.h's dropout_keep(seed, i, p). A dropped element
 // is an exact 0 even when x is inf or NaN (a select, not a multiply by a 0/1 mask).
 // Philox yields four words per counter, and rng.h assigns counter i / 4 to elements 4*(i/4) .. 4*(i/4)+3, so the
-// float4 body draws one Philox block per group instead of four (Philox-10 is ~100 integer ops, which would
+// 4-wide body draws one Philox block per group instead of four (Philox-10 is ~100 integer ops, which would
 // otherwise make dropout compute bound). The bits-to-uniform step below must stay identical to
 // dropout_uniform in rng.h; the emulator test compares every element's mask with dropout_keep on the host.
-__global__ void dropout_kernel(const float* x, float* y, int64_t n4, int64_t n, double p, float keep_scale,
-                               uint64_t seed) {
+template <typename T>
+__global__ void dropout_kernel(const T* x, T* y, int64_t n4, int64_t n, double p, float keep_scale, uint64_t seed) {
   const int64_t stride = elementwise_grid_threads();
-  const float4* x4 = reinterpret_cast<const float4*>(x);
-  float4* y4 = reinterpret_cast<float4*>(y);
   const uint32_t key0 = static_cast<uint32_t>(seed), key1 = static_cast<uint32_t>(seed >> 32);
   for (int64_t i = elementwise_thread_index(); i < n4; i += stride) {
     const uint64_t group = static_cast<uint64_t>(i);
@@ -123,56 +125,77 @@ __global__ void dropout_kernel(const float* x, float* y, int64_t n4, int64_t n, 
       const float u = static_cast<float>(bits.v[j] >> 8) * (1.0f / 16777216.0f);
       keep[j] = static_cast<double>(u) >= p;
     }
-    const float4 v = x4[i];
-    y4[i] = make_float4(keep[0] ? v.x * keep_scale : 0.0f, keep[1] ? v.y * keep_scale : 0.0f,
-                        keep[2] ? v.z * keep_scale : 0.0f, keep[3] ? v.w * keep_scale : 0.0f);
+    const float4 v = load4(x, i);
+    store4(y, i, make_float4(keep[0] ? v.x * keep_scale : 0.0f, keep[1] ? v.y * keep_scale : 0.0f,
+                             keep[2] ? v.z * keep_scale : 0.0f, keep[3] ? v.w * keep_scale : 0.0f));
   }
   for (int64_t i = 4 * n4 + elementwise_thread_index(); i < n; i += stride)
-    y[i] = dropout_keep(seed, static_cast<uint64_t>(i), p) ? x[i] * keep_scale : 0.0f;
+    store_element(y, i, dropout_keep(seed, static_cast<uint64_t>(i), p) ? load_element(x, i) * keep_scale : 0.0f);
 }
 
 // ---- fill ---------------------------------------------------------------------------------------------------
 
-// y (n) = value
-__global__ void fill_kernel(float* y, int64_t n4, int64_t n, float value) {
+// y (n) = value (rounded once to T)
+template <typename T>
+__global__ void fill_kernel(T* y, int64_t n4, int64_t n, float value) {
   const int64_t stride = elementwise_grid_threads();
-  float4* y4 = reinterpret_cast<float4*>(y);
   const float4 v = make_float4(value, value, value, value);
-  for (int64_t i = elementwise_thread_index(); i < n4; i += stride) y4[i] = v;
-  for (int64_t i = 4 * n4 + elementwise_thread_index(); i < n; i += stride) y[i] = value;
+  for (int64_t i = elementwise_thread_index(); i < n4; i += stride) store4(y, i, v);
+  for (int64_t i = 4 * n4 + elementwise_thread_index(); i < n; i += stride) store_element(y, i, value);
 }
 
-}  // namespace
-
-void relu_forward(const float* x, float* y, int64_t n) { launch_unary("relu_forward", x, y, n, ReluForwardOp{}); }
-
-void relu_backward(const float* x, const float* dy, float* dx, int64_t n) {
-  launch_binary("relu_backward", x, dy, dx, n, ReluBackwardOp{});
-}
-
-void dropout(const float* x, float* y, int64_t n, double p, uint64_t seed) {
+template <typename T>
+void launch_dropout(const T* x, T* y, int64_t n, double p, uint64_t seed) {
   if (n <= 0) return;
   const float keep_scale = static_cast<float>(1.0 / (1.0 - p));
   const int64_t n4 = elementwise_vector_groups(n, aligned16(x) && aligned16(y));
   const int64_t work = n4 + (n - 4 * n4);
   VGG_LAUNCH(elementwise_blocks(work), dim3(kElementwiseThreads), 0,
-             dropout_kernel)(x, y, n4, n, p, keep_scale, seed);
+             dropout_kernel<T>)(x, y, n4, n, p, keep_scale, seed);
   VGG_CHECK_LAUNCH("dropout");
 }
 
-void add(const float* a, const float* b, float* y, int64_t n) { launch_binary("add", a, b, y, n, AddOp{}); }
-
-void scale(const float* x, float* y, double alpha, int64_t n) {
-  launch_unary("scale", x, y, n, ScaleOp{static_cast<float>(alpha)});
-}
-
-void fill(float* y, double value, int64_t n) {
+template <typename T>
+void launch_fill(T* y, double value, int64_t n) {
   if (n <= 0) return;
   const int64_t n4 = elementwise_vector_groups(n, aligned16(y));
   const int64_t work = n4 + (n - 4 * n4);
   VGG_LAUNCH(elementwise_blocks(work), dim3(kElementwiseThreads), 0,
-             fill_kernel)(y, n4, n, static_cast<float>(value));
+             fill_kernel<T>)(y, n4, n, static_cast<float>(value));
   VGG_CHECK_LAUNCH("fill");
 }
+
+}  // namespace
+
+void relu_forward(const float* x, float* y, int64_t n) { launch_unary("relu_forward", x, y, n, ReluForwardOp{}); }
+void relu_forward(const uint16_t* x, uint16_t* y, int64_t n) {
+  launch_unary("relu_forward", x, y, n, ReluForwardOp{});
+}
+
+void relu_backward(const float* x, const float* dy, float* dx, int64_t n) {
+  launch_binary("relu_backward", x, dy, dx, n, ReluBackwardOp{});
+}
+void relu_backward(const uint16_t* x, const uint16_t* dy, uint16_t* dx, int64_t n) {
+  launch_binary("relu_backward", x, dy, dx, n, ReluBackwardOp{});
+}
+
+void dropout(const float* x, float* y, int64_t n, double p, uint64_t seed) { launch_dropout(x, y, n, p, seed); }
+void dropout(const uint16_t* x, uint16_t* y, int64_t n, double p, uint64_t seed) { launch_dropout(x, y, n, p, seed); }
+
+void add(const float* a, const float* b, float* y, int64_t n) { launch_binary("add", a, b, y, n, AddOp{}); }
+void add(const uint16_t* a, const uint16_t* b, uint16_t* y, int64_t n) { launch_binary("add", a, b, y, n, AddOp{}); }
+
+void scale(const float* x, float* y, double alpha, int64_t n) {
+  launch_unary("scale", x, y, n, ScaleOp{static_cast<float>(alpha)});
+}
+void scale(const uint16_t* x, uint16_t* y, double alpha, int64_t n) {
+  launch_unary("scale", x, y, n, ScaleOp{static_cast<float>(alpha)});
+}
+
+void fill(float* y, double value, int64_t n) { launch_fill(y, value, n); }
+void fill(uint16_t* y, double value, int64_t n) { launch_fill(y, value, n); }
+
+void cast(const float* x, uint16_t* y, int64_t n) { launch_unary("cast to bfloat16", x, y, n, IdentityOp{}); }
+void cast(const uint16_t* x, float* y, int64_t n) { launch_unary("cast to float32", x, y, n, IdentityOp{}); }
 
 }  // namespace vgg::VGG_GPU_NS

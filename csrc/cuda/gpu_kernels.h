@@ -1,4 +1,5 @@
-// The GPU backend's entry points: the same list as csrc/cpu/cpu_kernels.h with T = float, same argument order.
+// The GPU backend's entry points: the same list as csrc/cpu/cpu_kernels.h with T = float, same argument order,
+// then their bfloat16 overloads (T = uint16_t) at the end.
 //
 // The kernels in csrc/cuda/*.cu are compiled twice from one source: by nvcc into namespace vgg::cuda (device
 // "cuda") and by g++ against the SIMT emulator into namespace vgg::sim (device "sim"). This file has no include
@@ -68,5 +69,59 @@ void cross_entropy_forward(const float* logits, const int64_t* target, float* lo
 void cross_entropy_backward(const float* logp, const int64_t* target, const float* dloss, float* dx, int64_t rows, int64_t cols);
 
 void sgd_update(float* param, const float* grad, float* momentum_buf, int64_t n, const SgdConfig& cfg);
+
+// ---- bfloat16 (uint16_t bit patterns, core/bfloat16.h) ----------------------------------------------------------
+// The same ops on bfloat16 storage: each element is widened to float32, computed in float32 and rounded to nearest
+// even once when stored. Sums (pool gradients, bias gradient, LRN windows) accumulate in float32 or wider.
+
+// x (n) float32 -> y (n) bfloat16, rounded to nearest even (NaN stays NaN); and bfloat16 -> float32 (exact).
+void cast(const float* x, uint16_t* y, int64_t n);
+void cast(const uint16_t* x, float* y, int64_t n);
+
+// dy (rows, cols) -> db (cols), summed in double
+void bias_backward(const uint16_t* dy, uint16_t* db, int64_t rows, int64_t cols);
+
+void relu_forward(const uint16_t* x, uint16_t* y, int64_t n);
+void relu_backward(const uint16_t* x, const uint16_t* dy, uint16_t* dx, int64_t n);
+// The same mask as the float32 call with the same seed.
+void dropout(const uint16_t* x, uint16_t* y, int64_t n, double p, uint64_t seed);
+void add(const uint16_t* a, const uint16_t* b, uint16_t* y, int64_t n);
+void scale(const uint16_t* x, uint16_t* y, double alpha, int64_t n);
+void fill(uint16_t* y, double value, int64_t n);
+
+void max_pool2d_forward(const uint16_t* x, uint16_t* y, int32_t* argmax, const Pool2dShape& s);
+void max_pool2d_backward(const uint16_t* dy, const int32_t* argmax, uint16_t* dx, const Pool2dShape& s);
+void avg_pool2d_forward(const uint16_t* x, uint16_t* y, const Pool2dShape& s);
+void avg_pool2d_backward(const uint16_t* dy, uint16_t* dx, const Pool2dShape& s);
+void global_avg_pool_forward(const uint16_t* x, uint16_t* y, int64_t N, int64_t HW, int64_t C);
+void global_avg_pool_backward(const uint16_t* dy, uint16_t* dx, int64_t N, int64_t HW, int64_t C);
+
+// scale stays float32: backward divides by it and raises it to -beta, where 8 bits would cost accuracy.
+void lrn_forward(const uint16_t* x, uint16_t* y, float* scale, const LrnShape& s);
+void lrn_backward(const uint16_t* x, const uint16_t* y, const float* scale, const uint16_t* dy, uint16_t* dx,
+                  const LrnShape& s);
+
+// bfloat16 logits -> float32 probabilities / log-probabilities / loss (the loss ops run in float32, as PyTorch's
+// autocast does). Their backward passes take and return float32; dispatch rounds the input gradient to bfloat16.
+void softmax_forward(const uint16_t* x, float* y, int64_t rows, int64_t cols);
+void log_softmax_forward(const uint16_t* x, float* y, int64_t rows, int64_t cols);
+void cross_entropy_forward(const uint16_t* logits, const int64_t* target, float* logp, float* loss, int64_t rows,
+                           int64_t cols);
+
+// param, grad and momentum buffer all bfloat16 (mixed precision keeps float32 masters and uses the float32 call).
+void sgd_update(uint16_t* param, const uint16_t* grad, uint16_t* momentum_buf, int64_t n, const SgdConfig& cfg);
+
+// ---- bfloat16 conv2d and linear: bfloat16 in and out, float32 accumulation ---------------------------------------
+// Implemented on tensor cores by the tensor-core kernels; until they land, bf16_matmul_fallback.cu widens the
+// operands to float32, runs the float32 kernels above and rounds the output once. Shapes as the float32 calls.
+void conv2d_forward_bf16(const uint16_t* x, const uint16_t* w, const uint16_t* bias, uint16_t* y, const Conv2dShape& s);
+void conv2d_backward_data_bf16(const uint16_t* dy, const uint16_t* w, uint16_t* dx, const Conv2dShape& s);
+void conv2d_backward_weight_bf16(const uint16_t* x, const uint16_t* dy, uint16_t* dw, const Conv2dShape& s);
+void linear_forward_bf16(const uint16_t* x, const uint16_t* w, const uint16_t* bias, uint16_t* y, int64_t M,
+                         int64_t OUT, int64_t IN);
+void linear_backward_data_bf16(const uint16_t* dy, const uint16_t* w, uint16_t* dx, int64_t M, int64_t OUT,
+                               int64_t IN);
+void linear_backward_weight_bf16(const uint16_t* x, const uint16_t* dy, uint16_t* dw, int64_t M, int64_t OUT,
+                                 int64_t IN);
 
 }  // namespace vgg::VGG_GPU_NS

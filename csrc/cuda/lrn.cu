@@ -8,10 +8,12 @@
 // Tensors are (rows, C) with rows = N*H*W (NHWC). One warp per row, lanes striding over the channels, so each
 // warp touches one contiguous row; the few neighbours of a channel's window are re-read from global memory and
 // hit L1 (size is small: 5 in VGG's A-LRN). No reductions across lanes are needed, so there are no shuffles.
+// x, y, dy, dx are float or bfloat16 (T, element_types.cuh); scale is always float32, and the arithmetic too.
 #include <cmath>
 #include <cstdint>
 
 #include "common.cuh"
+#include "element_types.cuh"
 #include "gpu_kernels.h"
 
 namespace vgg::VGG_GPU_NS {
@@ -46,26 +48,30 @@ LrnParams lrn_params(const LrnShape& s) {
 dim3 lrn_grid(int64_t rows) { return grid_stride_blocks(rows, kLrnWarpsPerBlock, kLrnMaxBlocks); }
 
 // x (rows, C) -> y (rows, C), scale (rows, C). Block (32, 8): warp threadIdx.y handles one row at a time.
-__global__ void lrn_forward_kernel(const float* x, float* y, float* scale, LrnParams p) {
+template <typename T>
+__global__ void lrn_forward_kernel(const T* x, T* y, float* scale, LrnParams p) {
   const int64_t first_row = static_cast<int64_t>(blockIdx.x) * kLrnWarpsPerBlock + threadIdx.y;
   const int64_t row_stride = static_cast<int64_t>(gridDim.x) * kLrnWarpsPerBlock;
   for (int64_t row = first_row; row < p.rows; row += row_stride) {
-    const float* xr = x + row * p.C;
+    const T* xr = x + row * p.C;
     for (int64_t c = threadIdx.x; c < p.C; c += 32) {
       const int64_t lo = c - p.before < 0 ? 0 : c - p.before;
       const int64_t hi = c + p.after >= p.C ? p.C - 1 : c + p.after;
       float sum_sq = 0.0f;
-      for (int64_t j = lo; j <= hi; ++j) sum_sq += xr[j] * xr[j];
+      for (int64_t j = lo; j <= hi; ++j) {
+        const float xj = load_element(xr, j);
+        sum_sq += xj * xj;
+      }
       const float sc = p.k + p.alpha_over_size * sum_sq;
       scale[row * p.C + c] = sc;
-      y[row * p.C + c] = xr[c] * powf(sc, -p.beta);
+      store_element(y, row * p.C + c, load_element(xr, c) * powf(sc, -p.beta));
     }
   }
 }
 
 // x, y, scale, dy (rows, C) -> dx (rows, C). Same layout as the forward kernel.
-__global__ void lrn_backward_kernel(const float* x, const float* y, const float* scale, const float* dy, float* dx,
-                                    LrnParams p) {
+template <typename T>
+__global__ void lrn_backward_kernel(const T* x, const T* y, const float* scale, const T* dy, T* dx, LrnParams p) {
   const int64_t first_row = static_cast<int64_t>(blockIdx.x) * kLrnWarpsPerBlock + threadIdx.y;
   const int64_t row_stride = static_cast<int64_t>(gridDim.x) * kLrnWarpsPerBlock;
   for (int64_t row = first_row; row < p.rows; row += row_stride) {
@@ -75,25 +81,42 @@ __global__ void lrn_backward_kernel(const float* x, const float* y, const float*
       const int64_t lo = c - p.after < 0 ? 0 : c - p.after;
       const int64_t hi = c + p.before >= p.C ? p.C - 1 : c + p.before;
       float acc = 0.0f;
-      for (int64_t j = lo; j <= hi; ++j) acc += dy[base + j] * y[base + j] / scale[base + j];
-      dx[base + c] = dy[base + c] * powf(scale[base + c], -p.beta) - p.grad_coeff * x[base + c] * acc;
+      for (int64_t j = lo; j <= hi; ++j)
+        acc += load_element(dy, base + j) * load_element(y, base + j) / scale[base + j];
+      store_element(dx, base + c, load_element(dy, base + c) * powf(scale[base + c], -p.beta) -
+                                      p.grad_coeff * load_element(x, base + c) * acc);
     }
   }
 }
 
-}  // namespace
-
-void lrn_forward(const float* x, float* y, float* scale, const LrnShape& s) {
+template <typename T>
+void launch_lrn_forward(const T* x, T* y, float* scale, const LrnShape& s) {
   if (s.rows <= 0 || s.C <= 0) return;
-  VGG_LAUNCH(lrn_grid(s.rows), dim3(32, kLrnWarpsPerBlock), 0, lrn_forward_kernel)(x, y, scale, lrn_params(s));
+  VGG_LAUNCH(lrn_grid(s.rows), dim3(32, kLrnWarpsPerBlock), 0, lrn_forward_kernel<T>)(x, y, scale, lrn_params(s));
   VGG_CHECK_LAUNCH("lrn_forward");
 }
 
-void lrn_backward(const float* x, const float* y, const float* scale, const float* dy, float* dx, const LrnShape& s) {
+template <typename T>
+void launch_lrn_backward(const T* x, const T* y, const float* scale, const T* dy, T* dx, const LrnShape& s) {
   if (s.rows <= 0 || s.C <= 0) return;
-  VGG_LAUNCH(lrn_grid(s.rows), dim3(32, kLrnWarpsPerBlock), 0, lrn_backward_kernel)(x, y, scale, dy, dx,
-                                                                                    lrn_params(s));
+  VGG_LAUNCH(lrn_grid(s.rows), dim3(32, kLrnWarpsPerBlock), 0, lrn_backward_kernel<T>)(x, y, scale, dy, dx,
+                                                                                       lrn_params(s));
   VGG_CHECK_LAUNCH("lrn_backward");
+}
+
+}  // namespace
+
+void lrn_forward(const float* x, float* y, float* scale, const LrnShape& s) { launch_lrn_forward(x, y, scale, s); }
+void lrn_forward(const uint16_t* x, uint16_t* y, float* scale, const LrnShape& s) {
+  launch_lrn_forward(x, y, scale, s);
+}
+
+void lrn_backward(const float* x, const float* y, const float* scale, const float* dy, float* dx, const LrnShape& s) {
+  launch_lrn_backward(x, y, scale, dy, dx, s);
+}
+void lrn_backward(const uint16_t* x, const uint16_t* y, const float* scale, const uint16_t* dy, uint16_t* dx,
+                  const LrnShape& s) {
+  launch_lrn_backward(x, y, scale, dy, dx, s);
 }
 
 }  // namespace vgg::VGG_GPU_NS

@@ -6,11 +6,15 @@
 // the few windows that contain it and sums their contributions, so there are no atomics, the result does not
 // depend on thread order, and overlapping windows (kernel 3, stride 2) need no special case.
 //
+// Every kernel is templated on the element storage T (float, or bfloat16 bits; element_types.cuh): values are
+// compared and summed in float32 and rounded once when stored.
+//
 // Index arithmetic (div/mod by C, Q, P) dominates these kernels; it is done in 32 bits whenever every tensor
 // index fits, which is the common case, and in 64 bits otherwise.
 #include <cstdint>
 
 #include "common.cuh"
+#include "element_types.cuh"
 #include "gpu_kernels.h"
 
 namespace vgg::VGG_GPU_NS {
@@ -74,8 +78,8 @@ __device__ __forceinline__ void for_each_window_containing(Index i, const PoolDi
 
 // x (N,H,W,C) -> y (N,P,Q,C), argmax (N,P,Q,C) = h*W + w of the winner inside its plane. The first maximum in
 // row-major window order wins; a NaN beats every number (so NaN propagates) and the first NaN is kept.
-template <typename Index>
-__global__ void max_pool2d_forward_kernel(const float* x, float* y, int32_t* argmax, PoolDims<Index> d, Index total) {
+template <typename T, typename Index>
+__global__ void max_pool2d_forward_kernel(const T* x, T* y, int32_t* argmax, PoolDims<Index> d, Index total) {
   for (Index i = pool_thread_index<Index>(); i < total; i += pool_grid_threads<Index>()) {
     const Index c = i % d.C;
     Index t = i / d.C;
@@ -83,44 +87,44 @@ __global__ void max_pool2d_forward_kernel(const float* x, float* y, int32_t* arg
     t /= d.Q;
     const Index p = t % d.P;
     const Index n = t / d.P;
-    const float* plane = x + n * d.H * d.W * d.C + c;  // element (h, w) of this channel at plane[(h*W + w)*C]
+    const T* plane = x + n * d.H * d.W * d.C + c;  // element (h, w) of this channel at plane[(h*W + w)*C]
     const Index h0 = p * d.stride, w0 = q * d.stride;
     Index best_at = h0 * d.W + w0;
-    float best = plane[best_at * d.C];
+    float best = load_element(plane, best_at * d.C);
     for (Index r = 0; r < d.R; ++r) {
       for (Index s = 0; s < d.S; ++s) {
         const Index at = (h0 + r) * d.W + (w0 + s);
-        const float v = plane[at * d.C];
+        const float v = load_element(plane, at * d.C);
         if (v > best || (v != v && best == best)) {
           best = v;
           best_at = at;
         }
       }
     }
-    y[i] = best;
+    store_element(y, i, best);
     argmax[i] = static_cast<int32_t>(best_at);
   }
 }
 
 // dy (N,P,Q,C), argmax (N,P,Q,C) -> dx (N,H,W,C): dx[n,h,w,c] = sum of dy over the windows containing (h, w)
 // whose argmax is h*W + w, in (p, q) order.
-template <typename Index>
-__global__ void max_pool2d_backward_kernel(const float* dy, const int32_t* argmax, float* dx, PoolDims<Index> d,
+template <typename T, typename Index>
+__global__ void max_pool2d_backward_kernel(const T* dy, const int32_t* argmax, T* dx, PoolDims<Index> d,
                                            Index total) {
   for (Index i = pool_thread_index<Index>(); i < total; i += pool_grid_threads<Index>()) {
     float sum = 0.0f;
     for_each_window_containing(i, d, [&](Index o, int32_t self) {
-      if (argmax[o] == self) sum += dy[o];
+      if (argmax[o] == self) sum += load_element(dy, o);
     });
-    dx[i] = sum;
+    store_element(dx, i, sum);
   }
 }
 
 // ---- average pooling ----------------------------------------------------------------------------------------
 
 // x (N,H,W,C) -> y (N,P,Q,C) = window sum / (R*S)
-template <typename Index>
-__global__ void avg_pool2d_forward_kernel(const float* x, float* y, PoolDims<Index> d, Index total) {
+template <typename T, typename Index>
+__global__ void avg_pool2d_forward_kernel(const T* x, T* y, PoolDims<Index> d, Index total) {
   const float window = static_cast<float>(d.R * d.S);
   for (Index i = pool_thread_index<Index>(); i < total; i += pool_grid_threads<Index>()) {
     const Index c = i % d.C;
@@ -129,23 +133,23 @@ __global__ void avg_pool2d_forward_kernel(const float* x, float* y, PoolDims<Ind
     t /= d.Q;
     const Index p = t % d.P;
     const Index n = t / d.P;
-    const float* plane = x + n * d.H * d.W * d.C + c;
+    const T* plane = x + n * d.H * d.W * d.C + c;
     const Index h0 = p * d.stride, w0 = q * d.stride;
     float sum = 0.0f;
     for (Index r = 0; r < d.R; ++r)
-      for (Index s = 0; s < d.S; ++s) sum += plane[((h0 + r) * d.W + (w0 + s)) * d.C];
-    y[i] = sum / window;
+      for (Index s = 0; s < d.S; ++s) sum += load_element(plane, ((h0 + r) * d.W + (w0 + s)) * d.C);
+    store_element(y, i, sum / window);
   }
 }
 
 // dy (N,P,Q,C) -> dx (N,H,W,C) = (sum of dy over the windows containing (h, w)) / (R*S)
-template <typename Index>
-__global__ void avg_pool2d_backward_kernel(const float* dy, float* dx, PoolDims<Index> d, Index total) {
+template <typename T, typename Index>
+__global__ void avg_pool2d_backward_kernel(const T* dy, T* dx, PoolDims<Index> d, Index total) {
   const float window = static_cast<float>(d.R * d.S);
   for (Index i = pool_thread_index<Index>(); i < total; i += pool_grid_threads<Index>()) {
     float sum = 0.0f;
-    for_each_window_containing(i, d, [&](Index o, int32_t) { sum += dy[o]; });
-    dx[i] = sum / window;
+    for_each_window_containing(i, d, [&](Index o, int32_t) { sum += load_element(dy, o); });
+    store_element(dx, i, sum / window);
   }
 }
 
@@ -159,22 +163,23 @@ constexpr int64_t kGapMaxImagesPerGrid = 65535;  // gridDim.y limit; images beyo
 
 // x (N, HW, C) -> y (N, C) = mean over HW. Block (32, 8), grid (ceil(C/32), min(N, 65535)). Each slice sums
 // every 8th position in order, then slice 0 adds the 8 partial sums in order: deterministic.
-__global__ void global_avg_pool_forward_kernel(const float* x, float* y, int64_t N, int64_t HW, int64_t C) {
+template <typename T>
+__global__ void global_avg_pool_forward_kernel(const T* x, T* y, int64_t N, int64_t HW, int64_t C) {
   VGG_SHARED(float, partial, [kGapSlices][kGapChannels]);
   const int64_t c = static_cast<int64_t>(blockIdx.x) * kGapChannels + threadIdx.x;
   // The image loop is uniform across the block, so every thread reaches both barriers on every iteration.
   for (int64_t n = blockIdx.y; n < N; n += gridDim.y) {
     float sum = 0.0f;
     if (c < C) {
-      const float* column = x + n * HW * C + c;
-      for (int64_t j = threadIdx.y; j < HW; j += kGapSlices) sum += column[j * C];
+      const T* column = x + n * HW * C + c;
+      for (int64_t j = threadIdx.y; j < HW; j += kGapSlices) sum += load_element(column, j * C);
     }
     partial[threadIdx.y][threadIdx.x] = sum;
     __syncthreads();
     if (threadIdx.y == 0 && c < C) {
       float total = 0.0f;
       for (int k = 0; k < kGapSlices; ++k) total += partial[k][threadIdx.x];
-      y[n * C + c] = total / static_cast<float>(HW);
+      store_element(y, n * C + c, total / static_cast<float>(HW));
     }
     // Keep the next image's writes to `partial` away from the slice-0 threads still reading it.
     __syncthreads();
@@ -182,89 +187,127 @@ __global__ void global_avg_pool_forward_kernel(const float* x, float* y, int64_t
 }
 
 // dy (N, C) -> dx (N, HW, C) = dy / HW broadcast over the HW positions.
-template <typename Index>
-__global__ void global_avg_pool_backward_kernel(const float* dy, float* dx, Index HW, Index C, Index total) {
+template <typename T, typename Index>
+__global__ void global_avg_pool_backward_kernel(const T* dy, T* dx, Index HW, Index C, Index total) {
   const float positions = static_cast<float>(HW);
   for (Index i = pool_thread_index<Index>(); i < total; i += pool_grid_threads<Index>()) {
     const Index c = i % C;
     const Index n = i / (HW * C);
-    dx[i] = dy[n * C + c] / positions;
+    store_element(dx, i, load_element(dy, n * C + c) / positions);
   }
+}
+
+
+template <typename T>
+void launch_max_pool2d_forward(const T* x, T* y, int32_t* argmax, const Pool2dShape& s) {
+  const int64_t total = s.N * s.P * s.Q * s.C;
+  if (total <= 0) return;
+  const dim3 grid = pool_blocks(total), block(kPoolThreads);
+  if (pool_fits_int32(s.N * s.H * s.W * s.C)) {
+    VGG_LAUNCH(grid, block, 0, max_pool2d_forward_kernel<T, int32_t>)(x, y, argmax, PoolDims<int32_t>(s),
+                                                                   static_cast<int32_t>(total));
+  } else {
+    VGG_LAUNCH(grid, block, 0, max_pool2d_forward_kernel<T, int64_t>)(x, y, argmax, PoolDims<int64_t>(s), total);
+  }
+  VGG_CHECK_LAUNCH("max_pool2d_forward");
+}
+
+template <typename T>
+void launch_max_pool2d_backward(const T* dy, const int32_t* argmax, T* dx, const Pool2dShape& s) {
+  const int64_t total = s.N * s.H * s.W * s.C;
+  if (total <= 0) return;
+  const dim3 grid = pool_blocks(total), block(kPoolThreads);
+  if (pool_fits_int32(total)) {
+    VGG_LAUNCH(grid, block, 0, max_pool2d_backward_kernel<T, int32_t>)(dy, argmax, dx, PoolDims<int32_t>(s),
+                                                                    static_cast<int32_t>(total));
+  } else {
+    VGG_LAUNCH(grid, block, 0, max_pool2d_backward_kernel<T, int64_t>)(dy, argmax, dx, PoolDims<int64_t>(s), total);
+  }
+  VGG_CHECK_LAUNCH("max_pool2d_backward");
+}
+
+template <typename T>
+void launch_avg_pool2d_forward(const T* x, T* y, const Pool2dShape& s) {
+  const int64_t total = s.N * s.P * s.Q * s.C;
+  if (total <= 0) return;
+  const dim3 grid = pool_blocks(total), block(kPoolThreads);
+  if (pool_fits_int32(s.N * s.H * s.W * s.C)) {
+    VGG_LAUNCH(grid, block, 0, avg_pool2d_forward_kernel<T, int32_t>)(x, y, PoolDims<int32_t>(s),
+                                                                   static_cast<int32_t>(total));
+  } else {
+    VGG_LAUNCH(grid, block, 0, avg_pool2d_forward_kernel<T, int64_t>)(x, y, PoolDims<int64_t>(s), total);
+  }
+  VGG_CHECK_LAUNCH("avg_pool2d_forward");
+}
+
+template <typename T>
+void launch_avg_pool2d_backward(const T* dy, T* dx, const Pool2dShape& s) {
+  const int64_t total = s.N * s.H * s.W * s.C;
+  if (total <= 0) return;
+  const dim3 grid = pool_blocks(total), block(kPoolThreads);
+  if (pool_fits_int32(total)) {
+    VGG_LAUNCH(grid, block, 0, avg_pool2d_backward_kernel<T, int32_t>)(dy, dx, PoolDims<int32_t>(s),
+                                                                    static_cast<int32_t>(total));
+  } else {
+    VGG_LAUNCH(grid, block, 0, avg_pool2d_backward_kernel<T, int64_t>)(dy, dx, PoolDims<int64_t>(s), total);
+  }
+  VGG_CHECK_LAUNCH("avg_pool2d_backward");
+}
+
+template <typename T>
+void launch_global_avg_pool_forward(const T* x, T* y, int64_t N, int64_t HW, int64_t C) {
+  if (N <= 0 || C <= 0) return;
+  const int64_t images = N < kGapMaxImagesPerGrid ? N : kGapMaxImagesPerGrid;
+  const dim3 grid(static_cast<unsigned>(ceil_div(C, kGapChannels)), static_cast<unsigned>(images));
+  VGG_LAUNCH(grid, dim3(kGapChannels, kGapSlices), 0, global_avg_pool_forward_kernel<T>)(x, y, N, HW, C);
+  VGG_CHECK_LAUNCH("global_avg_pool_forward");
+}
+
+template <typename T>
+void launch_global_avg_pool_backward(const T* dy, T* dx, int64_t N, int64_t HW, int64_t C) {
+  const int64_t total = N * HW * C;
+  if (total <= 0) return;
+  const dim3 grid = pool_blocks(total), block(kPoolThreads);
+  if (pool_fits_int32(total)) {
+    VGG_LAUNCH(grid, block, 0, global_avg_pool_backward_kernel<T, int32_t>)(
+        dy, dx, static_cast<int32_t>(HW), static_cast<int32_t>(C), static_cast<int32_t>(total));
+  } else {
+    VGG_LAUNCH(grid, block, 0, global_avg_pool_backward_kernel<T, int64_t>)(dy, dx, HW, C, total);
+  }
+  VGG_CHECK_LAUNCH("global_avg_pool_backward");
 }
 
 }  // namespace
 
 void max_pool2d_forward(const float* x, float* y, int32_t* argmax, const Pool2dShape& s) {
-  const int64_t total = s.N * s.P * s.Q * s.C;
-  if (total <= 0) return;
-  const dim3 grid = pool_blocks(total), block(kPoolThreads);
-  if (pool_fits_int32(s.N * s.H * s.W * s.C)) {
-    VGG_LAUNCH(grid, block, 0, max_pool2d_forward_kernel<int32_t>)(x, y, argmax, PoolDims<int32_t>(s),
-                                                                   static_cast<int32_t>(total));
-  } else {
-    VGG_LAUNCH(grid, block, 0, max_pool2d_forward_kernel<int64_t>)(x, y, argmax, PoolDims<int64_t>(s), total);
-  }
-  VGG_CHECK_LAUNCH("max_pool2d_forward");
+  launch_max_pool2d_forward(x, y, argmax, s);
 }
-
+void max_pool2d_forward(const uint16_t* x, uint16_t* y, int32_t* argmax, const Pool2dShape& s) {
+  launch_max_pool2d_forward(x, y, argmax, s);
+}
 void max_pool2d_backward(const float* dy, const int32_t* argmax, float* dx, const Pool2dShape& s) {
-  const int64_t total = s.N * s.H * s.W * s.C;
-  if (total <= 0) return;
-  const dim3 grid = pool_blocks(total), block(kPoolThreads);
-  if (pool_fits_int32(total)) {
-    VGG_LAUNCH(grid, block, 0, max_pool2d_backward_kernel<int32_t>)(dy, argmax, dx, PoolDims<int32_t>(s),
-                                                                    static_cast<int32_t>(total));
-  } else {
-    VGG_LAUNCH(grid, block, 0, max_pool2d_backward_kernel<int64_t>)(dy, argmax, dx, PoolDims<int64_t>(s), total);
-  }
-  VGG_CHECK_LAUNCH("max_pool2d_backward");
+  launch_max_pool2d_backward(dy, argmax, dx, s);
 }
-
-void avg_pool2d_forward(const float* x, float* y, const Pool2dShape& s) {
-  const int64_t total = s.N * s.P * s.Q * s.C;
-  if (total <= 0) return;
-  const dim3 grid = pool_blocks(total), block(kPoolThreads);
-  if (pool_fits_int32(s.N * s.H * s.W * s.C)) {
-    VGG_LAUNCH(grid, block, 0, avg_pool2d_forward_kernel<int32_t>)(x, y, PoolDims<int32_t>(s),
-                                                                   static_cast<int32_t>(total));
-  } else {
-    VGG_LAUNCH(grid, block, 0, avg_pool2d_forward_kernel<int64_t>)(x, y, PoolDims<int64_t>(s), total);
-  }
-  VGG_CHECK_LAUNCH("avg_pool2d_forward");
+void max_pool2d_backward(const uint16_t* dy, const int32_t* argmax, uint16_t* dx, const Pool2dShape& s) {
+  launch_max_pool2d_backward(dy, argmax, dx, s);
 }
-
-void avg_pool2d_backward(const float* dy, float* dx, const Pool2dShape& s) {
-  const int64_t total = s.N * s.H * s.W * s.C;
-  if (total <= 0) return;
-  const dim3 grid = pool_blocks(total), block(kPoolThreads);
-  if (pool_fits_int32(total)) {
-    VGG_LAUNCH(grid, block, 0, avg_pool2d_backward_kernel<int32_t>)(dy, dx, PoolDims<int32_t>(s),
-                                                                    static_cast<int32_t>(total));
-  } else {
-    VGG_LAUNCH(grid, block, 0, avg_pool2d_backward_kernel<int64_t>)(dy, dx, PoolDims<int64_t>(s), total);
-  }
-  VGG_CHECK_LAUNCH("avg_pool2d_backward");
+void avg_pool2d_forward(const float* x, float* y, const Pool2dShape& s) { launch_avg_pool2d_forward(x, y, s); }
+void avg_pool2d_forward(const uint16_t* x, uint16_t* y, const Pool2dShape& s) { launch_avg_pool2d_forward(x, y, s); }
+void avg_pool2d_backward(const float* dy, float* dx, const Pool2dShape& s) { launch_avg_pool2d_backward(dy, dx, s); }
+void avg_pool2d_backward(const uint16_t* dy, uint16_t* dx, const Pool2dShape& s) {
+  launch_avg_pool2d_backward(dy, dx, s);
 }
-
 void global_avg_pool_forward(const float* x, float* y, int64_t N, int64_t HW, int64_t C) {
-  if (N <= 0 || C <= 0) return;
-  const int64_t images = N < kGapMaxImagesPerGrid ? N : kGapMaxImagesPerGrid;
-  const dim3 grid(static_cast<unsigned>(ceil_div(C, kGapChannels)), static_cast<unsigned>(images));
-  VGG_LAUNCH(grid, dim3(kGapChannels, kGapSlices), 0, global_avg_pool_forward_kernel)(x, y, N, HW, C);
-  VGG_CHECK_LAUNCH("global_avg_pool_forward");
+  launch_global_avg_pool_forward(x, y, N, HW, C);
 }
-
+void global_avg_pool_forward(const uint16_t* x, uint16_t* y, int64_t N, int64_t HW, int64_t C) {
+  launch_global_avg_pool_forward(x, y, N, HW, C);
+}
 void global_avg_pool_backward(const float* dy, float* dx, int64_t N, int64_t HW, int64_t C) {
-  const int64_t total = N * HW * C;
-  if (total <= 0) return;
-  const dim3 grid = pool_blocks(total), block(kPoolThreads);
-  if (pool_fits_int32(total)) {
-    VGG_LAUNCH(grid, block, 0, global_avg_pool_backward_kernel<int32_t>)(
-        dy, dx, static_cast<int32_t>(HW), static_cast<int32_t>(C), static_cast<int32_t>(total));
-  } else {
-    VGG_LAUNCH(grid, block, 0, global_avg_pool_backward_kernel<int64_t>)(dy, dx, HW, C, total);
-  }
-  VGG_CHECK_LAUNCH("global_avg_pool_backward");
+  launch_global_avg_pool_backward(dy, dx, N, HW, C);
+}
+void global_avg_pool_backward(const uint16_t* dy, uint16_t* dx, int64_t N, int64_t HW, int64_t C) {
+  launch_global_avg_pool_backward(dy, dx, N, HW, C);
 }
 
 }  // namespace vgg::VGG_GPU_NS

@@ -8,10 +8,14 @@
 //
 // cross_entropy_forward writes the mean loss deterministically: the row kernel stores each row's loss in a
 // workspace and a single block adds them in a fixed order (no float atomics).
+//
+// The forward passes read float or bfloat16 input (T, element_types.cuh) and always write float32: losses and
+// probabilities stay float32 under mixed precision. The backward passes are float32 only.
 #include <cmath>
 #include <cstdint>
 
 #include "common.cuh"
+#include "element_types.cuh"
 #include "gpu_kernels.h"
 
 namespace vgg::VGG_GPU_NS {
@@ -38,12 +42,13 @@ __device__ __forceinline__ float warp_sum(float v) {
 struct RowStats {
   float max, sum_exp;
 };
-__device__ __forceinline__ RowStats row_stats(const float* xr, int64_t cols, int lane) {
+template <typename T>
+__device__ __forceinline__ RowStats row_stats(const T* xr, int64_t cols, int lane) {
   float m = -INFINITY;
-  for (int64_t c = lane; c < cols; c += 32) m = fmaxf(m, xr[c]);
+  for (int64_t c = lane; c < cols; c += 32) m = fmaxf(m, load_element(xr, c));
   m = warp_max(m);
   float s = 0.0f;
-  for (int64_t c = lane; c < cols; c += 32) s += expf(xr[c] - m);
+  for (int64_t c = lane; c < cols; c += 32) s += expf(load_element(xr, c) - m);
   return RowStats{m, warp_sum(s)};
 }
 
@@ -54,23 +59,25 @@ __device__ __forceinline__ int64_t first_row() {
 __device__ __forceinline__ int64_t row_stride() { return static_cast<int64_t>(gridDim.x) * kSoftmaxWarpsPerBlock; }
 
 // x (rows, cols) -> y (rows, cols) = exp(x - max) / sum(exp(x - max)). Block (32, 8).
-__global__ void softmax_forward_kernel(const float* x, float* y, int64_t rows, int64_t cols) {
+template <typename T>
+__global__ void softmax_forward_kernel(const T* x, float* y, int64_t rows, int64_t cols) {
   const int lane = static_cast<int>(threadIdx.x);
   for (int64_t row = first_row(); row < rows; row += row_stride()) {
-    const float* xr = x + row * cols;
+    const T* xr = x + row * cols;
     const RowStats st = row_stats(xr, cols, lane);
-    for (int64_t c = lane; c < cols; c += 32) y[row * cols + c] = expf(xr[c] - st.max) / st.sum_exp;
+    for (int64_t c = lane; c < cols; c += 32) y[row * cols + c] = expf(load_element(xr, c) - st.max) / st.sum_exp;
   }
 }
 
 // x (rows, cols) -> y (rows, cols) = (x - max) - log(sum(exp(x - max))). Block (32, 8).
-__global__ void log_softmax_forward_kernel(const float* x, float* y, int64_t rows, int64_t cols) {
+template <typename T>
+__global__ void log_softmax_forward_kernel(const T* x, float* y, int64_t rows, int64_t cols) {
   const int lane = static_cast<int>(threadIdx.x);
   for (int64_t row = first_row(); row < rows; row += row_stride()) {
-    const float* xr = x + row * cols;
+    const T* xr = x + row * cols;
     const RowStats st = row_stats(xr, cols, lane);
     const float log_sum = logf(st.sum_exp);
-    for (int64_t c = lane; c < cols; c += 32) y[row * cols + c] = (xr[c] - st.max) - log_sum;
+    for (int64_t c = lane; c < cols; c += 32) y[row * cols + c] = (load_element(xr, c) - st.max) - log_sum;
   }
 }
 
@@ -100,15 +107,16 @@ __global__ void log_softmax_backward_kernel(const float* y, const float* dy, flo
 
 // logits (rows, cols), target (rows) -> logp (rows, cols) = log_softmax(logits), row_loss (rows) = -logp[target].
 // Block (32, 8). Lane 0 recomputes logp at the target with the same expression, so row_loss matches logp exactly.
-__global__ void cross_entropy_rows_kernel(const float* logits, const int64_t* target, float* logp, float* row_loss,
+template <typename T>
+__global__ void cross_entropy_rows_kernel(const T* logits, const int64_t* target, float* logp, float* row_loss,
                                           int64_t rows, int64_t cols) {
   const int lane = static_cast<int>(threadIdx.x);
   for (int64_t row = first_row(); row < rows; row += row_stride()) {
-    const float* xr = logits + row * cols;
+    const T* xr = logits + row * cols;
     const RowStats st = row_stats(xr, cols, lane);
     const float log_sum = logf(st.sum_exp);
-    for (int64_t c = lane; c < cols; c += 32) logp[row * cols + c] = (xr[c] - st.max) - log_sum;
-    if (lane == 0) row_loss[row] = -((xr[target[row]] - st.max) - log_sum);
+    for (int64_t c = lane; c < cols; c += 32) logp[row * cols + c] = (load_element(xr, c) - st.max) - log_sum;
+    if (lane == 0) row_loss[row] = -((load_element(xr, target[row]) - st.max) - log_sum);
   }
 }
 
@@ -147,12 +155,37 @@ __global__ void cross_entropy_backward_kernel(const float* logp, const int64_t* 
   }
 }
 
+template <typename T>
+void launch_softmax_forward(const T* x, float* y, int64_t rows, int64_t cols) {
+  if (rows <= 0 || cols <= 0) return;
+  VGG_LAUNCH(softmax_grid(rows), softmax_block(), 0, softmax_forward_kernel<T>)(x, y, rows, cols);
+  VGG_CHECK_LAUNCH("softmax_forward");
+}
+
+template <typename T>
+void launch_log_softmax_forward(const T* x, float* y, int64_t rows, int64_t cols) {
+  if (rows <= 0 || cols <= 0) return;
+  VGG_LAUNCH(softmax_grid(rows), softmax_block(), 0, log_softmax_forward_kernel<T>)(x, y, rows, cols);
+  VGG_CHECK_LAUNCH("log_softmax_forward");
+}
+
+template <typename T>
+void launch_cross_entropy_forward(const T* logits, const int64_t* target, float* logp, float* loss, int64_t rows,
+                                  int64_t cols) {
+  if (rows <= 0 || cols <= 0) return;
+  Workspace row_loss(static_cast<size_t>(rows) * sizeof(float));
+  VGG_LAUNCH(softmax_grid(rows), softmax_block(), 0, cross_entropy_rows_kernel<T>)(logits, target, logp,
+                                                                                 row_loss.as<float>(), rows, cols);
+  VGG_CHECK_LAUNCH("cross_entropy_forward");
+  VGG_LAUNCH(dim3(1), dim3(kMeanThreads), 0, mean_loss_kernel)(row_loss.as<float>(), loss, rows);
+  VGG_CHECK_LAUNCH("cross_entropy_forward (mean)");
+}
+
 }  // namespace
 
-void softmax_forward(const float* x, float* y, int64_t rows, int64_t cols) {
-  if (rows <= 0 || cols <= 0) return;
-  VGG_LAUNCH(softmax_grid(rows), softmax_block(), 0, softmax_forward_kernel)(x, y, rows, cols);
-  VGG_CHECK_LAUNCH("softmax_forward");
+void softmax_forward(const float* x, float* y, int64_t rows, int64_t cols) { launch_softmax_forward(x, y, rows, cols); }
+void softmax_forward(const uint16_t* x, float* y, int64_t rows, int64_t cols) {
+  launch_softmax_forward(x, y, rows, cols);
 }
 
 void softmax_backward(const float* y, const float* dy, float* dx, int64_t rows, int64_t cols) {
@@ -162,9 +195,10 @@ void softmax_backward(const float* y, const float* dy, float* dx, int64_t rows, 
 }
 
 void log_softmax_forward(const float* x, float* y, int64_t rows, int64_t cols) {
-  if (rows <= 0 || cols <= 0) return;
-  VGG_LAUNCH(softmax_grid(rows), softmax_block(), 0, log_softmax_forward_kernel)(x, y, rows, cols);
-  VGG_CHECK_LAUNCH("log_softmax_forward");
+  launch_log_softmax_forward(x, y, rows, cols);
+}
+void log_softmax_forward(const uint16_t* x, float* y, int64_t rows, int64_t cols) {
+  launch_log_softmax_forward(x, y, rows, cols);
 }
 
 void log_softmax_backward(const float* y, const float* dy, float* dx, int64_t rows, int64_t cols) {
@@ -175,13 +209,11 @@ void log_softmax_backward(const float* y, const float* dy, float* dx, int64_t ro
 
 void cross_entropy_forward(const float* logits, const int64_t* target, float* logp, float* loss, int64_t rows,
                            int64_t cols) {
-  if (rows <= 0 || cols <= 0) return;
-  Workspace row_loss(static_cast<size_t>(rows) * sizeof(float));
-  VGG_LAUNCH(softmax_grid(rows), softmax_block(), 0, cross_entropy_rows_kernel)(logits, target, logp,
-                                                                              row_loss.as<float>(), rows, cols);
-  VGG_CHECK_LAUNCH("cross_entropy_forward");
-  VGG_LAUNCH(dim3(1), dim3(kMeanThreads), 0, mean_loss_kernel)(row_loss.as<float>(), loss, rows);
-  VGG_CHECK_LAUNCH("cross_entropy_forward (mean)");
+  launch_cross_entropy_forward(logits, target, logp, loss, rows, cols);
+}
+void cross_entropy_forward(const uint16_t* logits, const int64_t* target, float* logp, float* loss, int64_t rows,
+                           int64_t cols) {
+  launch_cross_entropy_forward(logits, target, logp, loss, rows, cols);
 }
 
 void cross_entropy_backward(const float* logp, const int64_t* target, const float* dloss, float* dx, int64_t rows,

@@ -1,4 +1,5 @@
 // conv2d, linear and the bias gradient: validation and backend dispatch (kernels in cpu/ and cuda/).
+// bfloat16 conv2d and linear (sim, cuda) run the *_bf16 entry points: bfloat16 in and out, float32 accumulation.
 #include "../ops.h"
 #include "dispatch.h"
 
@@ -81,8 +82,8 @@ Tensor conv2d_forward(const Tensor& x, const Tensor& w, const std::optional<Tens
   check_gpu_conv(op, x.device(), s);
   check_gpu_gemm(op, x.device(), s.N * s.P * s.Q, s.K, s.R * s.S * s.C);
   Tensor y = Tensor::empty({s.N, s.P, s.Q, s.K}, x.dtype(), x.device());
-  VGG_RUN_KERNEL(x.device(), x.dtype(), conv2d_forward, x.data<T>(), w.data<T>(), bias ? bias->data<T>() : nullptr,
-                 y.data<T>(), s);
+  VGG_RUN_KERNEL_BF16(x.device(), x.dtype(), conv2d_forward, conv2d_forward_bf16,
+                      x.data<T>(), w.data<T>(), bias ? bias->data<T>() : nullptr, y.data<T>(), s);
   return y;
 }
 
@@ -95,7 +96,8 @@ Tensor conv2d_backward_data(const Tensor& dy, const Tensor& w, const Shape& x_sh
   check_gpu_conv(op, dy.device(), s);
   check_gpu_gemm(op, dy.device(), s.N * s.H * s.W, s.C, s.R * s.S * s.K);
   Tensor dx = Tensor::empty(x_shape, dy.dtype(), dy.device());
-  VGG_RUN_KERNEL(dy.device(), dy.dtype(), conv2d_backward_data, dy.data<T>(), w.data<T>(), dx.data<T>(), s);
+  VGG_RUN_KERNEL_BF16(dy.device(), dy.dtype(), conv2d_backward_data, conv2d_backward_data_bf16,
+                      dy.data<T>(), w.data<T>(), dx.data<T>(), s);
   return dx;
 }
 
@@ -108,7 +110,8 @@ Tensor conv2d_backward_weight(const Tensor& x, const Tensor& dy, const Shape& w_
   check_gpu_conv(op, x.device(), s);
   check_gpu_gemm(op, x.device(), s.K, s.R * s.S * s.C, s.N * s.P * s.Q);
   Tensor dw = Tensor::empty(w_shape, x.dtype(), x.device());
-  VGG_RUN_KERNEL(x.device(), x.dtype(), conv2d_backward_weight, x.data<T>(), dy.data<T>(), dw.data<T>(), s);
+  VGG_RUN_KERNEL_BF16(x.device(), x.dtype(), conv2d_backward_weight, conv2d_backward_weight_bf16,
+                      x.data<T>(), dy.data<T>(), dw.data<T>(), s);
   return dw;
 }
 
@@ -157,8 +160,8 @@ Tensor linear_forward(const Tensor& x, const Tensor& w, const std::optional<Tens
   check_gpu_gemm(op, x.device(), M, OUT, IN);
   Tensor y = Tensor::empty(with_last(x.shape(), OUT), x.dtype(), x.device());
   if (M == 0) return y;
-  VGG_RUN_KERNEL(x.device(), x.dtype(), linear_forward, x.data<T>(), w.data<T>(), bias ? bias->data<T>() : nullptr,
-                 y.data<T>(), M, OUT, IN);
+  VGG_RUN_KERNEL_BF16(x.device(), x.dtype(), linear_forward, linear_forward_bf16,
+                      x.data<T>(), w.data<T>(), bias ? bias->data<T>() : nullptr, y.data<T>(), M, OUT, IN);
   return y;
 }
 
@@ -172,7 +175,8 @@ Tensor linear_backward_data(const Tensor& dy, const Tensor& w) {
   check_gpu_gemm(op, dy.device(), M, IN, OUT);
   Tensor dx = Tensor::empty(with_last(dy.shape(), IN), dy.dtype(), dy.device());
   if (M == 0) return dx;
-  VGG_RUN_KERNEL(dy.device(), dy.dtype(), linear_backward_data, dy.data<T>(), w.data<T>(), dx.data<T>(), M, OUT, IN);
+  VGG_RUN_KERNEL_BF16(dy.device(), dy.dtype(), linear_backward_data, linear_backward_data_bf16,
+                      dy.data<T>(), w.data<T>(), dx.data<T>(), M, OUT, IN);
   return dx;
 }
 
@@ -186,7 +190,8 @@ Tensor linear_backward_weight(const Tensor& x, const Tensor& dy) {
   if (M == 0) return Tensor::zeros({OUT, IN}, x.dtype(), x.device());
   check_gpu_gemm(op, x.device(), OUT, IN, M);
   Tensor dw = Tensor::empty({OUT, IN}, x.dtype(), x.device());
-  VGG_RUN_KERNEL(x.device(), x.dtype(), linear_backward_weight, x.data<T>(), dy.data<T>(), dw.data<T>(), M, OUT, IN);
+  VGG_RUN_KERNEL_BF16(x.device(), x.dtype(), linear_backward_weight, linear_backward_weight_bf16,
+                      x.data<T>(), dy.data<T>(), dw.data<T>(), M, OUT, IN);
   return dw;
 }
 

@@ -49,6 +49,14 @@ Tensor scale(const Tensor& x, double alpha) {
 
 Tensor full(const Shape& shape, double value, DType dtype, const Device& device) {
   Tensor y = Tensor::empty(shape, dtype, device);
+  if (dtype == DType::BFloat16 && device.type == DeviceType::CPU) {
+    // bfloat16 is storage only on the cpu, but a constant of it is still useful (e.g. backward's seed gradient).
+    const Tensor value_f32 = full({1}, value, DType::Float32, device);
+    const uint16_t bits = cast(value_f32, DType::BFloat16).data<uint16_t>()[0];
+    uint16_t* out = y.data<uint16_t>();
+    for (int64_t i = 0, n = y.numel(); i < n; ++i) out[i] = bits;
+    return y;
+  }
   check_float("full", "output", y);
   VGG_RUN_KERNEL(device, dtype, fill, y.data<T>(), value, y.numel());
   return y;

@@ -2,9 +2,16 @@
 
 Every op checks its Python-level arguments here (types, ranges) and leaves shapes, dtypes and devices to the
 engine, which validates them once and raises ValueError/TypeError naming the op, the argument and the shapes.
+
+dtypes: every op computes in its inputs' dtype (float32, float64 on the cpu, bfloat16 on sim/cuda), and mixing
+dtypes in one op is a TypeError, as in PyTorch; softmax, log_softmax and cross_entropy on bfloat16 input return
+float32. ``autocast("bfloat16")`` is mixed precision: inside it conv2d and linear cast their input, weight and bias
+to bfloat16 first (differentiably), so float32 master weights get float32 gradients and the activations between
+the layers are bfloat16.
 """
 
 import numbers
+import threading
 
 import numpy as np
 
@@ -44,6 +51,50 @@ def _real_arg(op, name, value):
     return value
 
 
+# ---- mixed precision --------------------------------------------------------------------------------------------
+_autocast_state = threading.local()
+
+
+class autocast:
+    """Context manager (per thread): conv2d and linear inside run in ``dtype`` ("bfloat16", or "float32" to turn an
+    outer autocast off for a region), as ``torch.autocast`` does for these ops. Casts are differentiable: the
+    gradient of a cast is the cast back, so a float32 weight receives a float32 gradient. No loss scaling is needed
+    for bfloat16 (it has float32's exponent range). ``enabled=False`` makes it a no-op.
+    """
+
+    def __init__(self, dtype="bfloat16", enabled=True):
+        if dtype not in ("bfloat16", "float32"):
+            raise ValueError(f"autocast: dtype must be \"bfloat16\" or \"float32\", got {dtype!r}")
+        self.dtype, self.enabled = dtype, bool(enabled)
+
+    def __enter__(self):
+        self._previous = getattr(_autocast_state, "dtype", None)
+        if self.enabled:
+            _autocast_state.dtype = None if self.dtype == "float32" else self.dtype
+        return self
+
+    def __exit__(self, *exc):
+        _autocast_state.dtype = self._previous
+        return False
+
+
+def autocast_dtype():
+    """The dtype conv2d and linear run in under the innermost active ``autocast``, or None."""
+    return getattr(_autocast_state, "dtype", None)
+
+
+def _autocast_inputs(*tensors):
+    dtype = autocast_dtype()
+    if dtype is None:
+        return tensors
+    return tuple(t if t is None or t.dtype == dtype else t.to(dtype=dtype) for t in tensors)
+
+
+def _grad_in_dtype(grad, dtype):
+    """The float32 input gradient of a loss op rounded to its input's dtype (bfloat16 input, float32 output)."""
+    return grad if grad.dtype == dtype else _C.cast(grad, dtype)
+
+
 # ---- convolution and fully connected ------------------------------------------------------------------------------
 class _Conv2d(Function):
     def forward(self, x, w, bias, stride, padding):
@@ -68,6 +119,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0):
     _check_tensor("conv2d", "bias", bias, optional=True)
     stride = _int_arg("conv2d", "stride", stride, 1)
     padding = _int_arg("conv2d", "padding", padding, 0)
+    x, weight, bias = _autocast_inputs(x, weight, bias)
     return _Conv2d.apply(x, weight, bias, stride=stride, padding=padding)
 
 
@@ -90,6 +142,7 @@ def linear(x, weight, bias=None):
     _check_tensor("linear", "input", x)
     _check_tensor("linear", "weight", weight)
     _check_tensor("linear", "bias", bias, optional=True)
+    x, weight, bias = _autocast_inputs(x, weight, bias)
     return _Linear.apply(x, weight, bias)
 
 
@@ -231,11 +284,11 @@ class _Softmax(Function):
 
     def backward(self, dy):
         (y,) = self.saved_tensors
-        return (_C.softmax_backward(y, dy),)
+        return (_grad_in_dtype(_C.softmax_backward(y, dy), self.inputs[0].dtype),)
 
 
 def softmax(x, dim=-1):
-    """exp(x) / sum(exp(x)) over the last axis, computed stably."""
+    """exp(x) / sum(exp(x)) over the last axis, computed stably; float32 for bfloat16 x."""
     _check_tensor("softmax", "input", x)
     _check_last_axis("softmax", dim, x)
     return _Softmax.apply(x)
@@ -249,11 +302,11 @@ class _LogSoftmax(Function):
 
     def backward(self, dy):
         (y,) = self.saved_tensors
-        return (_C.log_softmax_backward(y, dy),)
+        return (_grad_in_dtype(_C.log_softmax_backward(y, dy), self.inputs[0].dtype),)
 
 
 def log_softmax(x, dim=-1):
-    """x - logsumexp(x) over the last axis, computed stably."""
+    """x - logsumexp(x) over the last axis, computed stably; float32 for bfloat16 x."""
     _check_tensor("log_softmax", "input", x)
     _check_last_axis("log_softmax", dim, x)
     return _LogSoftmax.apply(x)
@@ -289,11 +342,13 @@ class _CrossEntropy(Function):
 
     def backward(self, dloss):
         logp, labels = self.saved_tensors
-        return (_C.cross_entropy_backward(logp, labels, dloss),)
+        return (_grad_in_dtype(_C.cross_entropy_backward(logp, labels, dloss), self.inputs[0].dtype),)
 
 
 def cross_entropy(logits, target):
-    """Mean over the batch of -log softmax(logits)[target]; logits (N, classes), target (N) integer labels."""
+    """Mean over the batch of -log softmax(logits)[target]; logits (N, classes), target (N) integer labels.
+
+    The loss is float32 for bfloat16 logits (computed from them in float32)."""
     _check_tensor("cross_entropy", "logits", logits)
     labels = _labels("cross_entropy", target)
     return _CrossEntropy.apply(logits, target=labels)

@@ -11,6 +11,8 @@
 
 #include "simt.h"
 
+#include "../core/interrupt.h"
+
 #include <setjmp.h>
 #include <sys/mman.h>
 #include <ucontext.h>
@@ -727,6 +729,7 @@ void run_grid(const LaunchConfig& config, void (*thunk)(void*), void* ctx) {
   const uint64_t nblocks = gx * gy * gridDim.z;
   const BlockOrder blocks(E, nblocks);
   for (uint64_t i = 0; i < nblocks; ++i) {
+    vgg::throw_if_interrupted();  // Ctrl-C between blocks (core/interrupt.h)
     const uint64_t b = blocks[i];
     blockIdx = uint3{static_cast<unsigned>(b % gx), static_cast<unsigned>((b / gx) % gy),
                      static_cast<unsigned>(b / (gx * gy))};

@@ -4,6 +4,10 @@ prediction to score and no state worth calling good."""
 import numpy as np
 
 
+class NonFiniteScores(ValueError):
+    """A model produced NaN or infinite class scores."""
+
+
 def check_finite_scores(scores: np.ndarray, op: str = "evaluate") -> np.ndarray:
     """Returns ``scores`` (a batch of class scores) if every value is finite, else raises ValueError.
 
@@ -13,7 +17,7 @@ def check_finite_scores(scores: np.ndarray, op: str = "evaluate") -> np.ndarray:
     finite = np.isfinite(scores)
     if not finite.all():
         rows = int((~finite.reshape(len(scores), -1).all(axis=1)).sum()) if len(scores) else 0
-        raise ValueError(f"{op}: the model's class scores are not finite (NaN or inf) for {rows} of {len(scores)} "
+        raise NonFiniteScores(f"{op}: the model's class scores are not finite (NaN or inf) for {rows} of {len(scores)} "
                          f"images in a batch; its weights have probably diverged (no image is scored as a "
                          f"prediction from them)")
     return scores

@@ -11,7 +11,17 @@ error) hold the model with its class names and preprocessing, the optimizer stat
 random generator state, the schedule state and the history; ``resume=True`` continues from ``last`` and
 reproduces the uninterrupted run exactly (the data order and augmentation of an epoch are functions of the
 seed and the epoch number alone). A NaN or infinite loss stops training with FloatingPointError before the
-weights are updated, leaving the last good checkpoint in place.
+weights are updated, leaving the last good checkpoint in place; an epoch whose weights or validation scores are
+not finite is never checkpointed, so "the last good checkpoint" really is one. ``best`` is written before
+``last``, so a crash between the two writes never loses a best model that ``last`` already counts.
+
+A new run refuses a checkpoint folder that already holds one (``resume=True`` continues it, ``overwrite=True``
+replaces it); the folder is checked for writability before the first epoch, and temporary files left by a killed
+write are removed (vggcore/_rundir.py).
+
+Learning-rate plateau rule (vggcore/_schedule.py): epochs without a better validation top-1 error are counted
+only once the net has started to learn, i.e. once its best error is below 0.9 times the error of guessing the
+most frequent class; a thin net that sits at chance for its first epochs keeps its rate until it takes off.
 
 The training loop only talks to the device through vggcore tensors, so the same code runs on cpu, sim and cuda.
 """
@@ -20,6 +30,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import sys
 import time
 import warnings
@@ -32,6 +43,9 @@ from . import checkpoint as _ckpt
 from . import data as _data
 from . import datasets as _datasets
 from . import random as _random
+from . import _rundir
+from . import _schedule
+from ._checks import NonFiniteScores, nonfinite_parameters
 from .evaluate import predict_loader, resolve_device, topk_errors
 from .models import config_name, describe, from_description, init_from as _init_from, load as _load_model, vgg as _vgg
 
@@ -94,6 +108,43 @@ class _Progress:
         if self.enabled:
             self.stream.write("\r" + " " * 100 + "\r")
             self.stream.flush()
+
+
+def _check_numbers(settings, max_lr_drops, stats_sample):
+    """Refuses values that would otherwise be accepted and silently do nothing or something else (NaN fails
+    every comparison, so `colour_std=nan` passed a `< 0` test and then turned every pixel into NaN)."""
+    def finite(key, lo, hi=math.inf, lo_open=False, hi_open=False):
+        v = settings[key]
+        ok = math.isfinite(v) and (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
+        if not ok:
+            interval = (f"{'>' if lo_open else '>='} {lo:g}" if hi == math.inf else
+                        f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}")
+            raise ValueError(f"train: {key} must be a finite number {interval}, got {v!r}")
+    finite("lr", 0, lo_open=True)
+    finite("momentum", 0, 1, hi_open=True)
+    finite("weight_decay", 0)
+    finite("dropout", 0, 1, hi_open=True)
+    finite("colour_std", 0)
+    finite("input_scale", 0, lo_open=True)
+    for key, given in (("max_lr_drops", max_lr_drops), ("stats_sample", stats_sample)):
+        if isinstance(given, bool) or not isinstance(given, (int, np.integer)) or given < (0 if key == "max_lr_drops" else 1):
+            raise ValueError(f"train: {key} must be an int >= {0 if key == 'max_lr_drops' else 1}, got {given!r}")
+    # A rescaled training or validation image holds about 2 S^2 RGB bytes (aspect ratios up to 2) and PIL makes
+    # working copies while resizing; sizes that cannot fit are refused here instead of by the OOM killer.
+    s = settings["scale"]
+    largest = max(s if isinstance(s, int) else s[1], settings.get("eval_scale") or 0)
+    need = 4 * 2 * 3 * largest * largest
+    ram = _physical_memory()
+    if ram and need > ram:
+        raise MemoryError(f"train: scale {largest} means rescaled images of about {need / 2**30:.0f} GiB each, more "
+                          f"than this machine's {ram / 2**30:.0f} GiB of memory")
+
+
+def _physical_memory():
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 0
 
 
 def _parse_scale(scale):
@@ -169,7 +220,7 @@ def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum
           checkpoint_dir=None, resume=False, *, nesterov=False, dropout=None, init=None, lr_patience=3,
           lr_factor=0.1, max_lr_drops=3, eval_scale=None, flip=True, colour_std=0.1,
           input_scale=_data.DEFAULT_INPUT_SCALE, stats_sample=2000, num_workers=None, save_filters=False,
-          verbose=True, progress=None) -> TrainResult:
+          verbose=True, progress=None, overwrite=False) -> TrainResult:
     """Train configuration ``config`` on ``data`` the way the paper did; returns TrainResult(model, history).
 
     data: a folder holding train/<class>/*.{jpg,png,...} and val/<class>/...; None: the built-in shapes set
@@ -179,8 +230,10 @@ def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum
     jittering. device: "auto" (a GPU when there is one), "cpu", "cuda:0", "sim". init_from: a trained net A
     (model or checkpoint path) whose first four conv layers and three FC layers initialise this net.
     checkpoint_dir: where last.safetensors and best.safetensors go each epoch; resume=True continues the run
-    saved there. lr_patience: epochs without a better validation top-1 error before lr *= lr_factor (at most
-    max_lr_drops times). eval_scale: the validation Q (default S, or (Smin + Smax) / 2). colour_std: std of the
+    saved there; a folder that already holds a run is refused unless resume=True or overwrite=True (which
+    deletes that run's checkpoints). lr_patience: epochs without a better validation top-1 error, counted from
+    the first real improvement over chance, before lr *= lr_factor (at most max_lr_drops times). eval_scale:
+    the validation Q (default S, or (Smin + Smax) / 2). colour_std: std of the
     AlexNet colour shift (0 turns it off). input_scale: pixels are (RGB - mean) * input_scale; 1/255 keeps
     Glorot-initialised activations in a range where lr=1e-2 is stable (the paper's Caffe models used 1.0).
     verbose prints one line per epoch; progress draws an in-place bar (default: when stderr is a terminal).
@@ -215,6 +268,7 @@ def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum
     settings["eval_scale"] = int(eval_scale)
     if settings["eval_scale"] < settings["crop"]:
         raise ValueError(f"train: eval_scale {eval_scale} is smaller than the crop {settings['crop']}")
+    _check_numbers(settings, max_lr_drops, stats_sample)
 
     # Everything that can be wrong with the data is found here, before any training.
     root = _resolve_data(data)
@@ -225,6 +279,8 @@ def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum
 
     ckpt_dir = Path(checkpoint_dir).expanduser() if checkpoint_dir is not None else None
     last_path = ckpt_dir / "last.safetensors" if ckpt_dir else None
+    if ckpt_dir is not None:
+        _rundir.prepare(ckpt_dir, resume=resume, overwrite=overwrite)
     state = None
     if resume:
         if ckpt_dir is None:
@@ -273,7 +329,7 @@ def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum
     optimizer = vc.optim.SGD(model.parameters(), lr=settings["lr"], momentum=settings["momentum"],
                              weight_decay=settings["weight_decay"], nesterov=settings["nesterov"])
     history, start_epoch = [], 0
-    schedule = {"best_val_top1_err": float("inf"), "bad_epochs": 0, "lr_drops": 0}
+    schedule = _schedule.initial_state()
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         history = list(state["history"])
@@ -335,21 +391,26 @@ def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum
                 raise ValueError(f"train: no training image of {train_folder.root} could be decoded")
 
             model.eval()
-            probs, labels = predict_loader(model, val_loader.epoch(0), device)
+            try:
+                probs, labels = predict_loader(model, val_loader.epoch(0), device)
+            except NonFiniteScores:
+                probs = labels = None
+            bad = nonfinite_parameters(model)
+            if probs is None or bad:
+                what = f"weights {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}" if bad else "validation scores"
+                kept = (f"the last good checkpoint {last_path} is kept" if last_path is not None and
+                        last_path.is_file() else "no checkpoint was written")
+                raise FloatingPointError(f"train: after epoch {epoch + 1} (lr {lr_now:g}) the {what} are not finite; "
+                                         f"this epoch is not checkpointed and {kept}. Try a lower lr.")
             if len(labels) == 0:
                 raise ValueError(f"train: no validation image of {val_folder.root} could be decoded")
             top1, top5 = topk_errors(probs, labels)
             val_loss = float(-np.mean(np.log(np.maximum(probs[np.arange(len(labels)), labels], 1e-30))))
 
-            improved = top1 < schedule["best_val_top1_err"] - 1e-9
-            if improved:
-                schedule["best_val_top1_err"], schedule["bad_epochs"] = top1, 0
-            else:
-                schedule["bad_epochs"] += 1
-                if schedule["bad_epochs"] >= settings["lr_patience"] and schedule["lr_drops"] < settings["max_lr_drops"]:
-                    optimizer.lr = optimizer.lr * settings["lr_factor"]
-                    schedule["lr_drops"] += 1
-                    schedule["bad_epochs"] = 0
+            improved, drop = _schedule.step(schedule, top1, _schedule.chance_error(labels), settings["lr_patience"],
+                                            settings["max_lr_drops"])
+            if drop:
+                optimizer.lr = optimizer.lr * settings["lr_factor"]
             entry = {"epoch": epoch + 1, "lr": lr_now, "train_loss": loss_sum / seen, "train_top1_err": wrong / seen,
                      "val_loss": val_loss, "val_top1_err": top1, "val_top5_err": top5,
                      "images_per_s": seen / train_time, "epoch_time_s": train_time,
@@ -368,9 +429,10 @@ def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum
                         "rng": _random.get_state(), "schedule": dict(schedule), "history": history,
                         "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in settings.items()},
                         "stats": stats, "data": str(root)}
-                _ckpt.save_state(last_path, ckpt)
+                # best first: `last` records this epoch's improvement, so it must not exist without that best
                 if improved:
                     _ckpt.save_state(ckpt_dir / "best.safetensors", ckpt)
+                _ckpt.save_state(last_path, ckpt)
                 result.checkpoint = str(last_path)
                 try:
                     _plot(history, ckpt_dir / "curves.png")

@@ -107,18 +107,21 @@ size_t checked_bytes(const std::vector<int64_t>& shape, DType dtype) {
 }  // namespace
 
 int64_t checked_numel(const char* op, const std::vector<int64_t>& shape) {
-  // Every extent is checked before any product, so a zero extent cannot hide an absurd one.
-  for (int64_t extent : shape)
-    VGG_CHECK(extent >= 0, ValueError, op, ": negative dimension in shape ", shape_str(shape));
-  for (int64_t extent : shape)
-    if (extent == 0) return 0;
+  // The product of the non-zero extents is bounded too, so a zero extent cannot hide absurd ones: kernels form
+  // partial products such as H * W * C even when N is 0.
+  bool empty = false;
   int64_t count = 1;
   for (int64_t extent : shape) {
+    VGG_CHECK(extent >= 0, ValueError, op, ": negative dimension in shape ", shape_str(shape));
+    if (extent == 0) {
+      empty = true;
+      continue;
+    }
     VGG_CHECK(extent <= kMaxNumel && count <= kMaxNumel / extent, ValueError, op, ": shape ", shape_str(shape),
               " has more than 2**46 elements");
     count *= extent;
   }
-  return count;
+  return empty ? 0 : count;
 }
 
 std::string shape_str(const std::vector<int64_t>& shape) {

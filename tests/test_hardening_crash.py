@@ -139,24 +139,25 @@ def test_lrn_backward_with_absurd_size_matches_on_every_device():
 # ---- Ctrl-C during one long op ------------------------------------------------------------------------------------
 
 SIGINT_CASES = {
-    # ~6 s uninterrupted on the 2-core CI machine: 3x3 stride 1 (Winograd) and stride 2 (im2col GEMM)
-    "cpu-conv3x3": ("cpu", "np.ones((64, 64, 64, 256), np.float32)", "np.ones((256, 3, 3, 256), np.float32)", 1),
-    "cpu-conv-stride2": ("cpu", "np.ones((64, 128, 128, 128), np.float32)", "np.ones((256, 3, 3, 128), np.float32)",
+    # Each op runs 10-15 s uninterrupted on the 2-core CI machine (more under load), so stopping within the bound
+    # below shows the kernels poll between chunks. cpu: 3x3 stride 1 (Winograd) and stride 2 (im2col GEMM).
+    "cpu-conv3x3": ("cpu", (8, 64, 64, 1024), (1024, 3, 3, 1024), 1),
+    "cpu-conv-stride2": ("cpu", (8, 128, 128, 512), (2048, 3, 3, 512),
                          2),
-    # the emulator: ~15 s uninterrupted
-    "sim-conv3x3": ("sim", "np.ones((8, 64, 64, 128), np.float32)", "np.ones((128, 3, 3, 128), np.float32)", 1),
+    "sim-conv3x3": ("sim", (8, 64, 64, 128), (128, 3, 3, 128), 1),
 }
+STOP_BOUND_S = 5.0
 
 
 @pytest.mark.parametrize("case", sorted(SIGINT_CASES))
 def test_sigint_stops_a_long_op_promptly(case):
-    device, x_code, w_code, stride = SIGINT_CASES[case]
+    device, x_shape, w_shape, stride = SIGINT_CASES[case]
     if device not in vc.devices():
         pytest.skip(f"{device} not built")
     code = textwrap.dedent(f"""
         import sys, time, numpy as np, vggcore as vc, vggcore.nn.functional as F
-        x = vc.tensor({x_code}, device="{device}")
-        w = vc.tensor({w_code}, device="{device}")
+        x = vc.ones(*{x_shape}, device="{device}")
+        w = vc.ones(*{w_shape}, device="{device}")
         print("start", flush=True)
         t = time.time()
         try:
@@ -184,7 +185,8 @@ def test_sigint_stops_a_long_op_promptly(case):
     assert proc.returncode == 0, out
     assert "interrupted" in out and "Ctrl-C" in out, out
     assert "alive 18.0" in out, out          # the engine still works after the interrupted op
-    assert stopped < 2.5, f"SIGINT took {stopped:.2f} s to stop the op:\n{out}"
+    print(f"{case}: stopped {stopped:.2f} s after SIGINT")
+    assert stopped < STOP_BOUND_S, f"SIGINT took {stopped:.2f} s to stop the op:\n{out}"
 
 
 def test_sigint_ignored_by_the_user_stays_ignored():

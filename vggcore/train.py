@@ -67,6 +67,10 @@ _RUN_KEYS = ("config", "batch_size", "momentum", "weight_decay", "nesterov", "sc
              "colour_std", "input_scale", "stats_sample")
 
 
+# What a resumed run reads from `last`.
+_RESUME_KEYS = ("epoch", "model", "model_info", "optimizer", "rng", "schedule", "history", "settings", "stats")
+
+
 @dataclass
 class TrainResult:
     """What ``train`` returns: the trained model (on the training device) and one dict per epoch."""
@@ -289,6 +293,9 @@ def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum
             state = _ckpt.load_state(last_path)
             if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
                 raise ValueError(f"train: {last_path} is not a vggcore training checkpoint")
+            lacking = [k for k in _RESUME_KEYS if k not in state]
+            if lacking:
+                raise ValueError(f"train: {last_path} is an incomplete training checkpoint (no {', '.join(lacking)})")
             saved = state["settings"]
             for key in _RUN_KEYS + ("lr",):  # lr: the run's initial rate; the schedule's current rate comes back too
                 ours, theirs = settings.get(key), saved.get(key)

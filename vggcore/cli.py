@@ -116,7 +116,7 @@ def build_parser():
     t.add_argument("--fc-width", type=_int_at_least(1), default=None, help="size of fc6 and fc7 (default 4096, or 128 built-in)")
     t.add_argument("--dropout", type=_finite(0, 1, hi_open=True), default=None, help="on fc6 and fc7 (default 0.5, or 0 built-in)")
     t.add_argument("--init", choices=("glorot", "normal", "he"), default=None,
-                   help="weight initialisation (default glorot, or he for the built-in data's thin net)")
+                   help="weight initialisation (default glorot, or he for thin nets (width < 1) such as the built-in data's)")
     t.add_argument("--init-from", default=None, help="checkpoint of a trained net A to initialise from (paper 3.1)")
     t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or sim (default auto)")
     t.add_argument("--seed", type=_int_at_least(0), default=0)

@@ -5,6 +5,7 @@
 #include <pybind11/stl.h>
 
 #include "core/errors.h"
+#include "core/interrupt.h"
 #include "core/tensor.h"
 #include "ops.h"
 
@@ -72,6 +73,16 @@ py::array to_numpy(const Tensor& t) {
   return out;
 }
 
+// Ctrl-C during compute (core/interrupt.h): made before the GIL is released and destroyed after it is taken
+// back. A SIGINT that arrived too late for any kernel to notice is handed to Python as a pending signal, so the
+// KeyboardInterrupt still comes, right after the op.
+struct InterruptGuard {
+  vgg::InterruptScope scope;
+  ~InterruptGuard() {
+    if (scope.take_unconsumed()) PyErr_SetInterrupt();
+  }
+};
+
 py::tuple shape_tuple(const Tensor& t) {
   py::tuple out(t.shape().size());
   for (size_t i = 0; i < t.shape().size(); ++i) out[i] = t.shape()[i];
@@ -88,6 +99,13 @@ PYBIND11_MODULE(_C, m) {
       if (error) std::rethrow_exception(error);
     } catch (const vgg::TypeError& e) {
       PyErr_SetString(PyExc_TypeError, e.what());
+    } catch (const vgg::MemoryError& e) {
+      PyErr_SetString(PyExc_MemoryError, e.what());
+    } catch (const vgg::Interrupted& e) {
+      PyErr_SetString(PyExc_KeyboardInterrupt, e.what());
+    } catch (const std::bad_alloc&) {
+      // A container inside an op ran out of memory (tensors themselves throw vgg::MemoryError with the size).
+      PyErr_SetString(PyExc_MemoryError, "out of host memory inside a vggcore op (std::bad_alloc)");
 #ifdef VGG_WITH_CUDA
     } catch (const vgg::cuda::OutOfMemory& e) {
       PyErr_SetString(PyExc_MemoryError, e.what());
@@ -147,7 +165,7 @@ PYBIND11_MODULE(_C, m) {
       "x in dtype float32, float64 (cpu) or bfloat16, rounded to nearest even when narrowing; x itself if unchanged");
 
   using namespace vgg::ops;
-  const auto release = py::call_guard<py::gil_scoped_release>();
+  const auto release = py::call_guard<InterruptGuard, py::gil_scoped_release>();
   m.def("conv2d_forward", &conv2d_forward, "x (N,H,W,C), w (K,R,S,C), bias (K) -> y (N,P,Q,K)", py::arg("x"),
         py::arg("w"), py::arg("bias"), py::arg("stride"), py::arg("pad"), release);
   m.def("conv2d_backward_data", &conv2d_backward_data, "dy (N,P,Q,K), w -> dx (x_shape)", py::arg("dy"), py::arg("w"),

@@ -9,6 +9,12 @@ N bytes of UTF-8 JSON, then the raw little-endian tensor bytes. The JSON maps ea
 arrays become tensors named by their path (``model/conv1_1.weight``), everything else is kept as JSON in the
 metadata entry ``"vggcore"`` with ``{"__tensor__": name}`` where an array was. Round trips are bit-exact.
 
+Every file written here also stores, in the metadata entry ``"vggcore_crc32"``, a CRC-32 per tensor over its
+name, dtype, shape and bytes, so a flipped bit or a tensor re-declared with another dtype or shape is refused on
+load, naming the tensor. Headers are checked too: known dtypes, non-negative shapes, offsets that match the
+shape and tile the data section without overlaps or holes. Files without checksums (written before they
+existed, or by another program) still load, with a warning that their data could not be verified.
+
 Writes are atomic: a temporary file in the target's folder is written, flushed and fsynced, renamed over the
 target with ``os.replace``, and the folder is fsynced, so a crash leaves either the old file or the new one.
 """
@@ -19,6 +25,8 @@ import json
 import os
 import struct
 import tempfile
+import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +41,7 @@ _DTYPES = {
 _CODES = {np.dtype(v).newbyteorder("<"): k for k, v in _DTYPES.items()}
 _CODES[np.dtype(np.bool_)] = "BOOL"
 _METADATA_KEY = "vggcore"
+_CHECKSUM_KEY = "vggcore_crc32"
 _MAX_HEADER = 100_000_000
 
 
@@ -93,6 +102,7 @@ def save_file(path, tensors: dict, metadata: dict | None = None):
             raise TypeError(f"save_file: metadata keys and values must be strings (bad keys: {bad})")
         header["__metadata__"] = dict(metadata)
     arrays = []
+    checksums = {}
     offset = 0
     for name in sorted(tensors):
         if not isinstance(name, str) or name == "__metadata__":
@@ -104,8 +114,10 @@ def save_file(path, tensors: dict, metadata: dict | None = None):
         arr = np.require(arr, dtype=arr.dtype.newbyteorder("<"), requirements="C")
         nbytes = arr.nbytes
         header[name] = {"dtype": code, "shape": list(arr.shape), "data_offsets": [offset, offset + nbytes]}
+        checksums[name] = _checksum(name, code, arr.shape, memoryview(arr.reshape(-1)).cast("B") if arr.size else b"")
         arrays.append(arr)
         offset += nbytes
+    header.setdefault("__metadata__", {})[_CHECKSUM_KEY] = json.dumps(checksums, separators=(",", ":"))
     blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
     blob += b" " * (-len(blob) % 8)          # pad so the data starts 8-byte aligned, as safetensors does
 
@@ -116,6 +128,12 @@ def save_file(path, tensors: dict, metadata: dict | None = None):
             f.write(memoryview(arr.reshape(-1)).cast("B") if arr.size else b"")
 
     _atomic_write(path, write)
+
+
+def _checksum(name, code, shape, data) -> str:
+    """CRC-32 of a tensor's declaration and bytes: a changed dtype or shape fails it as a changed byte does."""
+    crc = zlib.crc32(f"{name}|{code}|{list(shape)}|".encode("utf-8"))
+    return f"{zlib.crc32(data, crc):08x}"
 
 
 def _read_header(f, path):
@@ -132,8 +150,14 @@ def _read_header(f, path):
         header = json.loads(text.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as e:
         raise ValueError(f"{path} is not a safetensors file (bad JSON header: {e})") from None
+    except RecursionError:
+        raise ValueError(f"{path} is not a safetensors file (its JSON header is nested too deeply)") from None
     if not isinstance(header, dict):
         raise ValueError(f"{path} is not a safetensors file (header is not a JSON object)")
+    metadata = header.get("__metadata__")
+    if metadata is not None and (not isinstance(metadata, dict) or
+                                 not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())):
+        raise ValueError(f"{path}: the __metadata__ entry must map strings to strings")
     return header, 8 + n
 
 
@@ -151,21 +175,85 @@ def load_file(path):
         header, start = _read_header(f, path)
         data = f.read()
     metadata = dict(header.pop("__metadata__", None) or {})
-    tensors = {}
+    checksums = _stored_checksums(path, metadata)
+    entries = []
     for name, info in header.items():
-        try:
-            dtype = np.dtype(_DTYPES[info["dtype"]]).newbyteorder("<")
-            shape = tuple(int(s) for s in info["shape"])
-            begin, end = (int(o) for o in info["data_offsets"])
-        except (KeyError, TypeError, ValueError):
-            raise ValueError(f"{path}: bad header entry for tensor {name!r}: {info!r}") from None
-        count = int(np.prod(shape, dtype=np.int64))
-        if end - begin != count * dtype.itemsize or begin < 0 or end > len(data):
+        code, shape, begin, end = _header_entry(path, name, info)
+        itemsize = np.dtype(_DTYPES[code]).itemsize
+        count = 1
+        for extent in shape:
+            count *= extent
+        if end - begin != count * itemsize or end > len(data):
             raise ValueError(f"{path}: tensor {name!r} data offsets {begin}..{end} do not fit its shape "
-                             f"{shape} or the file ({len(data)} data bytes); the file may be truncated")
+                             f"{shape} {code} ({count * itemsize} bytes) or the file ({len(data)} data bytes); "
+                             f"the file may be truncated")
+        entries.append((begin, end, name, code, shape, count))
+    _check_layout(path, entries, len(data))
+    if checksums is None:
+        warnings.warn(f"{path} has no per-tensor checksums (written by an older vggcore or another program): "
+                      f"its data cannot be verified", stacklevel=2)
+    else:
+        unlisted = sorted(set(header) - set(checksums))
+        missing = sorted(set(checksums) - set(header))
+        if unlisted or missing:
+            raise ValueError(f"{path}: the checksum list does not match the tensors (tensors without a checksum: "
+                             f"{unlisted}, checksums without a tensor: {missing})")
+    tensors = {}
+    view = memoryview(data)
+    for begin, end, name, code, shape, count in entries:
+        if checksums is not None and _checksum(name, code, shape, view[begin:end]) != checksums[name]:
+            raise ValueError(f"{path}: tensor {name!r} fails its checksum (its bytes, dtype or shape changed after "
+                             f"it was written): the file is damaged")
+        dtype = np.dtype(_DTYPES[code]).newbyteorder("<")
         arr = np.frombuffer(data, dtype=dtype, count=count, offset=begin).reshape(shape)
-        tensors[name] = arr.astype(_DTYPES[info["dtype"]], copy=True)   # native byte order, owns its memory
+        tensors[name] = arr.astype(_DTYPES[code], copy=True)   # native byte order, owns its memory
     return tensors, metadata
+
+
+def _stored_checksums(path, metadata):
+    if _CHECKSUM_KEY not in metadata:
+        return None
+    try:
+        checksums = json.loads(metadata[_CHECKSUM_KEY])
+    except (ValueError, RecursionError):
+        checksums = None
+    if not isinstance(checksums, dict) or not all(isinstance(v, str) for v in checksums.values()):
+        raise ValueError(f"{path}: the {_CHECKSUM_KEY} metadata entry is damaged")
+    return checksums
+
+
+def _is_count(value):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _header_entry(path, name, info):
+    """(dtype code, shape, begin, end) of one header entry, refusing anything that is not a well-formed one."""
+    if not isinstance(info, dict):
+        raise ValueError(f"{path}: bad header entry for tensor {name!r}: {info!r}")
+    code, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+    if not isinstance(code, str) or code not in _DTYPES:
+        raise ValueError(f"{path}: tensor {name!r} has unknown dtype {code!r} (known: {', '.join(_DTYPES)})")
+    if not isinstance(shape, list) or not all(_is_count(e) for e in shape):
+        raise ValueError(f"{path}: tensor {name!r} has an invalid shape {shape!r} (a list of integers >= 0)")
+    if (not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_count(o) for o in offsets)
+            or offsets[0] > offsets[1]):
+        raise ValueError(f"{path}: tensor {name!r} has invalid data offsets {offsets!r} ([begin, end], "
+                         f"0 <= begin <= end)")
+    return code, tuple(shape), offsets[0], offsets[1]
+
+
+def _check_layout(path, entries, data_bytes):
+    """The tensors' byte ranges tile the data section: no two overlap, and no bytes lie outside all of them."""
+    position, previous = 0, None
+    for begin, end, name, *_ in sorted(entries, key=lambda e: (e[0], e[1])):
+        if begin < position:
+            raise ValueError(f"{path}: tensor {name!r} (bytes {begin}..{end}) overlaps tensor {previous!r}")
+        if begin > position:
+            raise ValueError(f"{path}: bytes {position}..{begin} before tensor {name!r} belong to no tensor")
+        if end > begin:
+            position, previous = end, name
+    if position != data_bytes:
+        raise ValueError(f"{path}: bytes {position}..{data_bytes} at the end of the file belong to no tensor")
 
 
 # ----------------------------------------------------------------------------------- nested state <-> file
@@ -202,6 +290,9 @@ def _unflatten(obj, tensors):
         return [_unflatten(v, tensors) for v in obj]
     if isinstance(obj, dict):
         if "__tensor__" in obj:
+            if obj["__tensor__"] not in tensors:
+                raise ValueError(f"load_state: the metadata names a tensor {obj['__tensor__']!r} that the file "
+                                 f"does not hold")
             arr = tensors[obj["__tensor__"]]
             return arr[()] if obj.get("__scalar__") else arr
         if "__dict__" in obj:
@@ -227,4 +318,17 @@ def load_state(path):
     tensors, metadata = load_file(path)
     if _METADATA_KEY not in metadata:
         raise ValueError(f"{path} is a safetensors file but not a vggcore checkpoint (no '{_METADATA_KEY}' metadata)")
-    return _unflatten(json.loads(metadata[_METADATA_KEY]), tensors)
+    try:
+        skeleton = json.loads(metadata[_METADATA_KEY])
+    except ValueError as e:
+        raise ValueError(f"{path}: the '{_METADATA_KEY}' metadata is not valid JSON ({e})") from None
+    except RecursionError:
+        raise ValueError(f"{path}: the '{_METADATA_KEY}' metadata is nested too deeply") from None
+    try:
+        return _unflatten(skeleton, tensors)
+    except RecursionError:
+        raise ValueError(f"{path}: the '{_METADATA_KEY}' metadata is nested too deeply") from None
+    except (TypeError, AttributeError):
+        raise ValueError(f"{path}: the '{_METADATA_KEY}' metadata is malformed") from None
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from fractions import Fraction
@@ -37,6 +38,8 @@ def _scales(text):
         raise argparse.ArgumentTypeError(f"scales must be a comma-separated list of integers, got {text!r}") from None
     if not values:
         raise argparse.ArgumentTypeError("scales is empty")
+    if min(values) < 1:
+        raise argparse.ArgumentTypeError(f"scales must be positive, got {text!r}")
     return values
 
 
@@ -51,8 +54,45 @@ def _positive_number(text):
     return value
 
 
+def _int_at_least(minimum):
+    """An argparse type: an integer >= minimum (0 or a negative would otherwise be silently accepted)."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+    return parse
+
+
+def _finite(lo, hi=math.inf, lo_open=False, hi_open=False):
+    """An argparse type: a finite float in the given interval (nan passes no comparison, so it is refused here
+    rather than silently accepted)."""
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        inside = (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)
+        if not math.isfinite(value) or not inside:
+            interval = (f"{'>' if lo_open else '>='} {lo:g}" if hi == math.inf else
+                        f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}")
+            raise argparse.ArgumentTypeError(f"expected a finite number {interval}, got {text!r}")
+        return value
+    return parse
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: the flag and the value, not the whole usage block."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(prog="python -m vggcore",
+    parser = _Parser(prog="python -m vggcore",
                                      description="Train and evaluate the VGG networks of Simonyan & Zisserman.")
     sub = parser.add_subparsers(dest="command", metavar="{train,eval,info}")
 
@@ -62,40 +102,43 @@ def build_parser():
                                    "~/.cache/vggcore) and a small VGG-A is trained on 32-pixel crops.")
     t.add_argument("--config", default="A", help="A, A-LRN, B, C, D, E or an alias (vgg11 ... vgg19); default A")
     t.add_argument("--data", default=None, help="folder with train/<class>/* and val/<class>/*; default: built-in")
-    t.add_argument("--epochs", type=int, default=None, help="default 74 (paper) or 12 (built-in data)")
-    t.add_argument("--batch-size", type=int, default=None, help="default 256 (paper) or 32 (built-in data)")
-    t.add_argument("--lr", type=float, default=1e-2, help="initial learning rate (default 0.01)")
-    t.add_argument("--momentum", type=float, default=0.9)
-    t.add_argument("--weight-decay", type=float, default=5e-4)
+    t.add_argument("--epochs", type=_int_at_least(1), default=None, help="default 74 (paper) or 12 (built-in data)")
+    t.add_argument("--batch-size", type=_int_at_least(1), default=None, help="default 256 (paper) or 32 (built-in data)")
+    t.add_argument("--lr", type=_finite(0, lo_open=True), default=1e-2, help="initial learning rate (default 0.01)")
+    t.add_argument("--momentum", type=_finite(0, 1, hi_open=True), default=0.9)
+    t.add_argument("--weight-decay", type=_finite(0), default=5e-4)
     t.add_argument("--nesterov", action="store_true", help="Nesterov momentum")
     t.add_argument("--scale", type=_scale, default=None,
                    help="training scale S, or Smin,Smax for scale jittering (default 256, or 32,40 built-in)")
-    t.add_argument("--crop", type=int, default=None, help="crop size, the net's input (default 224, or 32 built-in)")
+    t.add_argument("--crop", type=_int_at_least(1), default=None, help="crop size, the net's input (default 224, or 32 built-in)")
     t.add_argument("--width", type=_positive_number, default=None,
                    help="channel width multiplier, e.g. 0.5 or 1/4 (default 1, or 1/4 built-in)")
-    t.add_argument("--fc-width", type=int, default=None, help="size of fc6 and fc7 (default 4096, or 128 built-in)")
-    t.add_argument("--dropout", type=float, default=None, help="on fc6 and fc7 (default 0.5, or 0 built-in)")
+    t.add_argument("--fc-width", type=_int_at_least(1), default=None, help="size of fc6 and fc7 (default 4096, or 128 built-in)")
+    t.add_argument("--dropout", type=_finite(0, 1, hi_open=True), default=None, help="on fc6 and fc7 (default 0.5, or 0 built-in)")
     t.add_argument("--init", choices=("glorot", "normal", "he"), default=None,
-                   help="weight initialisation (default glorot, or he for the built-in data's thin net)")
+                   help="weight initialisation (default glorot, or he for thin nets (width < 1) such as the built-in data's)")
     t.add_argument("--init-from", default=None, help="checkpoint of a trained net A to initialise from (paper 3.1)")
     t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or sim (default auto)")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=_int_at_least(0), default=0)
     t.add_argument("--precision", choices=("fp32", "tf32", "bf16"), default="fp32",
                    help="fp32 (default); tf32: TF32 tensor cores for float32 conv/linear; bf16: mixed precision "
                         "(bfloat16 activations, float32 weights; sim/cuda only)")
     t.add_argument("--checkpoint-dir", default=None,
                    help="where checkpoints and curves go (default runs/vgg-<config>)")
     t.add_argument("--resume", action="store_true", help="continue from CHECKPOINT_DIR/last.safetensors")
-    t.add_argument("--lr-patience", type=int, default=3,
+    t.add_argument("--overwrite", action="store_true",
+                   help="start a new run in a CHECKPOINT_DIR that already holds one, deleting its checkpoints "
+                        "(without --resume or --overwrite such a folder is refused)")
+    t.add_argument("--lr-patience", type=_int_at_least(1), default=3,
                    help="epochs without a better val top-1 error before the lr is divided by 10 (default 3)")
-    t.add_argument("--lr-factor", type=float, default=0.1)
-    t.add_argument("--max-lr-drops", type=int, default=3)
-    t.add_argument("--eval-scale", type=int, default=None, help="validation Q (default S or (Smin+Smax)/2)")
+    t.add_argument("--lr-factor", type=_finite(0, 1, lo_open=True), default=0.1)
+    t.add_argument("--max-lr-drops", type=_int_at_least(0), default=3)
+    t.add_argument("--eval-scale", type=_int_at_least(1), default=None, help="validation Q (default S or (Smin+Smax)/2)")
     t.add_argument("--no-flip", dest="flip", action="store_false", help="no random horizontal flips")
-    t.add_argument("--colour-std", type=float, default=0.1, help="AlexNet colour shift std (0 disables)")
-    t.add_argument("--input-scale", type=float, default=1 / 255, help="pixels are (RGB - mean) * input_scale")
-    t.add_argument("--stats-sample", type=int, default=2000, help="images sampled for mean RGB and colour PCA")
-    t.add_argument("--workers", dest="num_workers", type=int, default=None, help="decoding threads")
+    t.add_argument("--colour-std", type=_finite(0), default=0.1, help="AlexNet colour shift std (0 disables)")
+    t.add_argument("--input-scale", type=_finite(0, lo_open=True), default=1 / 255, help="pixels are (RGB - mean) * input_scale")
+    t.add_argument("--stats-sample", type=_int_at_least(1), default=2000, help="images sampled for mean RGB and colour PCA")
+    t.add_argument("--workers", dest="num_workers", type=_int_at_least(1), default=None, help="decoding threads")
     t.add_argument("--save-filters", action="store_true", help="write a grid image of conv1_1's filters")
     t.add_argument("--quiet", action="store_true", help="no per-epoch lines")
     t.add_argument("--progress", dest="progress", action="store_true", default=None,
@@ -108,12 +151,12 @@ def build_parser():
     e.add_argument("--data", default=None,
                    help="image folder with one subfolder per class (default: the built-in val set)")
     e.add_argument("--scales", type=_scales, default=None, help="test scales Q, e.g. 256 or 256,384,512")
-    e.add_argument("--crop", type=int, default=None, help="single-crop size (default the net's input size)")
+    e.add_argument("--crop", type=_int_at_least(1), default=None, help="single-crop size (default the net's input size)")
     e.add_argument("--dense", action="store_true", help="dense (fully convolutional) evaluation")
     e.add_argument("--flip", action="store_true", help="average with the horizontally flipped image")
     e.add_argument("--device", default="auto")
-    e.add_argument("--batch-size", type=int, default=32)
-    e.add_argument("--workers", dest="num_workers", type=int, default=None)
+    e.add_argument("--batch-size", type=_int_at_least(1), default=32)
+    e.add_argument("--workers", dest="num_workers", type=_int_at_least(1), default=None)
 
     sub.add_parser("info", help="version, build and devices")
     return parser
@@ -126,6 +169,8 @@ def _cmd_train(args):
     kwargs.pop("command")
     quiet = kwargs.pop("quiet")
     if kwargs["checkpoint_dir"] is None:
+        # The same folder for every run of a config: a second run is refused by train() unless --resume or
+        # --overwrite says what to do with the first one.
         kwargs["checkpoint_dir"] = f"runs/vgg-{config_name(args.config)}"
     t0 = time.perf_counter()
     result = train(verbose=not quiet, **kwargs)
@@ -206,10 +251,20 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
-    except (ValueError, TypeError, FileNotFoundError, NotADirectoryError, FileExistsError,
-            FloatingPointError) as error:
-        print(f"error: {error}", file=sys.stderr)
+    except (ValueError, TypeError, OSError, FloatingPointError, MemoryError, RecursionError) as error:
+        # Every error a user can cause ends as one line (no traceback): the op or flag, and the value.
+        print(f"error: {_one_line(error)}", file=sys.stderr)
         return 1
+
+
+def _one_line(error):
+    if isinstance(error, OSError) and error.strerror:     # from the OS: "<file>: <reason>", not "[Errno 21] ..."
+        text = f"{error.filename}: {error.strerror}" if error.filename else error.strerror
+    elif isinstance(error, RecursionError):
+        text = "the input is nested too deeply"
+    else:
+        text = str(error) or type(error).__name__ or "out of memory"
+    return " ".join(text.split())
 
 
 if __name__ == "__main__":

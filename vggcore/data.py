@@ -126,9 +126,32 @@ def load_rgb(path):
     try:
         with Image.open(path) as im:
             im.load()
-            return im.convert("RGB")
+            return _to_rgb(im)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
         return None
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """8-bit RGB from any decoded image, by the image's real range. PIL's own convert("RGB") clips 16-bit, 32-bit
+    integer and float pixels to 0..255, so a 16-bit PNG at 1.5% grey (value ~1000) would load as white. Here
+    16-bit images (modes I;16*, or mode I with values in 0..65535, as Pillow opens 16-bit PNGs) map 0..65535 to
+    0..255; float images in 0..1 map to 0..255, in 0..255 stay, and otherwise (like wider integer images) their
+    min..max maps to 0..255; non-finite float pixels become 0."""
+    mode = im.mode
+    if mode not in ("I", "F") and not mode.startswith("I;16"):
+        return im.convert("RGB")
+    values = np.asarray(im, dtype=np.float64)
+    if mode == "F":
+        values = np.where(np.isfinite(values), values, 0.0)
+    lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if mode.startswith("I;16") or (mode == "I" and lo >= 0 and hi <= 65535):
+        values = values * (255.0 / 65535.0)
+    elif mode == "F" and lo >= 0 and hi <= 1:
+        values = values * 255.0
+    elif not (mode == "F" and lo >= 0 and hi <= 255):
+        values = (values - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(values)
+    grey = np.clip(np.rint(values), 0, 255).astype(np.uint8)
+    return Image.fromarray(np.repeat(grey[..., None], 3, axis=-1), "RGB")
 
 
 def rescale(img: Image.Image, smallest_side: int) -> Image.Image:

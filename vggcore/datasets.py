@@ -14,6 +14,7 @@ import math
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -146,8 +147,10 @@ def generate(root, train_per_class: int = 500, val_per_class: int = 100, size: i
         raise ValueError("generate: train_per_class and val_per_class must be at least 1")
     classes = tuple(classes)
     root.parent.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned(root)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
     try:
+        (tmp / _OWNER).write_text(f"{os.getpid()}\n")
         for split, count in (("train", train_per_class), ("val", val_per_class)):
             for ci, name in enumerate(classes):
                 folder = tmp / split / name
@@ -158,11 +161,40 @@ def generate(root, train_per_class: int = 500, val_per_class: int = 100, size: i
         info = {"generator": "vggcore.datasets", "version": _VERSION, "size": size, "seed": seed,
                 "train_per_class": train_per_class, "val_per_class": val_per_class, "classes": list(classes)}
         (tmp / "dataset.json").write_text(json.dumps(info, indent=1) + "\n")
+        (tmp / _OWNER).unlink()
         os.replace(tmp, root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return root
+
+
+_OWNER = ".generating-pid"
+
+
+def _remove_abandoned(root: Path):
+    """Removes half-generated siblings ``.<name>.*`` of ``root`` left by a generator that was killed: those
+    whose owner process (the pid written inside) no longer exists. A generator still running is left alone."""
+    for tmp in root.parent.glob(f".{root.name}.*"):
+        try:
+            pid = int((tmp / _OWNER).read_text().strip())
+        except (OSError, ValueError):
+            pid = None
+        # No pid yet: either from a generator that predates the pid file, or one that has just made its folder.
+        try:
+            alive = pid is None and time.time() - tmp.stat().st_mtime < 60
+        except OSError:
+            continue
+        if pid is not None:
+            try:
+                os.kill(pid, 0)
+                alive = True
+            except ProcessLookupError:
+                alive = False
+            except PermissionError:
+                alive = True
+        if not alive and tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def ensure_dataset(root=None, train_per_class: int = 500, val_per_class: int = 100, size: int = 40,

@@ -13,6 +13,7 @@ import os
 import numpy as np
 
 from . import data as _data
+from ._checks import check_finite_scores
 
 __all__ = ["evaluate", "topk_errors"]
 
@@ -60,7 +61,7 @@ def _forward_scores(model, x_np, device):
     """Class scores of one NHWC batch as a float64 numpy array: (N, classes) or (N, h, w, classes)."""
     import vggcore as vc
     with vc.no_grad():
-        return model(vc.tensor(x_np, device=device)).numpy().astype(np.float64)
+        return check_finite_scores(model(vc.tensor(x_np, device=device)).numpy().astype(np.float64))
 
 
 def predict_loader(model, loader, device, dense=False):

@@ -34,4 +34,8 @@ def get_state():
 
 
 def set_state(state):
-    _generator.bit_generator.state = state
+    """Restores a state from get_state(); a damaged one is a ValueError saying so, not numpy's internals."""
+    try:
+        _generator.bit_generator.state = state
+    except (TypeError, ValueError, KeyError, OverflowError) as error:
+        raise ValueError(f"random state: not a state saved by vggcore ({error})") from None

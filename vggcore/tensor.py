@@ -31,6 +31,29 @@ def _dtype_name(dtype, op="tensor"):
     return name
 
 
+def _check_requires_grad(value, op="tensor"):
+    """A real bool: requires_grad='no' would otherwise be truthy and silently turn gradients on."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{op}: requires_grad must be True or False, got {value!r}")
+    return bool(value)
+
+
+def _check_shape(op, shape, allow_inferred=False):
+    """Shape entries as Python ints, refused with a message naming the op (not pybind11's argument dump) when they
+    are not integers, are negative, or do not fit the engine's int64 extents."""
+    out = []
+    for extent in shape:
+        if isinstance(extent, bool) or not isinstance(extent, (int, np.integer)):
+            raise TypeError(f"{op}: shape entries must be ints, got {tuple(shape)!r}")
+        extent = int(extent)
+        if extent < 0 and not (allow_inferred and extent == -1):
+            raise ValueError(f"{op}: negative dimension {extent} in shape {tuple(shape)!r}")
+        if extent >= 2**62:
+            raise ValueError(f"{op}: dimension {extent} in shape {tuple(shape)!r} is too large")
+        out.append(extent)
+    return out
+
+
 def _check_device(device, op="tensor"):
     if not isinstance(device, str):
         raise TypeError(f"{op}: device must be a string such as 'cpu', 'sim' or 'cuda:0', got {type(device).__name__}")
@@ -101,6 +124,7 @@ class Tensor:
 
     @requires_grad.setter
     def requires_grad(self, value):
+        _check_requires_grad(value, "requires_grad")
         if self.grad_fn is not None and not value:
             raise AutogradError("requires_grad: cannot turn off requires_grad on a non-leaf tensor; use detach()")
         self.requires_grad_ = bool(value)
@@ -161,10 +185,7 @@ class Tensor:
         """A view with a new shape (one entry may be -1); differentiable."""
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
             shape = tuple(shape[0])
-        for extent in shape:
-            if isinstance(extent, bool) or not isinstance(extent, (int, np.integer)):
-                raise TypeError(f"reshape: shape entries must be ints, got {shape!r}")
-        return _Reshape.apply(self, shape=tuple(int(e) for e in shape))
+        return _Reshape.apply(self, shape=tuple(_check_shape("reshape", shape, allow_inferred=True)))
 
     view = reshape
 
@@ -333,6 +354,7 @@ def tensor(data, dtype=None, device="cpu", requires_grad=False):
     """
     dtype = _dtype_name(dtype)
     _check_device(device)
+    requires_grad = _check_requires_grad(requires_grad)
     array, dtype = _as_array(data, dtype)
     if dtype == "bfloat16":  # rounded on the host, then moved: half the bytes to copy
         data = _C.cast(_C.Tensor.from_numpy(array, "cpu"), "bfloat16")
@@ -343,15 +365,24 @@ def tensor(data, dtype=None, device="cpu", requires_grad=False):
 
 
 def zeros(*shape, dtype="float32", device="cpu", requires_grad=False):
-    return full(shape, 0.0, dtype=dtype, device=device, requires_grad=requires_grad)
+    return _full("zeros", shape, 0.0, dtype, device, requires_grad)
 
 
 def ones(*shape, dtype="float32", device="cpu", requires_grad=False):
-    return full(shape, 1.0, dtype=dtype, device=device, requires_grad=requires_grad)
+    return _full("ones", shape, 1.0, dtype, device, requires_grad)
 
 
 def full(shape, value, dtype="float32", device="cpu", requires_grad=False):
+    return _full("full", shape, value, dtype, device, requires_grad)
+
+
+def _full(op, shape, value, dtype, device, requires_grad):
+    if not isinstance(shape, (tuple, list)):
+        shape = (shape,)
     if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
         shape = tuple(shape[0])
-    data = _C.full([int(e) for e in shape], float(value), _dtype_name(dtype), _check_device(device))
-    return Tensor._from_engine(data, requires_grad=requires_grad)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{op}: value must be a real number, got {value!r}")
+    extents = _check_shape(op, shape)
+    data = _C.full(extents, float(value), _dtype_name(dtype), _check_device(device, op))
+    return Tensor._from_engine(data, requires_grad=_check_requires_grad(requires_grad, op))

@@ -11,7 +11,17 @@ error) hold the model with its class names and preprocessing, the optimizer stat
 random generator state, the schedule state and the history; ``resume=True`` continues from ``last`` and
 reproduces the uninterrupted run exactly (the data order and augmentation of an epoch are functions of the
 seed and the epoch number alone). A NaN or infinite loss stops training with FloatingPointError before the
-weights are updated, leaving the last good checkpoint in place.
+weights are updated, leaving the last good checkpoint in place; an epoch whose weights or validation scores are
+not finite is never checkpointed, so "the last good checkpoint" really is one. ``best`` is written before
+``last``, so a crash between the two writes never loses a best model that ``last`` already counts.
+
+A new run refuses a checkpoint folder that already holds one (``resume=True`` continues it, ``overwrite=True``
+replaces it); the folder is checked for writability before the first epoch, and temporary files left by a killed
+write are removed (vggcore/_rundir.py).
+
+Learning-rate plateau rule (vggcore/_schedule.py): epochs without a better validation top-1 error are counted
+only once the net has started to learn, i.e. once its best error is below 0.9 times the error of guessing the
+most frequent class; a thin net that sits at chance for its first epochs keeps its rate until it takes off.
 
 The training loop only talks to the device through vggcore tensors, so the same code runs on cpu, sim and cuda.
 """
@@ -21,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+import os
 import sys
 import time
 import warnings
@@ -33,6 +44,9 @@ from . import checkpoint as _ckpt
 from . import data as _data
 from . import datasets as _datasets
 from . import random as _random
+from . import _rundir
+from . import _schedule
+from ._checks import NonFiniteScores, nonfinite_parameters
 from .evaluate import predict_loader, resolve_device, topk_errors
 from .models import config_name, describe, from_description, init_from as _init_from, load as _load_model, vgg as _vgg
 
@@ -42,11 +56,14 @@ __all__ = ["train", "TrainResult", "PAPER_DEFAULTS", "BUILTIN_DEFAULTS"]
 # images for the built-in shapes dataset so that ``python -m vggcore train`` finishes in minutes on a CPU.
 # The built-in preset departs from the paper where a thin net needs it: He initialisation (Glorot's shrinks the
 # signal through 11 thin ReLU layers and training stalls at chance) and no dropout (with 128-wide FC layers,
-# dropout 0.5 keeps the net at chance for many epochs).
+# dropout 0.5 keeps the net at chance for many epochs). The same holds for a thin net on your own data, so
+# there the default init is He's too (THIN_NET_INIT): at width 0.25 on 32-pixel inputs, Glorot's initial logits
+# have std 0.03 (A) down to 0.0006 (E) for unit-variance inputs, He's 0.4 to 3.
 PAPER_DEFAULTS = {"epochs": 74, "batch_size": 256, "scale": 256, "crop": 224, "width": 1.0, "fc_width": 4096,
                   "init": "glorot", "dropout": 0.5}
 BUILTIN_DEFAULTS = {"epochs": 12, "batch_size": 32, "scale": (32, 40), "crop": 32, "width": 0.25,
                     "fc_width": 128, "init": "he", "dropout": 0.0}
+THIN_NET_INIT = "he"          # default init below full width (width < 1), whatever the data
 CHECKPOINT_FORMAT = "vggcore-train-1"
 _CURVES_NOTE_GIVEN = []          # non-empty once the "curves.png needs matplotlib" note was given
 # Settings that must stay as they were when a run is resumed (the rest may change, e.g. epochs, device).
@@ -84,6 +101,10 @@ def _precision_scope(precision, device):
         raise ValueError(f"train: precision='tf32' needs vc.set_float32_matmul_precision, which this build of "
                          f"vggcore lacks; use precision='fp32' on {device}")
     return _matmul_precision("high")
+
+
+# What a resumed run reads from `last`.
+_RESUME_KEYS = ("epoch", "model", "model_info", "optimizer", "rng", "schedule", "history", "settings", "stats")
 
 
 @dataclass
@@ -196,6 +217,43 @@ class _CountBar:
         self.stream.flush()
 
 
+def _check_numbers(settings, max_lr_drops, stats_sample):
+    """Refuses values that would otherwise be accepted and silently do nothing or something else (NaN fails
+    every comparison, so `colour_std=nan` passed a `< 0` test and then turned every pixel into NaN)."""
+    def finite(key, lo, hi=math.inf, lo_open=False, hi_open=False):
+        v = settings[key]
+        ok = math.isfinite(v) and (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
+        if not ok:
+            interval = (f"{'>' if lo_open else '>='} {lo:g}" if hi == math.inf else
+                        f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}")
+            raise ValueError(f"train: {key} must be a finite number {interval}, got {v!r}")
+    finite("lr", 0, lo_open=True)
+    finite("momentum", 0, 1, hi_open=True)
+    finite("weight_decay", 0)
+    finite("dropout", 0, 1, hi_open=True)
+    finite("colour_std", 0)
+    finite("input_scale", 0, lo_open=True)
+    for key, given in (("max_lr_drops", max_lr_drops), ("stats_sample", stats_sample)):
+        if isinstance(given, bool) or not isinstance(given, (int, np.integer)) or given < (0 if key == "max_lr_drops" else 1):
+            raise ValueError(f"train: {key} must be an int >= {0 if key == 'max_lr_drops' else 1}, got {given!r}")
+    # A rescaled training or validation image holds about 2 S^2 RGB bytes (aspect ratios up to 2) and PIL makes
+    # working copies while resizing; sizes that cannot fit are refused here instead of by the OOM killer.
+    s = settings["scale"]
+    largest = max(s if isinstance(s, int) else s[1], settings.get("eval_scale") or 0)
+    need = 4 * 2 * 3 * largest * largest
+    ram = _physical_memory()
+    if ram and need > ram:
+        raise MemoryError(f"train: scale {largest} means rescaled images of about {need / 2**30:.0f} GiB each, more "
+                          f"than this machine's {ram / 2**30:.0f} GiB of memory")
+
+
+def _physical_memory():
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
 def _parse_scale(scale):
     lo, hi = _data._scale_range(scale)
     return lo if lo == hi else (lo, hi)
@@ -270,18 +328,21 @@ def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum
           checkpoint_dir=None, resume=False, *, nesterov=False, dropout=None, init=None, lr_patience=3,
           lr_factor=0.1, max_lr_drops=3, eval_scale=None, flip=True, colour_std=0.1,
           input_scale=_data.DEFAULT_INPUT_SCALE, stats_sample=2000, num_workers=None, save_filters=False,
-          verbose=True, progress=None, precision="fp32") -> TrainResult:
+          verbose=True, progress=None, precision="fp32", overwrite=False) -> TrainResult:
     """Train configuration ``config`` on ``data`` the way the paper did; returns TrainResult(model, history).
 
     data: a folder holding train/<class>/*.{jpg,png,...} and val/<class>/...; None: the built-in shapes set
     (generated once into the cache folder). epochs, batch_size, scale, crop, width, fc_width, init, dropout
-    default to the paper's settings (74, 256, 256, 224, 1.0, 4096, "glorot", 0.5) for your data, and to a
+    default to the paper's settings (74, 256, 256, 224, 1.0, 4096, "glorot", 0.5) for your data (with "he" init
+    for a thin net, width < 1, where Glorot's stalls at chance), and to a
     small, fast net on 32-pixel crops for the built-in set (PAPER_DEFAULTS and BUILTIN_DEFAULTS). scale: S, or (Smin, Smax) for scale
     jittering. device: "auto" (a GPU when there is one), "cpu", "cuda:0", "sim". init_from: a trained net A
     (model or checkpoint path) whose first four conv layers and three FC layers initialise this net.
     checkpoint_dir: where last.safetensors and best.safetensors go each epoch; resume=True continues the run
-    saved there. lr_patience: epochs without a better validation top-1 error before lr *= lr_factor (at most
-    max_lr_drops times). eval_scale: the validation Q (default S, or (Smin + Smax) / 2). colour_std: std of the
+    saved there; a folder that already holds a run is refused unless resume=True or overwrite=True (which
+    deletes that run's checkpoints). lr_patience: epochs without a better validation top-1 error, counted from
+    the first real improvement over chance, before lr *= lr_factor (at most max_lr_drops times). eval_scale:
+    the validation Q (default S, or (Smin + Smax) / 2). colour_std: std of the
     AlexNet colour shift (0 turns it off). input_scale: pixels are (RGB - mean) * input_scale; 1/255 keeps
     Glorot-initialised activations in a range where lr=1e-2 is stable (the paper's Caffe models used 1.0).
     verbose prints what is done before training (the preprocessing statistics, with progress) and one line per
@@ -304,6 +365,8 @@ def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum
     given = {"epochs": epochs, "batch_size": batch_size, "scale": scale, "crop": crop, "width": width,
              "fc_width": fc_width, "init": init, "dropout": dropout}
     settings = {k: (preset[k] if v is None else v) for k, v in given.items()}
+    if init is None and float(settings["width"]) < 1:
+        settings["init"] = THIN_NET_INIT
     settings["scale"] = _parse_scale(settings["scale"])
     settings["dropout"] = float(settings["dropout"])
     settings.update(config=config_name(config), lr=float(lr), momentum=float(momentum),
@@ -327,6 +390,7 @@ def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum
     settings["eval_scale"] = int(eval_scale)
     if settings["eval_scale"] < settings["crop"]:
         raise ValueError(f"train: eval_scale {eval_scale} is smaller than the crop {settings['crop']}")
+    _check_numbers(settings, max_lr_drops, stats_sample)
 
     if precision not in _PRECISIONS:
         raise ValueError(f"train: precision must be one of {', '.join(_PRECISIONS)}, got {precision!r}")
@@ -342,6 +406,8 @@ def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum
 
     ckpt_dir = Path(checkpoint_dir).expanduser() if checkpoint_dir is not None else None
     last_path = ckpt_dir / "last.safetensors" if ckpt_dir else None
+    if ckpt_dir is not None:
+        _rundir.prepare(ckpt_dir, resume=resume, overwrite=overwrite)
     state = None
     if resume:
         if ckpt_dir is None:
@@ -350,6 +416,9 @@ def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum
             state = _ckpt.load_state(last_path)
             if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
                 raise ValueError(f"train: {last_path} is not a vggcore training checkpoint")
+            lacking = [k for k in _RESUME_KEYS if k not in state]
+            if lacking:
+                raise ValueError(f"train: {last_path} is an incomplete training checkpoint (no {', '.join(lacking)})")
             saved = state["settings"]
             for key in _RUN_KEYS + ("lr",):  # lr: the run's initial rate; the schedule's current rate comes back too
                 ours, theirs = settings.get(key), saved.get(key)
@@ -398,7 +467,7 @@ def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum
     optimizer = vc.optim.SGD(model.parameters(), lr=settings["lr"], momentum=settings["momentum"],
                              weight_decay=settings["weight_decay"], nesterov=settings["nesterov"])
     history, start_epoch = [], 0
-    schedule = {"best_val_top1_err": float("inf"), "bad_epochs": 0, "lr_drops": 0}
+    schedule = _schedule.initial_state()
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         history = list(state["history"])
@@ -482,8 +551,18 @@ def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum
 
             model.eval()
             t_val = time.perf_counter()
-            with compute:
-                probs, labels = predict_loader(model, val_loader.epoch(0), device)
+            try:
+                with compute:
+                    probs, labels = predict_loader(model, val_loader.epoch(0), device)
+            except NonFiniteScores:
+                probs = labels = None
+            bad = nonfinite_parameters(model)
+            if probs is None or bad:
+                what = f"weights {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}" if bad else "validation scores"
+                kept = (f"the last good checkpoint {last_path} is kept" if last_path is not None and
+                        last_path.is_file() else "no checkpoint was written")
+                raise FloatingPointError(f"train: after epoch {epoch + 1} (lr {lr_now:g}) the {what} are not finite; "
+                                         f"this epoch is not checkpointed and {kept}. Try a lower lr.")
             if len(labels) == 0:
                 raise ValueError(f"train: no validation image of {val_folder.root} could be decoded")
             top1, top5 = topk_errors(probs, labels)
@@ -491,15 +570,10 @@ def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum
             val_loss = float(-np.mean(np.log(np.maximum(probs[np.arange(len(labels)), labels], 1e-30))))
             val_time = time.perf_counter() - t_val
 
-            improved = top1 < schedule["best_val_top1_err"] - 1e-9
-            if improved:
-                schedule["best_val_top1_err"], schedule["bad_epochs"] = top1, 0
-            else:
-                schedule["bad_epochs"] += 1
-                if schedule["bad_epochs"] >= settings["lr_patience"] and schedule["lr_drops"] < settings["max_lr_drops"]:
-                    optimizer.lr = optimizer.lr * settings["lr_factor"]
-                    schedule["lr_drops"] += 1
-                    schedule["bad_epochs"] = 0
+            improved, drop = _schedule.step(schedule, top1, _schedule.chance_error(labels), settings["lr_patience"],
+                                            settings["max_lr_drops"])
+            if drop:
+                optimizer.lr = optimizer.lr * settings["lr_factor"]
             entry = {"epoch": epoch + 1, "lr": lr_now, "train_loss": loss_sum / seen, "train_top1_err": wrong / seen,
                      "val_loss": val_loss, "val_top1_err": top1, "val_top5_err": top5,
                      "images_per_s": seen / train_time, "epoch_time_s": train_time, "val_time_s": val_time,
@@ -521,9 +595,10 @@ def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum
                         "rng": _random.get_state(), "schedule": dict(schedule), "history": history,
                         "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in settings.items()},
                         "stats": stats, "data": str(root), "precision": precision}
-                _ckpt.save_state(last_path, ckpt)
+                # best first: `last` records this epoch's improvement, so it must not exist without that best
                 if improved:
                     _ckpt.save_state(ckpt_dir / "best.safetensors", ckpt)
+                _ckpt.save_state(last_path, ckpt)
                 result.checkpoint = str(last_path)
                 try:
                     plotted = _plot(history, ckpt_dir / "curves.png")

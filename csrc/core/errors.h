@@ -15,6 +15,9 @@ struct ValueError : std::invalid_argument {  // -> ValueError
 struct TypeError : std::runtime_error {  // -> TypeError
   using std::runtime_error::runtime_error;
 };
+struct MemoryError : std::runtime_error {  // -> MemoryError; the message says how many bytes were asked for
+  using std::runtime_error::runtime_error;
+};
 
 // "(2, 8, 8, 3)"
 std::string shape_str(const std::vector<int64_t>& shape);

@@ -6,6 +6,8 @@
 #include <new>
 #include <unordered_map>
 
+#include <unistd.h>
+
 #include "errors.h"
 
 #ifdef VGG_WITH_CUDA
@@ -21,12 +23,24 @@ namespace {
 
 constexpr size_t kHostAlignment = 64;
 
+std::string bytes_str(size_t bytes) {
+  const double gib = static_cast<double>(bytes) / double(size_t(1) << 30);
+  return cat(bytes, " bytes (", gib < 0.01 ? 0.0 : gib, " GiB)");
+}
+
 void* host_alloc(size_t bytes) {
   // aligned_alloc wants a multiple of the alignment; a zero-byte tensor still gets a unique pointer.
   const size_t rounded = (bytes + kHostAlignment - 1) / kHostAlignment * kHostAlignment;
   void* ptr = std::aligned_alloc(kHostAlignment, rounded ? rounded : kHostAlignment);
-  if (!ptr) throw std::bad_alloc();
+  if (!ptr) throw MemoryError(cat("out of host memory: could not allocate ", bytes_str(bytes)));
   return ptr;
+}
+
+// Physical memory of this machine (0 if unknown). Linux overcommits, so a request larger than RAM "succeeds"
+// and the process is later killed by the OOM killer while touching the pages; such requests are refused here.
+size_t physical_memory_bytes() {
+  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+  return pages > 0 && page > 0 ? static_cast<size_t>(pages) * static_cast<size_t>(page) : 0;
 }
 
 // Freed large host blocks (cpu and sim tensors), kept for reuse by exact size. Training allocates the same
@@ -90,17 +104,28 @@ class HostBlockCache {
 
 // Bytes of `numel` elements, refusing shapes whose size overflows.
 size_t checked_bytes(const std::vector<int64_t>& shape, DType dtype) {
-  size_t count = 1;
-  for (int64_t extent : shape) {
-    VGG_CHECK(extent >= 0, ValueError, "tensor: negative dimension in shape ", shape_str(shape));
-    if (extent != 0 && count > (size_t(1) << 46) / static_cast<size_t>(extent))
-      throw ValueError(cat("tensor: shape ", shape_str(shape), " is too large"));
-    count *= static_cast<size_t>(extent);
-  }
-  return count * dtype_size(dtype);
+  return static_cast<size_t>(checked_numel("tensor", shape)) * dtype_size(dtype);
 }
 
 }  // namespace
+
+int64_t checked_numel(const char* op, const std::vector<int64_t>& shape) {
+  // The product of the non-zero extents is bounded too, so a zero extent cannot hide absurd ones: kernels form
+  // partial products such as H * W * C even when N is 0.
+  bool empty = false;
+  int64_t count = 1;
+  for (int64_t extent : shape) {
+    VGG_CHECK(extent >= 0, ValueError, op, ": negative dimension in shape ", shape_str(shape));
+    if (extent == 0) {
+      empty = true;
+      continue;
+    }
+    VGG_CHECK(extent <= kMaxNumel && count <= kMaxNumel / extent, ValueError, op, ": shape ", shape_str(shape),
+              " has more than 2**46 elements");
+    count *= extent;
+  }
+  return empty ? 0 : count;
+}
 
 std::string shape_str(const std::vector<int64_t>& shape) {
   std::string out = "(";
@@ -242,6 +267,7 @@ Storage::~Storage() {
 }
 
 int64_t Tensor::numel() const {
+  // Every shape was checked by checked_numel when the tensor was made or reshaped, so this cannot overflow.
   int64_t count = 1;
   for (int64_t extent : shape_) count *= extent;
   return count;
@@ -250,8 +276,14 @@ int64_t Tensor::numel() const {
 Tensor Tensor::empty(const std::vector<int64_t>& shape, DType dtype, Device device) {
   VGG_CHECK(dtype != DType::Float64 || device.type == DeviceType::CPU, TypeError, "tensor: device ", device.str(),
             " holds float32 and bfloat16 only (its kernels run those): pass dtype=\"float32\"; float64 is for the cpu");
+  const size_t bytes = checked_bytes(shape, dtype);
+  if (device.is_host_memory()) {
+    const size_t ram = physical_memory_bytes();
+    VGG_CHECK(ram == 0 || bytes <= ram, MemoryError, "tensor: shape ", shape_str(shape), " ", dtype_name(dtype),
+              " needs ", bytes_str(bytes), ", more than this machine's memory, ", bytes_str(ram));
+  }
   Tensor t;
-  t.storage_ = std::make_shared<Storage>(checked_bytes(shape, dtype), device);
+  t.storage_ = std::make_shared<Storage>(bytes, device);
   t.shape_ = shape;
   t.dtype_ = dtype;
 #ifdef VGG_WITH_SIM
@@ -285,17 +317,19 @@ Tensor Tensor::zeros(const std::vector<int64_t>& shape, DType dtype, Device devi
 }
 
 Tensor Tensor::reshape(const std::vector<int64_t>& shape) const {
-  std::vector<int64_t> resolved = shape;
-  int64_t known = 1, inferred_axis = -1;
+  std::vector<int64_t> resolved = shape, known_extents;
+  int64_t inferred_axis = -1;
   for (size_t i = 0; i < resolved.size(); ++i) {
     if (resolved[i] == -1) {
       VGG_CHECK(inferred_axis < 0, ValueError, "reshape: only one dimension can be -1, got ", shape_str(shape));
       inferred_axis = static_cast<int64_t>(i);
     } else {
       VGG_CHECK(resolved[i] >= 0, ValueError, "reshape: invalid dimension in ", shape_str(shape));
-      known *= resolved[i];
+      known_extents.push_back(resolved[i]);
     }
   }
+  // Checked, so a product that wraps (2**32 * 2**32 = 0 mod 2**64) cannot pass for a small element count.
+  int64_t known = checked_numel("reshape", known_extents);
   if (inferred_axis >= 0) {
     VGG_CHECK(known != 0 && numel() % known == 0, ValueError, "reshape: cannot reshape a tensor of shape ",
               shape_str(shape_), " into ", shape_str(shape));

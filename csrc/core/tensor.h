@@ -35,6 +35,11 @@ struct Device {
   bool operator!=(const Device& other) const { return !(*this == other); }
 };
 
+// Shapes hold at most 2**46 elements (far beyond any memory), so products of extents and byte counts never wrap.
+constexpr int64_t kMaxNumel = int64_t{1} << 46;
+// The element count of `shape`: ValueError naming `op` for a negative extent or more than kMaxNumel elements.
+int64_t checked_numel(const char* op, const std::vector<int64_t>& shape);
+
 // What this build and machine can run: "cpu", then "sim" if built, then "cuda:N" per usable GPU.
 std::vector<std::string> available_devices();
 bool cuda_compiled();

@@ -222,6 +222,7 @@ template <typename T> void conv2d_backward_data(const T* dy, const T* w, T* dx, 
 #pragma omp parallel for schedule(dynamic, 1) collapse(2)
   for (int64_t n = 0; n < g.N; ++n)
     for (int64_t b = 0; b < bands; ++b) {
+      if (interrupt_pending()) continue;  // Ctrl-C: skip the remaining bands, throw after the region
       const int64_t h0 = b * band, h1 = std::min(g.H, h0 + band);
       const int64_t plo = std::max<int64_t>(0, ceil_div(std::max<int64_t>(0, h0 + g.ph - g.R + 1), g.sh));
       const int64_t phi = std::min<int64_t>(g.P - 1, (h1 - 1 + g.ph) / g.sh);
@@ -255,6 +256,7 @@ template <typename T> void conv2d_backward_data(const T* dy, const T* w, T* dx, 
           }
         }
     }
+  throw_if_interrupted();
 }
 
 // x (N,H,W,C), dy (N,P,Q,K) -> dw (K,R,S,C) = dy^T (K, NPQ) * im2col(x) (NPQ, RSC)
@@ -284,6 +286,7 @@ template <typename T> void conv2d_backward_weight(const T* x, const T* dy, T* dw
 #pragma omp parallel for schedule(dynamic, 1) collapse(2)
   for (int64_t sp = 0; sp < splits; ++sp)
     for (int64_t t = 0; t < ntasks; ++t) {
+      if (interrupt_pending()) continue;  // Ctrl-C: skip the remaining tasks, throw after the region
       const int64_t k0 = sp * kchunk, k1 = std::min(Kd, k0 + kchunk);
       const int64_t j0 = t * nchunk, j1 = std::min(Ncols, j0 + nchunk);
       T* out = partial + sp * M * Ncols + j0;
@@ -301,6 +304,7 @@ template <typename T> void conv2d_backward_weight(const T* x, const T* dy, T* dw
       else
         for (int64_t i = 0; i < M; ++i) std::fill(out + i * Ncols, out + i * Ncols + (j1 - j0), T(0));
     }
+  throw_if_interrupted();
   if (splits > 1) {
     const int64_t total = M * Ncols;
 #pragma omp parallel for schedule(static)

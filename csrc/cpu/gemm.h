@@ -27,6 +27,8 @@
 #include <omp.h>
 #endif
 
+#include "../core/interrupt.h"
+
 namespace vgg::cpu {
 
 // ---- run-time selected micro-kernel -------------------------------------------------------------------
@@ -241,10 +243,12 @@ void gemm_packed(int64_t M, int64_t N, int64_t Kd, const PackA& pack_a, const Pa
 
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (tasks > 1 && threads > 1)
   for (int64_t t = 0; t < tasks; ++t) {
+    if (interrupt_pending()) continue;  // Ctrl-C: skip the remaining tasks, throw after the parallel region
     const int64_t i0 = (t / ntasks) * mchunk, j0 = (t % ntasks) * nchunk;
     gemm_task(uk, i0, std::min(M, i0 + mchunk), j0, std::min(N, j0 + nchunk), Kd, pack_a, pack_b, shared_b, n_pad,
               c, ldc, accumulate, bias);
   }
+  throw_if_interrupted();
 }
 
 // Plain strided GEMM: C (M, N) (ldc) = [C +] A (M, Kd) * B (Kd, N),

@@ -33,8 +33,9 @@ inline void window_sum(const double* v, double* acc, int64_t C, int64_t before, 
 template <typename T>
 void lrn_forward(const T* x, T* y, T* scale, const LrnShape& s) {
   const int64_t C = s.C;
-  // window(c) = c - size/2 .. c + (size-1)/2; asymmetric for even sizes, exactly as PyTorch pads.
-  const int64_t before = s.size / 2, after = (s.size - 1) / 2;
+  // window(c) = c - size/2 .. c + (size-1)/2; asymmetric for even sizes, exactly as PyTorch pads. The window is
+  // clipped to the C channels anyway, so clipping its reach to C bounds the work by the data, whatever size is.
+  const int64_t before = std::min(s.size / 2, C), after = std::min((s.size - 1) / 2, C);
   const double alpha_over_size = s.alpha / static_cast<double>(s.size);
 #pragma omp parallel if (s.rows * C * s.size >= kParallelMinWork)
   {
@@ -63,7 +64,7 @@ void lrn_forward(const T* x, T* y, T* scale, const LrnShape& s) {
 template <typename T>
 void lrn_backward(const T* x, const T* y, const T* scale, const T* dy, T* dx, const LrnShape& s) {
   const int64_t C = s.C;
-  const int64_t before = (s.size - 1) / 2, after = s.size / 2;
+  const int64_t before = std::min((s.size - 1) / 2, C), after = std::min(s.size / 2, C);  // clipped as forward
   const double coeff = 2.0 * s.alpha * s.beta / static_cast<double>(s.size);
 #pragma omp parallel if (s.rows * C * s.size >= kParallelMinWork)
   {

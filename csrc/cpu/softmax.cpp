@@ -24,13 +24,18 @@ inline double row_max(const T* x, int64_t cols) {
   return static_cast<double>(m);
 }
 
-// logsumexp of a row, computed as max + log(sum exp(x - max)).
+// The two parts of a row's logsumexp, kept apart: max and log(sum exp(x - max)). Callers form (x - max) - log_sum;
+// folding them into max + log_sum first would lose log_sum once |max| is around 1e16 (log_sum <= log cols is
+// then below half an ulp of max), giving loss 0 for logits [-1e30, -1e30] instead of log 2.
+struct RowLse {
+  double max, log_sum;
+};
 template <typename T>
-inline double row_logsumexp(const T* x, int64_t cols) {
+inline RowLse row_logsumexp(const T* x, int64_t cols) {
   const double m = row_max(x, cols);
   double sum = 0.0;
   for (int64_t c = 0; c < cols; ++c) sum += std::exp(static_cast<double>(x[c]) - m);
-  return m + std::log(sum);
+  return {m, std::log(sum)};
 }
 
 }  // namespace
@@ -68,15 +73,15 @@ void softmax_backward(const T* y, const T* dy, T* dx, int64_t rows, int64_t cols
   }
 }
 
-// x (rows, cols) -> y (rows, cols) = x - max - log(sum(exp(x - max)))
+// x (rows, cols) -> y (rows, cols) = (x - max) - log(sum(exp(x - max)))
 template <typename T>
 void log_softmax_forward(const T* x, T* y, int64_t rows, int64_t cols) {
 #pragma omp parallel for if (rows * cols >= kParallelMinElements) schedule(static)
   for (int64_t r = 0; r < rows; ++r) {
     const T* xr = x + r * cols;
     T* yr = y + r * cols;
-    const double lse = row_logsumexp(xr, cols);
-    for (int64_t c = 0; c < cols; ++c) yr[c] = static_cast<T>(static_cast<double>(xr[c]) - lse);
+    const RowLse lse = row_logsumexp(xr, cols);
+    for (int64_t c = 0; c < cols; ++c) yr[c] = static_cast<T>((static_cast<double>(xr[c]) - lse.max) - lse.log_sum);
   }
 }
 

@@ -475,6 +475,7 @@ void run(const T* x, const T* w, bool flipped, const T* bias, T* y, const Winogr
     T* Mb = thread_workspace<T>(Slot::wino_output, size_t(A2 * pl.chunk * pl.Kp));
 #pragma omp for schedule(dynamic, 1)
     for (int64_t task = 0; task < chunks * kgroups; ++task) {
+      if (interrupt_pending()) continue;  // Ctrl-C: skip the remaining tasks, throw after the region
       const int64_t c = task / kgroups, k0 = (task % kgroups) * kgroup, k1 = std::min(K, k0 + kgroup);
       const int64_t t0 = c * pl.chunk, count = std::min(pl.chunk, pl.tiles - t0);
       wide ? input_avx512<T, M>(pl, x, V, t0, count) : input_base<T, M>(pl, x, V, t0, count);
@@ -516,6 +517,7 @@ template <typename T, int M> void run_backward_weight(const T* x, const T* dy, T
     T* D = thread_workspace<T>(Slot::wino_output, size_t(A2 * pl.chunk * pl.Kp));
 #pragma omp for schedule(dynamic, 1)
     for (int64_t task = 0; task < splits * ceil_div(K, kgroup); ++task) {
+      if (interrupt_pending()) continue;  // Ctrl-C: skip the remaining tasks, throw after the region
       const int64_t sp = task / ceil_div(K, kgroup);
       const int64_t k0 = (task % ceil_div(K, kgroup)) * kgroup, k1 = std::min(K, k0 + kgroup);
       const int64_t s0 = sp * split_tiles, s1 = std::min(pl.tiles, s0 + split_tiles);
@@ -562,6 +564,7 @@ void winograd_conv3x3(const T* x, const T* w, bool flipped, const T* bias, T* y,
   }
   if (m == 2) run<T, 2>(x, w, flipped, bias, y, g);
   else run<T, 4>(x, w, flipped, bias, y, g);
+  throw_if_interrupted();
 }
 
 template <typename T>
@@ -573,6 +576,7 @@ void winograd_conv3x3_backward_weight(const T* x, const T* dy, T* dw, const Wino
   }
   if (m == 2) run_backward_weight<T, 2>(x, dy, dw, g);
   else run_backward_weight<T, 4>(x, dy, dw, g);
+  throw_if_interrupted();
 }
 
 template int winograd_tile_choice<float>(const Winograd3x3&);

@@ -25,7 +25,7 @@ constexpr int64_t kLrnMaxBlocks = 8192;  // rows beyond 8192 * 8 are grid-stride
 // The float constants of one call, derived once on the host.
 struct LrnParams {
   int64_t rows, C;
-  int before, after;       // window(c) = [c - before, c + after]
+  int64_t before, after;   // window(c) = [c - before, c + after], reach clipped to C
   float alpha_over_size;   // alpha / size
   float beta;
   float k;
@@ -36,8 +36,10 @@ LrnParams lrn_params(const LrnShape& s) {
   LrnParams p;
   p.rows = s.rows;
   p.C = s.C;
-  p.before = static_cast<int>(s.size / 2);
-  p.after = static_cast<int>((s.size - 1) / 2);
+  // The window is clipped to the C channels, so a reach beyond C changes nothing; clipping it here keeps the
+  // loops bounded by the data and the value exact for any size (the same rule as the CPU kernel).
+  p.before = s.size / 2 < s.C ? s.size / 2 : s.C;
+  p.after = (s.size - 1) / 2 < s.C ? (s.size - 1) / 2 : s.C;
   p.alpha_over_size = static_cast<float>(s.alpha / static_cast<double>(s.size));
   p.beta = static_cast<float>(s.beta);
   p.k = static_cast<float>(s.k);

@@ -11,6 +11,7 @@
 
 #include "simt.h"
 #include "memory.h"
+#include "../core/interrupt.h"
 
 #include <pthread.h>
 #include <setjmp.h>
@@ -1130,6 +1131,7 @@ void run_grid(const LaunchConfig& config, void (*thunk)(void*), void* ctx) {
   E.block_order = &blocks;
   prepare_checks(E, static_cast<unsigned>(E.warps.size()));
   for (uint64_t i = 0; i < nblocks; ++i) {
+    vgg::throw_if_interrupted();  // Ctrl-C between blocks (core/interrupt.h)
     const uint64_t b = blocks[i];
     ++block_serial;
     E.barrier_epoch = 0;

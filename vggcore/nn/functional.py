@@ -329,6 +329,12 @@ def _labels(op, target):
             raise ValueError(f"{op}: target must hold integer class labels, got non-integer values")
     elif values.dtype.kind not in "biu":
         raise TypeError(f"{op}: target must hold integer class labels, got dtype {values.dtype}")
+    # Checked before the cast to int64, which would wrap 1e20 or 2**64 - 1 into some other number.
+    bad = np.flatnonzero((values < 0) | (values >= 2**62)) if values.size and values.dtype.kind != "b" else []
+    if len(bad):
+        index = np.unravel_index(bad[0], values.shape) if values.ndim > 1 else int(bad[0])
+        raise ValueError(f"{op}: target[{index}] = {values.flat[bad[0]]!r} is not a class label (labels are 0 .. "
+                         f"classes - 1)")
     values = np.ascontiguousarray(values, dtype=np.int64)
     return _C.Tensor.from_numpy(values, "cpu")
 

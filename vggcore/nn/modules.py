@@ -96,12 +96,21 @@ class Module:
 
     def to(self, device):
         """Moves every parameter (and its gradient) to ``device`` in place; the Parameter objects stay the same,
-        so an optimiser built before the move keeps working."""
+        so an optimiser built before the move keeps working. All or nothing: every copy is made before any
+        parameter is switched, so a move that fails (unknown device, out of memory, a float64 parameter for a
+        float32-only device) leaves the whole model where it was instead of split across devices."""
+        if not isinstance(device, str):
+            raise TypeError(f"Module.to: device must be a string such as 'cpu', 'sim' or 'cuda:0', got "
+                            f"{type(device).__name__}")
+        moves = []
         for param in self.parameters():
             if param.device != device:
-                param._data = param._data.to(device)
-                if param.grad is not None:
-                    param.grad = param.grad.detach().to(device)
+                grad = param.grad.detach().to(device) if param.grad is not None else None
+                moves.append((param, param._data.to(device), grad))
+        for param, data, grad in moves:
+            param._data = data
+            if grad is not None:
+                param.grad = grad
         return self
 
     def zero_grad(self):

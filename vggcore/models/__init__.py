@@ -2,7 +2,7 @@
 weights from torchvision and Caffe (``from_torchvision``, ``from_caffe``; see ``vggcore.interop``)."""
 
 from .vgg import (ALIASES, CONFIGS, INIT_FROM_LAYERS, INIT_SCHEMES, LRN_PARAMS, VGG, config_name, count_params, describe,
-                  from_description, init_from, load, param_shapes, vgg, vgg11, vgg11_lrn, vgg13, vgg16, vgg16_1x1,
+                  from_description, fine_tune_from, init_from, load, param_shapes, vgg, vgg11, vgg11_lrn, vgg13, vgg16, vgg16_1x1,
                   vgg19)
 
 __all__ = ["vgg", "VGG", "init_from", "load", "config_name", "count_params", "param_shapes", "describe",
@@ -22,4 +22,4 @@ def from_caffe(caffemodel, prototxt=None, num_classes=None):
     return _from_caffe(caffemodel, prototxt=prototxt, num_classes=num_classes)
 
 
-__all__ += ["from_torchvision", "from_caffe"]
+__all__ += ["from_torchvision", "from_caffe", "fine_tune_from"]

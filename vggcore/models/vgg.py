@@ -16,7 +16,7 @@ from .. import nn
 from .. import random as _random
 from ..nn import functional as F
 
-__all__ = ["CONFIGS", "ALIASES", "VGG", "vgg", "init_from", "load", "config_name", "param_shapes", "count_params",
+__all__ = ["CONFIGS", "ALIASES", "VGG", "vgg", "init_from", "fine_tune_from", "load", "config_name", "param_shapes", "count_params",
            "describe", "from_description", "vgg11", "vgg11_lrn", "vgg13", "vgg16_1x1", "vgg16", "vgg19"]
 
 # Table 1: per stage, the convolutions as (kernel size, output channels); "LRN" marks local response norm.
@@ -376,6 +376,39 @@ def init_from(model: VGG, net_a) -> VGG:
             update[key] = src.astype(target[key].dtype, copy=False)
     target.update(update)
     model.load_state_dict(target)
+    return model
+
+
+def fine_tune_from(model: VGG, source: VGG) -> VGG:
+    """Start fine-tuning ``model`` from a trained net of the same configuration (torchvision, Caffe or vggcore
+    weights): every layer is copied except fc8 when the class counts differ (``model`` keeps its freshly
+    initialised fc8 then), and ``model`` takes the source's input preprocessing, which is what its weights
+    expect. A per-channel std (torchvision's normalisation) is folded into conv1_1's weights (w[..., c] /
+    std[c]), so training feeds ``(RGB - mean_rgb) * input_scale`` as usual and the net computes the same
+    function (zero padding is the mean pixel either way). In place; returns ``model``.
+    """
+    if source.config != model.config:
+        raise ValueError(f"fine_tune_from: the weights are VGG-{source.config}, the model VGG-{model.config}")
+    src = source.state_dict()
+    if source.fully_convolutional:
+        raise ValueError("fine_tune_from: pass the original net, not the fully convolutional one")
+    target = model.state_dict()
+    same_classes = source.num_classes == model.num_classes
+    for key, value in src.items():
+        if key.startswith("fc8.") and not same_classes:
+            continue
+        if tuple(value.shape) != tuple(target[key].shape):
+            raise ValueError(f"fine_tune_from: {key} of the weights has shape {tuple(value.shape)}, the model's is "
+                             f"{tuple(target[key].shape)} (width, fc_width and input_size (crop) must match the "
+                             f"weights': width {source.width:g}, fc_width {source.fc_width}, input {source.input_size})")
+        target[key] = value
+    std = getattr(source, "std_rgb", None)
+    if std is not None:
+        target["conv1_1.weight"] = (target["conv1_1.weight"] / np.asarray(std, np.float32)).astype(np.float32)
+    model.load_state_dict(target)
+    model.mean_rgb = None if source.mean_rgb is None else [float(v) for v in source.mean_rgb]
+    model.input_scale = float(source.input_scale)
+    model.std_rgb = None
     return model
 
 

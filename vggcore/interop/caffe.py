@@ -268,9 +268,7 @@ def to_caffe(model, path, legacy=False):
     """Write ``model`` as a caffemodel with layers conv1_1 ... fc8 (BGR conv1_1, Caffe's layouts), the exact
     inverse of ``from_caffe``. The file carries weights only; Caffe users subtract ``model.mean_rgb`` (as BGR)."""
     from .torchvision import _feature_indices, to_torchvision
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        sd = to_torchvision(model)
+    sd = to_torchvision(model)
     if model.std_rgb is not None or model.input_scale != 1.0:
         warnings.warn("to_caffe: this model's preprocessing is not Caffe's (mean pixel only); Caffe users must "
                       f"also scale by input_scale={model.input_scale:g}" +

@@ -17,7 +17,6 @@ import collections
 import io
 import os
 import pickle
-import warnings
 import zipfile
 from pathlib import Path
 
@@ -339,7 +338,9 @@ def from_torchvision(source, num_classes=None):
 
 def to_torchvision(model) -> dict:
     """``{torchvision key: numpy array}``: the exact inverse of ``from_torchvision`` (NCHW conv weights, fc6's
-    columns in (C, H, W) order). Raises ValueError for A-LRN (torchvision has no LRN layer)."""
+    columns in (C, H, W) order). Raises ValueError for A-LRN (torchvision has no LRN layer). The weights expect
+    the model's own preprocessing (``model.preprocess``: mean_rgb, input_scale, std_rgb), which for a net
+    trained by vggcore is not torchvision's normalisation; feed torch the same inputs."""
     config = model.config
     indices = _feature_indices(config)
     state = model.state_dict()
@@ -356,9 +357,6 @@ def to_torchvision(model) -> dict:
     out["classifier.3.bias"] = state["fc7.bias"]
     out["classifier.6.weight"] = np.ascontiguousarray(state["fc8.weight"].reshape(model.num_classes, fcw))
     out["classifier.6.bias"] = state["fc8.bias"]
-    if model.std_rgb is None and model.mean_rgb is not None:
-        warnings.warn("to_torchvision: this model expects vggcore's preprocessing ((RGB - mean_rgb) * input_scale), "
-                      "not torchvision's normalisation; feed it the same way in torch", stacklevel=2)
     return out
 
 

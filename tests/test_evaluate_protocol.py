@@ -166,7 +166,7 @@ def test_settings_and_cost(nets):
     assert s["scales"] == [32, 40] and s["crop"] == 32 and s["dense"] and s["multi_crop"] and s["flip"]
     assert s["views_per_image"] == 2 * (2 + 50)
     s = protocol_settings(list(nets), scale=36)
-    assert s["views_per_image"] == 2 and s["models"] == 2 and s["method"] == "single crop 32"
+    assert s["views_per_image"] == 2 and s["models"] == 2 and s["method"] == "single crop"
     assert multi_crop_offsets(40, 32) == [0, 2, 4, 6, 8] and multi_crop_offsets(32, 32) == [0] * 5
     with pytest.raises(ValueError, match="smaller than the crop"):
         protocol_settings(nets[0], scale=30, multi_crop=True)
@@ -241,7 +241,7 @@ def test_cli_eval_ensemble_multi_crop_prints_real_settings(folder7, nets, tmp_pa
     assert cli.main(["eval", str(a), str(b), "--data", str(folder7), "--multi-crop", "--dense",
                      "--scales", "32,40", "--workers", "1", "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert "Q=32,40" in out and "multi-crop 5x5x2" in out and "dense" in out and "ensemble of 2" in out
+    assert "dense + multi-crop 5x5x2, Q=32,40: top-1 err" in out and "ensemble of 2" in out and "crop 32" in out
     assert "204 view(s) per image" in out and "top-5 err 0." in out and "(7 images" in out
 
 

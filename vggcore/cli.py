@@ -179,11 +179,6 @@ def _saved_val_folder(path):
     return str(Path(saved) / "val") if saved else None
 
 
-def _settings_text(settings):
-    return (f"{settings['method']}, Q={','.join(str(q) for q in settings['scales'])}, crop {settings['crop']}, "
-            f"flip {'on' if settings['flip'] or settings['multi_crop'] else 'off'}, "
-            f"{settings['views_per_image']} view(s) per image"
-            + (f", ensemble of {settings['models']}" if settings["models"] > 1 else ""))
 
 
 def _cmd_eval(args):
@@ -205,8 +200,10 @@ def _cmd_eval(args):
     top5 = (f"top-5 err {res['top5_err']:.4f}" if res["top5_err"] is not None
             else "top-5 err n/a (reported only above 5 classes)")
     name = " + ".join(args.checkpoint)
-    print(f"{name}: {_settings_text(settings)}: top-1 err {res['top1_err']:.4f}  {top5}  "
-          f"({res['n']} images, {time.perf_counter() - t0:.1f} s)")
+    ensemble = f", ensemble of {settings['models']}" if settings["models"] > 1 else ""
+    print(f"{name}: {settings['method']}, Q={','.join(str(q) for q in settings['scales'])}: top-1 err "
+          f"{res['top1_err']:.4f}  {top5}  ({res['n']} images, crop {settings['crop']}, "
+          f"{settings['views_per_image']} view(s) per image{ensemble}, {time.perf_counter() - t0:.1f} s)")
     if res.get("skipped"):
         print(f"{res['skipped']} file(s) could not be decoded and were skipped")
     if res.get("nonfinite"):

@@ -303,9 +303,9 @@ def _resolve_protocol(models, crop, scale, dense, multi_crop):
 
 def _describe(scales, crops, dense, multi_crop, flip, n_models):
     single = not dense and not multi_crop
-    method = " + ".join(([f"single crop {crops[0]}"] if single else [])
-                        + (["dense"] if dense else [])
-                        + ([f"multi-crop {GRID}x{GRID}x2 of {crops[0]}"] if multi_crop else []))
+    method = " + ".join((["single crop"] if single else []) + (["dense"] if dense else [])
+                        + ([f"multi-crop {GRID}x{GRID}x2"] if multi_crop else [])
+                        + (["flip"] if flip and (single or dense) else []))
     views = len(scales) * ((2 if flip else 1) * (single + dense) + (2 * GRID * GRID if multi_crop else 0))
     return {"scales": list(scales), "crop": crops[0], "dense": bool(dense), "multi_crop": bool(multi_crop),
             "flip": bool(flip), "models": n_models, "views_per_image": views * n_models, "method": method}

@@ -270,7 +270,8 @@ def _as_models(model):
     for m in out[1:]:
         if m.num_classes != first.num_classes:
             raise ValueError(f"evaluate: the ensemble's models have {first.num_classes} and {m.num_classes} classes")
-        if m.class_names is not None and first.class_names is not None and list(m.class_names) != list(first.class_names):
+        named = m.class_names is not None and first.class_names is not None
+        if named and list(m.class_names) != list(first.class_names):
             raise ValueError("evaluate: the ensemble's models name their classes differently")
     return out
 

@@ -67,9 +67,9 @@ def export_onnx(model, path, input_size=224):
         if kind == "conv":
             w = state[f"{name}.weight"].transpose(0, 3, 1, 2)          # (K, R, S, C) -> (K, C, R, S)
             k = w.shape[2]
-            nodes.append(helper.make_node("Conv", [x, const(f"{name}.weight", w), const(f"{name}.bias", state[f"{name}.bias"])],
-                                          [f"{name}.out"], name=name, kernel_shape=[k, k], pads=[k // 2] * 4,
-                                          strides=[1, 1]))
+            inputs = [x, const(f"{name}.weight", w), const(f"{name}.bias", state[f"{name}.bias"])]
+            nodes.append(helper.make_node("Conv", inputs, [f"{name}.out"], name=name, kernel_shape=[k, k],
+                                          pads=[k // 2] * 4, strides=[1, 1]))
             nodes.append(helper.make_node("Relu", [f"{name}.out"], [f"{name}.relu"], name=f"{name}_relu"))
             x = f"{name}.relu"
         elif kind == "lrn":

@@ -16,8 +16,8 @@ from .. import nn
 from .. import random as _random
 from ..nn import functional as F
 
-__all__ = ["CONFIGS", "ALIASES", "VGG", "vgg", "init_from", "fine_tune_from", "load", "config_name", "param_shapes", "count_params",
-           "describe", "from_description", "vgg11", "vgg11_lrn", "vgg13", "vgg16_1x1", "vgg16", "vgg19"]
+__all__ = ["CONFIGS", "ALIASES", "VGG", "vgg", "init_from", "fine_tune_from", "load", "config_name", "param_shapes",
+           "count_params", "describe", "from_description", "vgg11", "vgg11_lrn", "vgg13", "vgg16_1x1", "vgg16", "vgg19"]
 
 # Table 1: per stage, the convolutions as (kernel size, output channels); "LRN" marks local response norm.
 CONFIGS = {
@@ -400,7 +400,8 @@ def fine_tune_from(model: VGG, source: VGG) -> VGG:
         if tuple(value.shape) != tuple(target[key].shape):
             raise ValueError(f"fine_tune_from: {key} of the weights has shape {tuple(value.shape)}, the model's is "
                              f"{tuple(target[key].shape)} (width, fc_width and input_size (crop) must match the "
-                             f"weights': width {source.width:g}, fc_width {source.fc_width}, input {source.input_size})")
+                             f"weights': width {source.width:g}, fc_width {source.fc_width}, "
+                             f"input {source.input_size})")
         target[key] = value
     std = getattr(source, "std_rgb", None)
     if std is not None:

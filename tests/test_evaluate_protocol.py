@@ -230,6 +230,11 @@ def test_cli_predict_with_checkpoint_and_torchvision_file(folder7, nets, tmp_pat
                      "--scales", "32,48"]) == 0
     text = capsys.readouterr().out.splitlines()
     assert text[0] == jpg and len(text) == 2 * (1 + 5) and "name" in text[1]
+    assert cli.main(["predict", "--model", str(ck), "--model", str(weights), jpg, "--json"]) == 0   # ensemble
+    both = json.loads(capsys.readouterr().out)[0]["top"]
+    tv_model = vc.interop.load_weights(weights)          # torchvision's preprocessing, not the checkpoint's
+    ens = (predict_images(nets[0], [jpg], scale=32)[0] + predict_images(tv_model, [jpg], scale=32)[0]) / 2
+    assert both[0]["prob"] == pytest.approx(ens.max(), rel=1e-5) and both[0]["class"] == CLASSES7[ens.argmax()]
     assert cli.main(["predict", jpg, "--model", str(weights), "--labels", str(tmp_path / "a.safetensors")]) == 1
     assert cli.main(["predict", str(tmp_path / "missing.jpg"), "--model", str(ck)]) == 1
     assert "does not exist" in capsys.readouterr().err

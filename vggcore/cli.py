@@ -130,9 +130,9 @@ def build_parser():
     p = sub.add_parser("predict", help="class probabilities of image files",
                        description="Top classes and their probabilities for each image, as text or JSON.")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, ...)")
-    p.add_argument("--model", required=True, nargs="+", metavar="WEIGHTS",
+    p.add_argument("--model", required=True, action="append", metavar="WEIGHTS",
                    help="a training checkpoint (.safetensors), a torchvision .pth/.safetensors or a .caffemodel; "
-                        "several = an ensemble")
+                        "repeat --model for an ensemble")
     p.add_argument("--topk", type=int, default=5, help="classes shown per image (default 5)")
     p.add_argument("--labels", default=None,
                    help="text file with one class name per line, for weights that carry none (torchvision's)")

@@ -46,9 +46,12 @@ def default_device():
 from . import models  # noqa: E402
 from .evaluate import evaluate  # noqa: E402
 from .train import TrainResult, train  # noqa: E402
+from . import interop  # noqa: E402
+from .interop import export_onnx  # noqa: E402
 
 __all__ = [
     "Tensor", "tensor", "zeros", "ones", "no_grad", "enable_grad", "is_grad_enabled", "manual_seed",
     "devices", "cuda_available", "default_device",
     "set_float32_matmul_precision", "get_float32_matmul_precision", "nn", "optim", "models", "train", "TrainResult", "evaluate",
+    "interop", "export_onnx",
 ]

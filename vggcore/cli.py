@@ -3,6 +3,8 @@
     python -m vggcore train                       # the built-in shapes dataset, a small VGG-A, a few CPU minutes
     python -m vggcore train --data DIR --config D --init-from runs/A/best.safetensors --scale 256,512
     python -m vggcore eval runs/A/best.safetensors --data DIR/val --dense --flip --scales 256,384,512
+    python -m vggcore eval runs/D/best.safetensors runs/E/best.safetensors --data DIR/val --multi-crop --dense
+    python -m vggcore predict photo.jpg --model vgg16.pth --labels imagenet_classes.txt --topk 5
     python -m vggcore info
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import pickle
 import sys
 import time
 from fractions import Fraction
@@ -94,7 +97,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser():
     parser = _Parser(prog="python -m vggcore",
                                      description="Train and evaluate the VGG networks of Simonyan & Zisserman.")
-    sub = parser.add_subparsers(dest="command", metavar="{train,eval,info}")
+    sub = parser.add_subparsers(dest="command", metavar="{train,eval,predict,info}")
 
     t = sub.add_parser("train", help="train a VGG configuration (default: built-in shapes dataset, small VGG-A)",
                        description="Train a VGG configuration with the paper's recipe. Without --data, the "
@@ -117,7 +120,10 @@ def build_parser():
     t.add_argument("--dropout", type=_finite(0, 1, hi_open=True), default=None, help="on fc6 and fc7 (default 0.5, or 0 built-in)")
     t.add_argument("--init", choices=("glorot", "normal", "he"), default=None,
                    help="weight initialisation (default glorot, or he for thin nets (width < 1) such as the built-in data's)")
-    t.add_argument("--init-from", default=None, help="checkpoint of a trained net A to initialise from (paper 3.1)")
+    t.add_argument("--init-from", default=None,
+                   help="a trained net A to initialise from (paper 3.1), or weights of the same configuration "
+                        "to fine-tune (vggcore checkpoint, torchvision .pth, .caffemodel; fc8 replaced when the "
+                        "class count differs)")
     t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or sim (default auto)")
     t.add_argument("--seed", type=_int_at_least(0), default=0)
     t.add_argument("--precision", choices=("fp32", "tf32", "bf16"), default="fp32",
@@ -145,18 +151,45 @@ def build_parser():
                    help="draw the in-place progress bar even when stderr is not a terminal")
     t.add_argument("--no-progress", dest="progress", action="store_false")
 
-    e = sub.add_parser("eval", help="evaluate a checkpoint on an image folder",
-                       description="Top-1/top-5 error of a checkpoint on DIR/<class>/* images.")
-    e.add_argument("checkpoint", help="a checkpoint written by training (last.safetensors, best.safetensors)")
+    e = sub.add_parser("eval", help="evaluate a checkpoint (or an ensemble of several) on an image folder",
+                       description="Top-1/top-5 error on DIR/<class>/* images, the paper's test protocol: single "
+                                   "crop, dense, multi-crop (5x5 crops and their mirrors per scale), dense + "
+                                   "multi-crop, several scales; several checkpoints average their posteriors.")
+    e.add_argument("checkpoint", nargs="+",
+                   help="weights: a training checkpoint (best.safetensors), a torchvision .pth or a .caffemodel; "
+                        "several = an ensemble")
     e.add_argument("--data", default=None,
-                   help="image folder with one subfolder per class (default: the built-in val set)")
+                   help="image folder with one subfolder per class (default: the val set the checkpoint names)")
     e.add_argument("--scales", type=_scales, default=None, help="test scales Q, e.g. 256 or 256,384,512")
     e.add_argument("--crop", type=_int_at_least(1), default=None, help="single-crop size (default the net's input size)")
     e.add_argument("--dense", action="store_true", help="dense (fully convolutional) evaluation")
+    e.add_argument("--multi-crop", action="store_true",
+                   help="5x5 grid of crops and their mirrors per scale (50 views); with --dense, both averaged")
     e.add_argument("--flip", action="store_true", help="average with the horizontally flipped image")
     e.add_argument("--device", default="auto")
     e.add_argument("--batch-size", type=_int_at_least(1), default=32)
     e.add_argument("--workers", dest="num_workers", type=_int_at_least(1), default=None)
+    e.add_argument("--progress", dest="progress", action="store_true", default=None,
+                   help="progress line even when stderr is not a terminal")
+    e.add_argument("--no-progress", dest="progress", action="store_false")
+
+    p = sub.add_parser("predict", help="class probabilities of image files",
+                       description="Top classes and their probabilities for each image, as text or JSON.")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, ...)")
+    p.add_argument("--model", required=True, action="append", metavar="WEIGHTS",
+                   help="a training checkpoint (.safetensors), a torchvision .pth/.safetensors or a .caffemodel; "
+                        "repeat --model for an ensemble")
+    p.add_argument("--topk", type=_int_at_least(1), default=5, help="classes shown per image (default 5)")
+    p.add_argument("--labels", default=None,
+                   help="text file with one class name per line, for weights that carry none (torchvision's)")
+    p.add_argument("--scales", type=_scales, default=None, help="test scales Q (default the model's)")
+    p.add_argument("--crop", type=_int_at_least(1), default=None)
+    p.add_argument("--dense", action="store_true", help="dense (fully convolutional) evaluation")
+    p.add_argument("--multi-crop", action="store_true", help="5x5 grid of crops and their mirrors per scale")
+    p.add_argument("--flip", action="store_true", help="average with the horizontally flipped image")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=_int_at_least(1), default=32)
 
     sub.add_parser("info", help="version, build and devices")
     return parser
@@ -184,28 +217,85 @@ def _cmd_train(args):
     return 0
 
 
+def _saved_val_folder(path):
+    """DIR/val of the data folder a vggcore checkpoint names, or None."""
+    from pathlib import Path
+    from .checkpoint import load_state, read_metadata
+    if not str(path).endswith(".safetensors") or "vggcore" not in read_metadata(path):
+        return None
+    state = load_state(path)
+    saved = state.get("data") if isinstance(state, dict) else None
+    return str(Path(saved) / "val") if saved else None
+
+
+
+
 def _cmd_eval(args):
-    from .evaluate import evaluate
-    from .models import load
-    model = load(args.checkpoint)
+    from .evaluate import evaluate, protocol_settings
+    from .interop import load_weights
+    models = [load_weights(path) for path in args.checkpoint]
     data = args.data
     if data is None:
-        from .checkpoint import load_state
-        saved = load_state(args.checkpoint).get("data")
-        if not saved:
+        data = _saved_val_folder(args.checkpoint[0])
+        if data is None:
             raise ValueError("eval: --data is required (the checkpoint names no data folder)")
-        from pathlib import Path
-        data = str(Path(saved) / "val")
     scale = args.scales if args.scales is None or len(args.scales) > 1 else args.scales[0]
+    model = models if len(models) > 1 else models[0]
+    kw = dict(crop=args.crop, scale=scale, dense=args.dense, flip=args.flip, multi_crop=args.multi_crop)
+    settings = protocol_settings(model, **kw)
     t0 = time.perf_counter()
-    res = evaluate(model, data, crop=args.crop, scale=scale, dense=args.dense, flip=args.flip,
-                      device=args.device, batch_size=args.batch_size, num_workers=args.num_workers)
-    how = ("dense" if args.dense else "single crop") + (" + flip" if args.flip else "")
-    scales = args.scales or ["default"]
-    print(f"{args.checkpoint}: {how}, Q={','.join(str(q) for q in scales)}: top-1 err {res['top1_err']:.4f}  "
-          f"top-5 err {res['top5_err']:.4f}  ({res['n']} images, {time.perf_counter() - t0:.1f} s)")
+    res = evaluate(model, data, device=args.device, batch_size=args.batch_size, num_workers=args.num_workers,
+                   progress=args.progress, **kw)
+    top5 = (f"top-5 err {res['top5_err']:.4f}" if res["top5_err"] is not None
+            else "top-5 err n/a (reported only above 5 classes)")
+    name = " + ".join(args.checkpoint)
+    ensemble = f", ensemble of {settings['models']}" if settings["models"] > 1 else ""
+    print(f"{name}: {settings['method']}, Q={','.join(str(q) for q in settings['scales'])}: top-1 err "
+          f"{res['top1_err']:.4f}  {top5}  ({res['n']} images, crop {settings['crop']}, "
+          f"{settings['views_per_image']} view(s) per image{ensemble}, {time.perf_counter() - t0:.1f} s)")
     if res.get("skipped"):
         print(f"{res['skipped']} file(s) could not be decoded and were skipped")
+    if res.get("nonfinite"):
+        print(f"{res['nonfinite']} image(s) got non-finite scores and were counted wrong")
+    return 0
+
+
+def _read_labels(path, num_classes):
+    from pathlib import Path
+    names = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+    if len(names) != num_classes:
+        raise ValueError(f"predict: {path} names {len(names)} classes, the model has {num_classes}")
+    return names
+
+
+def _cmd_predict(args):
+    import json
+    import numpy as np
+    from .evaluate import predict_images
+    from .interop import load_weights
+    if args.topk < 1:
+        raise ValueError(f"predict: --topk must be positive, got {args.topk}")
+    models = [load_weights(path) for path in args.model]
+    model = models if len(models) > 1 else models[0]
+    classes = models[0].num_classes
+    names = (_read_labels(args.labels, classes) if args.labels else models[0].class_names
+             or [f"class {i}" for i in range(classes)])
+    scale = args.scales if args.scales is None or len(args.scales) > 1 else args.scales[0]
+    probs = predict_images(model, args.images, crop=args.crop, scale=scale, dense=args.dense, flip=args.flip,
+                           multi_crop=args.multi_crop, device=args.device, batch_size=args.batch_size)
+    k = min(args.topk, classes)
+    results = []
+    for path, p in zip(args.images, probs):
+        order = np.lexsort((np.arange(classes), -np.nan_to_num(p, nan=-1.0)))[:k]
+        results.append({"image": str(path), "top": [{"class": names[i], "index": int(i), "prob": float(p[i])}
+                                                    for i in order]})
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for r in results:
+            print(r["image"])
+            for t in r["top"]:
+                print(f"  {t['prob']:7.4f}  {t['class']}")
     return 0
 
 
@@ -245,13 +335,14 @@ def main(argv=None):
     if args.command is None:
         parser.print_help()
         return 2
-    handler = {"train": _cmd_train, "eval": _cmd_eval, "info": _cmd_info}[args.command]
+    handler = {"train": _cmd_train, "eval": _cmd_eval, "predict": _cmd_predict, "info": _cmd_info}[args.command]
     try:
         return handler(args)
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
-    except (ValueError, TypeError, OSError, FloatingPointError, MemoryError, RecursionError) as error:
+    except (ValueError, TypeError, OSError, FloatingPointError, MemoryError, RecursionError, ImportError,
+            pickle.UnpicklingError) as error:
         # Every error a user can cause ends as one line (no traceback): the op or flag, and the value.
         print(f"error: {_one_line(error)}", file=sys.stderr)
         return 1

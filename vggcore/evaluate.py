@@ -1,41 +1,69 @@
-"""Top-1 and top-5 error of a trained net on an ImageFolder, the paper's ways (sec. 3.2, Tables 3 to 5).
+"""Top-1 and top-5 error of trained nets on an ImageFolder: the paper's whole test protocol (sec. 3.2, 4.1-4.4,
+Tables 3 to 7), and class posteriors of single images (``predict_images``, behind ``python -m vggcore predict``).
 
-* single crop: rescale to Q, take the centre crop x crop, one forward pass;
-* dense: the fully convolutional net on the whole rescaled image, class scores averaged over the score map;
-* flip: the soft-max posteriors of the image and its horizontal mirror are averaged;
-* multi-scale: a list of Q; soft-max posteriors are averaged over the scales.
+Per image, for each test scale Q (the image isotropically rescaled so its smaller side is Q):
+
+* single crop: the centre crop x crop (and its mirror with ``flip``), one forward pass each;
+* dense: the fully convolutional net on the whole rescaled image (and its mirror with ``flip``), the class
+  score map averaged (the paper's sum-pooling) before the soft-max;
+* multi-crop: a 5x5 grid of crop x crop crops spread evenly over the rescaled image (corners included) and
+  the mirror of each: 50 views per scale.
+
+Soft-max posteriors are averaged over the views of a method (over scales, flips and crops alike; each scale
+contributes the same number of views). ``dense`` and ``multi_crop`` together average the two methods'
+posteriors (the paper's "multi-crop & dense"); a list of models averages the models' posteriors (ConvNet
+fusion, Table 6 / 7). Each image is decoded once: the decoded image is rescaled per Q on the loader's threads,
+and crops and mirrors are taken in memory; crops go through the net in batches of ``batch_size``.
+
+Top-k errors: top-5 is reported only when there are more than 5 classes (with 5 or fewer every label is
+among the 5 best scores and the number says nothing); otherwise ``top5_err`` is None. An image whose
+posterior is not finite (NaN or inf scores) never counts as a right prediction: it is counted wrong for
+every k, reported as ``nonfinite`` and warned about.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
+import sys
+import time
+import warnings
+from collections import deque
 
 import numpy as np
 
 from . import data as _data
 from ._checks import check_finite_scores
 
-__all__ = ["evaluate", "topk_errors"]
+__all__ = ["evaluate", "predict_images", "protocol_settings", "topk_errors", "multi_crop_offsets", "GRID"]
+
+GRID = 5          # multi-crop: GRID x GRID positions per scale, each with its mirror
 
 
 def topk_errors(probs: np.ndarray, labels: np.ndarray, k=(1, 5)):
-    """Fractions of rows whose label is not among the k highest scores, for each k (k capped at the classes)."""
+    """Fractions of rows whose label is not among the k highest scores, for each k (k capped at the classes).
+
+    A row with any non-finite score counts as wrong for every k.
+    """
     probs = np.asarray(probs)
     labels = np.asarray(labels)
+    finite = np.isfinite(probs).all(axis=1) if probs.ndim == 2 else np.ones(len(labels), bool)
+    safe = np.where(np.isfinite(probs), probs, 0.0) if probs.size else probs
     # Sort by descending score, ties broken by class index, so the result does not depend on the sort.
-    order = np.lexsort((np.broadcast_to(np.arange(probs.shape[1]), probs.shape), -probs), axis=1)
+    order = np.lexsort((np.broadcast_to(np.arange(probs.shape[1]), probs.shape), -safe), axis=1)
     out = []
     for kk in k:
         kk = min(kk, probs.shape[1])
-        hit = (order[:, :kk] == labels[:, None]).any(axis=1)
+        hit = (order[:, :kk] == labels[:, None]).any(axis=1) & finite
         out.append(float(1.0 - hit.mean()) if len(labels) else float("nan"))
     return out
 
 
 def _softmax(z):
-    z = z - z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore", over="ignore"):
+        z = z - z.max(axis=-1, keepdims=True)
+        e = np.exp(z)
+        return e / e.sum(axis=-1, keepdims=True)
 
 
 def resolve_device(device, model=None):
@@ -99,33 +127,166 @@ def _folder_for(model, data_root):
 def _default_scale(model, crop):
     s = getattr(model, "train_scale", None)
     if s is None:
-        return crop
+        t = getattr(model, "test_scale", None)
+        return max(int(t), crop) if t else crop
     if isinstance(s, (list, tuple)):
         return int(round(0.5 * (s[0] + s[1])))   # the paper's Q for jittered training
     return int(s)
 
 
-def evaluate(model, data, crop=None, scale=None, dense=False, flip=False, device="auto", batch_size=32,
-             num_workers=None) -> dict:
-    """Top-1/top-5 error of ``model`` on the ImageFolder ``data`` (``data/<class>/*``).
+def multi_crop_offsets(size: int, crop: int, n: int = GRID):
+    """The n top (or left) offsets of a crop x crop window over a side of ``size`` pixels, evenly spread from
+    0 to size - crop (both ends included)."""
+    if size < crop:
+        raise ValueError(f"multi-crop: a side of {size} pixels is smaller than the crop {crop}")
+    return [int(round(i * (size - crop) / (n - 1))) for i in range(n)]
 
-    model: a VGG (or the path of a vggcore checkpoint). crop: the single-crop size (default the model's
-    input_size). scale: Q, or a list of Q for multi-scale evaluation (default: the training scale S, or
-    (Smin + Smax) / 2 for a jittered model, else the crop). dense: evaluate the fully convolutional net on the
-    whole rescaled image. flip: also evaluate the mirror image and average the posteriors.
-    Returns ``{"top1_err", "top5_err", "n"}`` (and "skipped", the undecodable files left out).
-    The model must carry its class names and mean RGB (trained or loaded models do); a model moved to another
-    device for the evaluation is moved back afterwards.
+
+# ------------------------------------------------------------------------------------------- the protocol
+
+class _Net:
+    """One model of the evaluation: its plain net (crops) and its fully convolutional net (dense)."""
+
+    def __init__(self, model, crop, dense, device):
+        self.model = model
+        self.home = next(iter(model.parameters())).device
+        self.was_training = model.training
+        self.crop = crop
+        self.device = device
+        self.plain = model
+        if self.home != device:
+            model.to(device)
+        model.eval()
+        self.fcn = model.to_fully_convolutional().eval() if dense else None   # made on the model's device
+
+    def restore(self):
+        if self.home != self.device:
+            self.model.to(self.home)
+        self.model.train(self.was_training)
+
+    def posteriors(self, images, batch_size, net=None):
+        """Soft-max posteriors (len(images), classes) of uint8 RGB views of one size, in batches."""
+        net = self.plain if net is None else net
+        out = []
+        for start in range(0, len(images), batch_size):
+            x = self.model.preprocess(np.stack(images[start:start + batch_size]))
+            scores = _forward_scores(net, x, self.device)
+            if scores.ndim == 4:
+                scores = scores.mean(axis=(1, 2))      # average the class score map (the paper's sum-pooling)
+            out.append(_softmax(scores))
+        return np.concatenate(out)
+
+
+def _centre(arr, crop):
+    h, w = arr.shape[:2]
+    y, x = (h - crop) // 2, (w - crop) // 2
+    return arr[y:y + crop, x:x + crop]
+
+
+def _chunk_posteriors(net: _Net, items, scales, single, dense, multi, flip, batch_size):
+    """Averaged posteriors (len(items), classes) of one model over the chosen methods, scales and views.
+
+    items: one dict {Q: uint8 (H, W, 3) rescaled image} per image.
     """
-    if isinstance(model, (str, os.PathLike)):
-        from .models import load
-        model = load(model)
-    crop = int(crop or model.input_size)
-    if not dense and crop != model.input_size and not model.fully_convolutional:
-        raise ValueError(f"evaluate: single-crop evaluation needs crop == the model's input_size "
-                         f"({model.input_size}), got {crop}; use dense=True for other sizes")
+    crop = net.crop
+    flips = (False, True) if flip else (False,)
+    methods = []
+    if single:
+        acc, count = 0.0, 0
+        for q in scales:
+            crops = [_centre(it[q], crop) for it in items]
+            for mirrored in flips:
+                acc = acc + net.posteriors([c[:, ::-1] if mirrored else c for c in crops], batch_size)
+                count += 1
+        methods.append(acc / count)
+    if multi:
+        rows = []
+        for it in items:
+            views = []
+            for q in scales:
+                arr = it[q]
+                ys = multi_crop_offsets(arr.shape[0], crop)
+                xs = multi_crop_offsets(arr.shape[1], crop)
+                for y in ys:
+                    for x in xs:
+                        c = arr[y:y + crop, x:x + crop]
+                        views.append(c)
+                        views.append(c[:, ::-1])
+            rows.append(net.posteriors(views, batch_size).mean(axis=0))
+        methods.append(np.stack(rows))
+    if dense:
+        rows = []
+        for it in items:
+            acc = 0.0
+            for q in scales:
+                arr = it[q]
+                views = [arr[:, ::-1] if mirrored else arr for mirrored in flips]
+                acc = acc + net.posteriors(views, batch_size, net=net.fcn).sum(axis=0)
+            rows.append(acc / (len(scales) * len(flips)))
+        methods.append(np.stack(rows))
+    return sum(methods) / len(methods)
+
+
+class _Progress:
+    """An in-place 'images done, rate, ETA' line on stderr (a line per 10 % when stderr is not a terminal)."""
+
+    def __init__(self, enabled, total, what):
+        self.enabled, self.total, self.what = bool(enabled) and total > 0, total, what
+        self.tty = sys.stderr.isatty()
+        self.t0 = time.perf_counter()
+        self.last, self.next_mark = 0.0, 0.1
+
+    def update(self, done, final=False):
+        if not self.enabled:
+            return
+        now = time.perf_counter()
+        frac = done / self.total
+        if not final and (now - self.last < 0.5 or (not self.tty and frac < self.next_mark)):
+            return
+        self.last = now
+        while frac >= self.next_mark:
+            self.next_mark += 0.1
+        elapsed = now - self.t0
+        rate = done / elapsed if elapsed > 0 else 0.0
+        eta = (self.total - done) / rate if rate > 0 else float("nan")
+        text = (f"{self.what}: {done}/{self.total} images  {rate:.1f} img/s  "
+                + (f"{elapsed:.0f} s" if final else f"ETA {eta:.0f} s"))
+        print(("\r" + text.ljust(70)) if self.tty else text, end="\n" if final or not self.tty else "",
+              file=sys.stderr, flush=True)
+
+
+def _as_models(model):
+    from .interop import load_weights
+    models = list(model) if isinstance(model, (list, tuple)) else [model]
+    if not models:
+        raise ValueError("evaluate: the list of models is empty")
+    out = []
+    for m in models:
+        if isinstance(m, (str, os.PathLike)):
+            m = load_weights(m)
+        if not hasattr(m, "preprocess") or not hasattr(m, "num_classes"):
+            raise TypeError(f"evaluate: expected a VGG model or the path of its weights, got {type(m).__name__}")
+        out.append(m)
+    first = out[0]
+    for m in out[1:]:
+        if m.num_classes != first.num_classes:
+            raise ValueError(f"evaluate: the ensemble's models have {first.num_classes} and {m.num_classes} classes")
+        named = m.class_names is not None and first.class_names is not None
+        if named and list(m.class_names) != list(first.class_names):
+            raise ValueError("evaluate: the ensemble's models name their classes differently")
+    return out
+
+
+def _resolve_protocol(models, crop, scale, dense, multi_crop):
+    crops = []
+    for m in models:
+        c = int(crop or m.input_size)
+        if c != m.input_size and not m.fully_convolutional and (multi_crop or not dense):
+            raise ValueError(f"evaluate: crop evaluation needs crop == the model's input_size ({m.input_size}), "
+                             f"got {c}; use dense=True alone for other sizes")
+        crops.append(c)
     if scale is None:
-        scales = [_default_scale(model, crop)]
+        scales = [_default_scale(models[0], crops[0])]
     elif isinstance(scale, (int, np.integer)):
         scales = [int(scale)]
     else:
@@ -133,40 +294,147 @@ def evaluate(model, data, crop=None, scale=None, dense=False, flip=False, device
         if not scales:
             raise ValueError("evaluate: scale is an empty list")
     for q in scales:
-        if q < crop and not dense:
-            raise ValueError(f"evaluate: test scale Q={q} is smaller than the crop {crop}")
-        if q < model.input_size and dense:
-            raise ValueError(f"evaluate: dense evaluation needs Q >= the model's input_size "
-                             f"({model.input_size}), got Q={q}")
-    folder = _folder_for(model, data)
-    mean_rgb = model.mean_rgb if model.mean_rgb is not None else [0.0, 0.0, 0.0]
-    input_scale = getattr(model, "input_scale", _data.DEFAULT_INPUT_SCALE)
+        for m, c in zip(models, crops):
+            if q < c and (multi_crop or not dense):
+                raise ValueError(f"evaluate: test scale Q={q} is smaller than the crop {c}")
+            if q < m.input_size and dense:
+                raise ValueError(f"evaluate: dense evaluation needs Q >= the model's input_size "
+                                 f"({m.input_size}), got Q={q}")
+    return crops, scales
 
-    home = next(iter(model.parameters())).device
-    device = resolve_device(device, model)
-    was_training = model.training
-    net = model.to_fully_convolutional() if dense else model
-    if net is not model or home != device:
-        net.to(device)
-    net.eval()
+
+def _describe(scales, crops, dense, multi_crop, flip, n_models):
+    single = not dense and not multi_crop
+    method = " + ".join((["single crop"] if single else []) + (["dense"] if dense else [])
+                        + ([f"multi-crop {GRID}x{GRID}x2"] if multi_crop else [])
+                        + (["flip"] if flip and (single or dense) else []))
+    views = len(scales) * ((2 if flip else 1) * (single + dense) + (2 * GRID * GRID if multi_crop else 0))
+    return {"scales": list(scales), "crop": crops[0], "dense": bool(dense), "multi_crop": bool(multi_crop),
+            "flip": bool(flip), "models": n_models, "views_per_image": views * n_models, "method": method}
+
+
+def _run(models, sources, load, scales, crops, dense, multi_crop, flip, device, batch_size, num_workers,
+         progress, what):
+    """Posteriors of every decodable source (ensemble-averaged) and the indices of the decoded ones."""
+    single = not dense and not multi_crop
+    device = resolve_device(device, models[0])
+    nets = []
     try:
-        total, labels = None, None
-        for q in scales:
-            for mirrored in ((False, True) if flip else (False,)):
-                tf = _data.EvalTransform(q, mean_rgb, crop=None if dense else crop, flip=mirrored,
-                                         input_scale=input_scale)
-                loader = _data.DataLoader(folder, batch_size, tf, num_workers=num_workers, ragged=dense)
-                try:
-                    probs, y = predict_loader(net, loader, device, dense=dense)
-                finally:
-                    loader.close()
-                total = probs if total is None else total + probs
-                labels = y
-        total /= len(scales) * (2 if flip else 1)
+        for m, c in zip(models, crops):
+            nets.append(_Net(m, c, dense, device))
+        workers = _data.default_workers() if num_workers is None else max(1, int(num_workers))
+
+        def prepare(i):
+            img = load(i)                                     # the one decode of this image
+            if img is None:
+                return None
+            return {q: np.asarray(_data.rescale(img, q)) for q in scales}
+
+        n = len(sources)
+        bar = _Progress(progress, n, what)
+        probs, kept = [], []
+        with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="vggcore-eval") as pool:
+            pending = deque()
+            nxt = 0
+            done = 0
+            window = max(2 * batch_size, 2 * workers)
+            chunk, chunk_idx = [], []
+
+            def flush():
+                if chunk:
+                    p = sum(_chunk_posteriors(net, chunk, scales, single, dense, multi_crop, flip, batch_size)
+                            for net in nets) / len(nets)
+                    probs.append(p)
+                    kept.extend(chunk_idx)
+                    chunk.clear()
+                    chunk_idx.clear()
+
+            while nxt < n or pending:
+                while nxt < n and len(pending) < window:
+                    pending.append((nxt, pool.submit(prepare, nxt)))
+                    nxt += 1
+                i, fut = pending.popleft()
+                item = fut.result()
+                done += 1
+                if item is not None:
+                    chunk.append(item)
+                    chunk_idx.append(i)
+                if len(chunk) >= batch_size:
+                    flush()
+                    bar.update(done)
+            flush()
+            bar.update(done, final=True)
     finally:
-        if net is model:
-            if home != device:
-                model.to(home)
-            model.train(was_training)
-    top1, top5 = topk_errors(total, labels)
-    return {"top1_err": top1, "top5_err": top5, "n": int(len(labels)), "skipped": folder.num_skipped}
+        for net in nets:
+            net.restore()
+    classes = models[0].num_classes
+    return (np.concatenate(probs) if probs else np.zeros((0, classes))), np.asarray(kept, dtype=np.int64)
+
+
+def evaluate(model, data, crop=None, scale=None, dense=False, flip=False, device="auto", batch_size=32,
+             num_workers=None, multi_crop=False, progress=None) -> dict:
+    """Top-1/top-5 error of ``model`` (or a list of models: their averaged posteriors) on the ImageFolder ``data``.
+
+    model: a VGG, the path of its weights (vggcore checkpoint, torchvision .pth, Caffe .caffemodel), or a
+    list of those (an ensemble; same classes). crop: the crop size (default each model's input_size).
+    scale: Q, or a list of Q (default: the training scale S, (Smin + Smax) / 2 for a jittered model, the
+    model's test_scale, else the crop). dense: the fully convolutional net on the whole rescaled image.
+    multi_crop: the 5x5 grid of crops and their mirrors per scale; with dense, both posteriors are averaged.
+    flip: mirror views for single-crop and dense evaluation (multi-crop always has them). progress: an
+    "images done, ETA" line on stderr (default: when stderr is a terminal).
+
+    Returns ``{"top1_err", "top5_err", "n", "skipped", "nonfinite"}``: top5_err is None for 5 classes or
+    fewer; ``protocol_settings`` with the same arguments names the scales, crop, methods and views used.
+    Each image is decoded once whatever the number of scales, flips, crops and models.
+    """
+    models = _as_models(model)
+    crops, scales = _resolve_protocol(models, crop, scale, dense, multi_crop)
+    folder = _folder_for(models[0], data)
+    if progress is None:
+        progress = sys.stderr.isatty()
+    labels_all = np.array([label for _, label in folder.samples], dtype=np.int64)
+    probs, kept = _run(models, folder.samples, folder.load, scales, crops, dense, multi_crop, flip, device,
+                       batch_size, num_workers, progress, "eval")
+    folder.warn_skipped()
+    labels = labels_all[kept]
+    classes = models[0].num_classes
+    nonfinite = int((~np.isfinite(probs).all(axis=1)).sum()) if len(probs) else 0
+    if nonfinite:
+        warnings.warn(f"evaluate: {nonfinite} of {len(labels)} images got non-finite class scores (NaN or inf); "
+                      "they are counted as wrong", RuntimeWarning, stacklevel=2)
+    top1, top5 = topk_errors(probs, labels, k=(1, 5)) if len(labels) else (float("nan"), float("nan"))
+    return {"top1_err": top1, "top5_err": top5 if classes > 5 else None, "n": int(len(labels)),
+            "skipped": folder.num_skipped, "nonfinite": nonfinite}
+
+
+def protocol_settings(model, crop=None, scale=None, dense=False, flip=False, multi_crop=False) -> dict:
+    """What ``evaluate`` with these arguments actually does: ``{"scales", "crop", "dense", "multi_crop", "flip",
+    "models", "views_per_image" (forward-pass views per image, all models), "method" (text)}``."""
+    models = _as_models(model)
+    crops, scales = _resolve_protocol(models, crop, scale, dense, multi_crop)
+    return _describe(scales, crops, dense, multi_crop, flip, len(models))
+
+
+def predict_images(model, images, crop=None, scale=None, dense=False, flip=False, multi_crop=False,
+                   device="auto", batch_size=32, num_workers=None):
+    """Class posteriors (len(images), classes) of image files (or PIL images), with the same protocol and
+    defaults as ``evaluate`` (model: a VGG, a weights path or a list of them). An undecodable file raises
+    ValueError naming it."""
+    models = _as_models(model)
+    crops, scales = _resolve_protocol(models, crop, scale, dense, multi_crop)
+    images = list(images)
+
+    def load(i):
+        src = images[i]
+        if isinstance(src, (str, os.PathLike)):
+            if not os.path.isfile(src):
+                raise FileNotFoundError(f"predict: {src} does not exist")
+            img = _data.load_rgb(src)
+            if img is None:
+                raise ValueError(f"predict: {src} cannot be decoded as an image")
+            return img
+        return src.convert("RGB")
+
+    probs, kept = _run(models, images, load, scales, crops, dense, multi_crop, flip, device, batch_size,
+                       num_workers, False, "predict")
+    return probs

@@ -48,7 +48,8 @@ from . import _rundir
 from . import _schedule
 from ._checks import NonFiniteScores, nonfinite_parameters
 from .evaluate import predict_loader, resolve_device, topk_errors
-from .models import config_name, describe, from_description, init_from as _init_from, load as _load_model, vgg as _vgg
+from .models import config_name, describe, from_description, init_from as _init_from, vgg as _vgg
+from .models import fine_tune_from as _fine_tune_from
 
 __all__ = ["train", "TrainResult", "PAPER_DEFAULTS", "BUILTIN_DEFAULTS"]
 
@@ -275,7 +276,8 @@ def _resolve_data(data):
 def _load_init_from(init_from):
     if hasattr(init_from, "state_dict"):
         return init_from
-    return _load_model(init_from)
+    from .interop import load_weights           # vggcore checkpoints, torchvision .pth/.safetensors, .caffemodel
+    return load_weights(init_from)
 
 
 def _save_filters(model, path):
@@ -337,7 +339,10 @@ def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum
     for a thin net, width < 1, where Glorot's stalls at chance), and to a
     small, fast net on 32-pixel crops for the built-in set (PAPER_DEFAULTS and BUILTIN_DEFAULTS). scale: S, or (Smin, Smax) for scale
     jittering. device: "auto" (a GPU when there is one), "cpu", "cuda:0", "sim". init_from: a trained net A
-    (model or checkpoint path) whose first four conv layers and three FC layers initialise this net.
+    (model or checkpoint path) whose first four conv layers and three FC layers initialise this net; or
+    weights of the same configuration (a vggcore checkpoint, torchvision .pth/.safetensors, Caffe .caffemodel)
+    to fine-tune: every layer is copied, fc8 replaced when the class count differs, and the weights'
+    preprocessing kept (mean, scale; torchvision's std folded into conv1_1).
     checkpoint_dir: where last.safetensors and best.safetensors go each epoch; resume=True continues the run
     saved there; a folder that already holds a run is refused unless resume=True or overwrite=True (which
     deletes that run's checkpoints). lr_patience: epochs without a better validation top-1 error, counted from
@@ -462,7 +467,13 @@ def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum
         model.input_scale = settings["input_scale"]
         model.train_scale = settings["scale"]
         if init_from is not None:
-            _init_from(model, _load_init_from(init_from))
+            source = _load_init_from(init_from)
+            if source.config == model.config:
+                # Fine-tuning: all layers (fc8 replaced when the classes differ) and the weights' preprocessing.
+                _fine_tune_from(model, source)
+                settings["input_scale"] = model.input_scale
+            else:
+                _init_from(model, source)               # the paper's staged initialisation from net A
     model.to(device)
     optimizer = vc.optim.SGD(model.parameters(), lr=settings["lr"], momentum=settings["momentum"],
                              weight_decay=settings["weight_decay"], nesterov=settings["nesterov"])

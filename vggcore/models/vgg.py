@@ -16,8 +16,8 @@ from .. import nn
 from .. import random as _random
 from ..nn import functional as F
 
-__all__ = ["CONFIGS", "ALIASES", "VGG", "vgg", "init_from", "load", "config_name", "param_shapes", "count_params",
-           "describe", "from_description", "vgg11", "vgg11_lrn", "vgg13", "vgg16_1x1", "vgg16", "vgg19"]
+__all__ = ["CONFIGS", "ALIASES", "VGG", "vgg", "init_from", "fine_tune_from", "load", "config_name", "param_shapes",
+           "count_params", "describe", "from_description", "vgg11", "vgg11_lrn", "vgg13", "vgg16_1x1", "vgg16", "vgg19"]
 
 # Table 1: per stage, the convolutions as (kernel size, output channels); "LRN" marks local response norm.
 CONFIGS = {
@@ -140,8 +140,12 @@ class VGG(nn.Module):
 
     ``forward(x)`` takes NHWC images of side ``input_size`` and returns (N, num_classes) class scores. After
     ``to_fully_convolutional()`` the FC layers are convolutions and any input of at least ``input_size``
-    gives an (N, h, w, num_classes) score map. ``class_names``, ``mean_rgb`` and ``input_scale`` describe the
-    preprocessing a trained model expects; checkpoints carry them.
+    gives an (N, h, w, num_classes) score map. ``class_names`` and the preprocessing fields describe what a
+    trained model expects; checkpoints carry them. An RGB pixel p (0..255) is fed as
+    ``(p - mean_rgb) * input_scale / std_rgb`` (``preprocess``): vggcore's own training uses mean_rgb and
+    input_scale with std_rgb None (1); torchvision's weights use mean 255 * (0.485, 0.456, 0.406),
+    input_scale 1/255 and std (0.229, 0.224, 0.225); the paper's Caffe weights the mean pixel and scale 1.
+    ``test_scale`` is the default test Q when no training scale is known.
     """
 
     def __init__(self, config="A", num_classes=1000, width=1.0, fc_width=4096, input_size=224, dropout=0.5,
@@ -161,7 +165,9 @@ class VGG(nn.Module):
         self.class_names = None
         self.mean_rgb = None
         self.input_scale = 1.0 / 255.0
+        self.std_rgb = None
         self.train_scale = None
+        self.test_scale = None
 
         layers, c5 = _layers(config, width)
         self._plan = []
@@ -199,6 +205,54 @@ class VGG(nn.Module):
                 value = _init_array(shape, init, rng)
             self.load_state_dict({name: value}, strict=False)   # one layer at a time bounds the peak memory
         return self
+
+    def preprocess(self, images) -> np.ndarray:
+        """float32 network input from RGB pixels in 0..255 (any array of shape (..., 3), e.g. NHWC uint8)."""
+        out = np.asarray(images, dtype=np.float32)
+        if out.shape[-1:] != (3,):
+            raise ValueError(f"VGG.preprocess: expected RGB pixels (..., 3), got shape {out.shape}")
+        if self.mean_rgb is not None:
+            out = out - np.asarray(self.mean_rgb, dtype=np.float32)
+        else:
+            out = out.copy()
+        if self.input_scale != 1.0:
+            out *= np.float32(self.input_scale)
+        if self.std_rgb is not None:
+            out /= np.asarray(self.std_rgb, dtype=np.float32)
+        return out
+
+    def copy_preprocessing(self, other):
+        """Take class names and every preprocessing field from ``other``; returns self."""
+        for field in _PREPROCESSING_FIELDS:
+            value = getattr(other, field, None)
+            setattr(self, field, list(value) if isinstance(value, list) else value)
+        return self
+
+    def with_num_classes(self, num_classes: int):
+        """A copy of this (non fully convolutional) net whose fc8 has ``num_classes`` outputs, freshly initialised
+        (Glorot), every other layer and the preprocessing kept: the start of fine-tuning on a new label set.
+        Class names are unset (the new classes are not the old ones)."""
+        if self.fully_convolutional:
+            raise ValueError("with_num_classes: call it on the original net, not the fully convolutional one")
+        hp = dict(self.hparams, num_classes=int(num_classes))
+        net = VGG(**hp, init=None)
+        state = {k: v for k, v in self.state_dict().items() if not k.startswith("fc8.")}
+        rng = _random.generator()
+        state["fc8.weight"] = _init_array((int(num_classes), self.fc_width), "glorot", rng)
+        state["fc8.bias"] = np.zeros(int(num_classes), np.float32)
+        net.load_state_dict(state)
+        net.copy_preprocessing(self)
+        net.class_names = None
+        device = _device_of(self)
+        if device != "cpu":
+            net.to(device)
+        return net
+
+    def to_torchvision(self) -> dict:
+        """``{torchvision key: numpy array}`` (features.N.*, classifier.{0,3,6}.*; NCHW conv weights, fc6 in
+        (C, H, W) order): the exact inverse of ``vc.models.from_torchvision``."""
+        from ..interop.torchvision import to_torchvision
+        return to_torchvision(self)
 
     def extra_repr(self):
         fc = ", fully_convolutional" if self.fully_convolutional else ""
@@ -254,13 +308,16 @@ class VGG(nn.Module):
         state["fc7.weight"] = state["fc7.weight"].reshape(self.fc_width, 1, 1, self.fc_width)
         state["fc8.weight"] = state["fc8.weight"].reshape(self.num_classes, 1, 1, self.fc_width)
         net.load_state_dict(state)
-        net.class_names, net.mean_rgb, net.input_scale = self.class_names, self.mean_rgb, self.input_scale
-        net.train_scale = self.train_scale
+        net.copy_preprocessing(self)
         device = _device_of(self)
         if device != "cpu":
             net.to(device)
         net.train(self.training)
         return net
+
+
+# What a model carries besides its architecture and weights (describe / from_description, checkpoints).
+_PREPROCESSING_FIELDS = ("class_names", "mean_rgb", "input_scale", "std_rgb", "train_scale", "test_scale")
 
 
 def _device_of(model):
@@ -322,13 +379,50 @@ def init_from(model: VGG, net_a) -> VGG:
     return model
 
 
+def fine_tune_from(model: VGG, source: VGG) -> VGG:
+    """Start fine-tuning ``model`` from a trained net of the same configuration (torchvision, Caffe or vggcore
+    weights): every layer is copied except fc8 when the class counts differ (``model`` keeps its freshly
+    initialised fc8 then), and ``model`` takes the source's input preprocessing, which is what its weights
+    expect. A per-channel std (torchvision's normalisation) is folded into conv1_1's weights (w[..., c] /
+    std[c]), so training feeds ``(RGB - mean_rgb) * input_scale`` as usual and the net computes the same
+    function (zero padding is the mean pixel either way). In place; returns ``model``.
+    """
+    if source.config != model.config:
+        raise ValueError(f"fine_tune_from: the weights are VGG-{source.config}, the model VGG-{model.config}")
+    src = source.state_dict()
+    if source.fully_convolutional:
+        raise ValueError("fine_tune_from: pass the original net, not the fully convolutional one")
+    target = model.state_dict()
+    same_classes = source.num_classes == model.num_classes
+    for key, value in src.items():
+        if key.startswith("fc8.") and not same_classes:
+            continue
+        if tuple(value.shape) != tuple(target[key].shape):
+            raise ValueError(f"fine_tune_from: {key} of the weights has shape {tuple(value.shape)}, the model's is "
+                             f"{tuple(target[key].shape)} (width, fc_width and input_size (crop) must match the "
+                             f"weights': width {source.width:g}, fc_width {source.fc_width}, "
+                             f"input {source.input_size})")
+        target[key] = value
+    std = getattr(source, "std_rgb", None)
+    if std is not None:
+        target["conv1_1.weight"] = (target["conv1_1.weight"] / np.asarray(std, np.float32)).astype(np.float32)
+    model.load_state_dict(target)
+    model.mean_rgb = None if source.mean_rgb is None else [float(v) for v in source.mean_rgb]
+    model.input_scale = float(source.input_scale)
+    model.std_rgb = None
+    return model
+
+
 def describe(model: VGG) -> dict:
     """What rebuilds ``model`` besides its weights: architecture and preprocessing (stored in checkpoints)."""
     mean = None if model.mean_rgb is None else [float(v) for v in model.mean_rgb]
     scale = getattr(model, "train_scale", None)
+    std = getattr(model, "std_rgb", None)
     return {"hparams": model.hparams, "class_names": None if model.class_names is None else list(model.class_names),
             "mean_rgb": mean, "input_scale": float(model.input_scale),
-            "train_scale": list(scale) if isinstance(scale, (list, tuple)) else scale}
+            "std_rgb": None if std is None else [float(v) for v in std],
+            "train_scale": list(scale) if isinstance(scale, (list, tuple)) else scale,
+            "test_scale": getattr(model, "test_scale", None)}
 
 
 def from_description(info: dict, state_dict=None) -> VGG:
@@ -341,6 +435,8 @@ def from_description(info: dict, state_dict=None) -> VGG:
     model.input_scale = float(info.get("input_scale", model.input_scale))
     scale = info.get("train_scale")
     model.train_scale = tuple(scale) if isinstance(scale, list) else scale
+    model.std_rgb = info.get("std_rgb")
+    model.test_scale = info.get("test_scale")
     return model
 
 

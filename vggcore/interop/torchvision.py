@@ -1,0 +1,378 @@
+"""torchvision's VGG state dicts in and out, without torch.
+
+torchvision's ``vgg11/13/16/19`` keep the conv stack in ``features`` (a Sequential of conv, ReLU and max-pool
+modules, so the convs sit at indices such as 0, 2, 5, 7, ...) and the FC layers at ``classifier.0``, ``.3``
+and ``.6``. Conv weights are (K, C, R, S) and fc6 reads the last feature map flattened in (C, H, W) order;
+vggcore's are (K, R, S, C) and (H, W, C). Both conversions are pure transposes, so they are exact.
+
+A ``.pth`` written by ``torch.save`` is a zip holding one pickle (``*/data.pkl``) whose tensors refer to raw
+storages (``*/data/<key>``). It is read here with an unpickler that can build only plain containers and
+tensors: any other global (``os.system``, ``builtins.eval``, a pickled Module, ...) raises
+``pickle.UnpicklingError`` before anything runs, so a malicious file cannot execute code.
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import os
+import pickle
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["from_torchvision", "to_torchvision", "save_torchvision", "read_pth", "read_state_dict",
+           "TORCHVISION_MEAN", "TORCHVISION_STD"]
+
+# torchvision's ImageNet normalisation: RGB in [0, 1], then (x - mean) / std per channel.
+TORCHVISION_MEAN = (0.485, 0.456, 0.406)
+TORCHVISION_STD = (0.229, 0.224, 0.225)
+# The side torchvision evaluates its ImageNet weights at: Resize(256), CenterCrop(224).
+TORCHVISION_TEST_SCALE = 256
+
+_STORAGE_DTYPES = {
+    "FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
+    "BFloat16Storage": "bfloat16", "LongStorage": np.int64, "IntStorage": np.int32, "ShortStorage": np.int16,
+    "CharStorage": np.int8, "ByteStorage": np.uint8, "BoolStorage": np.bool_,
+}
+
+
+class _Storage:
+    """A torch storage named by the pickle: its element type, key (file in the zip) and element count."""
+
+    def __init__(self, dtype, key, numel, reader):
+        self.dtype, self.key, self.numel, self._reader = dtype, key, int(numel), reader
+        self._array = None
+
+    def array(self):
+        if self._array is None:
+            raw = self._reader(self.key)
+            if self.dtype == "bfloat16":
+                bits = np.frombuffer(raw, dtype="<u2", count=self.numel)
+                self._array = (bits.astype(np.uint32) << 16).view(np.float32)
+            else:
+                dt = np.dtype(self._dtype_le())
+                if len(raw) < dt.itemsize * self.numel:
+                    raise ValueError(f"read_pth: storage {self.key} holds {len(raw)} bytes, "
+                                     f"{self.numel} elements of {dt} need {dt.itemsize * self.numel}")
+                self._array = np.frombuffer(raw, dtype=dt, count=self.numel)
+        return self._array
+
+    def _dtype_le(self):
+        dt = np.dtype(self.dtype)
+        return dt if dt.itemsize == 1 else dt.newbyteorder(self._reader.byteorder)
+
+
+def _rebuild_tensor(storage, offset, size, stride, *_ignored):
+    """The numpy copy of a strided view of ``storage`` (torch._utils._rebuild_tensor_v2's arguments)."""
+    if not isinstance(storage, _Storage):
+        raise pickle.UnpicklingError("read_pth: a tensor refers to something that is not a storage")
+    size, stride, offset = tuple(int(s) for s in size), tuple(int(s) for s in stride), int(offset)
+    if len(size) != len(stride) or any(s < 0 for s in size) or any(s < 0 for s in stride) or offset < 0:
+        raise pickle.UnpicklingError(f"read_pth: invalid tensor geometry size={size} stride={stride}")
+    flat = storage.array()
+    if 0 in size:
+        return np.zeros(size, flat.dtype)
+    last = offset + sum((n - 1) * s for n, s in zip(size, stride))
+    if last >= flat.size:
+        raise pickle.UnpicklingError(f"read_pth: tensor of size {size}, stride {stride}, offset {offset} "
+                                     f"reaches past its storage of {flat.size} elements")
+    view = np.lib.stride_tricks.as_strided(flat[offset:], shape=size,
+                                           strides=tuple(s * flat.itemsize for s in stride), writeable=False)
+    return np.array(view, dtype=flat.dtype.newbyteorder("="), order="C")
+
+
+def _rebuild_parameter(data, *_ignored):
+    return data
+
+
+def _empty_hooks(*args):
+    if args:
+        raise pickle.UnpicklingError("read_pth: unexpected arguments to OrderedDict")
+    return collections.OrderedDict()
+
+
+# The only globals a state dict's pickle may name. Everything else is refused.
+_ALLOWED = {
+    ("collections", "OrderedDict"): collections.OrderedDict,
+    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+}
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def __init__(self, file, reader):
+        super().__init__(file)
+        self._reader = reader
+
+    def find_class(self, module, name):
+        if (module, name) in _ALLOWED:
+            return _ALLOWED[(module, name)]
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return _STORAGE_DTYPES[name]
+        raise pickle.UnpicklingError(
+            f"read_pth: the file names the Python object {module}.{name}, which a state dict of tensors never "
+            "needs; refusing to build it (a pickled model or arbitrary code). Save model.state_dict() instead")
+
+    def persistent_load(self, pid):
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
+            raise pickle.UnpicklingError(f"read_pth: unsupported persistent id {pid!r:.80}")
+        _, dtype, key, _location, numel = pid
+        if not (isinstance(dtype, str) or isinstance(dtype, type)) or dtype not in _STORAGE_DTYPES.values():
+            raise pickle.UnpicklingError(f"read_pth: unsupported storage type {dtype!r}")
+        return _Storage(dtype, str(key), numel, self._reader)
+
+
+class _ZipReader:
+    def __init__(self, archive: zipfile.ZipFile, prefix: str, byteorder: str):
+        self.archive, self.prefix, self.byteorder = archive, prefix, byteorder
+
+    def __call__(self, key):
+        try:
+            return self.archive.read(f"{self.prefix}data/{key}")
+        except KeyError:
+            raise ValueError(f"read_pth: the file has no storage {key!r} ({self.prefix}data/{key})") from None
+
+
+def read_pth(path) -> dict:
+    """The object in a ``torch.save`` zip file (torch >= 1.6), built from tensors and plain containers only.
+
+    Tensors come back as NumPy arrays (bfloat16 as float32). Raises ``pickle.UnpicklingError`` for a file
+    that names any other Python object, and ValueError for a file that is not a torch zip archive.
+    """
+    path = Path(path)
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"read_pth: {path} is not a torch zip archive (files written by torch < 1.6 with "
+                         "_use_new_zipfile_serialization=False are not supported; re-save them with a recent torch)")
+    with zipfile.ZipFile(path) as archive:
+        pickles = [n for n in archive.namelist() if n.endswith("data.pkl") and n.count("/") == 1]
+        if len(pickles) != 1:
+            raise ValueError(f"read_pth: {path} holds {len(pickles)} top-level data.pkl entries, expected 1")
+        prefix = pickles[0][:-len("data.pkl")]
+        try:
+            byteorder = archive.read(prefix + "byteorder").decode().strip()
+        except KeyError:
+            byteorder = "little"
+        if byteorder not in ("little", "big"):
+            raise ValueError(f"read_pth: {path} has an unknown byteorder {byteorder!r}")
+        reader = _ZipReader(archive, prefix, "<" if byteorder == "little" else ">")
+        return _RestrictedUnpickler(io.BytesIO(archive.read(pickles[0])), reader).load()
+
+
+def read_state_dict(source) -> dict:
+    """``{name: numpy array}`` from a state dict (numpy arrays or torch tensors) or a .pth/.safetensors path."""
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"from_torchvision: {path} does not exist")
+        if path.suffix == ".safetensors":
+            from ..checkpoint import load_file
+            obj, _ = load_file(path)
+        else:
+            obj = read_pth(path)
+    elif isinstance(source, dict):
+        obj = source
+    else:
+        raise TypeError(f"from_torchvision: source must be a state dict or a .pth/.safetensors path, "
+                        f"got {type(source).__name__}")
+    if isinstance(obj, dict) and not any(str(k).startswith(("features.", "module.features.")) for k in obj):
+        for wrapper in ("state_dict", "model", "model_state_dict"):   # common training-checkpoint wrappers
+            if isinstance(obj.get(wrapper), dict):
+                obj = obj[wrapper]
+                break
+    if not isinstance(obj, dict):
+        raise ValueError(f"from_torchvision: expected a state dict, the file holds a {type(obj).__name__}")
+    out = collections.OrderedDict()
+    for key, value in obj.items():
+        key = str(key)
+        if key.startswith("module."):                  # saved from DataParallel/DistributedDataParallel
+            key = key[len("module."):]
+        if hasattr(value, "detach") and hasattr(value, "cpu"):      # a torch tensor
+            value = value.detach().cpu()
+            value = value.float().numpy() if str(value.dtype) == "torch.bfloat16" else value.numpy()
+        out[key] = np.asarray(value)
+    return out
+
+
+# ------------------------------------------------------------------------------------------- layout mapping
+
+def _feature_indices(config):
+    """[(torchvision features index, vggcore conv name)] of a configuration, as torchvision's make_layers
+    numbers them: conv, ReLU per conv and one max-pool per stage."""
+    from ..models.vgg import CONFIGS
+    out, index = [], 0
+    for stage, convs in enumerate(CONFIGS[config], start=1):
+        i = 0
+        for item in convs:
+            if item == "LRN":
+                raise ValueError("to_torchvision: configuration A-LRN has a local response norm layer, which "
+                                 "torchvision's VGG does not have")
+            i += 1
+            out.append((index, f"conv{stage}_{i}"))
+            index += 2
+        index += 1
+    return out
+
+
+_CLASSIFIER = (("classifier.0", "fc6"), ("classifier.3", "fc7"), ("classifier.6", "fc8"))
+
+
+def _infer(sd):
+    """(config, width, fc_width, input_size, num_classes) from torchvision-layout keys and shapes."""
+    from ..models.vgg import CONFIGS, param_shapes
+    keys = list(sd)
+    if any("running_mean" in k or "running_var" in k for k in keys):
+        raise ValueError("from_torchvision: the state dict has batch-norm layers (torchvision's vgg*_bn); only "
+                         "the plain vgg11/13/16/19 layouts (the paper's nets) are supported")
+    unknown = [k for k in keys if not (k.startswith("features.") or k.startswith("classifier."))]
+    if unknown:
+        raise ValueError(f"from_torchvision: not a torchvision VGG state dict: unexpected keys such as "
+                         f"{unknown[:3]} (expected features.N.weight/bias and classifier.0/3/6.weight/bias)")
+    conv = {}
+    for k in keys:
+        parts = k.split(".")
+        if len(parts) != 3 or parts[2] not in ("weight", "bias") or not parts[1].isdigit():
+            raise ValueError(f"from_torchvision: unexpected key {k!r}")
+        if parts[0] == "features":
+            conv.setdefault(int(parts[1]), set()).add(parts[2])
+    classifier = sorted({int(k.split(".")[1]) for k in keys if k.startswith("classifier.")})
+    if classifier != [0, 3, 6]:
+        raise ValueError(f"from_torchvision: classifier layers {classifier}, torchvision's VGG has 0, 3 and 6")
+    for index, kinds in conv.items():
+        if kinds != {"weight", "bias"}:
+            raise ValueError(f"from_torchvision: features.{index} lacks its {({'weight', 'bias'} - kinds).pop()}")
+    indices = sorted(conv)
+    if not indices:
+        raise ValueError("from_torchvision: the state dict has no conv layers (features.N.weight)")
+    stages, current = [], []
+    for pos, index in enumerate(indices):
+        w = sd[f"features.{index}.weight"]
+        if w.ndim != 4 or w.shape[2] != w.shape[3]:
+            raise ValueError(f"from_torchvision: features.{index}.weight has shape {tuple(w.shape)}, "
+                             "expected a square conv kernel (K, C, R, R)")
+        if pos and index - indices[pos - 1] == 3:      # conv, ReLU, pool: a new stage
+            stages.append(current)
+            current = []
+        elif pos and index - indices[pos - 1] != 2:
+            raise ValueError(f"from_torchvision: conv layers at features.{indices[pos - 1]} and features.{index}: "
+                             "not torchvision's VGG layout (conv, ReLU per layer, a max-pool per stage)")
+        current.append(int(w.shape[2]))
+    stages.append(current)
+    config = None
+    for name, spec in CONFIGS.items():
+        if name == "A-LRN":
+            continue
+        pattern = [[item[0] for item in convs if item != "LRN"] for convs in spec]
+        if pattern == stages:
+            config = name
+            break
+    if config is None:
+        raise ValueError(f"from_torchvision: conv layers per stage {[len(s) for s in stages]} (kernels {stages}) "
+                         "match none of the configurations A, B, C, D, E")
+    c1 = int(sd[f"features.{indices[0]}.weight"].shape[0])
+    width = c1 / 64.0
+    fc6 = sd["classifier.0.weight"]
+    fc8 = sd["classifier.6.weight"]
+    if fc6.ndim != 2 or fc8.ndim != 2:
+        raise ValueError(f"from_torchvision: classifier weights must be 2-D, got {tuple(fc6.shape)} and "
+                         f"{tuple(fc8.shape)}")
+    fc_width, num_classes = int(fc6.shape[0]), int(fc8.shape[0])
+    c5 = int(sd[f"features.{indices[-1]}.weight"].shape[0])
+    side = int(round(np.sqrt(fc6.shape[1] / c5)))
+    if side < 1 or side * side * c5 != fc6.shape[1]:
+        raise ValueError(f"from_torchvision: classifier.0.weight has {fc6.shape[1]} inputs, not a square map of "
+                         f"{c5} channels")
+    expected = param_shapes(config, num_classes=num_classes, width=width, fc_width=fc_width, input_size=32 * side)
+    for index, name in _feature_indices(config):
+        for kind in ("weight", "bias"):
+            got = tuple(sd[f"features.{index}.{kind}"].shape)
+            want = expected[f"{name}.{kind}"]
+            want = (want[0], want[3], want[1], want[2]) if kind == "weight" else want
+            if got != want:
+                raise ValueError(f"from_torchvision: features.{index}.{kind} ({name}) has shape {got}; VGG-{config} "
+                                 f"at width {width:g} (from conv1_1's {c1} channels) needs {want}")
+    for tv, name in _CLASSIFIER:
+        for kind in ("weight", "bias"):
+            got, want = tuple(sd[f"{tv}.{kind}"].shape), expected[f"{name}.{kind}"]
+            if got != want:
+                raise ValueError(f"from_torchvision: {tv}.{kind} ({name}) has shape {got}, expected {want}")
+    return config, width, fc_width, 32 * side, num_classes
+
+
+def from_torchvision(source, num_classes=None):
+    """A VGG from torchvision-layout weights (``features.N.*``, ``classifier.{0,3,6}.*``).
+
+    source: a state dict (name -> numpy array or torch tensor) or the path of a ``.pth`` (read without torch
+    and without running pickled code) or ``.safetensors`` file. The configuration (A, B, D, E; C's 1x1 convs
+    too), width, fc width and classes come from the keys and shapes. The model's preprocessing is
+    torchvision's: RGB scaled to [0, 1], minus the mean, divided by the std per channel; evaluated at Q=256.
+    num_classes: when given and different from the weights', fc8 is replaced by a freshly initialised layer
+    of that size (for fine-tuning; class names are then unset).
+    """
+    from ..models.vgg import VGG
+    sd = read_state_dict(source)
+    config, width, fc_width, input_size, classes = _infer(sd)
+    model = VGG(config, num_classes=classes, width=width, fc_width=fc_width, input_size=input_size, init=None)
+    state = {}
+    for index, name in _feature_indices(config):
+        state[f"{name}.weight"] = np.ascontiguousarray(sd[f"features.{index}.weight"].transpose(0, 2, 3, 1))
+        state[f"{name}.bias"] = sd[f"features.{index}.bias"]
+    side, c5 = model.feature_side, model.feature_channels
+    fc6 = sd["classifier.0.weight"]
+    state["fc6.weight"] = np.ascontiguousarray(
+        fc6.reshape(fc_width, c5, side, side).transpose(0, 2, 3, 1).reshape(fc_width, -1))
+    for tv, name in _CLASSIFIER:
+        state.setdefault(f"{name}.weight", sd[f"{tv}.weight"])
+        state[f"{name}.bias"] = sd[f"{tv}.bias"]
+    model.load_state_dict({k: np.asarray(v, dtype=np.float32) for k, v in state.items()})
+    model.mean_rgb = [255.0 * m for m in TORCHVISION_MEAN]
+    model.input_scale = 1.0 / 255.0
+    model.std_rgb = list(TORCHVISION_STD)
+    model.test_scale = TORCHVISION_TEST_SCALE
+    if num_classes is not None and int(num_classes) != classes:
+        model = model.with_num_classes(int(num_classes))
+    return model
+
+
+def to_torchvision(model) -> dict:
+    """``{torchvision key: numpy array}``: the exact inverse of ``from_torchvision`` (NCHW conv weights, fc6's
+    columns in (C, H, W) order). Raises ValueError for A-LRN (torchvision has no LRN layer). The weights expect
+    the model's own preprocessing (``model.preprocess``: mean_rgb, input_scale, std_rgb), which for a net
+    trained by vggcore is not torchvision's normalisation; feed torch the same inputs."""
+    config = model.config
+    indices = _feature_indices(config)
+    state = model.state_dict()
+    out = collections.OrderedDict()
+    for index, name in indices:
+        w = state[f"{name}.weight"]
+        out[f"features.{index}.weight"] = np.ascontiguousarray(w.transpose(0, 3, 1, 2))
+        out[f"features.{index}.bias"] = state[f"{name}.bias"]
+    side, c5, fcw = model.feature_side, model.feature_channels, model.fc_width
+    fc6 = state["fc6.weight"].reshape(fcw, side, side, c5)
+    out["classifier.0.weight"] = np.ascontiguousarray(fc6.transpose(0, 3, 1, 2).reshape(fcw, -1))
+    out["classifier.0.bias"] = state["fc6.bias"]
+    out["classifier.3.weight"] = np.ascontiguousarray(state["fc7.weight"].reshape(fcw, fcw))
+    out["classifier.3.bias"] = state["fc7.bias"]
+    out["classifier.6.weight"] = np.ascontiguousarray(state["fc8.weight"].reshape(model.num_classes, fcw))
+    out["classifier.6.bias"] = state["fc8.bias"]
+    return out
+
+
+def save_torchvision(model, path):
+    """Write ``to_torchvision(model)`` to ``path``: ``.safetensors`` without torch (``safetensors.torch.load_file``
+    reads it), ``.pth`` with ``torch.save`` (needs torch; ``torch.load(path)`` then gives the state dict)."""
+    path = Path(path)
+    state = to_torchvision(model)
+    if path.suffix == ".safetensors":
+        from ..checkpoint import save_file
+        save_file(path, state)
+        return path
+    try:
+        import torch
+    except ImportError:
+        raise ImportError("save_torchvision: writing a .pth needs torch; write a .safetensors file instead, "
+                          "which torch users read with safetensors.torch.load_file") from None
+    torch.save(collections.OrderedDict((k, torch.from_numpy(np.array(v))) for k, v in state.items()), path)
+    return path

@@ -10,6 +10,7 @@ from .autograd import no_grad, enable_grad, is_grad_enabled
 from .random import manual_seed
 from .tensor import Tensor, tensor, zeros, ones
 from . import nn, optim
+from . import distributed   # mpi4py and NCCL are imported only when a process group is made
 
 __version__ = "0.1.0"
 
@@ -37,5 +38,5 @@ from .train import TrainResult, train  # noqa: E402
 
 __all__ = [
     "Tensor", "tensor", "zeros", "ones", "no_grad", "enable_grad", "is_grad_enabled", "manual_seed",
-    "devices", "cuda_available", "default_device", "nn", "optim", "models", "train", "TrainResult", "evaluate",
+    "devices", "cuda_available", "default_device", "nn", "optim", "distributed", "models", "train", "TrainResult", "evaluate",
 ]

@@ -21,6 +21,10 @@ class AutogradError(RuntimeError, ValueError):
 
 _state = threading.local()
 
+# Callables run with each leaf tensor as soon as its .grad is complete for the current backward pass; data-parallel
+# training (vggcore/_parallel.py) starts a gradient bucket's all-reduce from here while backward goes on.
+grad_ready_hooks = []
+
 
 def is_grad_enabled():
     return getattr(_state, "enabled", True)
@@ -129,6 +133,8 @@ def run_backward(root, grad):
             else:
                 node.grad = Tensor._from_engine(_C.add(node.grad._data, node_grad), requires_grad=False,
                                                 grad_fn=None)
+            for hook in grad_ready_hooks:
+                hook(node)
             continue
         parent_grads = node.grad_fn.backward(node_grad)
         for parent, parent_grad in zip(node.grad_fn.inputs, parent_grads):

@@ -35,7 +35,7 @@ void linear_backward_weight(const float* x, const float* dy, float* dw, int64_t 
 
 void relu_forward(const float* x, float* y, int64_t n);
 void relu_backward(const float* x, const float* dy, float* dx, int64_t n);
-void dropout(const float* x, float* y, int64_t n, double p, uint64_t seed);
+void dropout(const float* x, float* y, int64_t n, double p, uint64_t seed, uint64_t offset);
 void add(const float* a, const float* b, float* y, int64_t n);
 void scale(const float* x, float* y, double alpha, int64_t n);
 void fill(float* y, double value, int64_t n);

@@ -264,6 +264,11 @@ void set_device(int device) {
 
 cudaStream_t current_stream() { return device_stream(t_current_device); }
 
+void* stream_handle(int device) {
+  set_device(device);
+  return static_cast<void*>(device_stream(device));
+}
+
 // Kernel scratch (common.cuh): the current device's caching allocator, released right after the launches that
 // use it (safe: everything runs on the one stream, see the header comment).
 void* workspace_alloc(size_t bytes) { return device_malloc(t_current_device, bytes); }

@@ -33,5 +33,8 @@ void synchronize(int device);
 
 // Makes `device` current for the kernels launched on this host thread (cudaSetDevice + its stream).
 void set_device(int device);
+// set_device(device), then the device's stream as an opaque handle (a cudaStream_t) for libraries such as NCCL
+// that enqueue their own work in order with vggcore's kernels.
+void* stream_handle(int device);
 
 }  // namespace vgg::cuda

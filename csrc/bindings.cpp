@@ -121,6 +121,23 @@ PYBIND11_MODULE(_C, m) {
         throw std::invalid_argument("cuda_stream: this build of vggcore has no CUDA backend");
 #endif
       }, py::arg("device"), "Makes cuda:device current on this thread and returns the handle of its stream");
+  m.def("cuda_side_stream", [](int device) -> uintptr_t {
+#ifdef VGG_WITH_CUDA
+        return reinterpret_cast<uintptr_t>(vgg::cuda::side_stream(device));
+#else
+        (void)device;
+        throw std::invalid_argument("cuda_side_stream: this build of vggcore has no CUDA backend");
+#endif
+      }, py::arg("device"), "A second stream on cuda:device for work that overlaps vggcore's kernels");
+  m.def("cuda_stream_wait", [](int device, uintptr_t waiter, uintptr_t signaller) {
+#ifdef VGG_WITH_CUDA
+        vgg::cuda::stream_wait(device, reinterpret_cast<void*>(waiter), reinterpret_cast<void*>(signaller));
+#else
+        (void)device, (void)waiter, (void)signaller;
+        throw std::invalid_argument("cuda_stream_wait: this build of vggcore has no CUDA backend");
+#endif
+      }, py::arg("device"), py::arg("waiter"), py::arg("signaller"),
+        "Later work on stream `waiter` waits for the work queued so far on `signaller` (0: the device's stream)");
   m.def("synchronize", [](const std::string& device) {
         const vgg::Device d = vgg::Device::parse(device);
 #ifdef VGG_WITH_CUDA

@@ -1,11 +1,12 @@
 """One rank of the data-parallel tests (tests/test_distributed.py), started by mpirun or as a plain process.
 
     python distributed_worker.py DATA OUT.npz [--epochs N] [--batch-size B] [--checkpoint-dir D] [--resume]
-                                 [--die-at STEP] [--hang-at STEP]
+                                 [--die-at STEP] [--hang-at STEP] [--nan-at STEP]
 
 Trains the tests' tiny VGG-A with vc.train and, on rank 0, writes the final parameters and the history to OUT.npz.
---die-at / --hang-at make rank 1 kill itself (SIGKILL) or sleep forever at its STEP-th training step (counted over
-the whole run), to check that a dead or hung rank ends the job.
+--die-at / --hang-at / --nan-at make rank 1 kill itself (SIGKILL), sleep forever or feed NaN images at its STEP-th
+training step (counted over the whole run), to check that a dead or hung rank ends the job and that a NaN on one
+rank stops every rank.
 """
 
 import argparse
@@ -37,9 +38,10 @@ def main():
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--die-at", type=int, default=0)
     parser.add_argument("--hang-at", type=int, default=0)
+    parser.add_argument("--nan-at", type=int, default=0)
     args = parser.parse_args()
 
-    if args.die_at or args.hang_at:
+    if args.die_at or args.hang_at or args.nan_at:
         step = _parallel.DataParallel.train_step
         calls = [0]
 
@@ -50,6 +52,8 @@ def main():
             if self.group.rank == 1 and calls[0] == args.hang_at:
                 while True:
                     time.sleep(1)
+            if self.group.rank == 1 and calls[0] == args.nan_at:
+                a = (a[0], a[1], np.full_like(a[2], np.nan)) + a[3:]
             return step(self, *a, **k)
 
         _parallel.DataParallel.train_step = faulty_step

@@ -223,6 +223,62 @@ def test_killed_rank_ends_the_job(workdir):
 
 
 @needs_mpi
+def test_nan_on_one_rank_stops_every_rank(workdir):
+    """Rank 1's images are NaN at step 5 (epoch 2, batch 2): both ranks raise FloatingPointError at that step,
+    before any weight update, without waiting for a timeout; epoch 1's checkpoint is kept."""
+    ckpt = workdir / "ckpt_nan"
+    proc, seconds = _run(workdir, workdir / "nan.npz", 2, "--checkpoint-dir", ckpt, "--nan-at", 5, timeout=60,
+                         limit=90)
+    assert proc.returncode != 0
+    assert proc.stderr.count("FloatingPointError: train: the loss became nan at epoch 2, batch 2") == 2, \
+        proc.stderr[-3000:]
+    assert "did not complete within" not in proc.stderr and seconds < 40
+    assert checkpoint.load_state(ckpt / "last.safetensors")["epoch"] == 1
+
+
+@needs_mpi
+def test_cli_under_mpirun_matches_one_process(workdir):
+    """``mpirun -np 2 python -m vggcore train ...`` writes the checkpoint of the single-process command."""
+    args = ["train", "--data", str(workdir / "data"), "--config", "A", "--width", "1/16", "--fc-width", "16",
+            "--dropout", "0.5", "--init", "he", "--scale", "32,36", "--crop", "32", "--epochs", "2",
+            "--batch-size", "8", "--seed", "3", "--lr", "0.02", "--device", "cpu", "--workers", "1",
+            "--stats-sample", "50", "--no-progress"]
+    runs = {}
+    for ranks in (1, 2):
+        out = workdir / f"cli_{ranks}"
+        cmd = [sys.executable, "-m", "vggcore", *args, "--checkpoint-dir", str(out)]
+        if ranks > 1:
+            flags = ["--allow-run-as-root"] if hasattr(os, "geteuid") and os.geteuid() == 0 else []
+            cmd = ["mpirun", *flags, "--oversubscribe", "-np", str(ranks), *cmd]
+        proc = subprocess.run(cmd, cwd=workdir, env=_env(workdir), capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert proc.stdout.count("done in") == 1
+        runs[ranks] = checkpoint.load_state(out / "last.safetensors")["model"]
+    _assert_same_weights({k: np.asarray(v) for k, v in runs[1].items()}, {k: np.asarray(v) for k, v in runs[2].items()})
+
+
+@pytest.mark.skipif(not vc.cuda_available() or importlib.util.find_spec("mpi4py") is None,
+                    reason="needs a GPU and mpi4py")
+def test_nccl_one_process_group_on_cuda(workdir):
+    """A one-rank group on cuda goes through NCCL (loaded at run time): sums, means and broadcasts are exact."""
+    script = (
+        "import numpy as np, vggcore as vc\n"
+        "from vggcore import distributed as dist\n"
+        "dist.init()\n"
+        "a = np.arange(-7, 1030, dtype=np.float32).reshape(17, 61)\n"
+        "for op in ('sum', 'avg'):\n"
+        "    t = vc.tensor(a, device='cuda:0')\n"
+        "    assert dist.all_reduce(t, op) is t and np.array_equal(t.numpy(), a), op\n"
+        "t = vc.tensor(a, device='cuda:0')\n"
+        "assert np.array_equal(dist.broadcast(t, 0).numpy(), a)\n"
+        "assert dist._group.nccl is not None\n"
+        "print('nccl ok')\n")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=workdir, env=_env(workdir), capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0 and "nccl ok" in proc.stdout, proc.stderr[-3000:]
+
+
+@needs_mpi
 def test_hung_rank_ends_the_job(workdir):
     """Rank 1 sleeps forever at step 2: rank 0's collective times out after VGGCORE_DIST_TIMEOUT=4 s and aborts
     the whole job (MPI_Abort) with a message naming the collective."""

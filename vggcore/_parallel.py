@@ -206,7 +206,7 @@ class GradReducer:
     def _launch(self, b):
         grads = [self._grad(self.params[i]) for i in self.buckets[b]]
         if self.cuda:
-            _dist._nccl_for(self.group, grads[0].device).all_reduce([g._data for g in grads], "sum")
+            _dist._nccl_for(self.group, grads[0].device).all_reduce([g._data for g in grads], "sum", join=False)
             self.pending[b] = True
         else:
             self.pending[b] = self.comm.submit(np.concatenate([g._data.numpy().reshape(-1) for g in grads]))
@@ -220,6 +220,7 @@ class GradReducer:
             self._launch(self.next_launch)
             self.next_launch += 1
         if self.cuda:
+            _dist._nccl_for(self.group, self.params[0].device).join()
             self.exposed_wait_s.append(time.perf_counter() - t0)
             return False
         for b, done in enumerate(self.pending):
@@ -250,8 +251,7 @@ def broadcast_parameters(group, params):
     """Every rank starts from rank 0's parameters (one collective for cpu/sim, one NCCL broadcast each on cuda)."""
     params = list(params)
     if params[0].device.startswith("cuda"):
-        for p in params:
-            _dist._nccl_for(group, p.device).broadcast(p._data, 0)
+        _dist._nccl_for(group, params[0].device).broadcast([p._data for p in params], 0)
         return
     flat = group.bcast_array(np.concatenate([p._data.numpy().reshape(-1) for p in params]), 0,
                              "parameter broadcast")

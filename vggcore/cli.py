@@ -127,7 +127,8 @@ def _cmd_train(args):
     t0 = time.perf_counter()
     result = train(verbose=not quiet, **kwargs)
     elapsed = time.perf_counter() - t0
-    if result.history:
+    from . import distributed
+    if result.history and distributed.rank() == 0:      # under mpirun, rank 0 alone prints
         last = result.history[-1]
         print(f"done in {elapsed:.0f} s: val top-1 err {last['val_top1_err']:.4f} (best "
               f"{result.best_val_top1_err:.4f}), top-5 err {last['val_top5_err']:.4f}; checkpoints in "

@@ -220,19 +220,24 @@ def _load_nccl():
 
 
 class _Nccl:
-    """One NCCL communicator over the process group, on this process's GPU and vggcore's stream for it.
+    """One NCCL communicator over the process group, on this process's GPU.
 
-    Collectives are enqueued on the stream that runs vggcore's kernels on that device, so they are ordered
-    after the kernels that produced the gradients and before those that read the result, with no extra events.
+    Collectives run on a second stream of the device (``_C.cuda_side_stream``) so that they overlap vggcore's
+    kernels. ``enqueue`` makes that stream wait for the kernels queued so far (those that produced the data);
+    ``join`` makes vggcore's stream wait for the collectives queued so far (before anything reads the result).
+    The host never blocks on either.
     """
 
     def __init__(self, group, device):
         from . import _C
+        self._C = _C
         self.lib = _load_nccl()
         self.lib.ncclGetErrorString.restype = ctypes.c_char_p
         self.device = device
-        index = int(device.split(":")[1]) if ":" in device else 0
-        self.stream = ctypes.c_void_p(_C.cuda_stream(index))       # also makes the device current here
+        self.index = int(device.split(":")[1]) if ":" in device else 0
+        _C.cuda_stream(self.index)                                  # makes the device current on this thread
+        self.side = _C.cuda_side_stream(self.index)
+        self.stream = ctypes.c_void_p(self.side)
         uid = _UniqueId()
         if group.rank == 0:
             self._check(self.lib.ncclGetUniqueId(ctypes.byref(uid)), "ncclGetUniqueId")
@@ -247,8 +252,13 @@ class _Nccl:
             message = self.lib.ncclGetErrorString(result).decode(errors="replace")
             raise DistributedError(f"vggcore.distributed: {what} failed: {message} (NCCL error {result})")
 
-    def all_reduce(self, engine_tensors, op):
-        """In place, one NCCL group (a single fused launch) for all the tensors."""
+    def join(self):
+        self._C.cuda_stream_wait(self.index, 0, self.side)
+
+    def all_reduce(self, engine_tensors, op, join=True):
+        """In place, one NCCL group (a single fused launch) for all the tensors; without ``join`` the caller
+        calls ``join()`` before the results are read."""
+        self._C.cuda_stream_wait(self.index, self.side, 0)
         self._check(self.lib.ncclGroupStart(), "ncclGroupStart")
         try:
             for t in engine_tensors:
@@ -257,12 +267,20 @@ class _Nccl:
                                                    _NCCL_OPS[op], self.comm, self.stream), "ncclAllReduce")
         finally:
             self._check(self.lib.ncclGroupEnd(), "ncclGroupEnd")
+        if join:
+            self.join()
 
-    def broadcast(self, engine_tensor, root):
-        ptr = ctypes.c_void_p(engine_tensor.data_ptr)
-        self._check(self.lib.ncclBroadcast(ptr, ptr, ctypes.c_size_t(engine_tensor.numel),
-                                           _NCCL_TYPES[engine_tensor.dtype], root, self.comm, self.stream),
-                    "ncclBroadcast")
+    def broadcast(self, engine_tensors, root):
+        self._C.cuda_stream_wait(self.index, self.side, 0)
+        self._check(self.lib.ncclGroupStart(), "ncclGroupStart")
+        try:
+            for t in engine_tensors:
+                ptr = ctypes.c_void_p(t.data_ptr)
+                self._check(self.lib.ncclBroadcast(ptr, ptr, ctypes.c_size_t(t.numel), _NCCL_TYPES[t.dtype], root,
+                                                   self.comm, self.stream), "ncclBroadcast")
+        finally:
+            self._check(self.lib.ncclGroupEnd(), "ncclGroupEnd")
+        self.join()
 
 
 def _nccl_for(group, device):
@@ -295,14 +313,14 @@ def _check_same_everywhere(group, op, tensor):
 def all_reduce(tensor, op="sum"):
     """Replaces ``tensor``'s values by their sum (``op="sum"``) or mean (``"avg"``) over all ranks; returns it.
 
-    cpu and sim tensors go over MPI, cuda tensors over NCCL. Without a process group the tensor is unchanged
-    (one rank: the sum and the mean are the value itself).
+    cpu and sim tensors go over MPI, cuda tensors over NCCL (ordered with vggcore's kernels on the device, the
+    host does not wait). Without a process group (``init()`` not called) the tensor is unchanged.
     """
     _check_tensor("all_reduce", tensor)
     if op not in _NCCL_OPS:
         raise ValueError(f"all_reduce: op must be 'sum' or 'avg', got {op!r}")
     group = _group
-    if group is None or group.size == 1:
+    if group is None:
         return tensor
     _check_same_everywhere(group, "all_reduce", tensor)
     if tensor.device.startswith("cuda"):
@@ -320,13 +338,13 @@ def broadcast(tensor, src=0):
     """Replaces ``tensor``'s values on every rank by those of rank ``src``; returns it."""
     _check_tensor("broadcast", tensor)
     group = _group
-    if group is None or group.size == 1:
+    if group is None:
         return tensor
     if not isinstance(src, int) or not 0 <= src < group.size:
         raise ValueError(f"broadcast: src must be a rank in [0, {group.size}), got {src!r}")
     _check_same_everywhere(group, "broadcast", tensor)
     if tensor.device.startswith("cuda"):
-        _nccl_for(group, tensor.device).broadcast(tensor._data, src)
+        _nccl_for(group, tensor.device).broadcast([tensor._data], src)
         return tensor
     from . import _C
     tensor._data = _C.Tensor.from_numpy(group.bcast_array(tensor._data.numpy(), src), tensor.device)
@@ -335,5 +353,5 @@ def broadcast(tensor, src=0):
 
 def barrier():
     """Returns once every rank has called it (a bounded wait)."""
-    if _group is not None and _group.size > 1:
+    if _group is not None:
         _group.barrier()

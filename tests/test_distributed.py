@@ -167,6 +167,59 @@ def test_buckets_cover_parameters_in_reverse_order():
     assert _parallel._bucket_indices(params, 1) == [[4], [3], [2], [1], [0]]
 
 
+def test_grad_ready_hook_sees_each_leaf_once_with_its_whole_gradient():
+    """x feeds two branches: the hook must fire after both contributions are summed, once."""
+    from vggcore import autograd
+    x = vc.tensor(np.array([[1.0, 2.0, 3.0]], np.float32), requires_grad=True)
+    w = vc.tensor(np.array([[1.0, 0.0, 2.0], [0.0, 1.0, 1.0]], np.float32), requires_grad=True)
+    seen = []
+    hook = lambda t: seen.append((t is x, t is w, t.grad.numpy().copy()))
+    autograd.grad_ready_hooks.append(hook)
+    try:
+        y = F.linear(x, w) + F.linear(x * 2.0, w)           # d/dx = 3 * (column sums of w)
+        y.backward(np.ones((1, 2), np.float32))
+    finally:
+        autograd.grad_ready_hooks.remove(hook)
+    assert sorted((a, b) for a, b, _ in seen) == [(False, True), (True, False)]
+    gx = next(g for a, _, g in seen if a)
+    assert np.array_equal(gx, [[3.0, 3.0, 9.0]])
+
+
+class _TwinGroup:
+    """A stand-in process group of 2 identical ranks: an all-reduce doubles its input."""
+    rank, size, timeout_s = 0, 2, 30.0
+    MPI = type("MPI", (), {"SUM": "sum"})
+    grad_comm = None
+
+    def __init__(self):
+        self.calls = []
+
+    def allreduce_array(self, array, op, comm=None, what=""):
+        self.calls.append(array.size)
+        return array * 2
+
+
+def test_grad_reducer_sums_buckets_launched_in_order():
+    """Gradients of a small VGG come back summed over the (stand-in) ranks, bucket by bucket in index order, each
+    bucket launched during backward."""
+    vc.manual_seed(1)
+    model = vc.models.vgg("A", num_classes=3, width=1 / 16, fc_width=16, input_size=32, dropout=0.0, init="he")
+    x = vc.tensor(np.random.default_rng(0).standard_normal((2, 32, 32, 3)).astype(np.float32))
+    F.cross_entropy(model(x), np.array([0, 2])).backward()
+    expected = {name: 2 * p.grad.numpy() for name, p in model.named_parameters()}
+    group = _TwinGroup()
+    reducer = _parallel.GradReducer(group, model.parameters(), bucket_mb=0.004)     # 4 kB: several buckets
+    for p in model.parameters():
+        p.zero_grad()
+    with reducer:
+        F.cross_entropy(model(x), np.array([0, 2])).backward()
+    assert len(reducer.buckets) > 3
+    assert group.calls == [sum(list(model.parameters())[i].numel() for i in b) for b in reducer.buckets]
+    assert all(0 <= t <= reducer.backward_s for t in reducer.timeline)
+    for name, p in model.named_parameters():
+        assert np.array_equal(p.grad.numpy(), expected[name]), name
+
+
 # ---- under mpirun -------------------------------------------------------------------------------------------------
 @needs_mpi
 def test_two_ranks_match_one_process(workdir, single):

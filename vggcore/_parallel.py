@@ -135,7 +135,8 @@ def _bucket_indices(params, bucket_bytes):
 
 class _CommThread:
     """Runs the MPI all-reduces of cpu/sim buckets in submission order, off the compute thread (mpi4py releases
-    the GIL inside MPI, and vggcore's kernels release it too, so both proceed)."""
+    the GIL inside MPI, and vggcore's kernels release it too, so both proceed). Each all-reduce is a blocking call
+    under the process group's watchdog, which bounds it."""
 
     def __init__(self, group):
         self.group = group
@@ -169,8 +170,9 @@ class GradReducer:
 
     ``with reducer: loss.backward(...)``: entering registers the grad-ready hook; leaving launches what is left
     (parameters that received no gradient this step contribute zeros), waits and writes the summed ``.grad``.
-    ``stats`` keeps, per step, the seconds spent waiting after backward (the part of the communication not
-    hidden behind it) for the benchmark.
+    For the benchmark (bench/allreduce.py), ``timeline`` holds the last step's bucket launch times in seconds
+    since entering, ``backward_s`` the seconds from entering to leaving (backward), and ``exposed_wait_s`` every
+    step's seconds spent after backward until the sums were in place (communication not hidden behind it).
     """
 
     def __init__(self, group, params, bucket_mb=DEFAULT_BUCKET_MB):
@@ -181,8 +183,11 @@ class GradReducer:
         self.cuda = self.params[0].device.startswith("cuda")
         self.comm = None if self.cuda else _CommThread(group)
         self.exposed_wait_s = []
+        self.timeline, self.backward_s = [], 0.0
 
     def __enter__(self):
+        self.t_enter = time.perf_counter()
+        self.timeline = []
         self.remaining = [len(bucket) for bucket in self.buckets]
         self.next_launch = 0
         self.pending = [None] * len(self.buckets)
@@ -204,6 +209,7 @@ class GradReducer:
         return p.grad
 
     def _launch(self, b):
+        self.timeline.append(time.perf_counter() - self.t_enter)
         grads = [self._grad(self.params[i]) for i in self.buckets[b]]
         if self.cuda:
             _dist._nccl_for(self.group, grads[0].device).all_reduce([g._data for g in grads], "sum", join=False)
@@ -216,6 +222,7 @@ class GradReducer:
         if exc_type is not None:
             return False
         t0 = time.perf_counter()
+        self.backward_s = t0 - self.t_enter
         while self.next_launch < len(self.buckets):
             self._launch(self.next_launch)
             self.next_launch += 1
@@ -224,7 +231,7 @@ class GradReducer:
             self.exposed_wait_s.append(time.perf_counter() - t0)
             return False
         for b, done in enumerate(self.pending):
-            # The communication thread's own wait is bounded (it aborts the job); this one only backs it up.
+            # The watchdog bounds the communication thread's all-reduce (it aborts the job); this only backs it up.
             if not done.wait(self.group.timeout_s + 60):
                 _dist.abort(f"vggcore.distributed: rank {self.group.rank}: gradient bucket {b} never completed")
             if done.error is not None:

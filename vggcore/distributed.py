@@ -9,9 +9,10 @@ tensor is first reduced (the nvidia-nccl wheel's libnccl, else the system's), it
 MPI, one GPU per process picked from the local rank. mpi4py and NCCL are optional (``pip install vggcore[mpi]``);
 importing vggcore never needs them.
 
-A dead or hung rank never hangs the job: mpirun (and srun) end every rank when one dies, and every wait in
-this module is bounded by ``VGGCORE_DIST_TIMEOUT`` seconds (default 600), after which the rank reports which
-collective timed out and aborts the whole job (MPI_Abort).
+A dead or hung rank never hangs the job: mpirun (and srun) end every rank when one dies, and every collective in
+this module runs under a watchdog: one that has not returned after ``VGGCORE_DIST_TIMEOUT`` seconds (default 600)
+makes the rank report which collective timed out and abort the whole job (MPI_Abort). The collectives themselves
+are MPI's blocking calls (which release the GIL), so they run at the transport's full speed.
 """
 
 from __future__ import annotations
@@ -93,49 +94,65 @@ class _ProcessGroup:
         node.Free()
         self.timeout_s = timeout_s
         self.nccl = None
+        self._deadlines = {}            # collective in flight -> (deadline, description)
+        self._deadline_lock = threading.Lock()
+        threading.Thread(target=self._watchdog, name="vggcore-watchdog", daemon=True).start()
 
-    def wait(self, request, what):
-        """Waits for an MPI request, polling with a growing sleep (a spinning wait would take a core from the
-        compute threads), for at most the group's timeout; then aborts the job."""
-        deadline = time.monotonic() + self.timeout_s
-        pause = 1e-5
-        while not request.Test():
-            if time.monotonic() > deadline:
-                abort(f"vggcore.distributed: rank {self.rank}: {what} did not complete within "
+    def _watchdog(self):
+        while True:
+            time.sleep(min(0.25, self.timeout_s / 4))
+            now = time.monotonic()
+            with self._deadline_lock:
+                late = [what for deadline, what in self._deadlines.values() if now > deadline]
+            if late:
+                abort(f"vggcore.distributed: rank {self.rank}: {late[0]} did not complete within "
                       f"{self.timeout_s:g} s (VGGCORE_DIST_TIMEOUT): another rank died or hangs")
-            time.sleep(pause)
-            pause = min(pause * 2, 1e-3)
+
+    def guarded(self, call, what):
+        """Runs the blocking MPI call ``call()`` under the watchdog's deadline."""
+        token = object()
+        with self._deadline_lock:
+            self._deadlines[token] = (time.monotonic() + self.timeout_s, what)
+        try:
+            return call()
+        finally:
+            with self._deadline_lock:
+                del self._deadlines[token]
 
     def allreduce_array(self, array, op, comm=None, what="all_reduce"):
         comm = self.comm if comm is None else comm
+        array = np.ascontiguousarray(array)
         out = np.empty_like(array)
-        self.wait(comm.Iallreduce(np.ascontiguousarray(array), out, op=op), what)
+        self.guarded(lambda: comm.Allreduce(array, out, op=op), what)
         return out
 
     def bcast_array(self, array, root, what="broadcast"):
         array = np.ascontiguousarray(array)
-        self.wait(self.comm.Ibcast(array, root=root), what)
+        self.guarded(lambda: self.comm.Bcast(array, root=root), what)
         return array
 
     def allgather_object(self, value, what="allgather"):
-        """Small Python values from every rank (a bounded wait: fixed-size int64 records)."""
+        """Small records (a row of numbers) from every rank, as a (ranks, len) float64 array."""
         record = np.asarray(value, dtype=np.float64).reshape(-1)
         out = np.empty((self.size, record.size), np.float64)
-        self.wait(self.comm.Iallgather(record, out), what)
+        self.guarded(lambda: self.comm.Allgather(record, out), what)
         return out
 
     def bcast_object(self, value, root=0, what="broadcast"):
-        """A picklable object from ``root``: its length first, then its bytes, both with bounded waits."""
+        """A picklable object from ``root`` (a training checkpoint): its length, then its bytes in pieces of at
+        most 1 GiB, since MPI counts are 32-bit ints."""
         import pickle
         payload = np.frombuffer(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL), np.uint8) \
             if self.rank == root else np.zeros(0, np.uint8)
-        length = self.bcast_array(np.array([payload.size], np.int64), root, what)
-        buffer = payload.copy() if self.rank == root else np.empty(int(length[0]), np.uint8)
-        buffer = self.bcast_array(buffer, root, what)
+        length = int(self.bcast_array(np.array([payload.size], np.int64), root, what)[0])
+        buffer = payload.copy() if self.rank == root else np.empty(length, np.uint8)
+        piece = 1 << 30
+        for start in range(0, length, piece):
+            self.bcast_array(buffer[start:start + piece], root, what)   # a contiguous view: filled in place
         return value if self.rank == root else pickle.loads(buffer.tobytes())
 
     def barrier(self):
-        self.wait(self.comm.Ibarrier(), "barrier")
+        self.guarded(self.comm.Barrier, "barrier")
 
 
 def init(timeout_s=None):

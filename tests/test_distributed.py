@@ -331,6 +331,27 @@ def test_nccl_one_process_group_on_cuda(workdir):
     assert proc.returncode == 0 and "nccl ok" in proc.stdout, proc.stderr[-3000:]
 
 
+def _nccl_present():
+    import ctypes.util
+    try:
+        return importlib.util.find_spec("nvidia.nccl") is not None or ctypes.util.find_library("nccl") is not None
+    except ImportError:
+        return ctypes.util.find_library("nccl") is not None
+
+
+@pytest.mark.skipif(not _nccl_present(), reason="needs libnccl (the nvidia-nccl wheel or the system's)")
+def test_nccl_loads_at_run_time_with_its_prototypes():
+    """Without a GPU: libnccl is found and loaded by ctypes, reports a version with bfloat16 (>= 2.10), and
+    makes the unique id that rank 0 broadcasts."""
+    import ctypes
+    lib = dist._load_nccl()
+    version = ctypes.c_int()
+    assert lib.ncclGetVersion(ctypes.byref(version)) == 0 and version.value >= 21000
+    uid = dist._UniqueId()
+    assert lib.ncclGetUniqueId(ctypes.byref(uid)) == 0 and any(bytes(uid))
+    assert b"invalid" in lib.ncclGetErrorString(4).lower()
+
+
 @needs_mpi
 def test_hung_rank_ends_the_job(workdir):
     """Rank 1 sleeps forever at step 2: rank 0's collective times out after VGGCORE_DIST_TIMEOUT=4 s and aborts

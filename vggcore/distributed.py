@@ -229,11 +229,33 @@ def _load_nccl():
     errors = []
     for path in candidates:
         try:
-            return ctypes.CDLL(path)
+            lib = ctypes.CDLL(path)
         except OSError as error:
             errors.append(f"{path}: {error}")
+            continue
+        return _declare_nccl(lib)
     raise DistributedError("vggcore.distributed: cuda tensors are reduced with NCCL, which was not found "
                            "(pip install nvidia-nccl-cu13, or the system's libnccl); tried " + "; ".join(errors))
+
+
+def _declare_nccl(lib):
+    """The prototypes of the NCCL functions used (nccl.h): every ncclResult_t and enum is a C int, handles
+    (ncclComm_t, cudaStream_t) are pointers, and ncclCommInitRank takes the unique id by value."""
+    p, i, size = ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t
+    prototypes = {
+        "ncclGetVersion": (i, [ctypes.POINTER(i)]),
+        "ncclGetUniqueId": (i, [ctypes.POINTER(_UniqueId)]),
+        "ncclCommInitRank": (i, [ctypes.POINTER(p), i, _UniqueId, i]),
+        "ncclAllReduce": (i, [p, p, size, i, i, p, p]),
+        "ncclBroadcast": (i, [p, p, size, i, i, p, p]),
+        "ncclGroupStart": (i, []),
+        "ncclGroupEnd": (i, []),
+        "ncclGetErrorString": (ctypes.c_char_p, [i]),
+    }
+    for name, (restype, argtypes) in prototypes.items():
+        fn = getattr(lib, name)
+        fn.restype, fn.argtypes = restype, argtypes
+    return lib
 
 
 class _Nccl:
@@ -249,7 +271,6 @@ class _Nccl:
         from . import _C
         self._C = _C
         self.lib = _load_nccl()
-        self.lib.ncclGetErrorString.restype = ctypes.c_char_p
         self.device = device
         self.index = int(device.split(":")[1]) if ":" in device else 0
         _C.cuda_stream(self.index)                                  # makes the device current on this thread
@@ -280,8 +301,8 @@ class _Nccl:
         try:
             for t in engine_tensors:
                 ptr = ctypes.c_void_p(t.data_ptr)
-                self._check(self.lib.ncclAllReduce(ptr, ptr, ctypes.c_size_t(t.numel), _NCCL_TYPES[t.dtype],
-                                                   _NCCL_OPS[op], self.comm, self.stream), "ncclAllReduce")
+                self._check(self.lib.ncclAllReduce(ptr, ptr, t.numel, _NCCL_TYPES[t.dtype], _NCCL_OPS[op],
+                                                   self.comm, self.stream), "ncclAllReduce")
         finally:
             self._check(self.lib.ncclGroupEnd(), "ncclGroupEnd")
         if join:
@@ -293,8 +314,8 @@ class _Nccl:
         try:
             for t in engine_tensors:
                 ptr = ctypes.c_void_p(t.data_ptr)
-                self._check(self.lib.ncclBroadcast(ptr, ptr, ctypes.c_size_t(t.numel), _NCCL_TYPES[t.dtype], root,
-                                                   self.comm, self.stream), "ncclBroadcast")
+                self._check(self.lib.ncclBroadcast(ptr, ptr, t.numel, _NCCL_TYPES[t.dtype], root, self.comm,
+                                                   self.stream), "ncclBroadcast")
         finally:
             self._check(self.lib.ncclGroupEnd(), "ncclGroupEnd")
         self.join()

@@ -126,7 +126,9 @@ PYBIND11_MODULE(_C, m) {
       .def("to", [](const Tensor& t, const std::string& device) { return t.to(vgg::Device::parse(device)); },
            py::arg("device"), py::call_guard<py::gil_scoped_release>())
       .def("reshape", &Tensor::reshape, py::arg("shape"), "A view with a new shape (shares storage)")
-      .def("same_storage", [](const Tensor& a, const Tensor& b) { return a.raw() == b.raw(); });
+      .def("same_storage", [](const Tensor& a, const Tensor& b) { return a.raw() == b.raw(); })
+      .def_property_readonly("data_ptr", [](const Tensor& t) { return reinterpret_cast<uintptr_t>(t.raw()); },
+                             "Address of the first element (for collectives such as NCCL that write in place)");
 
   m.def("devices", &vgg::available_devices, "What this build and machine can run: cpu, sim, cuda:N");
   m.def("cuda_compiled", &vgg::cuda_compiled);
@@ -139,6 +141,31 @@ PYBIND11_MODULE(_C, m) {
     return "";
 #endif
   });
+  m.def("cuda_stream", [](int device) -> uintptr_t {
+#ifdef VGG_WITH_CUDA
+        return reinterpret_cast<uintptr_t>(vgg::cuda::stream_handle(device));
+#else
+        (void)device;
+        throw std::invalid_argument("cuda_stream: this build of vggcore has no CUDA backend");
+#endif
+      }, py::arg("device"), "Makes cuda:device current on this thread and returns the handle of its stream");
+  m.def("cuda_side_stream", [](int device) -> uintptr_t {
+#ifdef VGG_WITH_CUDA
+        return reinterpret_cast<uintptr_t>(vgg::cuda::side_stream(device));
+#else
+        (void)device;
+        throw std::invalid_argument("cuda_side_stream: this build of vggcore has no CUDA backend");
+#endif
+      }, py::arg("device"), "A second stream on cuda:device for work that overlaps vggcore's kernels");
+  m.def("cuda_stream_wait", [](int device, uintptr_t waiter, uintptr_t signaller) {
+#ifdef VGG_WITH_CUDA
+        vgg::cuda::stream_wait(device, reinterpret_cast<void*>(waiter), reinterpret_cast<void*>(signaller));
+#else
+        (void)device, (void)waiter, (void)signaller;
+        throw std::invalid_argument("cuda_stream_wait: this build of vggcore has no CUDA backend");
+#endif
+      }, py::arg("device"), py::arg("waiter"), py::arg("signaller"),
+        "Later work on stream `waiter` waits for the work queued so far on `signaller` (0: the device's stream)");
   m.def("synchronize", [](const std::string& device) {
         const vgg::Device d = vgg::Device::parse(device);
 #ifdef VGG_WITH_CUDA
@@ -181,8 +208,8 @@ PYBIND11_MODULE(_C, m) {
         py::arg("x"), py::arg("dy"), release);
   m.def("relu_forward", &relu_forward, py::arg("x"), release);
   m.def("relu_backward", &relu_backward, py::arg("x"), py::arg("dy"), release);
-  m.def("dropout", &dropout, "Inverted dropout with a Philox mask keyed by seed", py::arg("x"), py::arg("p"),
-        py::arg("seed"), release);
+  m.def("dropout", &dropout, "Inverted dropout with a Philox mask keyed by seed; element i draws index offset + i",
+        py::arg("x"), py::arg("p"), py::arg("seed"), py::arg("offset") = 0, release);
   m.def("add", &add, py::arg("a"), py::arg("b"), release);
   m.def("scale", &scale, py::arg("x"), py::arg("alpha"), release);
   m.def("max_pool2d_forward", &max_pool2d_forward, "x (N,H,W,C) -> (y, argmax int32)", py::arg("x"),

@@ -38,9 +38,10 @@ Tensor linear_backward_weight(const Tensor& x, const Tensor& dy);
 // ---- elementwise ---------------------------------------------------------------------------------------------
 Tensor relu_forward(const Tensor& x);                    // any shape
 Tensor relu_backward(const Tensor& x, const Tensor& dy); // x is the forward input
-// Inverted dropout; the mask is a pure function of (seed, element index) on every device (csrc/rng.h).
-// The backward pass is the same call on dy with the same seed.
-Tensor dropout(const Tensor& x, double p, uint64_t seed);
+// Inverted dropout; the mask is a pure function of (seed, offset + element index) on every device (csrc/rng.h).
+// The backward pass is the same call on dy with the same seed and offset. A data-parallel rank holding rows
+// [r0, r0 + N) of a global batch passes offset = r0 * (elements per row) to draw the single-process mask.
+Tensor dropout(const Tensor& x, double p, uint64_t seed, uint64_t offset = 0);
 Tensor add(const Tensor& a, const Tensor& b);            // same shape, dtype and device
 Tensor scale(const Tensor& x, double alpha);
 Tensor full(const Shape& shape, double value, DType dtype, const Device& device);

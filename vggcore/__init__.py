@@ -10,6 +10,7 @@ from .autograd import no_grad, enable_grad, is_grad_enabled
 from .random import manual_seed
 from .tensor import Tensor, tensor, zeros, ones
 from . import nn, optim
+from . import distributed   # mpi4py and NCCL are imported only when a process group is made
 
 __version__ = "0.1.0"
 
@@ -52,6 +53,6 @@ from .interop import export_onnx  # noqa: E402
 __all__ = [
     "Tensor", "tensor", "zeros", "ones", "no_grad", "enable_grad", "is_grad_enabled", "manual_seed",
     "devices", "cuda_available", "default_device",
-    "set_float32_matmul_precision", "get_float32_matmul_precision", "nn", "optim", "models", "train", "TrainResult", "evaluate",
+    "set_float32_matmul_precision", "get_float32_matmul_precision", "nn", "optim", "distributed", "models", "train", "TrainResult", "evaluate",
     "interop", "export_onnx",
 ]

@@ -25,6 +25,10 @@ class AutogradError(RuntimeError, ValueError):
 
 _state = threading.local()
 
+# Callables run with each leaf tensor as soon as its .grad is complete for the current backward pass; data-parallel
+# training (vggcore/_parallel.py) starts a gradient bucket's all-reduce from here while backward goes on.
+grad_ready_hooks = []
+
 
 def is_grad_enabled():
     return getattr(_state, "enabled", True)
@@ -142,6 +146,8 @@ def run_backward(root, grad, retain_graph=False):
         if ctx is None:  # a leaf
             if node_grad is not None:
                 node._accumulate_grad(node_grad)
+                for hook in grad_ready_hooks:   # every contribution to this leaf is in (reverse topological order)
+                    hook(node)
             continue
         if node_grad is not None:
             parent_grads = ctx.backward(node_grad)

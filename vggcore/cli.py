@@ -208,7 +208,8 @@ def _cmd_train(args):
     t0 = time.perf_counter()
     result = train(verbose=not quiet, **kwargs)
     elapsed = time.perf_counter() - t0
-    if result.history:
+    from . import distributed
+    if result.history and distributed.rank() == 0:      # under mpirun, rank 0 alone prints
         last = result.history[-1]
         top5 = last.get("val_top5_err")
         top5 = f", top-5 err {top5:.4f}" if top5 is not None else ""

@@ -5,9 +5,14 @@ mask itself is a pure function of (seed, element index) computed by the kernels 
 the same mask on every device.
 """
 
+import contextlib
+
 import numpy as np
 
 _generator = np.random.default_rng(0)
+# Rows of the global batch held by lower data-parallel ranks: dropout offsets its mask's element index by
+# them, so rank r draws the mask the single process draws for the same images (see vggcore/_parallel.py).
+_row_offset = 0
 
 
 def manual_seed(seed):
@@ -26,6 +31,21 @@ def generator():
 def next_seed():
     """A fresh 64-bit seed for one dropout call."""
     return int(_generator.integers(0, 2**63 - 1, dtype=np.int64))
+
+
+@contextlib.contextmanager
+def batch_row_offset(rows):
+    """Within the block, dropout treats row 0 of its input as row ``rows`` of the global batch."""
+    global _row_offset
+    previous, _row_offset = _row_offset, int(rows)
+    try:
+        yield
+    finally:
+        _row_offset = previous
+
+
+def row_offset():
+    return _row_offset
 
 
 def get_state():

@@ -40,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import _parallel
 from . import checkpoint as _ckpt
 from . import data as _data
 from . import datasets as _datasets
@@ -401,6 +402,14 @@ def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum
         raise ValueError(f"train: precision must be one of {', '.join(_PRECISIONS)}, got {precision!r}")
     settings["precision"] = precision
 
+    # Data parallel when started by mpirun/srun with several ranks: batch_size stays the global batch.
+    group = _parallel.start_if_launched()
+    if group is not None:
+        _parallel.check_batch_size(settings["batch_size"], group.size)      # before reading any data
+        device = _parallel.device_for_rank(device)
+        verbose = verbose and group.rank == 0
+        progress = bool(progress) and group.rank == 0
+
     # Everything that can be wrong with the data is found here, before any training.
     root = _resolve_data(data)
     train_folder = _data.ImageFolder(root / "train")
@@ -417,8 +426,9 @@ def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum
     if resume:
         if ckpt_dir is None:
             raise ValueError("train: resume=True needs checkpoint_dir")
-        if last_path.is_file():
-            state = _ckpt.load_state(last_path)
+        state = (_parallel.load_checkpoint(group, last_path, _ckpt.load_state) if group is not None
+                 else _ckpt.load_state(last_path) if last_path.is_file() else None)
+        if state is not None:
             if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
                 raise ValueError(f"train: {last_path} is not a vggcore training checkpoint")
             lacking = [k for k in _RESUME_KEYS if k not in state]
@@ -443,6 +453,9 @@ def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum
                                  f"{state['model_info']['class_names']}")
         elif verbose:
             print(f"no checkpoint at {last_path}; starting a new run")
+
+    if group is not None:
+        _parallel.check_batch_size(settings["batch_size"], group.size)      # a resumed run's batch_size too
 
     # Model, preprocessing statistics, optimizer.
     if state is not None:
@@ -475,6 +488,7 @@ def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum
             else:
                 _init_from(model, source)               # the paper's staged initialisation from net A
     model.to(device)
+    dp = _parallel.DataParallel(group, model) if group is not None else None
     optimizer = vc.optim.SGD(model.parameters(), lr=settings["lr"], momentum=settings["momentum"],
                              weight_decay=settings["weight_decay"], nesterov=settings["nesterov"])
     history, start_epoch = [], 0
@@ -492,9 +506,16 @@ def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum
     val_tf = _data.EvalTransform(settings["eval_scale"], model.mean_rgb, crop=settings["crop"],
                                  input_scale=settings["input_scale"])
     # The loop copies each batch to the device before asking for the next: the loader may recycle its arrays.
-    train_loader = _data.DataLoader(train_folder, settings["batch_size"], train_tf, shuffle=True,
-                                    seed=settings["seed"], num_workers=num_workers, reuse_buffers=True)
-    val_loader = _data.DataLoader(val_folder, settings["batch_size"], val_tf, num_workers=num_workers)
+    if dp is None:
+        train_loader = _data.DataLoader(train_folder, settings["batch_size"], train_tf, shuffle=True,
+                                        seed=settings["seed"], num_workers=num_workers, reuse_buffers=True)
+        val_loader = _data.DataLoader(val_folder, settings["batch_size"], val_tf, num_workers=num_workers)
+    else:
+        train_loader = _parallel.ShardedLoader(train_folder, settings["batch_size"], train_tf, group.rank, group.size,
+                                               keep_empty=True, shuffle=True, seed=settings["seed"],
+                                               num_workers=num_workers)
+        val_loader = _parallel.ShardedLoader(val_folder, settings["batch_size"], val_tf, group.rank, group.size,
+                                             keep_empty=False, num_workers=num_workers)
     n_epochs = int(settings["epochs"])
     num_classes = len(train_folder.classes)
     report_top5 = num_classes > 5         # top-k only for k below the number of classes
@@ -534,27 +555,44 @@ def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum
                 except StopIteration:
                     break
                 wait += time.perf_counter() - t_wait
-                x = vc.tensor(x_np, device=device)
-                with compute:
-                    logits = model(x)
-                    loss = F.cross_entropy(logits, y_np)
-                loss_value = loss.item()
+                if dp is not None:
+                    # This rank's share of the global batch; the loss is NaN on every rank when any rank's is.
+                    with compute:
+                        step = dp.train_step(model, optimizer, x_np, y_np, device,
+                                             (settings["crop"], settings["crop"], 3))
+                    if step is None:
+                        continue
+                    loss_value, n, batch_wrong = step
+                else:
+                    x = vc.tensor(x_np, device=device)
+                    with compute:
+                        logits = model(x)
+                        loss = F.cross_entropy(logits, y_np)
+                    loss_value = loss.item()
                 if not math.isfinite(loss_value):
                     where = f"epoch {epoch + 1}, batch {batches + 1}"
                     kept = (f"the last good checkpoint {last_path} (epoch {start_epoch if not history else history[-1]['epoch']}) is kept"
                             if last_path is not None and last_path.is_file() else "no checkpoint was written")
-                    raise FloatingPointError(f"train: the loss became {loss_value} at {where} (lr {lr_now:g}); "
-                                             f"the weights were not updated; {kept}. Try a lower lr.")
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                n = len(y_np)
+                    error = FloatingPointError(f"train: the loss became {loss_value} at {where} (lr {lr_now:g}); "
+                                               f"the weights were not updated; {kept}. Try a lower lr.")
+                    error.collective = dp is not None       # every rank raises it together
+                    raise error
+                if dp is None:
+                    optimizer.zero_grad()
+                    loss.backward()
+                    optimizer.step()
+                    n = len(y_np)
+                    batch_wrong = int((logits.numpy().argmax(axis=1) != y_np).sum())
                 seen += n
                 batches += 1
                 loss_sum += loss_value * n
-                wrong += int((logits.numpy().argmax(axis=1) != y_np).sum())
+                wrong += batch_wrong
                 elapsed = time.perf_counter() - t0
-                bar.update(batches, loss_sum / seen, wrong / seen, seen / elapsed, elapsed, wait / elapsed)
+                bar.update(batches, loss_sum / max(seen, 1), wrong / max(seen, 1), seen / elapsed, elapsed,
+                           wait / elapsed)
+            if dp is not None:
+                seen, loss_sum, wrong = dp.sum([seen, loss_sum, wrong], "epoch totals")
+                seen, wrong = int(seen), int(wrong)
             train_time = time.perf_counter() - t0
             bar.close()
             if seen == 0:
@@ -574,15 +612,24 @@ def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum
                         last_path.is_file() else "no checkpoint was written")
                 raise FloatingPointError(f"train: after epoch {epoch + 1} (lr {lr_now:g}) the {what} are not finite; "
                                          f"this epoch is not checkpointed and {kept}. Try a lower lr.")
-            if len(labels) == 0:
+            n_val = len(labels)
+            top1 = top5 = val_loss = 0.0
+            if n_val:
+                top1, top5 = topk_errors(probs, labels)
+                val_loss = float(-np.mean(np.log(np.maximum(probs[np.arange(n_val), labels], 1e-30))))
+            if dp is not None:      # each rank evaluated its shards: sum the counts
+                sums = dp.sum([n_val, top1 * n_val, top5 * n_val, val_loss * n_val], "validation totals")
+                n_val = int(sums[0])
+                if n_val:
+                    top1, top5, val_loss = (float(v) / n_val for v in sums[1:])
+            if n_val == 0:
                 raise ValueError(f"train: no validation image of {val_folder.root} could be decoded")
-            top1, top5 = topk_errors(probs, labels)
             top5 = top5 if report_top5 else None
-            val_loss = float(-np.mean(np.log(np.maximum(probs[np.arange(len(labels)), labels], 1e-30))))
             val_time = time.perf_counter() - t_val
 
-            improved, drop = _schedule.step(schedule, top1, _schedule.chance_error(labels), settings["lr_patience"],
-                                            settings["max_lr_drops"])
+            # chance from the whole validation set, so every rank takes the same lr decision
+            chance = _schedule.chance_error(val_folder.targets)
+            improved, drop = _schedule.step(schedule, top1, chance, settings["lr_patience"], settings["max_lr_drops"])
             if drop:
                 optimizer.lr = optimizer.lr * settings["lr_factor"]
             entry = {"epoch": epoch + 1, "lr": lr_now, "train_loss": loss_sum / seen, "train_top1_err": wrong / seen,
@@ -600,7 +647,7 @@ def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum
                       f"{entry['images_per_s']:.0f} img/s  data wait {100 * entry['input_bound']:.0f}%{note}",
                       flush=True)
 
-            if ckpt_dir is not None:
+            if ckpt_dir is not None and (dp is None or dp.is_main):
                 ckpt = {"format": CHECKPOINT_FORMAT, "epoch": epoch + 1, "model": model.state_dict(),
                         "model_info": describe(model), "optimizer": optimizer.state_dict(),
                         "rng": _random.get_state(), "schedule": dict(schedule), "history": history,
@@ -627,6 +674,12 @@ def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum
                         warnings.warn(f"train: {message}", stacklevel=2)
                 if save_filters:
                     _save_filters(model, ckpt_dir / "conv1_1_filters.png")
+            elif ckpt_dir is not None:
+                result.checkpoint = str(last_path)
+    except Exception as error:
+        if dp is not None:
+            dp.fail(error)      # ends the job unless every rank raised this error together
+        raise
     finally:
         precision_scope.__exit__(None, None, None)
         train_loader.close()

@@ -38,8 +38,8 @@ template <typename T> void relu_forward(const T* x, T* y, int64_t n);
 // x (n) the forward input, dy (n) -> dx (n) = x > 0 ? dy : 0
 template <typename T> void relu_backward(const T* x, const T* dy, T* dx, int64_t n);
 // Inverted dropout with a counter-based mask (same mask on every device, see dropout_keep in rng.h):
-// x (n) -> y (n) = keep(seed, i) ? x / (1 - p) : 0. Backward is the same call on dy.
-template <typename T> void dropout(const T* x, T* y, int64_t n, double p, uint64_t seed);
+// x (n) -> y (n) = keep(seed, offset + i) ? x / (1 - p) : 0. Backward is the same call on dy.
+template <typename T> void dropout(const T* x, T* y, int64_t n, double p, uint64_t seed, uint64_t offset);
 // a (n), b (n) -> y (n) = a + b   (y may alias a or b)
 template <typename T> void add(const T* a, const T* b, T* y, int64_t n);
 // x (n) -> y (n) = alpha * x      (y may alias x)

@@ -35,9 +35,9 @@ void relu_backward(const T* x, const T* dy, T* dx, int64_t n) {
   }
 }
 
-// x (n) -> y (n) = dropout_keep(seed, i, p) ? x / (1 - p) : 0. Backward is the same call on dy.
+// x (n) -> y (n) = dropout_keep(seed, offset + i, p) ? x / (1 - p) : 0. Backward is the same call on dy.
 template <typename T>
-void dropout(const T* x, T* y, int64_t n, double p, uint64_t seed) {
+void dropout(const T* x, T* y, int64_t n, double p, uint64_t seed, uint64_t offset) {
   // The edge cases bypass the generator: p == 0 keeps everything (copy, no rescale rounding) and p == 1
   // drops everything (1 / (1 - p) would be infinite and 0 * inf is NaN).
   if (p <= 0.0) {
@@ -56,7 +56,7 @@ void dropout(const T* x, T* y, int64_t n, double p, uint64_t seed) {
   const T keep_scale = static_cast<T>(1.0 / (1.0 - p));
 #pragma omp parallel for if (n >= kParallelMinElements / 8) schedule(static)
   for (int64_t i = 0; i < n; ++i)
-    y[i] = dropout_keep(seed, static_cast<uint64_t>(i), p) ? x[i] * keep_scale : T(0);
+    y[i] = dropout_keep(seed, offset + static_cast<uint64_t>(i), p) ? x[i] * keep_scale : T(0);
 }
 
 // a (n), b (n) -> y (n) = a + b   (y may alias a or b: each element is read before it is written)
@@ -86,7 +86,7 @@ void fill(T* y, double value, int64_t n) {
 #define VGG_INSTANTIATE(T)                                                    \
   template void relu_forward<T>(const T*, T*, int64_t);                       \
   template void relu_backward<T>(const T*, const T*, T*, int64_t);            \
-  template void dropout<T>(const T*, T*, int64_t, double, uint64_t);          \
+  template void dropout<T>(const T*, T*, int64_t, double, uint64_t, uint64_t);\
   template void add<T>(const T*, const T*, T*, int64_t);                      \
   template void scale<T>(const T*, T*, double, int64_t);                      \
   template void fill<T>(T*, double, int64_t);

@@ -106,18 +106,20 @@ void launch_binary(const char* name, const T* a, const T* b, T* y, int64_t n, Op
 
 // ---- dropout ------------------------------------------------------------------------------------------------
 
-// x (n) -> y (n) = keep(seed, i) ? x * keep_scale : 0, keep as rng.h's dropout_keep(seed, i, p). A dropped element
+// x (n) -> y (n) = keep(seed, offset + i) ? x * keep_scale : 0, keep as rng.h's dropout_keep. A dropped element
 // is an exact 0 even when x is inf or NaN (a select, not a multiply by a 0/1 mask).
 // Philox yields four words per counter, and rng.h assigns counter i / 4 to elements 4*(i/4) .. 4*(i/4)+3, so the
 // 4-wide body draws one Philox block per group instead of four (Philox-10 is ~100 integer ops, which would
-// otherwise make dropout compute bound). The bits-to-uniform step below must stay identical to
+// otherwise make dropout compute bound); that needs offset % 4 == 0 (the launcher uses the scalar loop
+// otherwise), so that group i is Philox block offset / 4 + i. The bits-to-uniform step below must stay identical to
 // dropout_uniform in rng.h; the emulator test compares every element's mask with dropout_keep on the host.
 template <typename T>
-__global__ void dropout_kernel(const T* x, T* y, int64_t n4, int64_t n, double p, float keep_scale, uint64_t seed) {
+__global__ void dropout_kernel(const T* x, T* y, int64_t n4, int64_t n, double p, float keep_scale, uint64_t seed,
+                               uint64_t offset) {
   const int64_t stride = elementwise_grid_threads();
   const uint32_t key0 = static_cast<uint32_t>(seed), key1 = static_cast<uint32_t>(seed >> 32);
   for (int64_t i = elementwise_thread_index(); i < n4; i += stride) {
-    const uint64_t group = static_cast<uint64_t>(i);
+    const uint64_t group = offset / 4 + static_cast<uint64_t>(i);
     const Philox4 counter{{static_cast<uint32_t>(group), static_cast<uint32_t>(group >> 32), 0u, 0u}};
     const Philox4 bits = philox4x32_10(counter, key0, key1);
     bool keep[4];
@@ -130,7 +132,8 @@ __global__ void dropout_kernel(const T* x, T* y, int64_t n4, int64_t n, double p
                              keep[2] ? v.z * keep_scale : 0.0f, keep[3] ? v.w * keep_scale : 0.0f));
   }
   for (int64_t i = 4 * n4 + elementwise_thread_index(); i < n; i += stride)
-    store_element(y, i, dropout_keep(seed, static_cast<uint64_t>(i), p) ? load_element(x, i) * keep_scale : 0.0f);
+    store_element(y, i,
+                  dropout_keep(seed, offset + static_cast<uint64_t>(i), p) ? load_element(x, i) * keep_scale : 0.0f);
 }
 
 // ---- fill ---------------------------------------------------------------------------------------------------
@@ -145,13 +148,13 @@ __global__ void fill_kernel(T* y, int64_t n4, int64_t n, float value) {
 }
 
 template <typename T>
-void launch_dropout(const T* x, T* y, int64_t n, double p, uint64_t seed) {
+void launch_dropout(const T* x, T* y, int64_t n, double p, uint64_t seed, uint64_t offset) {
   if (n <= 0) return;
   const float keep_scale = static_cast<float>(1.0 / (1.0 - p));
-  const int64_t n4 = elementwise_vector_groups(n, aligned16(x) && aligned16(y));
+  const int64_t n4 = elementwise_vector_groups(n, aligned16(x) && aligned16(y) && offset % 4 == 0);
   const int64_t work = n4 + (n - 4 * n4);
   VGG_LAUNCH(elementwise_blocks(work), dim3(kElementwiseThreads), 0,
-             dropout_kernel<T>)(x, y, n4, n, p, keep_scale, seed);
+             dropout_kernel<T>)(x, y, n4, n, p, keep_scale, seed, offset);
   VGG_CHECK_LAUNCH("dropout");
 }
 
@@ -179,8 +182,12 @@ void relu_backward(const uint16_t* x, const uint16_t* dy, uint16_t* dx, int64_t 
   launch_binary("relu_backward", x, dy, dx, n, ReluBackwardOp{});
 }
 
-void dropout(const float* x, float* y, int64_t n, double p, uint64_t seed) { launch_dropout(x, y, n, p, seed); }
-void dropout(const uint16_t* x, uint16_t* y, int64_t n, double p, uint64_t seed) { launch_dropout(x, y, n, p, seed); }
+void dropout(const float* x, float* y, int64_t n, double p, uint64_t seed, uint64_t offset) {
+  launch_dropout(x, y, n, p, seed, offset);
+}
+void dropout(const uint16_t* x, uint16_t* y, int64_t n, double p, uint64_t seed, uint64_t offset) {
+  launch_dropout(x, y, n, p, seed, offset);
+}
 
 void add(const float* a, const float* b, float* y, int64_t n) { launch_binary("add", a, b, y, n, AddOp{}); }
 void add(const uint16_t* a, const uint16_t* b, uint16_t* y, int64_t n) { launch_binary("add", a, b, y, n, AddOp{}); }

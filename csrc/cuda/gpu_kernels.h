@@ -46,7 +46,7 @@ void linear_backward_weight_bf16(const uint16_t* x, const uint16_t* dy, uint16_t
 
 void relu_forward(const float* x, float* y, int64_t n);
 void relu_backward(const float* x, const float* dy, float* dx, int64_t n);
-void dropout(const float* x, float* y, int64_t n, double p, uint64_t seed);
+void dropout(const float* x, float* y, int64_t n, double p, uint64_t seed, uint64_t offset);
 void add(const float* a, const float* b, float* y, int64_t n);
 void scale(const float* x, float* y, double alpha, int64_t n);
 void fill(float* y, double value, int64_t n);
@@ -84,7 +84,7 @@ void bias_backward(const uint16_t* dy, uint16_t* db, int64_t rows, int64_t cols)
 void relu_forward(const uint16_t* x, uint16_t* y, int64_t n);
 void relu_backward(const uint16_t* x, const uint16_t* dy, uint16_t* dx, int64_t n);
 // The same mask as the float32 call with the same seed.
-void dropout(const uint16_t* x, uint16_t* y, int64_t n, double p, uint64_t seed);
+void dropout(const uint16_t* x, uint16_t* y, int64_t n, double p, uint64_t seed, uint64_t offset);
 void add(const uint16_t* a, const uint16_t* b, uint16_t* y, int64_t n);
 void scale(const uint16_t* x, uint16_t* y, double alpha, int64_t n);
 void fill(uint16_t* y, double value, int64_t n);

@@ -51,6 +51,7 @@ size_t size_class(size_t bytes) {
 struct DeviceState {
   std::mutex mutex;
   cudaStream_t stream = nullptr;
+  cudaStream_t side_stream = nullptr;  // for work that overlaps the kernels (see side_stream)
   std::unordered_map<size_t, std::vector<void*>> free_blocks;  // size class -> cached blocks
   std::unordered_map<void*, size_t> live_blocks;               // handed-out block -> size class
   size_t cached_bytes = 0;
@@ -263,6 +264,36 @@ void set_device(int device) {
 }
 
 cudaStream_t current_stream() { return device_stream(t_current_device); }
+
+void* stream_handle(int device) {
+  set_device(device);
+  return static_cast<void*>(device_stream(device));
+}
+
+void* side_stream(int device) {
+  DeviceState& st = state(device);
+  std::lock_guard<std::mutex> lock(st.mutex);
+  if (st.side_stream == nullptr) {
+    DeviceGuard guard(device);
+    VGG_CUDA_CHECK(cudaStreamCreateWithFlags(&st.side_stream, cudaStreamNonBlocking));
+  }
+  return static_cast<void*>(st.side_stream);
+}
+
+void stream_wait(int device, void* waiter, void* signaller) {
+  const cudaStream_t main = device_stream(device);
+  const cudaStream_t wait_on = waiter != nullptr ? static_cast<cudaStream_t>(waiter) : main;
+  const cudaStream_t signal = signaller != nullptr ? static_cast<cudaStream_t>(signaller) : main;
+  DeviceGuard guard(device);
+  cudaEvent_t event = nullptr;
+  VGG_CUDA_CHECK(cudaEventCreateWithFlags(&event, cudaEventDisableTiming));
+  cudaError_t status = cudaEventRecord(event, signal);
+  if (status == cudaSuccess) status = cudaStreamWaitEvent(wait_on, event, 0);
+  // Destroying a recorded event is safe: its resources are released once the wait it serves has completed.
+  const cudaError_t destroyed = cudaEventDestroy(event);
+  VGG_CUDA_CHECK(status);
+  VGG_CUDA_CHECK(destroyed);
+}
 
 // Kernel scratch (common.cuh): the current device's caching allocator, released right after the launches that
 // use it (safe: everything runs on the one stream, see the header comment).

@@ -33,5 +33,15 @@ void synchronize(int device);
 
 // Makes `device` current for the kernels launched on this host thread (cudaSetDevice + its stream).
 void set_device(int device);
+// set_device(device), then the device's stream as an opaque handle (a cudaStream_t) for libraries such as NCCL
+// that enqueue their own work in order with vggcore's kernels.
+void* stream_handle(int device);
+// A second stream on `device` (created on first use) for work that overlaps vggcore's kernels, such as NCCL's
+// gradient all-reduces. A block used on it must stay alive until the device's stream has waited for that work
+// (stream_wait), which keeps the one-stream ordering of the caching allocator valid.
+void* side_stream(int device);
+// Work enqueued on `waiter` after this call starts only after all the work enqueued on `signaller` so far
+// (nullptr stands for the device's stream). One event, recorded and waited on the device; the host never blocks.
+void stream_wait(int device, void* waiter, void* signaller);
 
 }  // namespace vgg::cuda

@@ -23,11 +23,11 @@ Tensor relu_backward(const Tensor& x, const Tensor& dy) {
   return dx;
 }
 
-Tensor dropout(const Tensor& x, double p, uint64_t seed) {
+Tensor dropout(const Tensor& x, double p, uint64_t seed, uint64_t offset) {
   check_float("dropout", "input", x);
   VGG_CHECK(p >= 0.0 && p <= 1.0, ValueError, "dropout: p must be in [0, 1], got ", p);
   Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
-  VGG_RUN_KERNEL(x.device(), x.dtype(), dropout, x.data<T>(), y.data<T>(), x.numel(), p, seed);
+  VGG_RUN_KERNEL(x.device(), x.dtype(), dropout, x.data<T>(), y.data<T>(), x.numel(), p, seed, offset);
   return y;
 }
 

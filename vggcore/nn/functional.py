@@ -163,12 +163,12 @@ def relu(x):
 
 
 class _Dropout(Function):
-    def forward(self, x, p, seed):
-        self.p, self.seed = p, seed
-        return _C.dropout(x, p, seed)
+    def forward(self, x, p, seed, offset):
+        self.p, self.seed, self.offset = p, seed, offset
+        return _C.dropout(x, p, seed, offset)
 
     def backward(self, dy):
-        return (_C.dropout(dy, self.p, self.seed),)  # the same mask and scale, recomputed from the seed
+        return (_C.dropout(dy, self.p, self.seed, self.offset),)  # the same mask and scale, recomputed
 
 
 def dropout(x, p=0.5, training=True, seed=None):
@@ -187,7 +187,10 @@ def dropout(x, p=0.5, training=True, seed=None):
         seed = _random.next_seed()
     elif isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise TypeError(f"dropout: seed must be an int, got {type(seed).__name__}")
-    return _Dropout.apply(x, p=p, seed=int(seed) & 0xFFFFFFFFFFFFFFFF)
+    # A data-parallel rank's rows start at row_offset() of the global batch (0 in a single process).
+    rows = x.shape[0] if x.shape else 1
+    offset = _random.row_offset() * (x.numel() // max(rows, 1))
+    return _Dropout.apply(x, p=p, seed=int(seed) & 0xFFFFFFFFFFFFFFFF, offset=offset)
 
 
 # ---- pooling ----------------------------------------------------------------------------------------------------

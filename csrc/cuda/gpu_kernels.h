@@ -111,17 +111,6 @@ void cross_entropy_forward(const uint16_t* logits, const int64_t* target, float*
 // param, grad and momentum buffer all bfloat16 (mixed precision keeps float32 masters and uses the float32 call).
 void sgd_update(uint16_t* param, const uint16_t* grad, uint16_t* momentum_buf, int64_t n, const SgdConfig& cfg);
 
-// ---- bfloat16 conv2d and linear: bfloat16 in and out, float32 accumulation ---------------------------------------
-// Implemented on tensor cores by the tensor-core kernels; until they land, bf16_matmul_fallback.cu widens the
-// operands to float32, runs the float32 kernels above and rounds the output once. Shapes as the float32 calls.
-void conv2d_forward_bf16(const uint16_t* x, const uint16_t* w, const uint16_t* bias, uint16_t* y, const Conv2dShape& s);
-void conv2d_backward_data_bf16(const uint16_t* dy, const uint16_t* w, uint16_t* dx, const Conv2dShape& s);
-void conv2d_backward_weight_bf16(const uint16_t* x, const uint16_t* dy, uint16_t* dw, const Conv2dShape& s);
-void linear_forward_bf16(const uint16_t* x, const uint16_t* w, const uint16_t* bias, uint16_t* y, int64_t M,
-                         int64_t OUT, int64_t IN);
-void linear_backward_data_bf16(const uint16_t* dy, const uint16_t* w, uint16_t* dx, int64_t M, int64_t OUT,
-                               int64_t IN);
-void linear_backward_weight_bf16(const uint16_t* x, const uint16_t* dy, uint16_t* dw, int64_t M, int64_t OUT,
-                                 int64_t IN);
+// bfloat16 conv2d and linear (tensor cores) are declared with the float32 passes above.
 
 }  // namespace vgg::VGG_GPU_NS

@@ -184,14 +184,14 @@ def test_topk_rule(folder7, tmp_path, nets):
     assert set(r3) >= {"top1_err", "top5_err", "n"}
 
 
-def test_nonfinite_scores_are_wrong_never_right(folder7):
+def test_nonfinite_scores_are_never_a_prediction(folder7):
     net = _net(4)
     bias = net.state_dict()["fc8.bias"]
     bias[0] = np.nan
     net.load_state_dict({"fc8.bias": bias}, strict=False)
-    with pytest.warns(RuntimeWarning, match="non-finite"):
-        res = evaluate(net, folder7, scale=32, num_workers=1)
-    assert res["top1_err"] == 1.0 and res["top5_err"] == 1.0 and res["nonfinite"] == 7
+    for kw in (dict(), dict(multi_crop=True), dict(dense=True, flip=True)):
+        with pytest.raises(ValueError, match="not finite"):
+            evaluate(net, folder7, scale=32, num_workers=1, **kw)
     probs = np.array([[np.nan, 0.1, 0.2], [0.7, 0.2, 0.1], [np.inf, 0.0, 0.0]])
     assert topk_errors(probs, np.array([0, 0, 0]), k=(1, 3)) == [pytest.approx(2 / 3), pytest.approx(2 / 3)]
 

@@ -256,8 +256,6 @@ def _cmd_eval(args):
           f"{settings['views_per_image']} view(s) per image{ensemble}, {time.perf_counter() - t0:.1f} s)")
     if res.get("skipped"):
         print(f"{res['skipped']} file(s) could not be decoded and were skipped")
-    if res.get("nonfinite"):
-        print(f"{res['nonfinite']} image(s) got non-finite scores and were counted wrong")
     return 0
 
 

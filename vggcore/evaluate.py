@@ -16,9 +16,10 @@ fusion, Table 6 / 7). Each image is decoded once: the decoded image is rescaled 
 and crops and mirrors are taken in memory; crops go through the net in batches of ``batch_size``.
 
 Top-k errors: top-5 is reported only when there are more than 5 classes (with 5 or fewer every label is
-among the 5 best scores and the number says nothing); otherwise ``top5_err`` is None. An image whose
-posterior is not finite (NaN or inf scores) never counts as a right prediction: it is counted wrong for
-every k, reported as ``nonfinite`` and warned about.
+among the 5 best scores and the number says nothing); otherwise ``top5_err`` is None. NaN or infinite
+class scores are never a prediction: the forward pass raises ``vggcore._checks.NonFiniteScores`` (a
+ValueError) naming how many images of the batch are affected (``topk_errors`` itself counts a non-finite
+row as wrong for every k).
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ import concurrent.futures
 import os
 import sys
 import time
-import warnings
 from collections import deque
 
 import numpy as np
@@ -383,7 +383,7 @@ def evaluate(model, data, crop=None, scale=None, dense=False, flip=False, device
     flip: mirror views for single-crop and dense evaluation (multi-crop always has them). progress: an
     "images done, ETA" line on stderr (default: when stderr is a terminal).
 
-    Returns ``{"top1_err", "top5_err", "n", "skipped", "nonfinite"}``: top5_err is None for 5 classes or
+    Returns ``{"top1_err", "top5_err", "n", "skipped"}``: top5_err is None for 5 classes or
     fewer; ``protocol_settings`` with the same arguments names the scales, crop, methods and views used.
     Each image is decoded once whatever the number of scales, flips, crops and models.
     """
@@ -398,13 +398,9 @@ def evaluate(model, data, crop=None, scale=None, dense=False, flip=False, device
     folder.warn_skipped()
     labels = labels_all[kept]
     classes = models[0].num_classes
-    nonfinite = int((~np.isfinite(probs).all(axis=1)).sum()) if len(probs) else 0
-    if nonfinite:
-        warnings.warn(f"evaluate: {nonfinite} of {len(labels)} images got non-finite class scores (NaN or inf); "
-                      "they are counted as wrong", RuntimeWarning, stacklevel=2)
     top1, top5 = topk_errors(probs, labels, k=(1, 5)) if len(labels) else (float("nan"), float("nan"))
     return {"top1_err": top1, "top5_err": top5 if classes > 5 else None, "n": int(len(labels)),
-            "skipped": folder.num_skipped, "nonfinite": nonfinite}
+            "skipped": folder.num_skipped}
 
 
 def protocol_settings(model, crop=None, scale=None, dense=False, flip=False, multi_crop=False) -> dict:

@@ -56,13 +56,13 @@ def test_first_run_on_four_classes_says_what_it_does(photos, tmp_path, capsys, m
     assert not (tmp_path / "ck" / "curves.png").exists()
     assert "ETA" in err and "(run " in err
     for h in result.history:
-        assert h["val_top5_err"] is None
+        assert h["val_top5_reported"] is False and h["val_top5_err"] == 0.0     # kept: the contract's key
         assert 0 <= h["data_wait_s"] <= h["epoch_time_s"] and 0 <= h["input_bound"] <= 1 and h["val_time_s"] > 0
 
     again = train(data=photos, epochs=1, checkpoint_dir=tmp_path / "ck2", verbose=True, progress=False, **TINY)
     out, _ = capsys.readouterr()
     assert "cached in" in out.splitlines()[0] and "preprocessing statistics done" not in out
-    assert again.history[0]["val_top5_err"] is None
+    assert again.history[0]["val_top5_reported"] is False
 
 
 def test_input_bound_time_counts_the_wait_for_a_slow_loader(photos, tmp_path, monkeypatch):

@@ -211,8 +211,7 @@ def _cmd_train(args):
     from . import distributed
     if result.history and distributed.rank() == 0:      # under mpirun, rank 0 alone prints
         last = result.history[-1]
-        top5 = last.get("val_top5_err")
-        top5 = f", top-5 err {top5:.4f}" if top5 is not None else ""
+        top5 = f", top-5 err {last['val_top5_err']:.4f}" if last.get("val_top5_reported", True) else ""
         print(f"done in {elapsed:.0f} s: val top-1 err {last['val_top1_err']:.4f} (best "
               f"{result.best_val_top1_err:.4f}){top5}; checkpoints in {kwargs['checkpoint_dir']}")
     return 0

@@ -320,8 +320,9 @@ def _scaled_size(w, h, smallest_side):
     return max(1, round(w * smallest_side / h)), smallest_side
 
 
-def _resample_crop(img: Image.Image, scaled, box) -> np.ndarray:
-    """``box`` of ``img`` rescaled to ``scaled``, as a uint8 array, resampling only the box's source region.
+def _resample_crop(img: Image.Image, scaled, box, flip=False) -> np.ndarray:
+    """``box`` of ``img`` rescaled to ``scaled`` (then mirrored when ``flip``), as a uint8 array, resampling
+    only the box's source region.
 
     The bilinear (antialiased) filter is the one of ``rescale``; Pillow reads the box's coordinates in single
     precision, so a sample position can move by about 1e-5 pixel and a value by one level (in some pixels)
@@ -331,16 +332,18 @@ def _resample_crop(img: Image.Image, scaled, box) -> np.ndarray:
     w, h = img.size
     x0, y0, x1, y1 = box
     if tuple(scaled) == (w, h):
-        return np.asarray(img.crop(box))
-    sx, sy = w / scaled[0], h / scaled[1]
-    src = (x0 * sx, y0 * sy, min(x1 * sx, w), min(y1 * sy, h))
-    return np.asarray(img.resize((x1 - x0, y1 - y0), Image.BILINEAR, box=src))
+        region = img.crop(box) if tuple(box) != (0, 0, w, h) else img
+    else:
+        sx, sy = w / scaled[0], h / scaled[1]
+        src = (x0 * sx, y0 * sy, min(x1 * sx, w), min(y1 * sy, h))
+        region = img.resize((x1 - x0, y1 - y0), Image.BILINEAR, box=src)
+    if flip:                # mirrored by Pillow on uint8: cheaper than a reversed-stride float conversion
+        region = region.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return np.asarray(region)
 
 
 def _to_float(arr, plan, input_scale, out):
-    """(arr[:, ::-1] if flipped) - shift, times input_scale, as float32 into ``out`` (allocated when None)."""
-    if plan.flip:
-        arr = arr[:, ::-1]
+    """arr - shift, times input_scale, as float32 into ``out`` (allocated when None)."""
     if out is None:
         out = np.empty(arr.shape, np.float32)
     np.copyto(out, arr, casting="unsafe")       # exact: uint8 -> float32; faster than a mixed-type subtract
@@ -398,7 +401,7 @@ class TrainTransform:
 
     def apply(self, img: Image.Image, plan: _Plan, out=None) -> np.ndarray:
         """The transformed image of ``plan``, written into ``out`` (crop, crop, 3) float32 when given."""
-        return _to_float(_resample_crop(img, plan.scaled, plan.box), plan, self.input_scale, out)
+        return _to_float(_resample_crop(img, plan.scaled, plan.box, plan.flip), plan, self.input_scale, out)
 
     def __call__(self, img: Image.Image, rng: np.random.Generator, out=None) -> np.ndarray:
         return self.apply(img, self.plan(img.size, rng), out)
@@ -430,13 +433,10 @@ class EvalTransform:
         return _Plan((w2, h2), box, self.flip, self.mean_rgb)
 
     def apply(self, img: Image.Image, plan: _Plan, out=None) -> np.ndarray:
-        if self.crop is None and img.size == tuple(plan.scaled):
-            arr = np.asarray(img)
-        elif self.crop is None:
-            arr = np.asarray(img.resize(plan.scaled, Image.BILINEAR))    # exactly ``rescale``
-        else:
-            arr = _resample_crop(img, plan.scaled, plan.box)
-        return _to_float(arr, plan, self.input_scale, out)
+        if self.crop is None and img.size != tuple(plan.scaled):
+            img = img.resize(plan.scaled, Image.BILINEAR)                 # exactly ``rescale``
+        return _to_float(_resample_crop(img, img.size if self.crop is None else plan.scaled, plan.box, plan.flip),
+                         plan, self.input_scale, out)
 
     def __call__(self, img: Image.Image, rng=None, out=None) -> np.ndarray:
         return self.apply(img, self.plan(img.size), out)

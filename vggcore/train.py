@@ -315,7 +315,7 @@ def _plot(history, path):
     ax1.set_xlabel("epoch"), ax1.legend()
     ax2.plot(epochs, [h["train_top1_err"] for h in history], "o-", label="train top-1 err")
     ax2.plot(epochs, [h["val_top1_err"] for h in history], "o-", label="val top-1 err")
-    if any(h.get("val_top5_err") is not None for h in history):
+    if all(h.get("val_top5_reported", True) for h in history):
         ax2.plot(epochs, [h["val_top5_err"] for h in history], "o-", label="val top-5 err")
     ax2.set_xlabel("epoch"), ax2.set_ylim(0, 1), ax2.legend()
     fig.tight_layout()
@@ -355,7 +355,8 @@ def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum
     epoch; progress draws in-place bars with ETAs (default: when stderr is a terminal).
 
     history: one dict per epoch with epoch, lr, train_loss, train_top1_err, val_loss, val_top1_err,
-    val_top5_err (None when the data has 5 classes or fewer: top-5 would be 0 by construction), images_per_s,
+    val_top5_err, val_top5_reported (False when the data has 5 classes or fewer: every label is then in the
+    top 5, val_top5_err is 0 by construction and the log leaves it out), images_per_s,
     epoch_time_s (the training pass), val_time_s, data_wait_s (time the loop waited for the loader) and
     input_bound (data_wait_s / epoch_time_s: near 0 the computation is the bottleneck, near 1 the input
     pipeline is; more num_workers helps only the latter), skipped_files.
@@ -624,7 +625,6 @@ def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum
                     top1, top5, val_loss = (float(v) / n_val for v in sums[1:])
             if n_val == 0:
                 raise ValueError(f"train: no validation image of {val_folder.root} could be decoded")
-            top5 = top5 if report_top5 else None
             val_time = time.perf_counter() - t_val
 
             # chance from the whole validation set, so every rank takes the same lr decision
@@ -634,6 +634,7 @@ def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum
                 optimizer.lr = optimizer.lr * settings["lr_factor"]
             entry = {"epoch": epoch + 1, "lr": lr_now, "train_loss": loss_sum / seen, "train_top1_err": wrong / seen,
                      "val_loss": val_loss, "val_top1_err": top1, "val_top5_err": top5,
+                     "val_top5_reported": report_top5,
                      "images_per_s": seen / train_time, "epoch_time_s": train_time, "val_time_s": val_time,
                      "data_wait_s": wait, "input_bound": wait / train_time,
                      "skipped_files": train_folder.num_skipped + val_folder.num_skipped, "precision": precision}
@@ -641,7 +642,7 @@ def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum
             result.best_val_top1_err = schedule["best_val_top1_err"]
             if verbose:
                 note = f"  -> lr {optimizer.lr:g}" if optimizer.lr != lr_now else ""
-                top5_text = f"  top-5 err {top5:.4f}" if top5 is not None else ""
+                top5_text = f"  top-5 err {top5:.4f}" if report_top5 else ""
                 print(f"epoch {epoch + 1:3d}/{n_epochs}  train loss {entry['train_loss']:.4f}  "
                       f"val top-1 err {top1:.4f}{top5_text}  lr {lr_now:g}  "
                       f"{entry['images_per_s']:.0f} img/s  data wait {100 * entry['input_bound']:.0f}%{note}",

@@ -175,12 +175,14 @@ def test_settings_and_cost(nets):
 
 def test_topk_rule(folder7, tmp_path, nets):
     r7 = evaluate(nets[0], folder7, scale=32, num_workers=1)
+    assert r7["top5_reported"] is True
     assert isinstance(r7["top5_err"], float) and 0 <= r7["top5_err"] <= r7["top1_err"] <= 1
     root3 = _write_folder(tmp_path / "three", ["a", "b", "c"], per_class=2)
     net3 = _net(3, classes=3)
     net3.class_names = ["a", "b", "c"]
     r3 = evaluate(net3, root3, scale=32, num_workers=1)
-    assert r3["top5_err"] is None and r3["n"] == 6 and 0 <= r3["top1_err"] <= 1
+    # with 3 classes every label is among the top 5: the contract's key stays (exactly 0), flagged as unreported
+    assert r3["top5_reported"] is False and r3["top5_err"] == 0.0 and r3["n"] == 6 and 0 <= r3["top1_err"] <= 1
     assert set(r3) >= {"top1_err", "top5_err", "n"}
 
 

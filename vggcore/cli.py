@@ -246,7 +246,7 @@ def _cmd_eval(args):
     t0 = time.perf_counter()
     res = evaluate(model, data, device=args.device, batch_size=args.batch_size, num_workers=args.num_workers,
                    progress=args.progress, **kw)
-    top5 = (f"top-5 err {res['top5_err']:.4f}" if res["top5_err"] is not None
+    top5 = (f"top-5 err {res['top5_err']:.4f}" if res["top5_reported"]
             else "top-5 err n/a (reported only above 5 classes)")
     name = " + ".join(args.checkpoint)
     ensemble = f", ensemble of {settings['models']}" if settings["models"] > 1 else ""

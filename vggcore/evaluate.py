@@ -16,7 +16,8 @@ fusion, Table 6 / 7). Each image is decoded once: the decoded image is rescaled 
 and crops and mirrors are taken in memory; crops go through the net in batches of ``batch_size``.
 
 Top-k errors: top-5 is reported only when there are more than 5 classes (with 5 or fewer every label is
-among the 5 best scores and the number says nothing); otherwise ``top5_err`` is None. NaN or infinite
+among the 5 best scores and the number says nothing): ``top5_err`` is still there, as the contract promises,
+and is exactly 0, but ``top5_reported`` is False and the CLI prints "n/a". NaN or infinite
 class scores are never a prediction: the forward pass raises ``vggcore._checks.NonFiniteScores`` (a
 ValueError) naming how many images of the batch are affected (``topk_errors`` itself counts a non-finite
 row as wrong for every k).
@@ -383,8 +384,8 @@ def evaluate(model, data, crop=None, scale=None, dense=False, flip=False, device
     flip: mirror views for single-crop and dense evaluation (multi-crop always has them). progress: an
     "images done, ETA" line on stderr (default: when stderr is a terminal).
 
-    Returns ``{"top1_err", "top5_err", "n", "skipped"}``: top5_err is None for 5 classes or
-    fewer; ``protocol_settings`` with the same arguments names the scales, crop, methods and views used.
+    Returns ``{"top1_err", "top5_err", "top5_reported", "n", "skipped"}``: top5_reported is False for 5
+    classes or fewer (top5_err is then 0 by construction and says nothing); ``protocol_settings`` with the same arguments names the scales, crop, methods and views used.
     Each image is decoded once whatever the number of scales, flips, crops and models.
     """
     models = _as_models(model)
@@ -399,7 +400,7 @@ def evaluate(model, data, crop=None, scale=None, dense=False, flip=False, device
     labels = labels_all[kept]
     classes = models[0].num_classes
     top1, top5 = topk_errors(probs, labels, k=(1, 5)) if len(labels) else (float("nan"), float("nan"))
-    return {"top1_err": top1, "top5_err": top5 if classes > 5 else None, "n": int(len(labels)),
+    return {"top1_err": top1, "top5_err": top5, "top5_reported": classes > 5, "n": int(len(labels)),
             "skipped": folder.num_skipped}
 
 

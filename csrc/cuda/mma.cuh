@@ -143,11 +143,14 @@ __device__ __forceinline__ void ldmatrix(uint32_t (&out)[COUNT], const void* row
 #if VGG_MMA_PTX
   const uint32_t s = shared_address(row);
   if constexpr (COUNT == 1) {
-    if constexpr (TRANS) asm volatile("ldmatrix.sync.aligned.m8n8.x1.trans.shared.b16 {%0}, [%1];" : "=r"(out[0]) : "r"(s));
+    if constexpr (TRANS)
+      asm volatile("ldmatrix.sync.aligned.m8n8.x1.trans.shared.b16 {%0}, [%1];" : "=r"(out[0]) : "r"(s));
     else asm volatile("ldmatrix.sync.aligned.m8n8.x1.shared.b16 {%0}, [%1];" : "=r"(out[0]) : "r"(s));
   } else if constexpr (COUNT == 2) {
     if constexpr (TRANS)
-      asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];" : "=r"(out[0]), "=r"(out[1]) : "r"(s));
+      asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];"
+                   : "=r"(out[0]), "=r"(out[1])
+                   : "r"(s));
     else asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];" : "=r"(out[0]), "=r"(out[1]) : "r"(s));
   } else {
     if constexpr (TRANS)

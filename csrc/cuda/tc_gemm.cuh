@@ -49,7 +49,8 @@ struct TcTiles {
   static_assert(BM % 32 == 0 && BN % 32 == 0, "row padding keeps fragment reads conflict-free for these widths");
 };
 
-// plan_gemm's two tile sizes. 128 x 128 blocks of 8 warps (64 x 32 each), 3 stages: the big-problem tiles (108 KiB of shared memory for tf32).
+// plan_gemm's two tile sizes. 128 x 128 blocks of 8 warps (64 x 32 each), 3 stages: the big-problem tiles
+// (108 KiB of shared memory for tf32).
 using TcLargeTiles = TcTiles<128, 128, 32, 64, 32, 3>;
 // 64 x 64 blocks of 4 warps (32 x 32 each), 3 stages: small maps, thin layers, split-K.
 using TcSmallTiles = TcTiles<64, 64, 32, 32, 32, 3>;
@@ -166,10 +167,10 @@ __device__ __forceinline__ void tc_store(float* p, float v) { *p = v; }
 __device__ __forceinline__ void tc_store(uint16_t* p, float v) { *p = mma::to_bf16(v); }
 
 // C (M, N) [split z] = A * B [+ bias]. grid (ceil(M/BM), ceil(N/BN), splits), block Tiles::kThreads, dynamic
-// shared memory TcLayout::kSharedBytes (opted in above 48 KiB). OutT: float (tf32, or any split-K partial) or
-// uint16_t (bf16 output).
+// shared memory TcLayout::kSharedBytes (opted in with vgg_opt_in_dynamic_shared: above 48 KiB a GPU requires it).
+// OutT: float (tf32, or any split-K partial) or uint16_t (bf16 output).
 template <class Tiles, class Op, class ALoader, class BLoader, class OutT>
-__global__ void __launch_bounds__(Tiles::kThreads) tc_gemm_kernel(ALoader a0, BLoader b0, TcArgs args) {
+__global__ void VGG_LAUNCH_BOUNDS(Tiles::kThreads) tc_gemm_kernel(ALoader a0, BLoader b0, TcArgs args) {
   using T = typename Op::Elem;
   using L = TcLayout<Tiles, Op, ALoader, BLoader>;
   using ATile = typename L::ATile;
@@ -297,31 +298,14 @@ __global__ void tc_splitk_reduce_kernel(const float* partial, int splits, int64_
   }
 }
 
-// Dynamic shared memory above 48 KiB must be requested per kernel before the launch, as on a GPU.
-template <class Kernel>
-void tc_opt_in_shared(Kernel kernel, size_t bytes) {
-#if defined(__CUDACC__)
-  if (bytes > 48 * 1024) {
-    const cudaError_t status =
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
-    if (status != cudaSuccess)
-      throw std::runtime_error(std::string("tensor-core GEMM: cannot opt in to ") + std::to_string(bytes) +
-                               " bytes of shared memory: " + cudaGetErrorString(status));
-  }
-#else
-  (void)kernel;
-  (void)bytes;
-#endif
-}
-
 // The plan of plan_gemm for the tensor-core kernels: occupancy of the kernel that will run (the float partials'
 // variant when it splits; the two differ only in the epilogue's stores).
 template <class Op, class A, class B, class OutT>
 GemmPlan plan_tc_gemm(int64_t M, int64_t N, int64_t kdim) {
   using LL = TcLayout<TcLargeTiles, Op, A, B>;
   using LS = TcLayout<TcSmallTiles, Op, A, B>;
-  tc_opt_in_shared(tc_gemm_kernel<TcLargeTiles, Op, A, B, OutT>, LL::kSharedBytes);
-  tc_opt_in_shared(tc_gemm_kernel<TcSmallTiles, Op, A, B, OutT>, LS::kSharedBytes);
+  vgg_opt_in_dynamic_shared(tc_gemm_kernel<TcLargeTiles, Op, A, B, OutT>, LL::kSharedBytes);
+  vgg_opt_in_dynamic_shared(tc_gemm_kernel<TcSmallTiles, Op, A, B, OutT>, LS::kSharedBytes);
   // The model's register limit: 8 warps of up to 128 registers (large), 4 warps (small).
   const KernelSlots large =
       kernel_slots(tc_gemm_kernel<TcLargeTiles, Op, A, B, OutT>, TcLargeTiles::kThreads, LL::kSharedBytes, 2);
@@ -345,7 +329,7 @@ void launch_tc_gemm(const char* op, const ALoader& a, const BLoader& b, int64_t 
   const void* any_global = a.prm.p;
   if (splits <= 1) {
     const TcArgs args{M, N, kdim, kdim > 0 ? kdim : 1, out, 0, bias, any_global};
-    tc_opt_in_shared(tc_gemm_kernel<Tiles, Op, ALoader, BLoader, OutT>, L::kSharedBytes);
+    vgg_opt_in_dynamic_shared(tc_gemm_kernel<Tiles, Op, ALoader, BLoader, OutT>, L::kSharedBytes);
     VGG_LAUNCH(grid, block, L::kSharedBytes, tc_gemm_kernel<Tiles, Op, ALoader, BLoader, OutT>)(a, b, args);
     VGG_CHECK_LAUNCH(op);
     return;
@@ -353,7 +337,7 @@ void launch_tc_gemm(const char* op, const ALoader& a, const BLoader& b, int64_t 
   const int64_t mn = M * N;
   Workspace partial(static_cast<size_t>(splits) * static_cast<size_t>(mn) * sizeof(float));
   const TcArgs args{M, N, kdim, k_per_split, partial.as<float>(), mn, nullptr, any_global};
-  tc_opt_in_shared(tc_gemm_kernel<Tiles, Op, ALoader, BLoader, float>, L::kSharedBytes);
+  vgg_opt_in_dynamic_shared(tc_gemm_kernel<Tiles, Op, ALoader, BLoader, float>, L::kSharedBytes);
   VGG_LAUNCH(grid, block, L::kSharedBytes, tc_gemm_kernel<Tiles, Op, ALoader, BLoader, float>)(a, b, args);
   VGG_CHECK_LAUNCH(op);
   constexpr int kReduceThreads = 256;

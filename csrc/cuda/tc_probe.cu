@@ -5,9 +5,7 @@
 #include <stdexcept>
 
 #include "common.cuh"
-#include "gemm_tiles.cuh"
 #include "mma.cuh"
-#include "tc_gemm.cuh"
 #include "tc_probe.h"
 
 namespace vgg::VGG_GPU_NS {
@@ -18,7 +16,7 @@ __device__ __forceinline__ uint32_t bf16_pair(float lo, float hi) {
 }
 
 // out (32 lanes x 4 words).
-__global__ void __launch_bounds__(32) probe_kernel(int kind, uint32_t* out) {
+__global__ void VGG_LAUNCH_BOUNDS(32) probe_kernel(int kind, uint32_t* out) {
   VGG_DYNAMIC_SHARED(uint16_t, s);  // 4 matrices x 8 rows x 24 elements (ldmatrix kinds)
   const int lane = static_cast<int>(threadIdx.x);
   const int g = lane >> 2, t = lane & 3;
@@ -87,35 +85,6 @@ std::vector<uint32_t> tc_probe(int kind) {
   std::memcpy(host.data(), buffer.as<uint32_t>(), host.size() * sizeof(uint32_t));
 #endif
   return host;
-}
-
-std::vector<int64_t> describe_gemm_plan(int kind, int64_t M, int64_t N, int64_t K) {
-  using namespace gemm;
-  auto info = [](const GemmPlan& plan, KernelSlots large, KernelSlots small) {
-    return std::vector<int64_t>{plan.large ? 1 : 0, plan.splits, large.sms, large.per_sm, small.per_sm};
-  };
-  if (kind == 0) {
-    using A = DenseAlongK<true, float>;
-    const KernelSlots large = kernel_slots(gemm_tile_kernel<LargeTiles, A, A>, LargeTiles::kThreads,
-                                           LargeTiles::kSharedBytes, LargeTiles::kMinBlocksPerSM);
-    const KernelSlots small = kernel_slots(gemm_tile_kernel<SmallTiles, A, A>, SmallTiles::kThreads,
-                                           SmallTiles::kSharedBytes, SmallTiles::kMinBlocksPerSM);
-    return info(plan_gemm(M, N, K, large, small, 10.0), large, small);
-  }
-  auto tc = [&](auto op, auto out) {
-    using Op = decltype(op);
-    using A = DenseAlongK<true, typename Op::Elem>;
-    using O = decltype(out);
-    using LL = TcLayout<TcLargeTiles, Op, A, A>;
-    using LS = TcLayout<TcSmallTiles, Op, A, A>;
-    const GemmPlan plan = plan_tc_gemm<Op, A, A, O>(M, N, K);
-    return info(plan,
-                kernel_slots(tc_gemm_kernel<TcLargeTiles, Op, A, A, O>, TcLargeTiles::kThreads, LL::kSharedBytes, 2),
-                kernel_slots(tc_gemm_kernel<TcSmallTiles, Op, A, A, O>, TcSmallTiles::kThreads, LS::kSharedBytes, 4));
-  };
-  if (kind == 1) return tc(Tf32Op{}, float{});
-  if (kind == 2) return tc(Bf16Op{}, uint16_t{});
-  throw std::invalid_argument("describe_gemm_plan: kind must be 0 (fp32), 1 (tf32) or 2 (bf16)");
 }
 
 }  // namespace vgg::VGG_GPU_NS

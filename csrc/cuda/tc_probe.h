@@ -1,5 +1,6 @@
-// Diagnostics of the tensor-core kernels. The fragment-layout probe (bench/tc_probe.py, tests/test_tc_emulation.py): what mma.sync and ldmatrix put in
-// each lane, on the GPU (cuda) or in the emulator's model (sim), so a first GPU run confirms the emulator's tables.
+// Diagnostics of the tensor-core kernels. The fragment-layout probe (bench/tc_probe.py,
+// tests/test_tc_emulation.py): what mma.sync and ldmatrix put in each lane, on the GPU (cuda) or in the
+// emulator's model (sim), so a first GPU run confirms the emulator's tables.
 // No include guard on purpose, as gpu_kernels.h: included once per backend with VGG_GPU_NS set to cuda or sim.
 #include <cstdint>
 #include <vector>

@@ -69,7 +69,8 @@ __global__ void mma_bf16_kernel(const uint16_t* A, const uint16_t* B, const floa
 }
 
 template <class T>
-const T* data_of(const py::array_t<T, py::array::c_style | py::array::forcecast>& a, py::ssize_t want, const char* name) {
+const T* data_of(const py::array_t<T, py::array::c_style | py::array::forcecast>& a, py::ssize_t want,
+                 const char* name) {
   if (a.size() != want) throw std::invalid_argument(std::string("tc selftest: ") + name + " has the wrong size");
   return a.data();
 }

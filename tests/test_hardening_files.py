@@ -87,7 +87,8 @@ def test_overlapping_offsets_are_refused(saved):
     header, body = _read(saved)
     # labels (16 bytes) made to alias the first 16 bytes of another tensor's data, the file made consistent
     names = sorted(k for k in header if k != "__metadata__")
-    victim = next(n for n in names if n != "labels" and header[n]["data_offsets"][1] - header[n]["data_offsets"][0] >= 16)
+    size = {n: header[n]["data_offsets"][1] - header[n]["data_offsets"][0] for n in names}
+    victim = next(n for n in names if n != "labels" and size[n] >= 16)
     begin = header[victim]["data_offsets"][0]
     header["labels"]["data_offsets"] = [begin, begin + 16]
     _write(saved, header, body)

@@ -67,8 +67,10 @@ def test_improvement_just_below_chance_is_not_learning():
 def test_max_drops_zero_never_drops_and_checkpoints_without_the_flag_resume():
     assert _run_schedule([0.5, 0.2, 0.3, 0.3, 0.3, 0.3], max_drops=0)[0] == []
     old = {"best_val_top1_err": 0.3, "bad_epochs": 2, "lr_drops": 0}    # written before the rule
-    _schedule.step(old, 0.35, 0.9, 3, 3)
-    assert old["learning"] is True or old["learning"] is False
+    assert _schedule.step(old, 0.35, 0.9, 3, 3) == (False, True)           # its count goes on
+    assert old["learning"] is True and old["lr_drops"] == 1
+    old = {"best_val_top1_err": 0.9, "bad_epochs": 2, "lr_drops": 0}    # an old run still at chance
+    assert _schedule.step(old, 0.9, 0.9, 3, 3) == (False, False) and old["learning"] is False
 
 
 def test_chance_error_is_the_majority_guess():

@@ -179,7 +179,7 @@ def _one_line_error(capsys, argv, code=1):
 
 
 def test_cli_errors_are_one_line(shapes, tmp_path, capsys):
-    assert "Is a directory" in _one_line_error(capsys, ["eval", str(tmp_path)])
+    assert str(tmp_path) in _one_line_error(capsys, ["eval", str(tmp_path)])     # a folder given as a checkpoint
     damaged = tmp_path / "damaged.safetensors"
     checkpoint.save_state(damaged, {"format": "x", "model": {"w": np.zeros(2, np.float32)}})
     raw = bytearray(damaged.read_bytes())

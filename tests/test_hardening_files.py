@@ -87,7 +87,8 @@ def test_overlapping_offsets_are_refused(saved):
     header, body = _read(saved)
     # labels (16 bytes) made to alias the first 16 bytes of another tensor's data, the file made consistent
     names = sorted(k for k in header if k != "__metadata__")
-    victim = next(n for n in names if n != "labels" and header[n]["data_offsets"][1] - header[n]["data_offsets"][0] >= 16)
+    size = {n: header[n]["data_offsets"][1] - header[n]["data_offsets"][0] for n in names}
+    victim = next(n for n in names if n != "labels" and size[n] >= 16)
     begin = header[victim]["data_offsets"][0]
     header["labels"]["data_offsets"] = [begin, begin + 16]
     _write(saved, header, body)
@@ -209,3 +210,17 @@ def test_nan_scores_are_an_error_not_a_class_zero_prediction():
     loader = [(np.zeros((2, 4, 4, 3), np.float32), np.array([0, 0]))]
     with pytest.raises(ValueError, match=r"class scores are not finite .* 2 of 2 images"):
         predict_loader(_NaNNet(), loader, "cpu")
+
+
+def test_failed_checkpoint_write_names_the_file_and_leaves_no_temporary(tmp_path, monkeypatch):
+    import errno
+    import os as os_module
+
+    def disk_full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os_module, "fsync", disk_full)
+    with pytest.raises(OSError) as info:
+        checkpoint.save_state(tmp_path / "last.safetensors", _state())
+    assert info.value.errno == errno.ENOSPC and info.value.filename.endswith("last.safetensors")
+    assert list(tmp_path.iterdir()) == []

@@ -43,7 +43,7 @@ def step(schedule: dict, top1: float, chance: float, patience: int, max_drops: i
         schedule["best_val_top1_err"] = top1
         schedule["bad_epochs"] = 0
     if "learning" not in schedule:      # checkpoints written before this rule: judge from the best so far
-        schedule["learning"] = False
+        schedule["learning"] = schedule["best_val_top1_err"] < LEARNING_FRACTION * chance
     if not schedule["learning"]:
         schedule["learning"] = schedule["best_val_top1_err"] < LEARNING_FRACTION * chance
         return improved, False

@@ -79,11 +79,14 @@ def _atomic_write(path, write):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(error, OSError) and error.filename is None and error.errno:
+            # a failed write (ENOSPC, EIO) names no file: name the checkpoint being written
+            raise OSError(error.errno, error.strerror or str(error), str(path)) from error
         raise
     _fsync_dir(path.parent)
 

@@ -106,20 +106,25 @@ def build_parser():
     t.add_argument("--config", default="A", help="A, A-LRN, B, C, D, E or an alias (vgg11 ... vgg19); default A")
     t.add_argument("--data", default=None, help="folder with train/<class>/* and val/<class>/*; default: built-in")
     t.add_argument("--epochs", type=_int_at_least(1), default=None, help="default 74 (paper) or 12 (built-in data)")
-    t.add_argument("--batch-size", type=_int_at_least(1), default=None, help="default 256 (paper) or 32 (built-in data)")
+    t.add_argument("--batch-size", type=_int_at_least(1), default=None,
+                   help="default 256 (paper) or 32 (built-in data)")
     t.add_argument("--lr", type=_finite(0, lo_open=True), default=1e-2, help="initial learning rate (default 0.01)")
     t.add_argument("--momentum", type=_finite(0, 1, hi_open=True), default=0.9)
     t.add_argument("--weight-decay", type=_finite(0), default=5e-4)
     t.add_argument("--nesterov", action="store_true", help="Nesterov momentum")
     t.add_argument("--scale", type=_scale, default=None,
                    help="training scale S, or Smin,Smax for scale jittering (default 256, or 32,40 built-in)")
-    t.add_argument("--crop", type=_int_at_least(1), default=None, help="crop size, the net's input (default 224, or 32 built-in)")
+    t.add_argument("--crop", type=_int_at_least(1), default=None,
+                   help="crop size, the net's input (default 224, or 32 built-in)")
     t.add_argument("--width", type=_positive_number, default=None,
                    help="channel width multiplier, e.g. 0.5 or 1/4 (default 1, or 1/4 built-in)")
-    t.add_argument("--fc-width", type=_int_at_least(1), default=None, help="size of fc6 and fc7 (default 4096, or 128 built-in)")
-    t.add_argument("--dropout", type=_finite(0, 1, hi_open=True), default=None, help="on fc6 and fc7 (default 0.5, or 0 built-in)")
+    t.add_argument("--fc-width", type=_int_at_least(1), default=None,
+                   help="size of fc6 and fc7 (default 4096, or 128 built-in)")
+    t.add_argument("--dropout", type=_finite(0, 1, hi_open=True), default=None,
+                   help="on fc6 and fc7 (default 0.5, or 0 built-in)")
     t.add_argument("--init", choices=("glorot", "normal", "he"), default=None,
-                   help="weight initialisation (default glorot, or he for thin nets (width < 1) such as the built-in data's)")
+                   help="weight initialisation (default glorot, or he for thin nets, width < 1, "
+                        "such as the built-in data's)")
     t.add_argument("--init-from", default=None,
                    help="a trained net A to initialise from (paper 3.1), or weights of the same configuration "
                         "to fine-tune (vggcore checkpoint, torchvision .pth, .caffemodel; fc8 replaced when the "
@@ -139,11 +144,14 @@ def build_parser():
                    help="epochs without a better val top-1 error before the lr is divided by 10 (default 3)")
     t.add_argument("--lr-factor", type=_finite(0, 1, lo_open=True), default=0.1)
     t.add_argument("--max-lr-drops", type=_int_at_least(0), default=3)
-    t.add_argument("--eval-scale", type=_int_at_least(1), default=None, help="validation Q (default S or (Smin+Smax)/2)")
+    t.add_argument("--eval-scale", type=_int_at_least(1), default=None,
+                   help="validation Q (default S or (Smin+Smax)/2)")
     t.add_argument("--no-flip", dest="flip", action="store_false", help="no random horizontal flips")
     t.add_argument("--colour-std", type=_finite(0), default=0.1, help="AlexNet colour shift std (0 disables)")
-    t.add_argument("--input-scale", type=_finite(0, lo_open=True), default=1 / 255, help="pixels are (RGB - mean) * input_scale")
-    t.add_argument("--stats-sample", type=_int_at_least(1), default=2000, help="images sampled for mean RGB and colour PCA")
+    t.add_argument("--input-scale", type=_finite(0, lo_open=True), default=1 / 255,
+                   help="pixels are (RGB - mean) * input_scale")
+    t.add_argument("--stats-sample", type=_int_at_least(1), default=2000,
+                   help="images sampled for mean RGB and colour PCA")
     t.add_argument("--workers", dest="num_workers", type=_int_at_least(1), default=None, help="decoding threads")
     t.add_argument("--save-filters", action="store_true", help="write a grid image of conv1_1's filters")
     t.add_argument("--quiet", action="store_true", help="no per-epoch lines")
@@ -161,7 +169,8 @@ def build_parser():
     e.add_argument("--data", default=None,
                    help="image folder with one subfolder per class (default: the val set the checkpoint names)")
     e.add_argument("--scales", type=_scales, default=None, help="test scales Q, e.g. 256 or 256,384,512")
-    e.add_argument("--crop", type=_int_at_least(1), default=None, help="single-crop size (default the net's input size)")
+    e.add_argument("--crop", type=_int_at_least(1), default=None,
+                   help="single-crop size (default the net's input size)")
     e.add_argument("--dense", action="store_true", help="dense (fully convolutional) evaluation")
     e.add_argument("--multi-crop", action="store_true",
                    help="5x5 grid of crops and their mirrors per scale (50 views); with --dense, both averaged")

@@ -235,9 +235,9 @@ def _check_numbers(settings, max_lr_drops, stats_sample):
     finite("dropout", 0, 1, hi_open=True)
     finite("colour_std", 0)
     finite("input_scale", 0, lo_open=True)
-    for key, given in (("max_lr_drops", max_lr_drops), ("stats_sample", stats_sample)):
-        if isinstance(given, bool) or not isinstance(given, (int, np.integer)) or given < (0 if key == "max_lr_drops" else 1):
-            raise ValueError(f"train: {key} must be an int >= {0 if key == 'max_lr_drops' else 1}, got {given!r}")
+    for key, given, least in (("max_lr_drops", max_lr_drops, 0), ("stats_sample", stats_sample, 1)):
+        if isinstance(given, bool) or not isinstance(given, (int, np.integer)) or given < least:
+            raise ValueError(f"train: {key} must be an int >= {least}, got {given!r}")
     # A rescaled training or validation image holds about 2 S^2 RGB bytes (aspect ratios up to 2) and PIL makes
     # working copies while resizing; sizes that cannot fit are refused here instead of by the OOM killer.
     s = settings["scale"]

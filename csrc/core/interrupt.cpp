@@ -1,42 +1,31 @@
 #include "interrupt.h"
 
-#include <omp.h>
 #include <signal.h>
-
-#include <atomic>
 
 namespace vgg {
 
 namespace {
 
-std::atomic<bool> g_pending{false};
 int g_depth = 0;  // guarded by the GIL (scopes are made and destroyed with it held)
 bool g_installed = false;
 struct sigaction g_previous;
 
-extern "C" void on_sigint(int) { g_pending.store(true, std::memory_order_relaxed); }
+extern "C" void on_sigint(int) { detail::sigint_pending.store(true, std::memory_order_relaxed); }
 
 }  // namespace
-
-bool interrupt_pending() { return g_pending.load(std::memory_order_relaxed); }
-
-void throw_if_interrupted() {
-  if (!g_pending.load(std::memory_order_relaxed) || omp_in_parallel()) return;
-  g_pending.store(false, std::memory_order_relaxed);
-  throw Interrupted("interrupted by Ctrl-C (SIGINT)");
-}
 
 InterruptScope::InterruptScope() {
   if (g_depth++ > 0) return;
   struct sigaction current;
   if (sigaction(SIGINT, nullptr, &current) != 0) return;
-  const bool handled = (current.sa_flags & SA_SIGINFO) || (current.sa_handler != SIG_IGN && current.sa_handler != SIG_DFL);
+  const bool handled =
+      (current.sa_flags & SA_SIGINFO) || (current.sa_handler != SIG_IGN && current.sa_handler != SIG_DFL);
   if (!handled) return;
   struct sigaction ours {};
   ours.sa_handler = on_sigint;
   sigemptyset(&ours.sa_mask);
   ours.sa_flags = 0;
-  g_pending.store(false, std::memory_order_relaxed);
+  detail::sigint_pending.store(false, std::memory_order_relaxed);
   if (sigaction(SIGINT, &ours, &g_previous) == 0) g_installed = true;
 }
 
@@ -48,7 +37,7 @@ InterruptScope::~InterruptScope() {
 
 bool InterruptScope::take_unconsumed() {
   if (g_depth > 1) return false;  // an enclosing scope reports it
-  return g_pending.exchange(false, std::memory_order_relaxed);
+  return detail::sigint_pending.exchange(false, std::memory_order_relaxed);
 }
 
 }  // namespace vgg

@@ -1,7 +1,8 @@
 """What data-parallel scaling costs: VGG-16's gradient all-reduce, its overlap with backward, and a GPU model.
 
-    python bench/allreduce.py                      # all parts, ~3 minutes on 2 CPU cores; writes the results file
+    python bench/allreduce.py                      # all parts (minutes on 2 CPU cores); writes the results file
     python bench/allreduce.py --out FILE --repeats 3
+    python bench/allreduce.py --from-json DIR      # rewrite the results file from a run's saved measurements
 
 Measured here, on CPU ranks started with mpirun (each part is a fresh mpirun job running this file with --part):
 1. comm:    the all-reduce of VGG-16's 138,357,544 gradients (553 MB in float32; half the bytes, 277 MB, as a
@@ -27,13 +28,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -210,50 +209,48 @@ def _mpirun(part, ranks, threads, out, extra=()):
     return json.loads(Path(out).read_text())
 
 
-def _commit():
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def _cpu_name():
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+PARTS = ("comm", "overlap", "alone", "ips1", "ips2")
 
 
 def driver(args):
-    if shutil.which("mpirun") is None:
-        raise SystemExit("bench/allreduce.py needs mpirun (OpenMPI) and mpi4py")
-    tmp = Path(tempfile.mkdtemp(prefix="vggcore-allreduce-"))
-    print("measuring (CPU ranks under mpirun):", flush=True)
-    comm = _mpirun("comm", 2, 1, tmp / "comm.json", ["--repeats", str(args.repeats)])["comm"]
-    overlap = _mpirun("overlap", 2, 1, tmp / "overlap.json", ["--repeats", str(args.repeats)])["overlap"]
-    alone = _mpirun("overlap", 1, 1, tmp / "alone.json", ["--repeats", str(args.repeats)])["overlap"]
-    ips1 = _mpirun("ips", 1, 2, tmp / "ips1.json", ["--repeats", str(args.repeats)])["ips"]
-    ips2 = _mpirun("ips", 2, 1, tmp / "ips2.json", ["--repeats", str(args.repeats)])["ips"]
-    text = report(comm, overlap, alone, ips1, ips2)
+    if args.from_json:
+        tmp = Path(args.from_json)
+    else:
+        if shutil.which("mpirun") is None:
+            raise SystemExit("bench/allreduce.py needs mpirun (OpenMPI) and mpi4py")
+        tmp = Path(tempfile.mkdtemp(prefix="vggcore-allreduce-"))
+        print(f"measuring (CPU ranks under mpirun), measurements saved in {tmp}:", flush=True)
+        (tmp / "load.json").write_text(json.dumps({"loadavg_before": os.getloadavg()}))
+        repeats = ["--repeats", str(args.repeats)]
+        _mpirun("comm", 2, 1, tmp / "comm.json", repeats)
+        _mpirun("overlap", 2, 1, tmp / "overlap.json", repeats)
+        _mpirun("overlap", 1, 1, tmp / "alone.json", repeats)
+        _mpirun("ips", 1, 2, tmp / "ips1.json", repeats)
+        _mpirun("ips", 2, 1, tmp / "ips2.json", repeats)
+        load = json.loads((tmp / "load.json").read_text())
+        load["loadavg_after"] = os.getloadavg()
+        (tmp / "load.json").write_text(json.dumps(load))
+    data = [next(iter(json.loads((tmp / f"{name}.json").read_text()).values())) for name in PARTS]
+    load = json.loads((tmp / "load.json").read_text()) if (tmp / "load.json").is_file() else {}
+    text = report(*data, load=load)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)
     print(text)
 
 
-def report(comm, overlap, alone, ips1, ips2):
-    import vggcore as vc
+def report(comm, overlap, alone, ips1, ips2, load=None):
+    sys.path.insert(0, str(HERE))
+    import common
     lines = []
     add = lines.append
-    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     add("# Data-parallel scaling: VGG-16 gradient all-reduce, overlap with backward, GPU model")
     add("")
-    add(f"Machine: {_cpu_name()}, {os.cpu_count()} cores (shared), {platform.platform()}; no GPU. "
-        f"vggcore commit {_commit()}, {now}. OpenMPI mpirun on one machine (shared-memory transport), mpi4py; "
-        "command: `python bench/allreduce.py`.")
+    lines.extend(common.header_lines(extra=[
+        "no GPU; ranks: OpenMPI mpirun on this one machine (shared-memory transport), mpi4py",
+        "command: `python bench/allreduce.py`" + (f" (load average {load['loadavg_before'][0]:.1f} before, "
+                                                 f"{load['loadavg_after'][0]:.1f} after: the 2 cores were shared "
+                                                 "with other jobs, so every CPU figure here is a lower bound)"
+                                                 if load and "loadavg_after" in load else "")]))
     add("")
     add("## 1. All-reduce of VGG-16's gradients on 2 CPU ranks, by bucket size (measured)")
     add("")
@@ -363,6 +360,7 @@ def main():
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--per-rank-batch", type=int, default=1)
     parser.add_argument("--bucket-mb", type=float, default=25.0)
+    parser.add_argument("--from-json", default=None, help="a run's measurement folder: write the report only")
     args = parser.parse_args()
     if args.part is None:
         driver(args)

@@ -194,9 +194,9 @@ class _TwinGroup:
     def __init__(self):
         self.calls = []
 
-    def allreduce_array(self, array, op, comm=None, what=""):
+    def allreduce_in_place(self, array, op, comm=None, what=""):
         self.calls.append(array.size)
-        return array * 2
+        array *= 2
 
 
 def test_grad_reducer_sums_buckets_launched_in_order():
@@ -211,11 +211,18 @@ def test_grad_reducer_sums_buckets_launched_in_order():
     reducer = _parallel.GradReducer(group, model.parameters(), bucket_mb=0.004)     # 4 kB: several buckets
     for p in model.parameters():
         p.zero_grad()
+    first_layer_done_at_launch = []
+    launch = reducer._launch
+    reducer._launch = lambda b: (first_layer_done_at_launch.append(model.conv1_1.weight.grad is not None), launch(b))
     with reducer:
         F.cross_entropy(model(x), np.array([0, 2])).backward()
     assert len(reducer.buckets) > 3
-    assert group.calls == [sum(list(model.parameters())[i].numel() for i in b) for b in reducer.buckets]
+    params = list(model.parameters())
+    assert group.calls == [params[i].numel() for b in reducer.buckets for i in b]      # in bucket order
     assert all(0 <= t <= reducer.backward_s for t in reducer.timeline)
+    # Each bucket starts as soon as backward has passed its layers: every bucket but the last (conv1_1's) is
+    # launched before conv1_1's gradient exists.
+    assert first_layer_done_at_launch == [False] * (len(reducer.buckets) - 1) + [True]
     for name, p in model.named_parameters():
         assert np.array_equal(p.grad.numpy(), expected[name]), name
 

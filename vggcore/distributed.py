@@ -126,6 +126,11 @@ class _ProcessGroup:
         self.guarded(lambda: comm.Allreduce(array, out, op=op), what)
         return out
 
+    def allreduce_in_place(self, array, op, comm=None, what="all_reduce"):
+        """Sums a contiguous array over the ranks into itself (MPI_IN_PLACE: no copy)."""
+        comm = self.comm if comm is None else comm
+        self.guarded(lambda: comm.Allreduce(self.MPI.IN_PLACE, array, op=op), what)
+
     def bcast_array(self, array, root, what="broadcast"):
         array = np.ascontiguousarray(array)
         self.guarded(lambda: self.comm.Bcast(array, root=root), what)

@@ -227,6 +227,31 @@ def test_grad_reducer_sums_buckets_launched_in_order():
         assert np.array_equal(p.grad.numpy(), expected[name]), name
 
 
+@pytest.mark.parametrize("device", [d for d in vc.devices() if d in ("cpu", "sim")])
+def test_grad_reducer_on_each_host_device(device):
+    """The cpu path sums in place over the gradients' memory, the sim path through a packed copy: both give the
+    stand-in ranks' sum, also when autograd hands one engine tensor to two parameters (a + b)."""
+    rng = np.random.default_rng(2)
+    a = vc.tensor(rng.integers(-3, 4, (4, 7)).astype(np.float32), device=device, requires_grad=True)
+    b = vc.tensor(rng.integers(-3, 4, (4, 7)).astype(np.float32), device=device, requires_grad=True)
+    w = vc.tensor(rng.integers(-3, 4, (4, 7)).astype(np.float32), device=device, requires_grad=True)
+    x = vc.tensor(rng.integers(-3, 4, (3, 7)).astype(np.float32), device=device)
+    dy = rng.integers(-3, 4, (3, 4)).astype(np.float32)
+
+    def backward():
+        (F.linear(x, w) + F.linear(x, a + b)).backward(vc.tensor(dy, device=device))
+
+    backward()
+    expected = [2 * t.grad.numpy() for t in (a, b, w)]
+    reducer = _parallel.GradReducer(_TwinGroup(), [a, b, w], bucket_mb=1e-4)
+    for t in (a, b, w):
+        t.zero_grad()
+    with reducer:
+        backward()
+    for t, e in zip((a, b, w), expected):
+        assert np.array_equal(t.grad.numpy(), e)
+
+
 # ---- under mpirun -------------------------------------------------------------------------------------------------
 @needs_mpi
 def test_two_ranks_match_one_process(workdir, single):

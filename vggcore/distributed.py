@@ -9,8 +9,8 @@ tensor is first reduced (the nvidia-nccl wheel's libnccl, else the system's), it
 MPI, one GPU per process picked from the local rank. mpi4py and NCCL are optional (``pip install vggcore[mpi]``);
 importing vggcore never needs them.
 
-A dead or hung rank never hangs the job: mpirun (and srun) end every rank when one dies, and every collective in
-this module runs under a watchdog: one that has not returned after ``VGGCORE_DIST_TIMEOUT`` seconds (default 600)
+A dead or hung rank never hangs the job: mpirun (and srun with --kill-on-bad-exit=1) end every rank when one
+dies, and every collective in this module runs under a watchdog: one that has not returned after ``VGGCORE_DIST_TIMEOUT`` seconds (default 600)
 makes the rank report which collective timed out and abort the whole job (MPI_Abort). The collectives themselves
 are MPI's blocking calls (which release the GIL), so they run at the transport's full speed.
 """

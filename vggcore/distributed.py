@@ -172,10 +172,6 @@ def init(timeout_s=None):
         return _group
 
 
-def _get():
-    return _group
-
-
 def is_initialized() -> bool:
     return _group is not None
 
@@ -373,7 +369,7 @@ def all_reduce(tensor, op="sum"):
     summed = group.allreduce_array(tensor._data.numpy(), group.MPI.SUM)
     if op == "avg":
         summed = summed / group.size
-    tensor._data = _C.Tensor.from_numpy(summed.astype(summed.dtype, copy=False), tensor.device)
+    tensor._data = _C.Tensor.from_numpy(summed, tensor.device)
     return tensor
 
 

@@ -90,21 +90,19 @@ class ShardedLoader(_data.DataLoader):
 
         def submit(start):
             lo, hi = self.share(start, min(self.batch_size, len(order) - start))
-            if hi == lo:
-                return None
-            # _make_batch seeds image k of the slice with position lo + k: its global position in the epoch.
-            return self._pool.submit(self._make_batch, epoch, lo, order[lo:hi])
+            # Image k of the share is seeded with position lo + k: its global position in the epoch.
+            return self._submit(epoch, lo, order[lo:hi]) if hi > lo else None
 
         def take():
-            future = pending.popleft()
-            batch = future.result() if future is not None else None
+            job = pending.popleft()
+            batch = self._assemble(job)[0] if job is not None else None    # buffers are not recycled here
             self.folder.warn_skipped()
             return batch
 
         try:
             for start in starts:
                 pending.append(submit(start))
-                if len(pending) >= self.prefetch:
+                if len(pending) >= self.batches_ahead:
                     batch = take()
                     if batch is not None or self.keep_empty:
                         yield batch if batch is not None else empty
@@ -113,8 +111,8 @@ class ShardedLoader(_data.DataLoader):
                 if batch is not None or self.keep_empty:
                     yield batch if batch is not None else empty
         finally:
-            for f in pending:
-                if f is not None:
+            for job in pending:
+                for f in (job[0] if job is not None else ()):
                     f.cancel()
 
 

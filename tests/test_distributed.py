@@ -194,9 +194,9 @@ class _TwinGroup:
     def __init__(self):
         self.calls = []
 
-    def allreduce_array(self, array, op, comm=None, what=""):
+    def allreduce_in_place(self, array, op, comm=None, what=""):
         self.calls.append(array.size)
-        return array * 2
+        array *= 2
 
 
 def test_grad_reducer_sums_buckets_launched_in_order():
@@ -211,13 +211,45 @@ def test_grad_reducer_sums_buckets_launched_in_order():
     reducer = _parallel.GradReducer(group, model.parameters(), bucket_mb=0.004)     # 4 kB: several buckets
     for p in model.parameters():
         p.zero_grad()
+    first_layer_done_at_launch = []
+    launch = reducer._launch
+    reducer._launch = lambda b: (first_layer_done_at_launch.append(model.conv1_1.weight.grad is not None), launch(b))
     with reducer:
         F.cross_entropy(model(x), np.array([0, 2])).backward()
     assert len(reducer.buckets) > 3
-    assert group.calls == [sum(list(model.parameters())[i].numel() for i in b) for b in reducer.buckets]
+    params = list(model.parameters())
+    assert group.calls == [params[i].numel() for b in reducer.buckets for i in b]      # in bucket order
     assert all(0 <= t <= reducer.backward_s for t in reducer.timeline)
+    # Each bucket starts as soon as backward has passed its layers: every bucket but the last (conv1_1's) is
+    # launched before conv1_1's gradient exists.
+    assert first_layer_done_at_launch == [False] * (len(reducer.buckets) - 1) + [True]
     for name, p in model.named_parameters():
         assert np.array_equal(p.grad.numpy(), expected[name]), name
+
+
+@pytest.mark.parametrize("device", [d for d in vc.devices() if d in ("cpu", "sim")])
+def test_grad_reducer_on_each_host_device(device):
+    """The cpu path sums in place over the gradients' memory, the sim path through a packed copy: both give the
+    stand-in ranks' sum, also when autograd hands one engine tensor to two parameters (a + b)."""
+    rng = np.random.default_rng(2)
+    a = vc.tensor(rng.integers(-3, 4, (4, 7)).astype(np.float32), device=device, requires_grad=True)
+    b = vc.tensor(rng.integers(-3, 4, (4, 7)).astype(np.float32), device=device, requires_grad=True)
+    w = vc.tensor(rng.integers(-3, 4, (4, 7)).astype(np.float32), device=device, requires_grad=True)
+    x = vc.tensor(rng.integers(-3, 4, (3, 7)).astype(np.float32), device=device)
+    dy = rng.integers(-3, 4, (3, 4)).astype(np.float32)
+
+    def backward():
+        (F.linear(x, w) + F.linear(x, a + b)).backward(vc.tensor(dy, device=device))
+
+    backward()
+    expected = [2 * t.grad.numpy() for t in (a, b, w)]
+    reducer = _parallel.GradReducer(_TwinGroup(), [a, b, w], bucket_mb=1e-4)
+    for t in (a, b, w):
+        t.zero_grad()
+    with reducer:
+        backward()
+    for t, e in zip((a, b, w), expected):
+        assert np.array_equal(t.grad.numpy(), e)
 
 
 # ---- under mpirun -------------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ Buckets are launched strictly in index order, so every rank issues the same coll
 
 from __future__ import annotations
 
+import ctypes
 import math
 import queue
 import sys
@@ -89,21 +90,19 @@ class ShardedLoader(_data.DataLoader):
 
         def submit(start):
             lo, hi = self.share(start, min(self.batch_size, len(order) - start))
-            if hi == lo:
-                return None
-            # _make_batch seeds image k of the slice with position lo + k: its global position in the epoch.
-            return self._pool.submit(self._make_batch, epoch, lo, order[lo:hi])
+            # Image k of the share is seeded with position lo + k: its global position in the epoch.
+            return self._submit(epoch, lo, order[lo:hi]) if hi > lo else None
 
         def take():
-            future = pending.popleft()
-            batch = future.result() if future is not None else None
+            job = pending.popleft()
+            batch = self._assemble(job)[0] if job is not None else None    # buffers are not recycled here
             self.folder.warn_skipped()
             return batch
 
         try:
             for start in starts:
                 pending.append(submit(start))
-                if len(pending) >= self.prefetch:
+                if len(pending) >= self.batches_ahead:
                     batch = take()
                     if batch is not None or self.keep_empty:
                         yield batch if batch is not None else empty
@@ -112,8 +111,8 @@ class ShardedLoader(_data.DataLoader):
                 if batch is not None or self.keep_empty:
                     yield batch if batch is not None else empty
         finally:
-            for f in pending:
-                if f is not None:
+            for job in pending:
+                for f in (job[0] if job is not None else ()):
                     f.cancel()
 
 
@@ -133,10 +132,20 @@ def _bucket_indices(params, bucket_bytes):
     return buckets
 
 
+def _host_view(engine_tensor):
+    """A numpy array over a cpu tensor's own memory (no copy); the tensor must outlive it."""
+    ctype = {"float32": ctypes.c_float, "float64": ctypes.c_double}[engine_tensor.dtype]
+    buffer = (ctype * engine_tensor.numel).from_address(engine_tensor.data_ptr)
+    return np.ctypeslib.as_array(buffer)
+
+
 class _CommThread:
     """Runs the MPI all-reduces of cpu/sim buckets in submission order, off the compute thread (mpi4py releases
     the GIL inside MPI, and vggcore's kernels release it too, so both proceed). Each all-reduce is a blocking call
-    under the process group's watchdog, which bounds it."""
+    under the process group's watchdog, which bounds it.
+
+    A job is a list of arrays summed in place: views of cpu gradients (no copy at all), or one packed copy of a
+    sim bucket's gradients."""
 
     def __init__(self, group):
         self.group = group
@@ -149,19 +158,19 @@ class _CommThread:
             job = self.jobs.get()
             if job is None:
                 return
-            flat, done = job
+            arrays, done = job
             try:
-                job_result = self.group.allreduce_array(flat, self.group.MPI.SUM, comm=self.group.grad_comm,
-                                                        what="gradient all-reduce")
-                done.result = job_result
+                for array in arrays:
+                    self.group.allreduce_in_place(array, self.group.MPI.SUM, comm=self.group.grad_comm,
+                                                  what="gradient all-reduce")
             except BaseException as error:          # reported by the waiting thread
                 done.error = error
             done.set()
 
-    def submit(self, flat):
+    def submit(self, arrays):
         done = threading.Event()
-        done.result, done.error = None, None
-        self.jobs.put((flat, done))
+        done.arrays, done.error = arrays, None
+        self.jobs.put((arrays, done))
         return done
 
 
@@ -191,6 +200,7 @@ class GradReducer:
         self.remaining = [len(bucket) for bucket in self.buckets]
         self.next_launch = 0
         self.pending = [None] * len(self.buckets)
+        self.storages = set()
         _autograd.grad_ready_hooks.append(self._on_grad_ready)
         return self
 
@@ -204,8 +214,13 @@ class GradReducer:
             self.next_launch += 1
 
     def _grad(self, p):
+        """p's gradient in storage of its own, which the all-reduce may overwrite: autograd can hand one engine
+        tensor to two inputs (a + b), so a storage already seen this step is copied first."""
         if p.grad is None:
             p.grad = p._from_engine(_C.full(list(p.shape), 0.0, p.dtype, p.device))
+        elif p.grad._data.data_ptr in self.storages:
+            p.grad = p._from_engine(_C.scale(p.grad._data, 1.0))
+        self.storages.add(p.grad._data.data_ptr)
         return p.grad
 
     def _launch(self, b):
@@ -214,8 +229,13 @@ class GradReducer:
         if self.cuda:
             _dist._nccl_for(self.group, grads[0].device).all_reduce([g._data for g in grads], "sum", join=False)
             self.pending[b] = True
+        elif grads[0].device == "cpu":
+            # In place in the gradients' own memory; the job keeps the tensors alive while MPI writes.
+            done = self.comm.submit([_host_view(g._data) for g in grads])
+            done.tensors = grads
+            self.pending[b] = done
         else:
-            self.pending[b] = self.comm.submit(np.concatenate([g._data.numpy().reshape(-1) for g in grads]))
+            self.pending[b] = self.comm.submit([np.concatenate([g._data.numpy().reshape(-1) for g in grads])])
 
     def __exit__(self, exc_type, exc, tb):
         _autograd.grad_ready_hooks.remove(self._on_grad_ready)
@@ -236,12 +256,13 @@ class GradReducer:
                 _dist.abort(f"vggcore.distributed: rank {self.group.rank}: gradient bucket {b} never completed")
             if done.error is not None:
                 raise done.error
-            offset = 0
+            if getattr(done, "tensors", None) is not None:
+                continue                            # summed in place
+            offset, flat = 0, done.arrays[0]
             for i in self.buckets[b]:
                 p = self.params[i]
                 n = p.numel()
-                part = done.result[offset:offset + n].reshape(p.shape)
-                p.grad = p._from_engine(_C.Tensor.from_numpy(part, p.device))
+                p.grad = p._from_engine(_C.Tensor.from_numpy(flat[offset:offset + n].reshape(p.shape), p.device))
                 offset += n
         self.exposed_wait_s.append(time.perf_counter() - t0)
         return False

@@ -110,7 +110,11 @@ def _topological_order(root):
     """Tensors reachable from root through grad_fn, each after every tensor that consumes it (root first).
 
     Iterative depth-first search; a node is marked when it is first expanded, not when it is pushed, so a node
-    reached by several paths (x + 2x, skip connections) is placed after all of its consumers.
+    reached by several paths (x + 2x, skip connections) is placed after all of its consumers. A node's leaf
+    inputs are pushed before its other inputs, so they are placed right after the node instead of after the whole
+    graph beneath it: a parameter's gradient is then complete, and ``grad_ready_hooks`` run, as soon as backward
+    has passed its layer (data-parallel training overlaps the all-reduce of the last layers' gradients with the
+    backward of the first ones). The order of the non-leaf nodes, and so every sum, is unchanged.
     """
     order, expanded_ids = [], set()
     stack = [(root, False)]
@@ -125,9 +129,9 @@ def _topological_order(root):
         stack.append((node, True))
         if node.grad_fn is None:
             continue
-        for parent in _parents(node.grad_fn):
-            if id(parent) not in expanded_ids:
-                stack.append((parent, False))
+        parents = [p for p in _parents(node.grad_fn) if id(p) not in expanded_ids]
+        stack.extend((p, False) for p in parents if p.grad_fn is None)
+        stack.extend((p, False) for p in parents if p.grad_fn is not None)
     order.reverse()
     return order
 

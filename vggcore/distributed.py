@@ -9,8 +9,8 @@ tensor is first reduced (the nvidia-nccl wheel's libnccl, else the system's), it
 MPI, one GPU per process picked from the local rank. mpi4py and NCCL are optional (``pip install vggcore[mpi]``);
 importing vggcore never needs them.
 
-A dead or hung rank never hangs the job: mpirun (and srun) end every rank when one dies, and every collective in
-this module runs under a watchdog: one that has not returned after ``VGGCORE_DIST_TIMEOUT`` seconds (default 600)
+A dead or hung rank never hangs the job: mpirun (and srun with --kill-on-bad-exit=1) end every rank when one
+dies, and every collective in this module runs under a watchdog: one that has not returned after ``VGGCORE_DIST_TIMEOUT`` seconds (default 600)
 makes the rank report which collective timed out and abort the whole job (MPI_Abort). The collectives themselves
 are MPI's blocking calls (which release the GIL), so they run at the transport's full speed.
 """
@@ -126,6 +126,11 @@ class _ProcessGroup:
         self.guarded(lambda: comm.Allreduce(array, out, op=op), what)
         return out
 
+    def allreduce_in_place(self, array, op, comm=None, what="all_reduce"):
+        """Sums a contiguous array over the ranks into itself (MPI_IN_PLACE: no copy)."""
+        comm = self.comm if comm is None else comm
+        self.guarded(lambda: comm.Allreduce(self.MPI.IN_PLACE, array, op=op), what)
+
     def bcast_array(self, array, root, what="broadcast"):
         array = np.ascontiguousarray(array)
         self.guarded(lambda: self.comm.Bcast(array, root=root), what)
@@ -165,10 +170,6 @@ def init(timeout_s=None):
         if _group is None:
             _group = _ProcessGroup(_timeout_s() if timeout_s is None else float(timeout_s))
         return _group
-
-
-def _get():
-    return _group
 
 
 def is_initialized() -> bool:
@@ -368,7 +369,7 @@ def all_reduce(tensor, op="sum"):
     summed = group.allreduce_array(tensor._data.numpy(), group.MPI.SUM)
     if op == "avg":
         summed = summed / group.size
-    tensor._data = _C.Tensor.from_numpy(summed.astype(summed.dtype, copy=False), tensor.device)
+    tensor._data = _C.Tensor.from_numpy(summed, tensor.device)
     return tensor
 
 

@@ -165,7 +165,8 @@ def write_report(path, results, checks):
     lines = [
         "# Mutation report (tools/mutation/run.py)", "",
         f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} with VGG_SIM_CHECKS={checks!r}: each "
-        "mutant of tools/mutation/catalogue.py planted alone, the sim backend rebuilt, `pytest -x -k sim tests/` run.",
+        "mutant of tools/mutation/catalogue.py planted alone, the sim backend rebuilt, the sim tests of its kernel "
+        "file run (`pytest -x -k 'sim and (...)'`, TESTS_FOR in run.py; --all-tests: the whole sim suite).",
         "",
         f"**{len(caught)} of {len(valid)} caught ({100.0 * len(caught) / max(1, len(valid)):.0f}%)**, "
         f"{len(diag)} of them by an emulator diagnostic naming the bug; "

@@ -101,7 +101,10 @@ def main():
     ap.add_argument("--pytest-args", default="", help="extra pytest arguments")
     ap.add_argument("--all-tests", action="store_true", help="the whole sim suite per mutant, not the file's tests")
     ap.add_argument("--skip-baseline", action="store_true", help="do not run the sim suite on the unmutated tree")
+    ap.add_argument("--from-log", default="", help="only write the report from the lines of an earlier run's log")
     args = ap.parse_args()
+    if args.from_log:
+        return report_from_log(pathlib.Path(args.from_log), pathlib.Path(args.report), args.checks)
     only = set(filter(None, args.only.split(",")))
     mutants = [m for m in MUTANTS if not only or m[0] in only]
 
@@ -152,6 +155,19 @@ def main():
         print(f"{mid:28s} {results[-1][4]:10s} {results[-1][6]:5.0f}s  {results[-1][5][:150]}", flush=True)
     build(src, bld)
     write_report(pathlib.Path(args.report), results, args.checks)
+
+
+def report_from_log(log, report, checks):
+    """A report from the per-mutant lines a run prints (for a run stopped before the end; details truncated)."""
+    by_id = {m[0]: m for m in MUTANTS}
+    results = {}
+    for line in log.read_text().splitlines():
+        parts = line.split(None, 3)
+        if len(parts) >= 3 and parts[0] in by_id and parts[2].endswith("s"):
+            mid, fname, cls, desc = by_id[parts[0]][:4]
+            results[mid] = (mid, fname, cls, desc, parts[1], parts[3] if len(parts) > 3 else "",
+                            float(parts[2][:-1]))
+    write_report(report, list(results.values()), checks)
 
 
 def write_report(path, results, checks):

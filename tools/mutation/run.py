@@ -25,17 +25,19 @@ REPO = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 from catalogue import MUTANTS  # noqa: E402
 
-# The sim tests that exercise each kernel file (pytest -k, ANDed with "sim"); --all-tests runs the whole sim suite.
+# The test files that exercise each kernel file (their sim tests run; collecting the whole suite costs more than
+# running these); --all-tests runs the whole sim suite instead.
+COMMON_TESTS = ["test_ops.py", "test_grad.py", "test_sim_checks_ops.py", "test_sim_thresholds.py"]
 TESTS_FOR = {
-    "elementwise.cu": "relu or dropout or add or scale or fill",
-    "softmax.cu": "softmax or cross_entropy or more_than_one_warp or grid_strided or seeds",
-    "pool.cu": "pool",
-    "reduce.cu": "bias or splits or exact_integers or grad_conv2d or grad_linear or seeds",
-    "sgd.cu": "sgd or optim",
-    "lrn.cu": "lrn or local_response",
-    "gemm_tiles.cuh": "conv or linear or gemm or tile or seeds",
-    "conv2d.cu": "conv",
-    "linear.cu": "linear or tile",
+    "elementwise.cu": COMMON_TESTS + ["test_autograd.py"],
+    "softmax.cu": COMMON_TESTS,
+    "pool.cu": COMMON_TESTS,
+    "reduce.cu": COMMON_TESTS + ["test_gpu_gemm_plans.py"],
+    "sgd.cu": ["test_optim.py", "test_sim_thresholds.py", "test_sim_checks_ops.py"],
+    "lrn.cu": COMMON_TESTS,
+    "gemm_tiles.cuh": COMMON_TESTS + ["test_gpu_gemm_plans.py", "test_conv_paths.py"],
+    "conv2d.cu": COMMON_TESTS + ["test_gpu_gemm_plans.py", "test_conv_paths.py"],
+    "linear.cu": COMMON_TESTS + ["test_gpu_gemm_plans.py"],
 }
 
 DIAGNOSTICS = re.compile(r"simt: .*(race on|out-of-bounds|uninitialised|wrote outside|divergent|misaligned|"
@@ -69,10 +71,10 @@ def make_package(src, bld, pkg):
         (dst / so.name).symlink_to(so)
 
 
-def run_tests(pkg, tests, checks, timeout, extra, keywords=None):
+def run_tests(pkg, tests, checks, timeout, extra, files=None):
     env = dict(os.environ, PYTHONPATH=str(pkg), VGG_SIM_CHECKS=checks)
-    select = f"sim and ({keywords})" if keywords else "sim"
-    cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-k", select, str(tests)] + extra
+    paths = [str(tests / f) for f in files] if files else [str(tests)]
+    cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-k", "sim"] + paths + extra
     start = time.time()
     try:
         r = sh(cmd, cwd=pkg, env=env, timeout=timeout)
@@ -151,8 +153,8 @@ def main():
                 err = [l for l in log.splitlines() if "error" in l][:1]
                 results.append((mid, fname, cls, desc, "invalid", "does not compile: " + "".join(err)[:200], 0.0))
             else:
-                keywords = None if args.all_tests else TESTS_FOR.get(fname)
-                status, detail, secs = run_tests(pkg, src / "tests", args.checks, args.timeout, extra, keywords)
+                files = None if args.all_tests else TESTS_FOR.get(fname)
+                status, detail, secs = run_tests(pkg, src / "tests", args.checks, args.timeout, extra, files)
                 results.append((mid, fname, cls, desc, status, detail, secs))
         finally:
             path.write_text(original)
@@ -188,7 +190,7 @@ def write_report(path, results, checks):
         "# Mutation report (tools/mutation/run.py)", "",
         f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} with VGG_SIM_CHECKS={checks!r}: each "
         "mutant of tools/mutation/catalogue.py planted alone, the sim backend rebuilt, the sim tests of its kernel "
-        "file run (`pytest -x -k 'sim and (...)'`, TESTS_FOR in run.py; --all-tests: the whole sim suite).",
+        "file run (`pytest -x -k sim` on the test files of TESTS_FOR in run.py; --all-tests: the whole sim suite).",
         "",
         f"**{len(caught)} of {len(valid)} caught ({100.0 * len(caught) / max(1, len(valid)):.0f}%)**, "
         f"{len(diag)} of them by an emulator diagnostic naming the bug; "

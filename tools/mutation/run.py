@@ -16,6 +16,7 @@ import os
 import pathlib
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -103,6 +104,8 @@ def main():
     ap.add_argument("--pytest-args", default="", help="extra pytest arguments")
     ap.add_argument("--all-tests", action="store_true", help="the whole sim suite per mutant, not the file's tests")
     ap.add_argument("--skip-baseline", action="store_true", help="do not run the sim suite on the unmutated tree")
+    ap.add_argument("--fresh", default="", help="comma-separated csrc/cuda files to recompile at the start (a run "
+                    "killed mid-mutant may have left a mutated object behind)")
     ap.add_argument("--from-log", default="", help="only write the report from the lines of an earlier run's log")
     args = ap.parse_args()
     if args.from_log:
@@ -121,6 +124,10 @@ def main():
     src.mkdir(parents=True)
     pkg.mkdir(parents=True, exist_ok=True)
     copy_tree(src)
+    for name in filter(None, args.fresh.split(",")):
+        (src / "csrc" / "cuda" / name).touch()
+    # A stop (SIGTERM, timeout) must not leave a mutant in the copy: restore it like an exception would.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("stopped"))
     import pybind11
     r = sh(["cmake", "-S", str(src), "-B", str(bld), "-G", "Ninja", "-DVGG_CUDA=OFF", "-DCMAKE_BUILD_TYPE=Release",
             # No link-time optimisation: every mutant relinks _C, and an LTO link recompiles the whole module.

@@ -1,6 +1,8 @@
 """Every sim kernel family once with every emulator check on (races, uninit, bounds): the checks must stay silent on
 correct kernels (no false positives) and the results must match the cpu backend. The whole sim suite can be run
 the same way with VGG_SIM_CHECKS=all (docs/emulator.md); this file is the part CI runs every time."""
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -11,6 +13,16 @@ C = vc._C
 pytestmark = pytest.mark.skipif("sim" not in vc.devices(), reason="built without the SIMT emulator")
 
 
+@contextlib.contextmanager
+def gemm_plan(plan):
+    """Forces the GPU GEMM tile plan and split-K (the test-only _C._set_gpu_gemm_plan), then restores auto."""
+    vc._C._set_gpu_gemm_plan(plan)
+    try:
+        yield
+    finally:
+        vc._C._set_gpu_gemm_plan("auto")
+
+
 @pytest.fixture(autouse=True)
 def every_check():
     before = C.sim_get_checks()
@@ -19,7 +31,7 @@ def every_check():
     C.sim_set_checks(before)
 
 
-def run(device, rng_seed, monkeypatch=None):
+def run(device, rng_seed):
     rng = np.random.default_rng(rng_seed)
     x = vc.tensor(rng.uniform(-1, 1, (2, 9, 7, 5)).astype(np.float32), device=device, requires_grad=True)
     w = vc.tensor(rng.uniform(-1, 1, (6, 3, 3, 5)).astype(np.float32), device=device, requires_grad=True)
@@ -38,10 +50,10 @@ def run(device, rng_seed, monkeypatch=None):
 
 
 @pytest.mark.parametrize("plan", ["auto", "large:3"])
-def test_network_pieces_pass_every_check(plan, monkeypatch):
-    monkeypatch.setenv("VGG_GPU_GEMM", plan)
-    sim = [t.numpy() for t in run("sim", 3)]
-    cpu = [t.numpy() for t in run("cpu", 3)]
+def test_network_pieces_pass_every_check(plan):
+    with gemm_plan(plan):
+        sim = [t.numpy() for t in run("sim", 3)]
+        cpu = [t.numpy() for t in run("cpu", 3)]
     for got, want in zip(sim, cpu):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 

@@ -145,3 +145,22 @@ def test_dynamic_shared_read_past_the_end_is_diagnosed():
     with pytest.raises(RuntimeError, match=r"out-of-bounds shared memory read: thread \(0,0,0\) accesses byte "
                                            r"offset 320 of the dynamic shared buffer \(320 bytes\)"):
         S.simt_selftest_uninit(3)
+
+
+def test_interleave_schedule_interleaves_lanes_between_collectives():
+    S.sim_set_checks("")
+    seen = set()
+    for seed in range(24):
+        S.sim_set_schedule(f"interleave:{seed}")
+        assert S.sim_get_schedule() == f"interleave:{seed}"
+        seen.add(S.simt_selftest_interleave_probe())
+    assert 1 in seen  # lane 1 ran between lane 0's two stores: only an interleaving schedule can show that
+    for schedule in ["linear", "reverse", "random:1", "random:2"]:
+        S.sim_set_schedule(schedule)
+        assert S.simt_selftest_interleave_probe() in (0, 2)
+    S.sim_set_schedule("interleave:3")
+    S.sim_set_checks("races")
+    with pytest.raises(RuntimeError, match="same warp with no __syncwarp"):
+        S.simt_selftest_interleave_probe()
+    with pytest.raises(ValueError, match="interleave:SEED"):
+        S.sim_set_schedule("interleave:x")

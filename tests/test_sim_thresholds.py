@@ -5,6 +5,8 @@ divide the work (bias gradient splits, split-K), M, N and K one past a tile, and
 results are compared with the cpu backend, or exactly with NumPy where small integers make every sum exact.
 A few kernels also run under several random schedule seeds.
 """
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -12,6 +14,16 @@ import vggcore as vc
 
 C = vc._C
 pytestmark = pytest.mark.skipif("sim" not in vc.devices(), reason="built without the SIMT emulator")
+
+
+@contextlib.contextmanager
+def gemm_plan(plan):
+    """Forces the GPU GEMM tile plan and split-K (the test-only _C._set_gpu_gemm_plan), then restores auto."""
+    vc._C._set_gpu_gemm_plan(plan)
+    try:
+        yield
+    finally:
+        vc._C._set_gpu_gemm_plan("auto")
 
 
 @pytest.fixture(autouse=True)
@@ -37,8 +49,8 @@ def test_cross_entropy_more_than_one_warp_of_rows(rows, cols):
     target = rng.integers(0, cols, rows).astype(np.int64)
     out = {}
     for dev in ("cpu", "sim"):
-        loss, logp = C.cross_entropy_forward(on(dev, logits), on(dev, target))
-        dx = C.cross_entropy_backward(logp, on(dev, target), on(dev, np.ones(1, np.float32)))
+        loss, logp, labels = C.cross_entropy_forward(on(dev, logits), on(dev, target))
+        dx = C.cross_entropy_backward(logp, labels, on(dev, np.ones(1, np.float32)))
         out[dev] = loss.numpy(), logp.numpy(), dx.numpy()
     for got, want in zip(out["sim"], out["cpu"]):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
@@ -94,15 +106,15 @@ GEMMS = [(65, 17, 65, "small"), (129, 9, 129, "large"), (33, 50, 20, "small:3"),
 
 
 @pytest.mark.parametrize("M, IN, OUT, plan", GEMMS, ids=[f"M{m}K{k}N{n}-{p}" for m, k, n, p in GEMMS])
-def test_gemm_one_past_a_tile(M, IN, OUT, plan, monkeypatch):
-    monkeypatch.setenv("VGG_GPU_GEMM", plan)
+def test_gemm_one_past_a_tile(M, IN, OUT, plan):
     rng = np.random.default_rng(M * IN + OUT)
     x, w, b, dy = small_ints(rng, (M, IN)), small_ints(rng, (OUT, IN)), small_ints(rng, (OUT,)), small_ints(rng, (M, OUT))
-    y = C.linear_forward(on("sim", x), on("sim", w), on("sim", b)).numpy()
+    with gemm_plan(plan):
+        y = C.linear_forward(on("sim", x), on("sim", w), on("sim", b)).numpy()
+        dx = C.linear_backward_data(on("sim", dy), on("sim", w)).numpy()
+        dw = C.linear_backward_weight(on("sim", x), on("sim", dy)).numpy()
     np.testing.assert_array_equal(y, x @ w.T + b)
-    dx = C.linear_backward_data(on("sim", dy), on("sim", w)).numpy()
     np.testing.assert_array_equal(dx, dy @ w)
-    dw = C.linear_backward_weight(on("sim", x), on("sim", dy)).numpy()
     np.testing.assert_array_equal(dw, dy.T @ x)
 
 
@@ -140,18 +152,19 @@ def test_multi_step_sgd_on_sim(nesterov):
 
 
 @pytest.mark.parametrize("seed", [11, 12, 13, 14])
-def test_kernels_under_more_random_seeds(seed, monkeypatch):
+def test_kernels_under_more_random_seeds(seed):
     C.sim_set_schedule(f"random:{seed}")
-    monkeypatch.setenv("VGG_GPU_GEMM", "small:3")
     rng = np.random.default_rng(seed)
     x, w, b = small_ints(rng, (33, 50)), small_ints(rng, (20, 50)), small_ints(rng, (20,))
-    np.testing.assert_array_equal(C.linear_forward(on("sim", x), on("sim", w), on("sim", b)).numpy(), x @ w.T + b)
+    with gemm_plan("small:3"):
+        y = C.linear_forward(on("sim", x), on("sim", w), on("sim", b)).numpy()
+    np.testing.assert_array_equal(y, x @ w.T + b)
     dy = small_ints(rng, (1001, 33))
     np.testing.assert_array_equal(C.bias_backward(on("sim", dy)).numpy(), dy.sum(axis=0))
     logits = rng.uniform(-3, 3, (257, 5)).astype(np.float32)
     target = rng.integers(0, 5, 257).astype(np.int64)
-    loss_sim, _ = C.cross_entropy_forward(on("sim", logits), on("sim", target))
-    loss_cpu, _ = C.cross_entropy_forward(on("cpu", logits), on("cpu", target))
+    loss_sim = C.cross_entropy_forward(on("sim", logits), on("sim", target))[0]
+    loss_cpu = C.cross_entropy_forward(on("cpu", logits), on("cpu", target))[0]
     np.testing.assert_allclose(loss_sim.numpy(), loss_cpu.numpy(), rtol=1e-6)
     xg = small_ints(rng, (3, 3, 3, 40), -8, 8)
     want = xg.reshape(3, 9, 40).astype(np.float64).mean(axis=1)

@@ -22,6 +22,9 @@
 
 namespace vgg::cuda {
 cudaStream_t current_stream();  // the current device's stream (csrc/cuda/runtime.cu)
+// With VGG_CUDA_SYNC_LAUNCHES=1 (a debug switch, like CUDA_LAUNCH_BLOCKING): synchronises the stream after the
+// launch and throws if the kernel faulted, so the error names the launch that caused it. Otherwise nothing.
+void after_launch(const std::string& op);
 }  // namespace vgg::cuda
 
 #define VGG_LAUNCH(grid, block, shared_bytes, ...) \
@@ -32,6 +35,7 @@ cudaStream_t current_stream();  // the current device's stream (csrc/cuda/runtim
     if (vgg_launch_status_ != cudaSuccess)                                                            \
       throw std::runtime_error(std::string(op) + ": CUDA kernel launch failed: " +                    \
                                cudaGetErrorString(vgg_launch_status_));                              \
+    ::vgg::cuda::after_launch(op);                                                                    \
   } while (0)
 #define VGG_DYNAMIC_SHARED(type, name)                              \
   extern __shared__ __align__(16) unsigned char vgg_dynamic_smem_[]; \

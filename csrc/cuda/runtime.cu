@@ -12,6 +12,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <memory>
 #include <mutex>
 #include <stdexcept>
@@ -293,6 +294,19 @@ void stream_wait(int device, void* waiter, void* signaller) {
   const cudaError_t destroyed = cudaEventDestroy(event);
   VGG_CUDA_CHECK(status);
   VGG_CUDA_CHECK(destroyed);
+}
+
+// Read once: the switch is for a debugging session, set before the process starts.
+void after_launch(const std::string& op) {
+  static const bool sync = [] {
+    const char* env = std::getenv("VGG_CUDA_SYNC_LAUNCHES");
+    return env && *env && std::string(env) != "0";
+  }();
+  if (!sync) return;
+  const cudaError_t status = cudaStreamSynchronize(current_stream());
+  if (status != cudaSuccess)
+    throw std::runtime_error(op + ": CUDA kernel failed (reported at its launch by VGG_CUDA_SYNC_LAUNCHES): " +
+                             cudaGetErrorString(status));
 }
 
 // Kernel scratch (common.cuh): the current device's caching allocator, released right after the launches that

@@ -411,6 +411,29 @@ std::vector<float> uninit(int kind) {
   return result;
 }
 
+// Lane 0 writes s[0] = 1 then s[0] = 2; lane 1 reads s[0] in between its own two accesses (all without a
+// __syncwarp: a race). Serial schedules let lane 1 see 0 or 2 only; "interleave" also shows it the 1.
+__global__ void interleave_kernel(int* seen) {
+  VGG_SHARED(int, s, [2]);
+  if (threadIdx.x == 0) s[0] = 0;
+  __syncthreads();
+  volatile int* v = s;  // keeps the first store (the compiler would drop it as dead)
+  if (threadIdx.x == 0) {
+    v[0] = 1;
+    v[1] = 0;
+    v[0] = 2;
+  } else if (threadIdx.x == 1) {
+    v[1] = 5;
+    *seen = v[0];
+  }
+}
+
+int interleave_probe() {
+  int seen = -1;
+  VGG_LAUNCH(1, 32, 0, interleave_kernel)(&seen);
+  return seen;
+}
+
 // The first word of a fresh device allocation (the poison), as bits.
 unsigned fresh_word() {
   auto* p = static_cast<unsigned*>(simt::device_alloc(8, "fresh"));
@@ -459,6 +482,8 @@ PYBIND11_MODULE(_simt_selftest, m) {
         "Device memory races and bounds (1: blocks race, 2: +=, 3: atomicAdd, 4-6: out of bounds; 0: copy).");
   m.def("simt_selftest_uninit", &st::uninit, py::arg("kind"),
         "Uninitialised shared reads (1: missing barrier, 2: unwritten word, 3: past the end; 0: fine).");
+  m.def("simt_selftest_interleave_probe", &st::interleave_probe,
+        "What lane 1 reads of a word lane 0 sets to 1 then 2 with no __syncwarp (0, 1 or 2).");
   m.def("simt_selftest_fresh_word", &st::fresh_word, "The first word of a fresh sim device allocation.");
   m.def("simt_selftest_big_shared_other", &st::big_shared_other, py::arg("bytes"),
         "Like big_shared but a kernel that never opted in.");

@@ -121,7 +121,8 @@ struct Warp {
   Arrival lanes[32];
 };
 
-enum class Order : uint8_t { linear, reverse, random };
+// interleave: random, and a running thread may also yield before any shared memory access (Engine::rng).
+enum class Order : uint8_t { linear, reverse, random, interleave };
 
 // One access as the checks record it.
 struct Tag {
@@ -536,12 +537,22 @@ void global_access(Engine& E, const LiveAlloc& a, uintptr_t addr, size_t size, b
   }
 }
 
+// Schedule "interleave": before one shared memory access in four, the thread lets the others run, so the lanes of
+// a warp interleave between collectives (code that assumes lock-step lanes sees another order every time).
+void maybe_yield(Engine& E) {
+  if (E.order != Order::interleave || (E.rng() & 3) != 0) return;
+  switch_to_scheduler(E.current);  // stays runnable; the scheduler's next sweep resumes it
+}
+
 void on_access(const void* ptr, size_t size, bool write) {
   Engine& E = engine();
   if (!tl_in_launch || !E.current || !E.check_error.empty() || size == 0) return;
   const uintptr_t a = reinterpret_cast<uintptr_t>(ptr);
   const uintptr_t alloc_lo = reinterpret_cast<uintptr_t>(E.shared_alloc);
+  const bool any_check = E.check_races || E.check_uninit || E.check_bounds;
   if (a < alloc_lo + E.shared_bytes + 2 * kGuardBytes && a + size > alloc_lo) {
+    maybe_yield(E);
+    if (!any_check) return;
     const uintptr_t lo = reinterpret_cast<uintptr_t>(E.shared);
     const size_t bytes = E.config->dynamic_shared_bytes;
     if (a < lo || a + size > lo + bytes) {
@@ -559,6 +570,7 @@ void on_access(const void* ptr, size_t size, bool write) {
   for (Static* st : E.statics) {
     const uintptr_t lo = reinterpret_cast<uintptr_t>(st->base);
     if (a >= lo && a < lo + st->bytes) {
+      maybe_yield(E);
       if (E.check_races || E.check_uninit) {
         const std::string region = std::string("static shared array '") + st->name + "'";
         shared_access(E, st->shadow, a - lo, size, write, region.c_str(), st->bytes);
@@ -566,6 +578,7 @@ void on_access(const void* ptr, size_t size, bool write) {
       return;
     }
   }
+  if (!any_check) return;
   // Device allocations, with their guard zones: the last one starting at or below the end of the access.
   auto& v = E.launch_allocs;
   auto it = std::upper_bound(v.begin(), v.end(), a + size - 1 + kAllocGuardBytes,
@@ -794,17 +807,21 @@ void parse_schedule(const std::string& s, Order& order, uint64_t& seed) {
     order = Order::linear;
   } else if (s == "reverse") {
     order = Order::reverse;
-  } else if (s == "random" || s.rfind("random:", 0) == 0) {
-    order = Order::random;
+  } else if (s == "random" || s.rfind("random:", 0) == 0 || s == "interleave" || s.rfind("interleave:", 0) == 0) {
+    const bool interleave = s[0] == 'i';
+    order = interleave ? Order::interleave : Order::random;
     seed = 0;
-    if (s.size() > 7) {
-      const std::string digits = s.substr(7);
+    const size_t prefix = interleave ? 11 : 7;
+    if (s.size() > prefix) {
+      const std::string digits = s.substr(prefix);
       if (digits.empty() || digits.find_first_not_of("0123456789") != std::string::npos)
-        throw std::invalid_argument("simt: bad schedule '" + s + "': the seed of random:SEED must be a number");
+        throw std::invalid_argument("simt: bad schedule '" + s + "': the seed of " + s.substr(0, prefix) +
+                                    "SEED must be a number");
       seed = std::stoull(digits);
     }
   } else {
-    throw std::invalid_argument("simt: unknown schedule '" + s + "' (expected linear, reverse or random:SEED)");
+    throw std::invalid_argument("simt: unknown schedule '" + s +
+                                "' (expected linear, reverse, random:SEED or interleave:SEED)");
   }
 }
 
@@ -853,7 +870,7 @@ void init_schedule_from_env(Engine& E) {
 
 void order_threads(Engine& E) {
   auto& o = E.order_buf;
-  if (E.order == Order::random) std::shuffle(o.begin(), o.end(), E.rng);
+  if (E.order == Order::random || E.order == Order::interleave) std::shuffle(o.begin(), o.end(), E.rng);
 }
 
 // A thread that waits at a collective whose lanes can no longer arrive: name both.
@@ -1024,7 +1041,7 @@ struct BlockOrder {
   bool reverse = false;
   BlockOrder(Engine& E, uint64_t count) : n(count) {
     if (E.order == Order::reverse) reverse = true;
-    if (E.order == Order::random && n > 1) {
+    if ((E.order == Order::random || E.order == Order::interleave) && n > 1) {
       do a = E.rng() % n; while (std::gcd(a, n) != 1);
       c = E.rng() % n;
     }
@@ -1052,8 +1069,9 @@ void prepare_checks(Engine& E, unsigned nwarps) {
   E.statics.clear();
   E.warp_epoch.assign(nwarps, 0);
   E.launch_first_block = block_serial + 1;
-  g_checks_active = E.check_races || E.check_uninit || E.check_bounds;
-  if (!g_checks_active) return;
+  const bool checks = E.check_races || E.check_uninit || E.check_bounds;
+  g_checks_active = checks || E.order == Order::interleave;  // interleave yields from the hooks
+  if (!checks) return;
   E.dynamic_shadow.assign((E.config->dynamic_shared_bytes + 3) / 4, Shadow{});
   E.global_shadow.clear();
   E.launch_allocs.clear();
@@ -1192,6 +1210,7 @@ std::string get_schedule() {
   switch (E.order) {
     case detail::Order::linear: return "linear";
     case detail::Order::reverse: return "reverse";
+    case detail::Order::interleave: return "interleave:" + std::to_string(E.seed);
     default: return "random:" + std::to_string(E.seed);
   }
 }

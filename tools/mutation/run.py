@@ -6,7 +6,7 @@ what changed (the sim backend, CUDA off), runs the sim tests and says whether th
     python tools/mutation/run.py --checks ""           # the default emulator mode instead of every check
 
 Not part of CI: a full pass rebuilds the sim backend once per mutant (tens of minutes on 2 cores). A mutant is
-"caught" when the sim suite fails (or hangs past --timeout); "by diagnostic" when the failure is an emulator
+"caught" when the sim tests fail (a run past --timeout gives no verdict); "by diagnostic" when the failure is an emulator
 error naming the bug (race, out-of-bounds, uninitialised read, guard zone, divergence, misalignment) rather than
 a wrong value. The copy lives in --workdir; the repository itself is never modified.
 """
@@ -16,6 +16,7 @@ import os
 import pathlib
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -24,6 +25,21 @@ HERE = pathlib.Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 from catalogue import MUTANTS  # noqa: E402
+
+# The test files that exercise each kernel file (their sim tests run; collecting the whole suite costs more than
+# running these); --all-tests runs the whole sim suite instead.
+COMMON_TESTS = ["test_ops.py", "test_grad.py", "test_sim_checks_ops.py", "test_sim_thresholds.py"]
+TESTS_FOR = {
+    "elementwise.cu": COMMON_TESTS + ["test_autograd.py"],
+    "softmax.cu": COMMON_TESTS,
+    "pool.cu": COMMON_TESTS,
+    "reduce.cu": COMMON_TESTS + ["test_gpu_gemm_plans.py"],
+    "sgd.cu": ["test_optim.py", "test_sim_thresholds.py", "test_sim_checks_ops.py"],
+    "lrn.cu": COMMON_TESTS,
+    "gemm_tiles.cuh": COMMON_TESTS + ["test_gpu_gemm_plans.py", "test_conv_paths.py"],
+    "conv2d.cu": COMMON_TESTS + ["test_gpu_gemm_plans.py", "test_conv_paths.py"],
+    "linear.cu": COMMON_TESTS + ["test_gpu_gemm_plans.py"],
+}
 
 DIAGNOSTICS = re.compile(r"simt: .*(race on|out-of-bounds|uninitialised|wrote outside|divergent|misaligned|"
                          r"overflow|reads lane|launch of kernel|exceeds|__launch_bounds__)")
@@ -42,8 +58,8 @@ def copy_tree(dst):
             shutil.copy2(src, dst / f)
 
 
-def build(src, bld):
-    r = sh(["ninja", "-C", str(bld), "_C", "_simt_selftest"], timeout=1800)
+def build(src, bld, targets=("_C", "_simt_selftest")):
+    r = sh(["ninja", "-C", str(bld), *targets], timeout=1800)
     return r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
 
 
@@ -56,14 +72,15 @@ def make_package(src, bld, pkg):
         (dst / so.name).symlink_to(so)
 
 
-def run_tests(pkg, tests, checks, timeout, extra):
+def run_tests(pkg, tests, checks, timeout, extra, files=None):
     env = dict(os.environ, PYTHONPATH=str(pkg), VGG_SIM_CHECKS=checks)
-    cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-k", "sim", str(tests)] + extra
+    paths = [str(tests / f) for f in files] if files else [str(tests)]
+    cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-k", "sim"] + paths + extra
     start = time.time()
     try:
         r = sh(cmd, cwd=pkg, env=env, timeout=timeout)
     except subprocess.TimeoutExpired:
-        return "timeout", f"no result after {timeout} s (a hang counts as caught)", time.time() - start
+        return "timeout", f"no result after {timeout} s", time.time() - start
     out = r.stdout + r.stderr
     if r.returncode == 0:
         return "missed", "", time.time() - start
@@ -85,9 +102,20 @@ def main():
     ap.add_argument("--workdir", default="/tmp/vggcore-mutation")
     ap.add_argument("--report", default=str(REPO / "docs" / "mutation-report.md"))
     ap.add_argument("--pytest-args", default="", help="extra pytest arguments")
+    ap.add_argument("--all-tests", action="store_true", help="the whole sim suite per mutant, not the file's tests")
+    ap.add_argument("--skip-baseline", action="store_true", help="do not run the sim suite on the unmutated tree")
+    ap.add_argument("--fresh", default="", help="comma-separated csrc/cuda files to recompile at the start (a run "
+                    "killed mid-mutant may have left a mutated object behind)")
+    ap.add_argument("--from-log", default="", help="only write the report from the lines of an earlier run's log")
     args = ap.parse_args()
-    only = set(filter(None, args.only.split(",")))
-    mutants = [m for m in MUTANTS if not only or m[0] in only]
+    if args.from_log:
+        return report_from_log(pathlib.Path(args.from_log), pathlib.Path(args.report), args.checks)
+    only = list(filter(None, args.only.split(",")))
+    by_id = {m[0]: m for m in MUTANTS}
+    unknown = [o for o in only if o not in by_id]
+    if unknown:
+        sys.exit("unknown mutants: " + ", ".join(unknown))
+    mutants = [by_id[o] for o in only] if only else MUTANTS  # in the order given
 
     work = pathlib.Path(args.workdir)
     src, bld, pkg = work / "src", work / "build", work / "pkg"
@@ -96,8 +124,14 @@ def main():
     src.mkdir(parents=True)
     pkg.mkdir(parents=True, exist_ok=True)
     copy_tree(src)
+    for name in filter(None, args.fresh.split(",")):
+        (src / "csrc" / "cuda" / name).touch()
+    # A stop (SIGTERM, timeout) must not leave a mutant in the copy: restore it like an exception would.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("stopped"))
     import pybind11
     r = sh(["cmake", "-S", str(src), "-B", str(bld), "-G", "Ninja", "-DVGG_CUDA=OFF", "-DCMAKE_BUILD_TYPE=Release",
+            # No link-time optimisation: every mutant relinks _C, and an LTO link recompiles the whole module.
+            "-DCMAKE_INTERPROCEDURAL_OPTIMIZATION=OFF",
             f"-Dpybind11_DIR={pybind11.get_cmake_dir()}", f"-DPython_EXECUTABLE={sys.executable}"])
     if r.returncode != 0:
         sys.exit("cmake failed:\n" + r.stdout[-2000:] + r.stderr[-2000:])
@@ -106,10 +140,11 @@ def main():
         sys.exit("the unmutated tree does not build:\n" + log)
     make_package(src, bld, pkg)
     extra = args.pytest_args.split()
-    status, detail, secs = run_tests(pkg, src / "tests", args.checks, args.timeout, extra)
-    if status != "missed":
-        sys.exit(f"the unmutated tree fails the sim tests ({status}): {detail}")
-    print(f"baseline: sim tests pass in {secs:.0f} s", flush=True)
+    if not args.skip_baseline:
+        status, detail, secs = run_tests(pkg, src / "tests", args.checks, args.timeout, extra)
+        if status != "missed":
+            sys.exit(f"the unmutated tree fails the sim tests ({status}): {detail}")
+        print(f"baseline: sim tests pass in {secs:.0f} s", flush=True)
 
     results = []
     for mid, fname, cls, desc, old, new in mutants:
@@ -120,12 +155,13 @@ def main():
             continue
         path.write_text(original.replace(old, new))
         try:
-            ok, log = build(src, bld)
+            ok, log = build(src, bld, ("_C",))  # the mutants are in csrc/cuda: only _C's sim objects change
             if not ok:
                 err = [l for l in log.splitlines() if "error" in l][:1]
                 results.append((mid, fname, cls, desc, "invalid", "does not compile: " + "".join(err)[:200], 0.0))
             else:
-                status, detail, secs = run_tests(pkg, src / "tests", args.checks, args.timeout, extra)
+                files = None if args.all_tests else TESTS_FOR.get(fname)
+                status, detail, secs = run_tests(pkg, src / "tests", args.checks, args.timeout, extra, files)
                 results.append((mid, fname, cls, desc, status, detail, secs))
         finally:
             path.write_text(original)
@@ -134,8 +170,23 @@ def main():
     write_report(pathlib.Path(args.report), results, args.checks)
 
 
+def report_from_log(log, report, checks):
+    """A report from the per-mutant lines a run prints (for a run stopped before the end; details truncated)."""
+    by_id = {m[0]: m for m in MUTANTS}
+    results = {}
+    for line in log.read_text().splitlines():
+        parts = line.split(None, 3)
+        if len(parts) >= 3 and parts[0] in by_id and parts[2].endswith("s"):
+            mid, fname, cls, desc = by_id[parts[0]][:4]
+            results[mid] = (mid, fname, cls, desc, parts[1], parts[3] if len(parts) > 3 else "",
+                            float(parts[2][:-1]))
+    write_report(report, list(results.values()), checks)
+
+
 def write_report(path, results, checks):
-    valid = [r for r in results if r[4] != "invalid"]
+    # A run that timed out gives no verdict (on a loaded machine a slow pass looks the same as a hang).
+    valid = [r for r in results if r[4] not in ("invalid", "timeout")]
+    timeouts = [r for r in results if r[4] == "timeout"]
     caught = [r for r in valid if r[4] != "missed"]
     diag = [r for r in valid if r[4] == "diagnostic"]
     by_class = collections.defaultdict(lambda: [0, 0, 0])
@@ -147,11 +198,13 @@ def write_report(path, results, checks):
     lines = [
         "# Mutation report (tools/mutation/run.py)", "",
         f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} with VGG_SIM_CHECKS={checks!r}: each "
-        "mutant of tools/mutation/catalogue.py planted alone, the sim backend rebuilt, `pytest -x -k sim tests/` run.",
+        "mutant of tools/mutation/catalogue.py planted alone, the sim backend rebuilt, the sim tests of its kernel "
+        "file run (`pytest -x -k sim` on the test files of TESTS_FOR in run.py; --all-tests: the whole sim suite).",
         "",
         f"**{len(caught)} of {len(valid)} caught ({100.0 * len(caught) / max(1, len(valid)):.0f}%)**, "
         f"{len(diag)} of them by an emulator diagnostic naming the bug; "
-        f"{len(results) - len(valid)} invalid (patch did not apply or compile).", "",
+        f"{len(timeouts)} without a verdict (the test run timed out), "
+        f"{len(results) - len(valid) - len(timeouts)} invalid (patch did not apply or compile).", "",
         "| class | mutants | caught | by diagnostic |", "|---|---|---|---|",
     ]
     for cls in sorted(by_class):

@@ -5,23 +5,21 @@
 // Napkin math for the default: 14.8 GFLOP again, but the GEMM is short and deep (M = K = 256, N = R*S*C = 1152,
 // Kdim = N*P*Q = 25088): only 18 large or 72 small output tiles, far from filling 132 SMs, hence split-K.
 // Its sums run over 25088 products, so values reach ~100: the elementwise rule is relative there.
-// Variants: the production entry point (automatic tile plan) and every plan forced, from the one table below.
+// Variants: the production entry point under the automatic plan, every plan forced, and TF32 tensor cores.
 #include "lab.cuh"
 
 using namespace vgg::cuda;
 
-static void planned(const lab::Conv2dShape& s, const lab::Buffers& b, lab::GemmPlan plan) {
-  conv2d_detail::backward_weight(b.x, b.y, b.out, s, plan);
-}
+static void launch(const lab::Conv2dShape& s, const lab::Buffers& b) { conv2d_backward_weight(b.x, b.y, b.out, s); }
 
 static const lab::Variant kVariants[] = {
-    {"production (automatic plan)", [](const lab::Conv2dShape& s, const lab::Buffers& b) { conv2d_backward_weight(b.x, b.y, b.out, s); }},
-    LAB_TILE_PLANS(planned, 8),
-    {"small tiles, split-K 32", lab::with_plan<planned, false, 32>},
-    {"large tiles, split-K 32", lab::with_plan<planned, true, 32>},
+    {"production (automatic plan)", "auto", "highest"},
+    LAB_TILE_PLANS(8),
+    {"small tiles, split-K 32", "small:32", "highest"},
+    {"large tiles, split-K 32", "large:32", "highest"},
 };
 
 int main(int argc, char** argv) {
   const lab::Conv2dShape s = lab::parse_shape(argc, argv, {8, 56, 56, 128, 256, 3, 3, 1, 1, 56, 56});
-  return lab::run_lab("conv2d backward weight", lab::Pass::backward_weight, s, kVariants, int(std::size(kVariants)));
+  return lab::run_lab("conv2d backward weight", lab::Pass::backward_weight, s, launch, kVariants, int(std::size(kVariants)));
 }

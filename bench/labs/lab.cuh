@@ -26,6 +26,7 @@
 #include <string>
 #include <vector>
 
+#include "core/precision.cpp"
 #include "cuda/conv2d.cu"
 #include "cuda/linear.cu"
 #include "cpu/conv_reference.cpp"
@@ -58,7 +59,6 @@ void workspace_free(void* ptr) noexcept {
 namespace lab {
 
 using vgg::Conv2dShape;
-using vgg::cuda::gemm::GemmPlan;
 
 enum class Pass { forward, backward_data, backward_weight };
 
@@ -68,26 +68,34 @@ struct Buffers {
   float* out;               // forward: y's buffer; backward-data: dx (N,H,W,C); backward-weight: dw (K,R,S,C)
 };
 
-// A variant: its name and a launcher on the shape and buffers. Launchers run asynchronously on the default stream.
+// The pass as the library runs it: the production entry point, asynchronous on the default stream.
+using Launcher = void (*)(const Conv2dShape& s, const Buffers& b);
+
+// A variant: the production pass under one setting of the GPU GEMM's test-only plan override
+// (vgg::set_gpu_gemm_plan: "auto", "small", "large", "small:SPLITS", "large:SPLITS") and of the float32 matmul
+// precision ("highest": CUDA cores; "high": TF32 tensor cores). A kernel that arrives through the planner is one
+// more row.
 struct Variant {
   const char* name;
-  void (*run)(const Conv2dShape& s, const Buffers& b);
+  const char* plan;
+  const char* precision;
 };
 
-// The launcher of a variant that runs a pass's production GEMM with a forced tile plan:
-//   {"large tiles, split-K 4", lab::with_plan<planned, true, 4>}
-// where planned(s, b, plan) calls the pass with that plan.
-template <void (*Planned)(const Conv2dShape&, const Buffers&, GemmPlan), bool Large, int Splits>
-void with_plan(const Conv2dShape& s, const Buffers& b) {
-  Planned(s, b, GemmPlan{Large, Splits});
-}
+// The rows every lab's table starts from: small and large tiles, without and with SPLITS-way split-K, on the CUDA
+// cores and on TF32 tensor cores.
+#define LAB_TILE_PLANS(SPLITS)                                                       \
+  {"small tiles", "small", "highest"},                                               \
+  {"large tiles", "large", "highest"},                                               \
+  {"small tiles, split-K " #SPLITS, "small:" #SPLITS, "highest"},                    \
+  {"large tiles, split-K " #SPLITS, "large:" #SPLITS, "highest"},                    \
+  {"TF32 tensor cores, automatic plan", "auto", "high"},                             \
+  {"TF32 small tiles, split-K " #SPLITS, "small:" #SPLITS, "high"},                  \
+  {"TF32 large tiles, split-K " #SPLITS, "large:" #SPLITS, "high"}
 
-// The four rows every lab's table starts from: small and large tiles, without and with SPLITS-way split-K.
-#define LAB_TILE_PLANS(planned, SPLITS)                                                     \
-  {"small tiles", lab::with_plan<planned, false, 1>},                                       \
-  {"large tiles", lab::with_plan<planned, true, 1>},                                        \
-  {"small tiles, split-K " #SPLITS, lab::with_plan<planned, false, SPLITS>},                \
-  {"large tiles, split-K " #SPLITS, lab::with_plan<planned, true, SPLITS>}
+inline void select(const Variant& v) {
+  vgg::set_gpu_gemm_plan(v.plan);
+  vgg::set_float32_matmul_precision(v.precision);
+}
 
 inline Conv2dShape parse_shape(int argc, char** argv, const Conv2dShape& fallback) {
   // N H W C K R S stride pad (R = S given once as R when only 8 numbers follow)
@@ -254,8 +262,9 @@ class Cudnn {
 #endif
 
 // Validates and times every variant of one pass on shape s; returns the exit status.
-inline int run_lab(const char* title, Pass pass, const Conv2dShape& s, const Variant* variants, int count,
-                   double tol = 1e-4) {
+// tol 1e-4 for float32 sums; the TF32 rows (10-bit mantissas) are held to 5e-3.
+inline int run_lab(const char* title, Pass pass, const Conv2dShape& s, Launcher launch, const Variant* variants,
+                   int count, double tol = 1e-4) {
   const size_t nx = s.N * s.H * s.W * s.C, nw = s.K * s.R * s.S * s.C, ny = s.N * s.P * s.Q * s.K;
   // Inputs of order one: x and dy uniform in [-1, 1], w scaled by 1/sqrt(R*S*C) as a trained layer's would be.
   const std::vector<double> x = random_values(nx, 1, 1.0), w = random_values(nw, 2, 1.0 / std::sqrt(double(s.R * s.S * s.C)));
@@ -274,14 +283,16 @@ inline int run_lab(const char* title, Pass pass, const Conv2dShape& s, const Var
               prop.name, (long long)s.N, (long long)s.H, (long long)s.W, (long long)s.C, (long long)s.K,
               (long long)s.R, (long long)s.S, (long long)s.stride, (long long)s.pad, flops * 1e-9);
 
-  std::printf("validation against the CPU float64 reference, |out - ref| <= %.0e * max(|ref|, 1):\n", tol);
+  std::printf("validation against the CPU float64 reference, |out - ref| <= tol * max(|ref|, 1):\n");
   std::vector<bool> valid(count);
   bool all_valid = true;
   for (int i = 0; i < count; ++i) {
+    select(variants[i]);
     LAB_CUDA(cudaMemset(b.out, 0xff, ref.size() * sizeof(float)));  // NaN: a variant that writes nothing fails
-    variants[i].run(s, b);
+    launch(s, b);
     LAB_CUDA(cudaGetLastError());
-    valid[i] = validate(variants[i].name, b.out, ref, tol);
+    const bool tf32 = std::string(variants[i].precision) == "high";
+    valid[i] = validate(variants[i].name, b.out, ref, tf32 ? 5e-3 : tol);
     all_valid = all_valid && valid[i];
   }
   float vendor_ms = 0.0f;
@@ -301,12 +312,14 @@ inline int run_lab(const char* title, Pass pass, const Conv2dShape& s, const Var
       std::printf("| %s | invalid | | |\n", variants[i].name);
       continue;
     }
-    const float ms = time_ms([&] { variants[i].run(s, b); });
+    select(variants[i]);
+    const float ms = time_ms([&] { launch(s, b); });
     if (vendor_ms > 0)
       std::printf("| %s | %.3f | %.2f | %.2f |\n", variants[i].name, ms, flops / ms * 1e-9, ms / vendor_ms);
     else
       std::printf("| %s | %.3f | %.2f | n/a |\n", variants[i].name, ms, flops / ms * 1e-9);
   }
+  select({"", "auto", "highest"});
   for (float* p : {b.x, b.w, b.bias, b.y, b.out}) LAB_CUDA(cudaFree(p));
   return all_valid ? 0 : 1;
 }

@@ -11,9 +11,11 @@
 //   5. prints ms, TFLOP/s (2*N*P*Q*K*R*S*C per pass) and the time ratio to cuDNN.
 // Exit status: 0 all variants valid, 1 a variant failed validation, 2 a CUDA or cuDNN error.
 //
-// The production sources are compiled into this translation unit (nvcc, namespace vgg::cuda), with the two
-// runtime services they need provided below: the stream (the legacy default stream, which the events bracket)
-// and scratch memory (stream-ordered cudaMallocAsync, as the production allocator is stream-ordered too).
+// The production sources are compiled into this translation unit (nvcc, namespace vgg::cuda), with the
+// runtime services they need provided below: the stream (the legacy default stream, which the events bracket),
+// scratch memory (stream-ordered cudaMallocAsync, as the production allocator is stream-ordered too) and the
+// after-launch hook (a no-op: the production one synchronises only under VGG_CUDA_SYNC_LAUNCHES, which would
+// distort the timings; launch errors are still checked by each launcher).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -54,6 +56,7 @@ void* workspace_alloc(size_t bytes) {
 void workspace_free(void* ptr) noexcept {
   if (ptr) cudaFreeAsync(ptr, 0);
 }
+void after_launch(const std::string&) {}
 }  // namespace vgg::cuda
 
 namespace lab {

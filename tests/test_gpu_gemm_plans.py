@@ -5,27 +5,19 @@ VGG sizes runs large tiles and split-K. The test-only _C._set_gpu_gemm_plan("sma
 plan, so these tests cover the code a GPU actually runs, including more splits than there are k tiles (the launcher
 re-counts them).
 """
-import contextlib
 
 import numpy as np
 import pytest
 
 import vggcore as vc
 import vggcore.nn.functional as F
+from gpu_plans import forced_gemm_plan
 
 import reference as ref
 from gradcheck import assert_close
 
 PLANS = ["small", "large", "small:3", "large:4", "large:999"]
 
-
-@contextlib.contextmanager
-def forced_plan(plan):
-    vc._C._set_gpu_gemm_plan(plan)
-    try:
-        yield
-    finally:
-        vc._C._set_gpu_gemm_plan("auto")
 
 # (N, H, W, C, K, kernel, stride, pad): C=3 and C=13 take the scalar loads, C=8 and K=16 the float4 ones.
 CONVS = [(1, 7, 5, 3, 5, 3, 1, 1), (2, 9, 6, 8, 16, 3, 2, 1), (2, 6, 7, 13, 13, 5, 1, 2), (1, 8, 8, 16, 8, 1, 1, 0)]
@@ -35,7 +27,7 @@ LINEARS = [(3, 13, 5), (9, 16, 24)]  # (M, IN, OUT)
 @pytest.mark.parametrize("plan", PLANS)
 @pytest.mark.parametrize("case", CONVS, ids=["N{}H{}W{}C{}K{}k{}s{}p{}".format(*c) for c in CONVS])
 def test_conv2d_every_plan(gpu_device, plan, case):
-    with forced_plan(plan):
+    with forced_gemm_plan(plan):
         run_conv2d(gpu_device, plan, case)
 
 
@@ -60,7 +52,7 @@ def run_conv2d(gpu_device, plan, case):
 @pytest.mark.parametrize("plan", PLANS)
 @pytest.mark.parametrize("case", LINEARS, ids=["M{}IN{}OUT{}".format(*c) for c in LINEARS])
 def test_linear_every_plan(gpu_device, plan, case):
-    with forced_plan(plan):
+    with forced_gemm_plan(plan):
         run_linear(gpu_device, plan, case)
 
 

@@ -1,26 +1,16 @@
 """Every sim kernel family once with every emulator check on (races, uninit, bounds): the checks must stay silent on
 correct kernels (no false positives) and the results must match the cpu backend. The whole sim suite can be run
 the same way with VGG_SIM_CHECKS=all (docs/emulator.md); this file is the part CI runs every time."""
-import contextlib
 
 import numpy as np
 import pytest
 
 import vggcore as vc
+from gpu_plans import forced_gemm_plan
 import vggcore.nn.functional as F
 
 C = vc._C
 pytestmark = pytest.mark.skipif("sim" not in vc.devices(), reason="built without the SIMT emulator")
-
-
-@contextlib.contextmanager
-def gemm_plan(plan):
-    """Forces the GPU GEMM tile plan and split-K (the test-only _C._set_gpu_gemm_plan), then restores auto."""
-    vc._C._set_gpu_gemm_plan(plan)
-    try:
-        yield
-    finally:
-        vc._C._set_gpu_gemm_plan("auto")
 
 
 @pytest.fixture(autouse=True)
@@ -51,7 +41,7 @@ def run(device, rng_seed):
 
 @pytest.mark.parametrize("plan", ["auto", "large:3"])
 def test_network_pieces_pass_every_check(plan):
-    with gemm_plan(plan):
+    with forced_gemm_plan(plan):
         sim = [t.numpy() for t in run("sim", 3)]
         cpu = [t.numpy() for t in run("cpu", 3)]
     for got, want in zip(sim, cpu):

@@ -5,25 +5,15 @@ divide the work (bias gradient splits, split-K), M, N and K one past a tile, and
 results are compared with the cpu backend, or exactly with NumPy where small integers make every sum exact.
 A few kernels also run under several random schedule seeds.
 """
-import contextlib
 
 import numpy as np
 import pytest
 
 import vggcore as vc
+from gpu_plans import forced_gemm_plan
 
 C = vc._C
 pytestmark = pytest.mark.skipif("sim" not in vc.devices(), reason="built without the SIMT emulator")
-
-
-@contextlib.contextmanager
-def gemm_plan(plan):
-    """Forces the GPU GEMM tile plan and split-K (the test-only _C._set_gpu_gemm_plan), then restores auto."""
-    vc._C._set_gpu_gemm_plan(plan)
-    try:
-        yield
-    finally:
-        vc._C._set_gpu_gemm_plan("auto")
 
 
 @pytest.fixture(autouse=True)
@@ -109,7 +99,7 @@ GEMMS = [(65, 17, 65, "small"), (129, 9, 129, "large"), (33, 50, 20, "small:3"),
 def test_gemm_one_past_a_tile(M, IN, OUT, plan):
     rng = np.random.default_rng(M * IN + OUT)
     x, w, b, dy = small_ints(rng, (M, IN)), small_ints(rng, (OUT, IN)), small_ints(rng, (OUT,)), small_ints(rng, (M, OUT))
-    with gemm_plan(plan):
+    with forced_gemm_plan(plan):
         y = C.linear_forward(on("sim", x), on("sim", w), on("sim", b)).numpy()
         dx = C.linear_backward_data(on("sim", dy), on("sim", w)).numpy()
         dw = C.linear_backward_weight(on("sim", x), on("sim", dy)).numpy()
@@ -156,7 +146,7 @@ def test_kernels_under_more_random_seeds(seed):
     C.sim_set_schedule(f"random:{seed}")
     rng = np.random.default_rng(seed)
     x, w, b = small_ints(rng, (33, 50)), small_ints(rng, (20, 50)), small_ints(rng, (20,))
-    with gemm_plan("small:3"):
+    with forced_gemm_plan("small:3"):
         y = C.linear_forward(on("sim", x), on("sim", w), on("sim", b)).numpy()
     np.testing.assert_array_equal(y, x @ w.T + b)
     dy = small_ints(rng, (1001, 33))

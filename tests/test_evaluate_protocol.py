@@ -11,7 +11,7 @@ from PIL import Image
 import vggcore as vc
 from vggcore import cli, data
 from vggcore.checkpoint import save_state
-from vggcore.evaluate import evaluate, multi_crop_offsets, predict_images, protocol_settings, topk_errors
+from vggcore.evaluation import evaluate, multi_crop_offsets, predict_images, protocol_settings, topk_errors
 
 SIZES = [(40, 52), (61, 45), (48, 48), (70, 40), (44, 58), (50, 64), (41, 41)]   # (w, h): every aspect
 

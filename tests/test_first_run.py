@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 
 from vggcore import data
-from vggcore.train import train
+from vggcore.training import train
 
-train_module = importlib.import_module("vggcore.train")
+train_module = importlib.import_module("vggcore.training")
 TINY = dict(config="A", width=1 / 16, fc_width=16, crop=32, scale=(32, 40), batch_size=8, init="he", dropout=0.0,
             num_workers=2, stats_sample=100)
 

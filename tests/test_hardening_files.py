@@ -12,7 +12,7 @@ from PIL import Image
 
 import vggcore as vc
 from vggcore import checkpoint, data
-from vggcore.evaluate import evaluate, predict_loader
+from vggcore.evaluation import evaluate, predict_loader
 
 DEVICES = vc.devices()
 

@@ -12,7 +12,7 @@ import pytest
 import vggcore as vc
 from vggcore import _schedule, checkpoint, datasets
 from vggcore.cli import main as cli_main
-from vggcore.train import train
+from vggcore.training import train
 
 TINY = dict(config="A", width=1 / 16, fc_width=32, crop=32, scale=(32, 40), batch_size=16, init="he",
             dropout=0.0, num_workers=2, verbose=False, progress=False, stats_sample=50)
@@ -239,7 +239,7 @@ def test_digits_like_run_keeps_its_rate_while_at_chance(tmp_path):
 
 def test_thin_nets_default_to_he_init_on_any_data(shapes, monkeypatch):
     import importlib
-    train_module = importlib.import_module("vggcore.train")
+    train_module = importlib.import_module("vggcore.training")
     seen = []
 
     class Stop(Exception):

@@ -19,7 +19,7 @@ import vggcore as vc
 import vggcore.nn.functional as F
 from vggcore import checkpoint, datasets, models
 from vggcore.models.vgg import LRN_PARAMS
-from vggcore.train import train
+from vggcore.training import train
 
 from conftest import GPU_DEVICES
 

@@ -13,10 +13,10 @@ import vggcore as vc
 import vggcore.models as models
 from vggcore import checkpoint, data, datasets
 from vggcore.cli import main as cli_main
-from vggcore.evaluate import evaluate, predict_loader
-from vggcore.train import TrainResult, train
+from vggcore.evaluation import evaluate, predict_loader
+from vggcore.training import TrainResult, train
 
-train_module = importlib.import_module("vggcore.train")
+train_module = importlib.import_module("vggcore.training")
 TINY = dict(config="A", width=1 / 16, fc_width=32, crop=32, scale=(32, 40), batch_size=16, init="he",
             dropout=0.0, num_workers=2, verbose=False, progress=False, stats_sample=100)
 

@@ -2,7 +2,8 @@
 
 Hand-written C++ (CPU) and CUDA kernels in ``vggcore._C``; a small autograd (``vggcore.tensor``), layers
 (``vggcore.nn``), SGD (``vggcore.optim``), the paper's six configurations (``vggcore.models``) and its
-training and evaluation recipe (``vggcore.train``, ``vggcore.evaluate``). Activations are NHWC.
+training and evaluation recipe (``vggcore.train`` and ``vggcore.evaluate``, from ``vggcore.training`` and
+``vggcore.evaluation``). Activations are NHWC.
 """
 
 from . import _C
@@ -42,11 +43,10 @@ def default_device():
     return "cuda:0" if cuda_available() else "cpu"
 
 
-# Models, training and evaluation build on everything above. Importing the submodules vggcore/train.py and
-# vggcore/evaluate.py binds their module objects to these names first; the from-imports then rebind the functions.
+# Models, training (vggcore/training.py) and evaluation (vggcore/evaluation.py) build on everything above.
 from . import models  # noqa: E402
-from .evaluate import evaluate  # noqa: E402
-from .train import TrainResult, train  # noqa: E402
+from .evaluation import evaluate  # noqa: E402
+from .training import TrainResult, train  # noqa: E402
 from . import interop  # noqa: E402
 from .interop import export_onnx  # noqa: E402
 

@@ -206,7 +206,7 @@ def build_parser():
 
 def _cmd_train(args):
     from .models import config_name
-    from .train import train
+    from .training import train
     kwargs = vars(args).copy()
     kwargs.pop("command")
     quiet = kwargs.pop("quiet")
@@ -240,7 +240,7 @@ def _saved_val_folder(path):
 
 
 def _cmd_eval(args):
-    from .evaluate import evaluate, protocol_settings
+    from .evaluation import evaluate, protocol_settings
     from .interop import load_weights
     models = [load_weights(path) for path in args.checkpoint]
     data = args.data
@@ -278,7 +278,7 @@ def _read_labels(path, num_classes):
 def _cmd_predict(args):
     import json
     import numpy as np
-    from .evaluate import predict_images
+    from .evaluation import predict_images
     from .interop import load_weights
     if args.topk < 1:
         raise ValueError(f"predict: --topk must be positive, got {args.topk}")

@@ -48,7 +48,7 @@ from . import random as _random
 from . import _rundir
 from . import _schedule
 from ._checks import NonFiniteScores, nonfinite_parameters
-from .evaluate import predict_loader, resolve_device, topk_errors
+from .evaluation import predict_loader, resolve_device, topk_errors
 from .models import config_name, describe, from_description, init_from as _init_from, vgg as _vgg
 from .models import fine_tune_from as _fine_tune_from
 

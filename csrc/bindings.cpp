@@ -4,6 +4,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include "core/async_copy.h"
 #include "core/errors.h"
 #include "core/interrupt.h"
 #include "core/tensor.h"
@@ -58,6 +59,57 @@ Tensor from_numpy(const py::array& source, const std::string& device) {
   const void* src = array.data();
   py::gil_scoped_release release;
   return Tensor::from_host(src, shape, dtype, target);
+}
+
+// A numpy array over the memory of a cpu tensor (no copy); the array keeps the tensor's storage alive.
+py::array host_view(const Tensor& t) {
+  if (t.device().type != vgg::DeviceType::CPU || t.dtype() == DType::BFloat16)
+    throw vgg::TypeError("host_view: needs a cpu tensor of float32, float64, int32 or int64, got " +
+                         std::string(vgg::dtype_name(t.dtype())) + " on " + t.device().str());
+  return py::array(numpy_dtype(t.dtype()), std::vector<py::ssize_t>(t.shape().begin(), t.shape().end()), t.raw(),
+                   py::cast(t));
+}
+
+DType host_dtype(const std::string& name, const char* op) {
+  if (name == "float32") return DType::Float32;
+  if (name == "float64") return DType::Float64;
+  if (name == "int32") return DType::Int32;
+  if (name == "int64") return DType::Int64;
+  throw vgg::TypeError(std::string(op) + ": dtype must be float32, float64, int32 or int64, got \"" + name + "\"");
+}
+
+// The contiguous memory of a numpy array, without a copy (a copy would not be the pinned memory the caller made).
+const void* array_memory(const py::array& array, const char* op) {
+  if (!(array.flags() & py::array::c_style))
+    throw vgg::ValueError(std::string(op) + ": the source array must be C-contiguous (a pinned buffer or a leading "
+                          "slice of one), got strides that are not");
+  return array.data();
+}
+
+// Starts an asynchronous copy of pinned host data (a numpy array over pinned memory, or a pinned cpu tensor) to
+// `device`; returns (tensor, ticket).
+py::tuple copy_async(const py::object& source, const std::string& device) {
+  const vgg::Device target = vgg::Device::parse(device);
+  Tensor out;
+  uint64_t ticket = 0;
+  if (py::isinstance<Tensor>(source)) {
+    const Tensor& t = source.cast<const Tensor&>();
+    if (t.device().type != vgg::DeviceType::CPU)
+      throw vgg::ValueError("copy_async: the source must be in host memory (a pinned cpu tensor), got a tensor on " +
+                            t.device().str());
+    py::gil_scoped_release release;
+    out = vgg::copy_to_device_async("copy_async", t.raw(), t.nbytes(), t.shape(), t.dtype(), target, &ticket);
+  } else {
+    const py::array array = py::array::ensure(source);
+    if (!array) throw vgg::TypeError("copy_async: the source must be a numpy array or a pinned cpu tensor");
+    const DType dtype = dtype_of(array);
+    const void* src = array_memory(array, "copy_async");
+    const std::vector<int64_t> shape(array.shape(), array.shape() + array.ndim());
+    py::gil_scoped_release release;
+    out = vgg::copy_to_device_async("copy_async", src, static_cast<size_t>(array.nbytes()), shape, dtype, target,
+                                    &ticket);
+  }
+  return py::make_tuple(out, ticket);
 }
 
 py::array to_numpy(const Tensor& t) {
@@ -127,6 +179,12 @@ PYBIND11_MODULE(_C, m) {
            py::arg("device"), py::call_guard<py::gil_scoped_release>())
       .def("reshape", &Tensor::reshape, py::arg("shape"), "A view with a new shape (shares storage)")
       .def("same_storage", [](const Tensor& a, const Tensor& b) { return a.raw() == b.raw(); })
+      .def_static("empty_pinned", [](const std::vector<int64_t>& shape, const std::string& dtype) {
+            return Tensor::empty_pinned(shape, host_dtype(dtype, "empty_pinned"));
+          }, py::arg("shape"), py::arg("dtype") = "float32",
+          "An uninitialised cpu tensor in page-locked host memory (the source of asynchronous copies)")
+      .def_property_readonly("is_pinned", &Tensor::is_pinned)
+      .def("host_view", &host_view, "A numpy array over this cpu tensor's memory (shares it)")
       .def_property_readonly("data_ptr", [](const Tensor& t) { return reinterpret_cast<uintptr_t>(t.raw()); },
                              "Address of the first element (for collectives such as NCCL that write in place)");
 
@@ -166,13 +224,39 @@ PYBIND11_MODULE(_C, m) {
 #endif
       }, py::arg("device"), py::arg("waiter"), py::arg("signaller"),
         "Later work on stream `waiter` waits for the work queued so far on `signaller` (0: the device's stream)");
+  m.def("pinned_empty", [](const std::vector<int64_t>& shape, const std::string& dtype) {
+        return host_view(Tensor::empty_pinned(shape, host_dtype(dtype, "pinned_empty")));
+      }, py::arg("shape"), py::arg("dtype") = "float32",
+      "An uninitialised numpy array in page-locked host memory, owned by a pinned cpu tensor");
+  m.def("is_pinned", [](const py::array& a) { return a.nbytes() > 0 && vgg::is_pinned(a.data(), a.nbytes()); },
+        py::arg("array"), "Whether the array's memory lies in one pinned block");
+  m.def("copy_async", &copy_async, py::arg("source"), py::arg("device"),
+        "Starts copying pinned host data to device on its copy stream: (tensor, ticket). Order it before the "
+        "compute that reads the tensor with wait_copy(ticket)");
+  m.def("wait_copy", &vgg::wait_on_device, py::arg("ticket"),
+        "The device's compute stream waits for the copy (the host does not block)",
+        py::call_guard<py::gil_scoped_release>());
+  m.def("copy_done", &vgg::copy_done, py::arg("ticket"), "Has the copy completed (its source may be reused)?");
+  m.def("host_wait_copy", &vgg::host_wait, py::arg("ticket"), "The host blocks until the copy has completed",
+        py::call_guard<py::gil_scoped_release>());
+  m.def("pinned_ready", [](const py::array& a) { return vgg::pinned_ready(a.data()); }, py::arg("array"),
+        "Has the last copy reading this pinned array's block completed (may the host write it)?");
+  m.def("pinned_wait", [](const py::array& a) {
+        const void* p = a.data();
+        py::gil_scoped_release release;
+        vgg::pinned_wait(p);
+      }, py::arg("array"), "The host blocks until the last copy reading this pinned array's block has completed");
+  m.def("pending_copies", &vgg::pending_copies, "Asynchronous copies not yet known to be complete");
   m.def("synchronize", [](const std::string& device) {
         const vgg::Device d = vgg::Device::parse(device);
+        vgg::synchronize_copies(d);
 #ifdef VGG_WITH_CUDA
         if (d.type == vgg::DeviceType::CUDA) vgg::cuda::synchronize(d.index);
 #endif
         (void)d;
-      }, py::arg("device"), "Waits for the device's queued work (a no-op for cpu and sim, which run synchronously)",
+      }, py::arg("device"),
+      "Waits for the device's queued work, asynchronous copies included (sim runs kernels synchronously; its "
+      "queued copies are performed)",
       py::call_guard<py::gil_scoped_release>());
   m.def("empty_cache", [] {
         vgg::empty_host_cache();

@@ -10,6 +10,8 @@
 
 #include "errors.h"
 
+#include "async_copy.h"
+
 #ifdef VGG_WITH_CUDA
 #include "../cuda/runtime.h"
 #endif
@@ -230,7 +232,13 @@ std::string Device::str() const {
   return "?";
 }
 
-Storage::Storage(size_t bytes, Device device) : bytes_(bytes), device_(device) {
+Storage::Storage(size_t bytes, Device device, bool pinned) : bytes_(bytes), device_(device), pinned_(pinned) {
+  if (pinned) {
+    VGG_CHECK(device.type == DeviceType::CPU, ValueError, "pinned memory is host memory: a cpu tensor, not ",
+              device.str());
+    data_ = pinned_alloc(bytes);
+    return;
+  }
 #ifdef VGG_WITH_SIM
   // sim memory comes from the emulator: exact size, guard zones checked after every launch, poisoned (NaN) at
   // first, so that an overrun or a read of output no kernel wrote is seen (csrc/simt/memory.h).
@@ -251,6 +259,10 @@ Storage::Storage(size_t bytes, Device device) : bytes_(bytes), device_(device) {
 }
 
 Storage::~Storage() {
+  if (pinned_) {
+    pinned_free(data_);  // waits for a queued copy that still reads the block
+    return;
+  }
 #ifdef VGG_WITH_SIM
   if (device_.type == DeviceType::Sim) {
     simt::device_free(data_);
@@ -290,6 +302,18 @@ Tensor Tensor::empty(const std::vector<int64_t>& shape, DType dtype, Device devi
   if (device.type == DeviceType::Sim)
     simt::set_allocation_label(t.raw(), cat(dtype_name(dtype), " tensor ", shape_str(shape)));
 #endif
+  return t;
+}
+
+Tensor Tensor::empty_pinned(const std::vector<int64_t>& shape, DType dtype) {
+  const size_t bytes = checked_bytes(shape, dtype);
+  const size_t ram = physical_memory_bytes();
+  VGG_CHECK(ram == 0 || bytes <= ram, MemoryError, "pinned tensor: shape ", shape_str(shape), " ", dtype_name(dtype),
+            " needs ", bytes_str(bytes), ", more than this machine's memory, ", bytes_str(ram));
+  Tensor t;
+  t.storage_ = std::make_shared<Storage>(bytes, Device{DeviceType::CPU, 0}, true);
+  t.shape_ = shape;
+  t.dtype_ = dtype;
   return t;
 }
 

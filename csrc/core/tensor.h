@@ -49,7 +49,8 @@ void empty_host_cache();
 
 class Storage {
  public:
-  Storage(size_t bytes, Device device);
+  // pinned: page-locked host memory for a cpu tensor (core/async_copy.h), the source of asynchronous copies.
+  Storage(size_t bytes, Device device, bool pinned = false);
   ~Storage();
   Storage(const Storage&) = delete;
   Storage& operator=(const Storage&) = delete;
@@ -57,11 +58,13 @@ class Storage {
   void* data() const { return data_; }
   size_t bytes() const { return bytes_; }
   const Device& device() const { return device_; }
+  bool pinned() const { return pinned_; }
 
  private:
   void* data_ = nullptr;
   size_t bytes_ = 0;
   Device device_;
+  bool pinned_ = false;
 };
 
 class Tensor {
@@ -70,6 +73,8 @@ class Tensor {
   // Uninitialised contents.
   static Tensor empty(const std::vector<int64_t>& shape, DType dtype, Device device);
   static Tensor zeros(const std::vector<int64_t>& shape, DType dtype, Device device);
+  // A cpu tensor in page-locked host memory (uninitialised): the source of asynchronous host-to-device copies.
+  static Tensor empty_pinned(const std::vector<int64_t>& shape, DType dtype);
   // Copies `numel * dtype_size` bytes from host memory.
   static Tensor from_host(const void* src, const std::vector<int64_t>& shape, DType dtype, Device device);
 
@@ -80,6 +85,9 @@ class Tensor {
   DType dtype() const { return dtype_; }
   const Device& device() const { return storage_->device(); }
   bool defined() const { return static_cast<bool>(storage_); }
+  bool is_pinned() const { return storage_ && storage_->pinned(); }
+  // The shared storage, for work that must keep it alive until the device is done with it (an async copy).
+  const std::shared_ptr<Storage>& storage() const { return storage_; }
   size_t nbytes() const { return static_cast<size_t>(numel()) * dtype_size(dtype_); }
 
   void* raw() const { return storage_ ? storage_->data() : nullptr; }

@@ -53,6 +53,7 @@ struct DeviceState {
   std::mutex mutex;
   cudaStream_t stream = nullptr;
   cudaStream_t side_stream = nullptr;  // for work that overlaps the kernels (see side_stream)
+  cudaStream_t copy_stream = nullptr;  // for host-to-device copies that overlap the kernels (see copy_stream)
   std::unordered_map<size_t, std::vector<void*>> free_blocks;  // size class -> cached blocks
   std::unordered_map<void*, size_t> live_blocks;               // handed-out block -> size class
   size_t cached_bytes = 0;
@@ -294,6 +295,72 @@ void stream_wait(int device, void* waiter, void* signaller) {
   const cudaError_t destroyed = cudaEventDestroy(event);
   VGG_CUDA_CHECK(status);
   VGG_CUDA_CHECK(destroyed);
+}
+
+void* host_alloc_pinned(size_t bytes) {
+  void* p = nullptr;
+  const cudaError_t status = cudaHostAlloc(&p, bytes ? bytes : 1, cudaHostAllocPortable);
+  if (status == cudaErrorMemoryAllocation) {
+    (void)cudaGetLastError();
+    throw OutOfMemory("vggcore: could not allocate " + std::to_string(bytes) + " bytes of page-locked host memory");
+  }
+  if (status != cudaSuccess) throw_cuda_error(status, "cudaHostAlloc", __FILE__, __LINE__);
+  return p;
+}
+
+void host_free_pinned(void* ptr) noexcept {
+  if (ptr != nullptr) (void)cudaFreeHost(ptr);
+}
+
+void* copy_stream(int device) {
+  DeviceState& st = state(device);
+  std::lock_guard<std::mutex> lock(st.mutex);
+  if (st.copy_stream == nullptr) {
+    DeviceGuard guard(device);
+    VGG_CUDA_CHECK(cudaStreamCreateWithFlags(&st.copy_stream, cudaStreamNonBlocking));
+  }
+  return static_cast<void*>(st.copy_stream);
+}
+
+void copy_host_to_device_on(int device, void* stream, void* dst, const void* src, size_t bytes) {
+  if (bytes == 0) return;
+  DeviceGuard guard(device);
+  VGG_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, static_cast<cudaStream_t>(stream)));
+}
+
+void* event_record(int device, void* stream) {
+  const cudaStream_t on = stream != nullptr ? static_cast<cudaStream_t>(stream) : device_stream(device);
+  DeviceGuard guard(device);
+  cudaEvent_t event = nullptr;
+  VGG_CUDA_CHECK(cudaEventCreateWithFlags(&event, cudaEventDisableTiming));
+  const cudaError_t status = cudaEventRecord(event, on);
+  if (status != cudaSuccess) {
+    (void)cudaEventDestroy(event);
+    throw_cuda_error(status, "cudaEventRecord", __FILE__, __LINE__);
+  }
+  return static_cast<void*>(event);
+}
+
+void stream_wait_event(int device, void* stream, void* event) {
+  const cudaStream_t on = stream != nullptr ? static_cast<cudaStream_t>(stream) : device_stream(device);
+  DeviceGuard guard(device);
+  VGG_CUDA_CHECK(cudaStreamWaitEvent(on, static_cast<cudaEvent_t>(event), 0));
+}
+
+bool event_done(void* event) {
+  const cudaError_t status = cudaEventQuery(static_cast<cudaEvent_t>(event));
+  if (status == cudaErrorNotReady) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  VGG_CUDA_CHECK(status);
+  return true;
+}
+
+void event_synchronize(void* event) { VGG_CUDA_CHECK(cudaEventSynchronize(static_cast<cudaEvent_t>(event))); }
+
+void event_destroy(void* event) noexcept {
+  if (event != nullptr) (void)cudaEventDestroy(static_cast<cudaEvent_t>(event));
 }
 
 // Read once: the switch is for a debugging session, set before the process starts.

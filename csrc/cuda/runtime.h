@@ -44,4 +44,21 @@ void* side_stream(int device);
 // (nullptr stands for the device's stream). One event, recorded and waited on the device; the host never blocks.
 void stream_wait(int device, void* waiter, void* signaller);
 
+// ---- asynchronous host-to-device copies (csrc/core/async_copy.cpp builds on these) ----------------------------
+// Page-locked host memory (cudaHostAlloc, portable to every device): a copy from it runs asynchronously, with the
+// host free to go on at once. Throws OutOfMemory when the driver refuses. host_free_pinned waits for nothing: the
+// caller makes sure no queued copy still reads the block.
+void* host_alloc_pinned(size_t bytes);
+void host_free_pinned(void* ptr) noexcept;
+// A third stream on `device` (created on first use), for host-to-device copies that overlap the kernels.
+void* copy_stream(int device);
+// Queues a copy of `bytes` from pinned host memory on `stream` (the host does not wait).
+void copy_host_to_device_on(int device, void* stream, void* dst, const void* src, size_t bytes);
+// Events, as opaque handles: recorded on a stream, waited on by another stream (device side) or by the host.
+void* event_record(int device, void* stream);   // a new event recorded on `stream` (nullptr: the device's stream)
+void stream_wait_event(int device, void* stream, void* event);  // nullptr stream: the device's stream
+bool event_done(void* event);                   // cudaEventQuery: has the work before it completed?
+void event_synchronize(void* event);            // the host blocks until it has
+void event_destroy(void* event) noexcept;
+
 }  // namespace vgg::cuda

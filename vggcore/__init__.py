@@ -9,7 +9,7 @@ training and evaluation recipe (``vggcore.train`` and ``vggcore.evaluate``, from
 from . import _C
 from .autograd import no_grad, enable_grad, is_grad_enabled
 from .random import manual_seed
-from .tensor import Tensor, tensor, zeros, ones
+from .tensor import Tensor, tensor, zeros, ones, pinned_empty
 from . import nn, optim
 from . import distributed   # mpi4py and NCCL are imported only when a process group is made
 
@@ -51,7 +51,7 @@ from . import interop  # noqa: E402
 from .interop import export_onnx  # noqa: E402
 
 __all__ = [
-    "Tensor", "tensor", "zeros", "ones", "no_grad", "enable_grad", "is_grad_enabled", "manual_seed",
+    "Tensor", "tensor", "zeros", "ones", "pinned_empty", "no_grad", "enable_grad", "is_grad_enabled", "manual_seed",
     "devices", "cuda_available", "default_device",
     "set_float32_matmul_precision", "get_float32_matmul_precision", "nn", "optim", "distributed", "models", "train", "TrainResult", "evaluate",
     "interop", "export_onnx",

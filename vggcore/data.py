@@ -444,6 +444,10 @@ class EvalTransform:
 
 # ---------------------------------------------------------------------------------------------------- loader
 
+# Test-only switch: False lets a pinned loader reuse a buffer whose copy has not completed (the bug the emulator
+# must catch). Never turn it off outside tests.
+_WAIT_FOR_COPIES = True
+
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 _JPEG_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif")
 
@@ -504,11 +508,18 @@ class DataLoader:
     Undecodable files are left out of their batch (so a batch can be short) and warned about once each from
     the consuming thread. ``iter(loader)`` is ``loader.epoch(0)``. With ``ragged=True`` a batch whose images
     differ in size comes as a list of (H, W, 3) arrays instead.
+
+    With ``pin_memory=True`` the batch arrays are page-locked host memory (``vggcore.pinned_empty``), the source
+    the device prefetcher (vggcore.prefetch) copies from asynchronously; they are recycled as with
+    ``reuse_buffers=True``, but a buffer is written again only once the copy that reads it has completed (each
+    buffer's last copy is checked; a new buffer is made while fewer than ``batches_ahead + 4`` exist, after that
+    the loader waits for the oldest one's copy). On a machine without a GPU pinned memory is ordinary aligned memory.
+    ``close()`` ends the loader: a later ``epoch`` raises ValueError.
     """
 
     def __init__(self, folder: ImageFolder, batch_size: int, transform, *, shuffle=False, seed=0,
                  num_workers=None, prefetch=None, drop_last=False, ragged=False, prefetch_bytes=512 << 20,
-                 reuse_buffers=False):
+                 reuse_buffers=False, pin_memory=False):
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         self.folder = folder
@@ -521,10 +532,13 @@ class DataLoader:
         self.prefetch_bytes = int(prefetch_bytes)
         self.drop_last = bool(drop_last)
         self.ragged = bool(ragged)
-        self.reuse_buffers = bool(reuse_buffers)
+        self.pin_memory = bool(pin_memory)
+        self.reuse_buffers = bool(reuse_buffers) or self.pin_memory
         self._shape = getattr(transform, "output_shape", None)
         self._free = []
+        self._pinned_made = 0
         self._pool = None
+        self._closed = False
 
     def __len__(self):
         n = len(self.folder)
@@ -562,11 +576,27 @@ class DataLoader:
             out = None if buf is None else buf[pos]
             results[pos] = load_planned(self.folder, int(indices[pos]), self.transform, rng, out)
 
+    def _take_buffer(self):
+        """A batch array to fill: a recycled one (pinned: the oldest whose copy has completed), else a new one."""
+        shape = (self.batch_size,) + tuple(self._shape)
+        if not self.pin_memory:
+            return self._free.pop() if self._free else np.empty(shape, np.float32)
+        from . import _C
+        for i, buf in enumerate(self._free):
+            if not _WAIT_FOR_COPIES or _C.pinned_ready(buf):
+                return self._free.pop(i)
+        if not self._free or self._pinned_made < self.batches_ahead + 4:
+            self._pinned_made += 1
+            return _C.pinned_empty(list(shape), "float32")
+        buf = self._free.pop(0)
+        _C.pinned_wait(buf)             # every buffer is still being copied from: wait for the oldest
+        return buf
+
     def _submit(self, epoch, start, indices):
         n = len(indices)
         buf = None
         if self._shape is not None:
-            buf = self._free.pop() if self._free else np.empty((self.batch_size,) + tuple(self._shape), np.float32)
+            buf = self._take_buffer()
         results = [None] * n
         chunk = max(1, -(-n // self.num_workers))             # one piece per thread
         futures = [self._pool.submit(self._fill, epoch, start, indices, lo, min(n, lo + chunk), buf, results)
@@ -595,7 +625,12 @@ class DataLoader:
                              "or ragged=True for whole images of different sizes")
         return (np.stack(xs), labels), None
 
+    def _check_open(self):
+        if self._closed:
+            raise ValueError("DataLoader: the loader is closed (close() was called); make a new DataLoader")
+
     def epoch(self, epoch: int = 0):
+        self._check_open()
         order = self.order(epoch)
         starts = list(range(0, len(order), self.batch_size))
         if self.drop_last and len(order) % self.batch_size:
@@ -609,6 +644,7 @@ class DataLoader:
             for start in itertools.islice(todo, ahead):
                 pending.append(self._submit(epoch, start, order[start:start + self.batch_size]))
             while pending:
+                self._check_open()
                 batch, buf = self._assemble(pending.popleft())
                 self.folder.warn_skipped()
                 start = next(todo, None)
@@ -630,6 +666,7 @@ class DataLoader:
                     f.cancel()
 
     def close(self):
+        self._closed = True
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None

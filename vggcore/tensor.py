@@ -146,10 +146,15 @@ class Tensor:
         """The same storage, cut from the graph."""
         return Tensor._from_engine(self._data, requires_grad=False, grad_fn=None)
 
-    def to(self, device=None, dtype=None):
+    def to(self, device=None, dtype=None, non_blocking=False):
         """A copy on ``device`` ("cpu", "sim", "cuda", "cuda:N") and/or in ``dtype`` ("float32", "float64" (cpu
         only), "bfloat16"); differentiable (the gradient of a cast is the cast back, as in PyTorch). Narrowing
         rounds to nearest even. ``t.to("bfloat16")`` is ``t.to(dtype="bfloat16")``. Nothing to change: self.
+
+        ``non_blocking=True`` moves a pinned cpu tensor (``pin_memory()``) to sim or cuda on the device's copy
+        stream: the host goes on at once, and the device's later work waits for the copy. The source must not be
+        written until ``vggcore.copy_done``-style readiness (``_C.pinned_ready``) says the copy has completed; a
+        non-pinned source raises ValueError. Without a dtype change only.
         """
         if isinstance(device, str) and device in _DTYPES and dtype is None:
             device, dtype = None, device
@@ -158,6 +163,16 @@ class Tensor:
         dtype = _dtype_name(dtype, "to")
         same_device = device is None or device == self.device or (device == "cuda" and self.device == "cuda:0")
         out = self
+        if non_blocking and not same_device and device != "cpu":
+            if self.device != "cpu" or not self._data.is_pinned:
+                raise ValueError(f"to: non_blocking=True copies to {device} only from a pinned cpu tensor "
+                                 f"(t.pin_memory()); this tensor of shape {self.shape} is "
+                                 f"{'on ' + self.device if self.device != 'cpu' else 'in ordinary memory'}; "
+                                 "pass non_blocking=False")
+            if dtype is not None and dtype != self.dtype:
+                raise ValueError(f"to: non_blocking=True moves without converting; got dtype {dtype} for a "
+                                 f"{self.dtype} tensor (convert on the device after the move)")
+            return _ToDevice.apply(out, device=device, non_blocking=True)
         if dtype is None or dtype == self.dtype:
             return out if same_device else _ToDevice.apply(out, device=device)
         # Convert where the dtypes exist (float64: the cpu only) and move the smaller of the two copies.
@@ -180,6 +195,24 @@ class Tensor:
 
     def cpu(self):
         return self.to("cpu")
+
+    def pin_memory(self):
+        """A copy of this cpu tensor in page-locked host memory, the source ``to(device, non_blocking=True)``
+        needs; self when it is pinned already. Not differentiable (a data-loading step)."""
+        if self.device != "cpu":
+            raise ValueError(f"pin_memory: only a cpu tensor can be pinned, this one is on {self.device}")
+        if self._data.is_pinned:
+            return self
+        if self.dtype == "bfloat16":
+            raise TypeError("pin_memory: a bfloat16 tensor cannot be pinned (numpy has no bfloat16); pin the "
+                            "float32 data and cast on the device")
+        pinned = _C.Tensor.empty_pinned(list(self.shape), self.dtype)
+        np.copyto(pinned.host_view(), self._data.host_view())
+        return Tensor._from_engine(pinned)
+
+    def is_pinned(self):
+        """Whether this is a cpu tensor in page-locked host memory."""
+        return bool(self._data.is_pinned)
 
     def reshape(self, *shape):
         """A view with a new shape (one entry may be -1); differentiable."""
@@ -280,8 +313,12 @@ class Function(Context):
 
 
 class _ToDevice(Function):
-    def forward(self, x, device):
+    def forward(self, x, device, non_blocking=False):
         self.source_device = x.device
+        if non_blocking:
+            out, ticket = _C.copy_async(x, device)
+            _C.wait_copy(ticket)     # the device's later work runs after the copy; the host does not block
+            return out
         return x.to(device)
 
     def backward(self, grad):
@@ -345,16 +382,23 @@ def _as_array(data, dtype):
     return np.array(array, dtype=_DTYPES[dtype], order="C", copy=True), dtype
 
 
-def tensor(data, dtype=None, device="cpu", requires_grad=False):
+def tensor(data, dtype=None, device="cpu", requires_grad=False, non_blocking=False):
     """A new tensor holding a copy of ``data`` (numpy array, nested list, number, or Tensor).
 
     dtype: "float32", "float64" or "bfloat16"; by default numpy float32/float64 arrays (and Tensors) keep theirs,
     everything else (Python numbers and lists, integer arrays) becomes float32. sim and cuda hold float32 and
     bfloat16; bfloat16 values are the float32 data rounded to nearest even.
+
+    non_blocking=True (sim and cuda; ignored for the cpu, where nothing is copied asynchronously): ``data`` is a
+    C-contiguous float32 numpy array in pinned memory (``pinned_empty``, ``DataLoader(pin_memory=True)``), copied
+    on the device's copy stream; the host goes on at once and the device's later work waits for the copy. Do not
+    write the array again before ``_C.pinned_ready(data)``. Any other source raises ValueError.
     """
     dtype = _dtype_name(dtype)
     _check_device(device)
     requires_grad = _check_requires_grad(requires_grad)
+    if non_blocking and device != "cpu":
+        return _tensor_async(data, dtype, device, requires_grad)
     array, dtype = _as_array(data, dtype)
     if dtype == "bfloat16":  # rounded on the host, then moved: half the bytes to copy
         data = _C.cast(_C.Tensor.from_numpy(array, "cpu"), "bfloat16")
@@ -362,6 +406,34 @@ def tensor(data, dtype=None, device="cpu", requires_grad=False):
             data = data.to(device)
         return Tensor._from_engine(data, requires_grad=requires_grad)
     return Tensor._from_engine(_C.Tensor.from_numpy(array, device), requires_grad=requires_grad)
+
+
+def _tensor_async(data, dtype, device, requires_grad):
+    if isinstance(data, Tensor):         # a pinned cpu tensor: a new leaf on the device
+        moved = data.to(device, dtype=dtype, non_blocking=True)
+        return Tensor._from_engine(moved._data, requires_grad=requires_grad)
+    if not isinstance(data, np.ndarray) or data.dtype != np.float32 or dtype not in (None, "float32"):
+        raise ValueError(f"tensor: non_blocking=True copies to {device} from a float32 numpy array in pinned "
+                         f"memory (vggcore.pinned_empty, DataLoader(pin_memory=True)), got "
+                         f"{type(data).__name__}{' of dtype ' + str(data.dtype) if hasattr(data, 'dtype') else ''}"
+                         f"{' as ' + dtype if dtype else ''}")
+    if not data.flags.c_contiguous or not _C.is_pinned(data):
+        raise ValueError(f"tensor: non_blocking=True copies to {device} only from pinned memory, and this array "
+                         f"of shape {data.shape} is {'not C-contiguous' if not data.flags.c_contiguous else 'ordinary memory'}; "
+                         "allocate it with vggcore.pinned_empty or use DataLoader(pin_memory=True), or pass "
+                         "non_blocking=False")
+    out, ticket = _C.copy_async(data, device)
+    _C.wait_copy(ticket)
+    return Tensor._from_engine(out, requires_grad=requires_grad)
+
+
+def pinned_empty(shape, dtype="float32"):
+    """An uninitialised numpy array in page-locked host memory (cudaHostAlloc on a machine with a GPU, aligned
+    memory otherwise): the source ``tensor(..., non_blocking=True)`` copies from asynchronously."""
+    if not isinstance(shape, (tuple, list)):
+        shape = (shape,)
+    name = np.dtype(dtype).name
+    return _C.pinned_empty(_check_shape("pinned_empty", shape), name)
 
 
 def zeros(*shape, dtype="float32", device="cpu", requires_grad=False):

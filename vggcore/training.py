@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from . import _parallel
+from . import prefetch as _prefetch
 from . import checkpoint as _ckpt
 from . import data as _data
 from . import datasets as _datasets
@@ -331,7 +332,8 @@ def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum
           checkpoint_dir=None, resume=False, *, nesterov=False, dropout=None, init=None, lr_patience=3,
           lr_factor=0.1, max_lr_drops=3, eval_scale=None, flip=True, colour_std=0.1,
           input_scale=_data.DEFAULT_INPUT_SCALE, stats_sample=2000, num_workers=None, save_filters=False,
-          verbose=True, progress=None, precision="fp32", overwrite=False) -> TrainResult:
+          verbose=True, progress=None, precision="fp32", overwrite=False, prefetch=2,
+          pin_memory=None) -> TrainResult:
     """Train configuration ``config`` on ``data`` the way the paper did; returns TrainResult(model, history).
 
     data: a folder holding train/<class>/*.{jpg,png,...} and val/<class>/...; None: the built-in shapes set
@@ -359,7 +361,12 @@ def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum
     top 5, val_top5_err is 0 by construction and the log leaves it out), images_per_s,
     epoch_time_s (the training pass), val_time_s, data_wait_s (time the loop waited for the loader) and
     input_bound (data_wait_s / epoch_time_s: near 0 the computation is the bottleneck, near 1 the input
-    pipeline is; more num_workers helps only the latter), skipped_files.
+    pipeline is; more num_workers helps only the latter), skipped_files. data_wait_s counts only the time the
+    loop waited for a batch that was not ready: with prefetching, a batch's host-to-device copy that runs during
+    the previous batch's compute is not in it.
+    prefetch: training batches whose host-to-device copies are kept in flight ahead of the compute on sim and cuda
+    (vggcore.prefetch.DevicePrefetcher; 0 copies each batch when it is used). pin_memory: the loader assembles
+    batches in page-locked host memory, which the copies need to run asynchronously (default: on for cuda).
     precision: "fp32" (default); "tf32": float32 conv/linear may use TF32 tensor cores (sets
     vc.set_float32_matmul_precision("high") for the run, restored after; on the cpu, which is exact float32,
     it changes nothing); "bf16": mixed precision on sim/cuda (activations and their gradients in bfloat16,
@@ -506,10 +513,16 @@ def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum
                                     input_scale=settings["input_scale"])
     val_tf = _data.EvalTransform(settings["eval_scale"], model.mean_rgb, crop=settings["crop"],
                                  input_scale=settings["input_scale"])
-    # The loop copies each batch to the device before asking for the next: the loader may recycle its arrays.
+    # The loop copies each batch to the device before asking for the next (the DevicePrefetcher does, at once or
+    # asynchronously from pinned buffers that the loader reuses only after their copy): the loader recycles arrays.
+    if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0:
+        raise ValueError(f"train: prefetch must be an int >= 0 (batches copied ahead), got {prefetch!r}")
+    if pin_memory is None:
+        pin_memory = device.startswith("cuda")
     if dp is None:
         train_loader = _data.DataLoader(train_folder, settings["batch_size"], train_tf, shuffle=True,
-                                        seed=settings["seed"], num_workers=num_workers, reuse_buffers=True)
+                                        seed=settings["seed"], num_workers=num_workers, reuse_buffers=True,
+                                        pin_memory=bool(pin_memory) and device != "cpu")
         val_loader = _data.DataLoader(val_folder, settings["batch_size"], val_tf, num_workers=num_workers)
     else:
         train_loader = _parallel.ShardedLoader(train_folder, settings["batch_size"], train_tf, group.rank, group.size,
@@ -549,23 +562,27 @@ def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum
             t0 = time.perf_counter()
             seen, loss_sum, wrong, batches, wait = 0, 0.0, 0, 0, 0.0
             batches_iter = train_loader.epoch(epoch)
+            if dp is None:
+                # Time in next() is time waiting for a batch not ready yet (data wait); copies issued ahead run
+                # during the compute of the batches before them and are not counted.
+                batches_iter = _prefetch.DevicePrefetcher(batches_iter, device, prefetch)
             while True:
                 t_wait = time.perf_counter()
                 try:
-                    x_np, y_np = next(batches_iter)
+                    x_batch, y_np = next(batches_iter)
                 except StopIteration:
                     break
                 wait += time.perf_counter() - t_wait
                 if dp is not None:
                     # This rank's share of the global batch; the loss is NaN on every rank when any rank's is.
                     with compute:
-                        step = dp.train_step(model, optimizer, x_np, y_np, device,
+                        step = dp.train_step(model, optimizer, x_batch, y_np, device,
                                              (settings["crop"], settings["crop"], 3))
                     if step is None:
                         continue
                     loss_value, n, batch_wrong = step
                 else:
-                    x = vc.tensor(x_np, device=device)
+                    x = x_batch         # already on the device (the prefetcher)
                     with compute:
                         logits = model(x)
                         loss = F.cross_entropy(logits, y_np)
@@ -591,6 +608,8 @@ def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum
                 elapsed = time.perf_counter() - t0
                 bar.update(batches, loss_sum / max(seen, 1), wrong / max(seen, 1), seen / elapsed, elapsed,
                            wait / elapsed)
+            if dp is None:
+                batches_iter.close()
             if dp is not None:
                 seen, loss_sum, wrong = dp.sum([seen, loss_sum, wrong], "epoch totals")
                 seen, wrong = int(seen), int(wrong)

@@ -211,3 +211,27 @@ def test_waiting_for_a_batch_that_is_not_ready_is_data_wait():
     assert waited >= 0.09
     assert x.numpy().max() == 0
     pf.close()
+
+
+def _train_sim(root, **kwargs):
+    return vc.train("A", data=str(root), epochs=1, batch_size=4, crop=32, scale=32, width=1 / 16, fc_width=16,
+                    dropout=0.0, device="sim", verbose=False, stats_sample=10, num_workers=1, **kwargs)
+
+
+def test_train_with_prefetching_matches_the_synchronous_loop_on_sim(tmp_path, monkeypatch):
+    monkeypatch.setenv("VGGCORE_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "data"
+    _folder(root / "train")
+    _folder(root / "val", per_class=2)
+    sync = _train_sim(root, pin_memory=False, prefetch=0).history[0]
+    overlapped = _train_sim(root, pin_memory=True, prefetch=2).history[0]
+    for key in ("train_loss", "train_top1_err", "val_loss", "val_top1_err"):
+        assert overlapped[key] == sync[key], key
+    assert 0 <= overlapped["input_bound"] <= 1 and overlapped["data_wait_s"] <= overlapped["epoch_time_s"]
+    # Without the compute stream's wait the first batch computes on the copy's NaN poison.
+    monkeypatch.setattr(vprefetch, "_ORDER_BEFORE_COMPUTE", False)
+    with pytest.raises(FloatingPointError, match="loss became nan"):
+        _train_sim(root, pin_memory=True, prefetch=2)
+    _C.synchronize("sim")
+    with pytest.raises(ValueError, match="prefetch"):
+        _train_sim(root, prefetch=-1)

@@ -340,6 +340,82 @@ def end_to_end(folder, tf, batch, steps, workers):
     return mem, fed, wait / (time.perf_counter() - t0)
 
 
+def end_to_end_device(folder, tf, batch, steps, workers, device, config="A", width=1 / 16, fc_width=64,
+                      prefetch=2):
+    """Training images/s of a VGG step on ``device`` fed by the real DataLoader (pinned buffers and the device
+    prefetcher on sim/cuda, as vc.train does) against the same step fed from memory (one batch, already on the
+    device, reused). Each step reads the loss back (loss.item(), as vc.train), so the GPU's work is timed too.
+    Returns (from memory, fed by the loader, ratio, fraction of the fed time spent waiting for a batch)."""
+    import vggcore.nn.functional as F
+    from vggcore.prefetch import DevicePrefetcher
+    vc.manual_seed(0)
+    model = vc.models.vgg(config, num_classes=len(folder.classes), width=width, fc_width=fc_width,
+                          input_size=tf.crop, dropout=0.0, init="he").to(device)
+    opt = vc.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    pinned = device != "cpu"
+    loader = data.DataLoader(folder, batch, tf, shuffle=True, seed=0, num_workers=workers, reuse_buffers=True,
+                             drop_last=True, pin_memory=pinned)
+
+    def step(x, y_np):
+        loss = F.cross_entropy(model(x), y_np)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    x_np, y_held = next(loader.epoch(0))
+    x_held = vc.tensor(x_np.copy(), device=device)
+    y_held = y_held.copy()
+    step(x_held, y_held)                               # warm-up: allocations, kernel selection, the caches
+    step(x_held, y_held)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step(x_held, y_held)
+    mem = steps * batch / (time.perf_counter() - t0)
+    done, wait, epoch = 0, 0.0, 1
+    t0 = time.perf_counter()
+    while done < steps:
+        it = DevicePrefetcher(loader.epoch(epoch), device, prefetch)
+        while done < steps:
+            tw = time.perf_counter()
+            try:
+                x, y_np = next(it)
+            except StopIteration:
+                break
+            wait += time.perf_counter() - tw
+            step(x, y_np)
+            done += 1
+        it.close()
+        epoch += 1
+    elapsed = time.perf_counter() - t0
+    loader.close()
+    fed = steps * batch / elapsed
+    return mem, fed, fed / mem, wait / elapsed
+
+
+def end_to_end_section(folder, args, stats):
+    """The markdown section of ``end_to_end_device`` for ``args.device`` (its own heading)."""
+    tf = data.TrainTransform(args.crop, (256, 512), stats["mean_rgb"], stats["eigval"], stats["eigvec"])
+    workers = args.max_workers
+    mem, fed, ratio, wait = end_to_end_device(folder, tf, args.e2e_batch, args.steps, workers, args.device,
+                                              args.config, args.width, args.fc_width, args.prefetch)
+    name = args.device
+    if args.device.startswith("cuda"):
+        name += f" ({vc._C.cuda_device_name(int(args.device.partition(':')[2] or 0))})"
+    print(f"end to end on {args.device}: memory {mem:.1f}/s, loader {fed:.1f}/s, ratio {ratio:.3f}, "
+          f"wait {wait:.2f}", flush=True)
+    return ["", f"## End-to-end training step on {args.device}, data included vs from memory", "",
+            f"VGG-{args.config} width {args.width:g}, fc {args.fc_width}, {args.crop} crops of S in [256, 512], "
+            f"batch {args.e2e_batch}, {args.steps} timed steps each (after 2 warm-up steps), loss read back every "
+            f"step; device {name}. 'From memory': one batch already on the device, reused. 'Fed': the "
+            f"DataLoader ({workers} decoding threads{', pinned buffers' if args.device != 'cpu' else ''}) through "
+            f"the DevicePrefetcher (depth {args.prefetch}{'; on the cpu no copies are made' if args.device == 'cpu' else ''}).",
+            "",
+            common.markdown_table(["device", "from memory, images/s", "fed by the loader, images/s", "fed / memory",
+                                   "time waiting for a batch"],
+                                  [[args.device, f"{mem:.1f}", f"{fed:.1f}", f"{ratio:.2f}", f"{100 * wait:.0f}%"]])]
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--images", type=int, default=160)
@@ -350,6 +426,17 @@ def main(argv=None):
     ap.add_argument("--large", type=int, default=24, help="also time this many 1600x1200 JPEGs (0: skip)")
     ap.add_argument("--steps", type=int, default=6, help="training steps of the end-to-end figure (0: skip)")
     ap.add_argument("--out", default=None)
+    e2e = ap.add_argument_group("end-to-end step on a device (--end-to-end: only this section)")
+    e2e.add_argument("--end-to-end", action="store_true",
+                     help="only the end-to-end figure on --device; --append adds its section to a results file")
+    e2e.add_argument("--device", default="cpu", help="cpu, sim, cuda, cuda:N (default cpu)")
+    e2e.add_argument("--config", default="A", help="VGG configuration of the step (A..E; D is VGG-16)")
+    e2e.add_argument("--width", type=float, default=1 / 16, help="channel width multiplier (1: the paper's net)")
+    e2e.add_argument("--fc-width", type=int, default=64)
+    e2e.add_argument("--crop", type=int, default=224)
+    e2e.add_argument("--e2e-batch", type=int, default=16)
+    e2e.add_argument("--prefetch", type=int, default=2, help="device prefetch depth")
+    e2e.add_argument("--append", default=None, help="append the end-to-end section to this file")
     args = ap.parse_args(argv)
 
     root = ensure_photos(Path(args.folder) if args.folder else cache_dir() / "bench-photos", args.images)
@@ -358,6 +445,18 @@ def main(argv=None):
     crop = 224
     stats = {"mean_rgb": [120.0, 115.0, 100.0], "eigval": [0.05, 0.01, 0.002],
              "eigvec": np.linalg.qr(np.random.default_rng(0).standard_normal((3, 3)))[0].tolist()}
+    if args.end_to_end:
+        lines = end_to_end_section(folder, args, stats)
+        gpu = vc._C.cuda_device_name(int(args.device.partition(":")[2] or 0)) if args.device.startswith("cuda") else ""
+        lines[3:3] = [*common.header_lines(gpu, extra=[
+            f"images: {len(folder)} generated JPEGs in {root}", f"cores: {os.cpu_count()}",
+            "load average at the start (1, 5, 15 min): " + ", ".join(f"{v:.1f}" for v in os.getloadavg())]), ""]
+        text = "\n".join(lines) + "\n"
+        if args.append:
+            with open(args.append, "a") as f:
+                f.write(text)
+        print(text)
+        return
     lines = common.header_lines(extra=[f"images: {len(paths)} generated JPEGs (500x375 / 375x500, quality 90) "
                                        f"in {root}", f"cores: {os.cpu_count()}, batch {args.batch}, "
                                        f"best of {args.reps} passes, one thread unless stated",

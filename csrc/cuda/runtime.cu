@@ -4,7 +4,10 @@
 //
 // Ordering model: all of vggcore's work on a device runs on that device's one non-blocking stream, so a block
 // freed by the host (tensor destructor, Workspace scope exit) can be handed to the next request at once: any
-// kernel that uses it later is queued after every kernel that used it before.
+// kernel that uses it later is queued after every kernel that used it before. Work on the other two streams
+// keeps that true: the side stream's users wait before freeing (stream_wait), and an asynchronous host-to-device
+// copy (copy_stream, csrc/core/async_copy.cpp) starts after the compute stream's work so far and is waited on by
+// the compute stream before its destination is read or freed.
 //
 // The per-device state is created on first use and deliberately never destroyed: at process exit the CUDA
 // runtime may already be torn down, and the driver reclaims the memory anyway.

@@ -45,7 +45,7 @@ class DevicePrefetcher:
         self._queue = deque()       # (x tensor, y, ticket or None), copies issued in order
         self._exhausted = False
         self._closed = False
-        self.async_copies = 0       # batches that went through the copy stream
+        self.async_copies = 0       # batches handed out that came through the copy stream
 
     def __iter__(self):
         return self
@@ -54,7 +54,6 @@ class DevicePrefetcher:
         if (self.device != "cpu" and isinstance(x, np.ndarray) and x.dtype == np.float32 and x.flags.c_contiguous
                 and _C.is_pinned(x)):
             data, ticket = _C.copy_async(x, self.device)
-            self.async_copies += 1
             return Tensor._from_engine(data), y, ticket
         return tensor(x, device=self.device), y, None
 
@@ -76,8 +75,10 @@ class DevicePrefetcher:
         if not self._queue:
             raise StopIteration
         x, y, ticket = self._queue.popleft()
-        if ticket is not None and _ORDER_BEFORE_COMPUTE:
-            _C.wait_copy(ticket)
+        if ticket is not None:
+            self.async_copies += 1
+            if _ORDER_BEFORE_COMPUTE:
+                _C.wait_copy(ticket)
         return x, y
 
     def close(self):

@@ -153,8 +153,8 @@ class Tensor:
 
         ``non_blocking=True`` moves a pinned cpu tensor (``pin_memory()``) to sim or cuda on the device's copy
         stream: the host goes on at once, and the device's later work waits for the copy. The source must not be
-        written until ``vggcore.copy_done``-style readiness (``_C.pinned_ready``) says the copy has completed; a
-        non-pinned source raises ValueError. Without a dtype change only.
+        written until the copy has completed (``vggcore._C.pinned_ready(t._data.host_view())``; the DataLoader
+        checks this for its buffers); a non-pinned source raises ValueError. Without a dtype change.
         """
         if isinstance(device, str) and device in _DTYPES and dtype is None:
             device, dtype = None, device

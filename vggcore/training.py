@@ -565,7 +565,8 @@ def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum
             if dp is None:
                 # Time in next() is time waiting for a batch not ready yet (data wait); copies issued ahead run
                 # during the compute of the batches before them and are not counted.
-                batches_iter = _prefetch.DevicePrefetcher(batches_iter, device, prefetch)
+                # On the cpu there is nothing to overlap: depth 0 asks for each batch when it is used, as before.
+                batches_iter = _prefetch.DevicePrefetcher(batches_iter, device, prefetch if device != "cpu" else 0)
             while True:
                 t_wait = time.perf_counter()
                 try:

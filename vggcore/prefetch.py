@@ -12,7 +12,10 @@ Anything else (the cpu, or x in ordinary memory) is copied synchronously when th
 recycle its array once the next batch is requested), which is the loop's behaviour without prefetching.
 
 Time spent in ``next()`` is time the consumer waited for a batch that was not ready (the loader's decoding, or,
-on sim, the copy being performed); copies that run during compute are not in it.
+on sim, the copy being performed, since the emulator performs it at the wait); on cuda the copies run during
+compute and are not in it. To issue batch i+1's copy before batch i's compute, ``next()`` takes batch i+1 from
+the loader before it returns batch i: when the loader is behind, the wait for i+1 shows one call early (the first
+call of an epoch waits for ``depth`` batches), which moves data wait between steps but does not change its total.
 """
 
 from __future__ import annotations

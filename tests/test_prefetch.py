@@ -43,10 +43,14 @@ def _sync_batches(folder, **kwargs):
         loader.close()
 
 
-def _through_sim(folder, depth=2, compute=lambda x: x, **kwargs):
-    """Each batch of a pinned loader through the prefetcher to sim, then ``compute`` on the device, as numpy."""
+# The devices with a copy stream: sim (modelled) and every GPU (real), for the tests that hold on both.
+COPY_DEVICES = [d for d in vc.devices() if d != "cpu"]
+
+
+def _through_sim(folder, depth=2, compute=lambda x: x, device="sim", **kwargs):
+    """Each batch of a pinned loader through the prefetcher to ``device``, then ``compute`` there, as numpy."""
     loader = _loader(folder, pin_memory=True, **kwargs)
-    pf = vprefetch.DevicePrefetcher(loader.epoch(1), "sim", depth)
+    pf = vprefetch.DevicePrefetcher(loader.epoch(1), device, depth)
     out = [(compute(x).numpy(), y.copy()) for x, y in pf]
     pf.close()
     loader.close()
@@ -59,13 +63,16 @@ def folder(tmp_path):
     _C.synchronize("sim")      # no copy left queued for the next test
 
 
-def test_prefetched_batches_are_bit_identical_to_the_synchronous_path(folder):
+@pytest.mark.parametrize("device", COPY_DEVICES)
+def test_prefetched_batches_are_bit_identical_to_the_synchronous_path(folder, device):
     expected = _sync_batches(folder)
-    got, copies = _through_sim(folder, compute=lambda x: vc.Tensor._from_engine(_C.scale(x._data, 1.0)))
+    got, copies = _through_sim(folder, compute=lambda x: vc.Tensor._from_engine(_C.scale(x._data, 1.0)),
+                               device=device)
     assert copies == len(expected) == 3
     for (gx, gy), (ex, ey) in zip(got, expected):
         assert gx.tobytes() == ex.tobytes()
         np.testing.assert_array_equal(gy, ey)
+    _C.synchronize(device)
     assert _C.pending_copies() == 0
 
 
@@ -135,15 +142,20 @@ def test_a_source_written_before_its_copy_completed_is_reported():
     assert _C.pending_copies() == 0
 
 
-def test_non_blocking_tensor_and_to(folder):
+@pytest.mark.parametrize("device", COPY_DEVICES)
+def test_non_blocking_tensor_and_to(folder, device):
     buf = vc.pinned_empty((3, 4))
     buf[:] = np.arange(12, dtype=np.float32).reshape(3, 4)
-    t = vc.tensor(buf, device="sim", non_blocking=True)
-    np.testing.assert_array_equal(t.numpy(), buf)          # ordered: later work sees the copy
+    t = vc.tensor(buf, device=device, non_blocking=True)
+    np.testing.assert_array_equal(t.numpy(), np.arange(12).reshape(3, 4))   # ordered: later work sees the copy
+    _C.pinned_wait(buf)
+    assert _C.pinned_ready(buf)
+    buf[:] = 5.0                      # reused after its copy completed: the tensor keeps the first contents
+    np.testing.assert_array_equal(t.numpy(), np.arange(12).reshape(3, 4))
     pinned = vc.tensor(np.arange(5, dtype=np.float32)).pin_memory()
     assert pinned.is_pinned() and not vc.tensor([1.0]).is_pinned()
-    moved = pinned.to("sim", non_blocking=True)
-    assert moved.device == "sim"
+    moved = pinned.to(device, non_blocking=True)
+    assert moved.device == t.device
     np.testing.assert_array_equal(moved.numpy(), np.arange(5))
     # The cpu path is unchanged: no copy is queued.
     before = _C.pending_copies()

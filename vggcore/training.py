@@ -405,6 +405,8 @@ def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum
     if settings["eval_scale"] < settings["crop"]:
         raise ValueError(f"train: eval_scale {eval_scale} is smaller than the crop {settings['crop']}")
     _check_numbers(settings, max_lr_drops, stats_sample)
+    if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0:
+        raise ValueError(f"train: prefetch must be an int >= 0 (batches copied ahead), got {prefetch!r}")
 
     if precision not in _PRECISIONS:
         raise ValueError(f"train: precision must be one of {', '.join(_PRECISIONS)}, got {precision!r}")
@@ -515,8 +517,6 @@ def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum
                                  input_scale=settings["input_scale"])
     # The loop copies each batch to the device before asking for the next (the DevicePrefetcher does, at once or
     # asynchronously from pinned buffers that the loader reuses only after their copy): the loader recycles arrays.
-    if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0:
-        raise ValueError(f"train: prefetch must be an int >= 0 (batches copied ahead), got {prefetch!r}")
     if pin_memory is None:
         pin_memory = device.startswith("cuda")
     if dp is None:

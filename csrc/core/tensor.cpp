@@ -327,7 +327,7 @@ Tensor Tensor::from_host(const void* src, const std::vector<int64_t>& shape, DTy
     cuda::copy_host_to_device(device.index, t.raw(), src, t.nbytes());
     // From pageable memory the copy returns once src is staged; from pinned memory it is truly asynchronous, and
     // this copy promises the caller that src may be reused at once (non_blocking=True is the asynchronous one).
-    if (is_pinned(src, t.nbytes())) cuda::synchronize(device.index);
+    if (vgg::is_pinned(src, t.nbytes())) cuda::synchronize(device.index);
 #endif
   }
   return t;

@@ -153,6 +153,11 @@ def build_parser():
     t.add_argument("--stats-sample", type=_int_at_least(1), default=2000,
                    help="images sampled for mean RGB and colour PCA")
     t.add_argument("--workers", dest="num_workers", type=_int_at_least(1), default=None, help="decoding threads")
+    t.add_argument("--prefetch", type=_int_at_least(0), default=2,
+                   help="batches whose host-to-device copies run ahead of the compute on sim/cuda (default 2)")
+    t.add_argument("--pin-memory", dest="pin_memory", action="store_true", default=None,
+                   help="assemble batches in page-locked memory (default: on for cuda)")
+    t.add_argument("--no-pin-memory", dest="pin_memory", action="store_false")
     t.add_argument("--save-filters", action="store_true", help="write a grid image of conv1_1's filters")
     t.add_argument("--quiet", action="store_true", help="no per-epoch lines")
     t.add_argument("--progress", dest="progress", action="store_true", default=None,

@@ -322,6 +322,9 @@ Tensor Tensor::from_host(const void* src, const std::vector<int64_t>& shape, DTy
   if (t.nbytes() == 0) return t;
   if (device.is_host_memory()) {
     std::memcpy(t.raw(), src, t.nbytes());
+#ifdef VGG_WITH_SIM
+    if (device.type == DeviceType::Sim) simt::mark_host_written(t.raw());
+#endif
   } else {
 #ifdef VGG_WITH_CUDA
     cuda::copy_host_to_device(device.index, t.raw(), src, t.nbytes());

@@ -14,5 +14,8 @@ void* device_alloc(size_t bytes, const char* what);  // 64-byte aligned; throws 
 void device_free(void* ptr) noexcept;
 // A description for error messages (e.g. "float32 tensor (2, 3)"), replacing the one given at allocation.
 void set_allocation_label(void* ptr, std::string label);
+// The host filled the whole allocation with data (an upload): the uninitialised-read check leaves it alone, since
+// data may hold the poison's bits (a NaN with that payload).
+void mark_host_written(void* ptr);
 
 }  // namespace simt

@@ -11,6 +11,7 @@
 
 #include "simt.h"
 #include "memory.h"
+#include "tensor_core.h"
 #include "../core/interrupt.h"
 
 #include <pthread.h>
@@ -131,6 +132,9 @@ struct Tag {
   uint32_t barrier = 0;  // barrier_epoch at the access
   uint32_t warp = 0;     // warp_epoch of the thread's warp at the access
 };
+// Shared memory is shadowed per 2 bytes: lanes storing neighbouring bfloat16 elements of one word do not race
+// (on a GPU a store writes only its own bytes).
+constexpr size_t kSharedUnit = 2;
 struct Shadow {
   Tag write, read1, read2;  // the last write, and two reads of different threads since it
 };
@@ -138,13 +142,14 @@ struct Static {
   unsigned char* base;
   size_t bytes;
   const char* name;
-  std::vector<Shadow> shadow;  // per word
+  std::vector<Shadow> shadow;  // per 2 bytes (kSharedUnit)
   uint64_t launch = 0;         // launch_first_block of the launch that listed it in Engine::statics
 };
 struct LiveAlloc {
   uintptr_t data;
   size_t bytes;
   unsigned long long id;
+  bool host_written;  // filled from the host (mark_host_written): its words are data, whatever their bits
 };
 struct BlockOrder;
 
@@ -190,7 +195,7 @@ struct Engine {
   std::vector<unsigned> warp_epoch;  // completed collectives of each warp
   std::vector<Static*> statics;  // static shared arrays reached in this launch
   std::map<const void*, std::unique_ptr<Static>> static_map;  // every static shared array ever reached
-  std::vector<Shadow> dynamic_shadow;                        // per word of the dynamic shared buffer
+  std::vector<Shadow> dynamic_shadow;                        // per 2 bytes of the dynamic shared buffer
   std::unordered_map<uintptr_t, Shadow> global_shadow;       // per word of device memory, this launch
   std::vector<LiveAlloc> launch_allocs;                      // device allocations, sorted by address
   const BlockOrder* block_order = nullptr;
@@ -373,6 +378,7 @@ struct Alloc {
   size_t bytes, total;
   unsigned long long id;
   std::string label;
+  bool host_written = false;
 };
 struct Registry {
   std::mutex mutex;
@@ -506,10 +512,10 @@ void record(Engine& E, Shadow& sh, const Tag& cur, bool write, bool global, cons
 void shared_access(Engine& E, std::vector<Shadow>& shadow, size_t offset, size_t size, bool write, const char* region,
                    size_t region_bytes) {
   const Tag cur{block_serial, E.current->linear, E.barrier_epoch, E.warp_epoch[E.current->linear / 32]};
-  for (size_t w = offset / 4; w <= (offset + size - 1) / 4 && w < shadow.size(); ++w) {
+  for (size_t w = offset / kSharedUnit; w <= (offset + size - 1) / kSharedUnit && w < shadow.size(); ++w) {
     Shadow& sh = shadow[w];
     const auto where = [&] {
-      return "byte offset " + std::to_string(w * 4) + " of " + region + " (" + std::to_string(region_bytes) + " bytes)";
+      return "byte offset " + std::to_string(w * kSharedUnit) + " of " + region + " (" + std::to_string(region_bytes) + " bytes)";
     };
     if (!write && E.check_uninit && sh.write.block != cur.block) {
       violation(E, "uninitialised shared memory read: thread " + thread_str(cur.tid) + " reads " + where() +
@@ -521,15 +527,22 @@ void shared_access(Engine& E, std::vector<Shadow>& shadow, size_t offset, size_t
   }
 }
 
+// Keys of global_shadow for 2-byte halves (user-space addresses never reach bit 63).
+constexpr uintptr_t kNarrowKey = uintptr_t{1} << 63;
+
 void global_access(Engine& E, const LiveAlloc& a, uintptr_t addr, size_t size, bool write) {
   const Tag cur{block_serial, E.current->linear, E.barrier_epoch, E.warp_epoch[E.current->linear / 32]};
-  for (uintptr_t w = addr / 4; w <= (addr + size - 1) / 4; ++w) {
-    Shadow& sh = E.global_shadow[w];
+  // Per word; an access narrower than a word (a bfloat16 store) is tracked per 2-byte half, under keys of their own,
+  // so that two threads storing the two halves of one word are not a race (they are not on a GPU).
+  const bool narrow = size < 4;
+  const uintptr_t unit = narrow ? 2 : 4;
+  for (uintptr_t w = addr / unit; w <= (addr + size - 1) / unit; ++w) {
+    Shadow& sh = E.global_shadow[narrow ? (w | kNarrowKey) : w];
     const auto where = [&] {
       Registry& R = registry();
       std::lock_guard<std::mutex> lock(R.mutex);
       const auto it = R.live.find(a.data);
-      return "byte offset " + std::to_string(w * 4 - a.data) + " of " +
+      return "byte offset " + std::to_string(w * unit - a.data) + " of " +
              (it != R.live.end() ? alloc_str(it->second) : "device allocation #" + std::to_string(a.id));
     };
     record(E, sh, cur, write, true, where);
@@ -542,6 +555,25 @@ void global_access(Engine& E, const LiveAlloc& a, uintptr_t addr, size_t size, b
 void maybe_yield(Engine& E) {
   if (E.order != Order::interleave || (E.rng() & 3) != 0) return;
   switch_to_scheduler(E.current);  // stays runnable; the scheduler's next sweep resumes it
+}
+
+// A read of dynamic shared memory that a cp.async of this block still has in flight (its words hold the in-flight
+// pattern until the copy lands at the issuing thread's cp.async.wait_group): a missing or short wait, or a missing
+// barrier after another thread's wait. The pattern only triggers the lookup; the pending copies decide.
+bool async_copy_read(Engine& E, uintptr_t a, size_t size, uintptr_t lo) {
+  for (uintptr_t w = a & ~uintptr_t{3}; w < a + size; w += 4) {
+    uint32_t word;
+    std::memcpy(&word, reinterpret_cast<const void*>(w), 4);
+    if (word != ::simt::tc::kAsyncPoison) continue;
+    const int issuer = ::simt::tc::copy_in_flight(reinterpret_cast<const void*>(w));
+    if (issuer < 0) continue;
+    violation(E, "shared memory read before its cp.async landed: thread " + thread_str(E.current->linear) +
+                     " reads byte offset " + std::to_string(w - lo) + " of the dynamic shared buffer, which a "
+                     "cp.async of thread " + thread_str(static_cast<unsigned>(issuer)) +
+                     " still has in flight (a missing or short cp.async.wait_group, or no barrier after it)");
+    return true;
+  }
+  return false;
 }
 
 void on_access(const void* ptr, size_t size, bool write) {
@@ -563,6 +595,7 @@ void on_access(const void* ptr, size_t size, bool write) {
                          std::to_string(bytes) + " bytes)");
       return;
     }
+    if (!write && E.check_uninit && async_copy_read(E, a, size, lo)) return;
     if (E.check_races || E.check_uninit)
       shared_access(E, E.dynamic_shadow, a - lo, size, write, "the dynamic shared buffer", bytes);
     return;
@@ -602,7 +635,7 @@ void on_access(const void* ptr, size_t size, bool write) {
       }
       return;
     }
-    if (E.check_uninit && !write && size >= 4) {
+    if (E.check_uninit && !write && size >= 4 && !it->host_written) {
       // A fresh allocation holds the poison word until something writes it (real data never has this NaN).
       for (uintptr_t w = (a + 3) & ~uintptr_t{3}; w + 4 <= a + size; w += 4) {
         uint32_t word;
@@ -706,6 +739,10 @@ void complete_collective(Warp& w, unsigned group, unsigned warp_index) {
 }
 
 }  // namespace
+
+void note_access(const void* ptr, size_t size, bool write) {
+  if (g_checks_active.load(std::memory_order_relaxed)) on_access(ptr, size, write);
+}
 
 uint64_t warp_collective(Site site, WarpOp op, unsigned mask, uint64_t value, int arg, int width) {
   Engine& E = engine();
@@ -1072,12 +1109,12 @@ void prepare_checks(Engine& E, unsigned nwarps) {
   const bool checks = E.check_races || E.check_uninit || E.check_bounds;
   g_checks_active = checks || E.order == Order::interleave;  // interleave yields from the hooks
   if (!checks) return;
-  E.dynamic_shadow.assign((E.config->dynamic_shared_bytes + 3) / 4, Shadow{});
+  E.dynamic_shadow.assign((E.config->dynamic_shared_bytes + kSharedUnit - 1) / kSharedUnit, Shadow{});
   E.global_shadow.clear();
   E.launch_allocs.clear();
   Registry& R = registry();
   std::lock_guard<std::mutex> lock(R.mutex);
-  for (const auto& [key, a] : R.live) E.launch_allocs.push_back(LiveAlloc{key, a.bytes, a.id});
+  for (const auto& [key, a] : R.live) E.launch_allocs.push_back(LiveAlloc{key, a.bytes, a.id, a.host_written});
 }
 
 }  // namespace
@@ -1186,7 +1223,7 @@ void first_reach_shared(SharedSlot& slot, void* array, size_t bytes, const char*
   if (!st) st = std::make_unique<Static>(Static{static_cast<unsigned char*>(array), bytes, name, {}, 0});
   if (st->launch != E.launch_first_block) {
     st->launch = E.launch_first_block;
-    st->shadow.assign((bytes + 3) / 4, Shadow{});
+    st->shadow.assign((bytes + kSharedUnit - 1) / kSharedUnit, Shadow{});
     E.statics.push_back(st.get());
   }
 }
@@ -1282,6 +1319,13 @@ void set_allocation_label(void* ptr, std::string label) {
   std::lock_guard<std::mutex> lock(R.mutex);
   const auto it = R.live.find(reinterpret_cast<uintptr_t>(ptr));
   if (it != R.live.end()) it->second.label = std::move(label);
+}
+
+void mark_host_written(void* ptr) {
+  auto& R = detail::registry();
+  std::lock_guard<std::mutex> lock(R.mutex);
+  const auto it = R.live.find(reinterpret_cast<uintptr_t>(ptr));
+  if (it != R.live.end()) it->second.host_written = true;
 }
 
 uint64_t block_serial() { return detail::block_serial; }

@@ -175,6 +175,9 @@ enum class WarpOp : uint8_t { sync, shfl_idx, shfl_up, shfl_down, shfl_xor, ball
 uint64_t warp_collective(Site site, WarpOp op, unsigned mask, uint64_t value, int arg, int width);
 unsigned active_mask();
 [[noreturn]] void trap(const char* why);
+// An access the instrumentation cannot see (the tensor-core models copy with memcpy), fed to the checks as if an
+// instrumented load or store had made it. Free when the checks are off.
+void note_access(const void* ptr, size_t size, bool write);
 
 template <typename T>
 T shuffle(Site site, WarpOp op, unsigned mask, T value, int arg, int width = 32) {

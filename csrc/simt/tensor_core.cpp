@@ -171,8 +171,18 @@ AsyncState& async_state() {
   return s;
 }
 
+// The copy lands: a store by the issuing thread as far as the checks are concerned.
 void land(const std::vector<Copy>& group) {
-  for (const Copy& c : group) std::memcpy(c.dst, c.data, static_cast<size_t>(c.bytes));
+  for (const Copy& c : group) {
+    ::simt::detail::note_access(c.dst, static_cast<size_t>(c.bytes), true);
+    std::memcpy(c.dst, c.data, static_cast<size_t>(c.bytes));
+  }
+}
+
+bool covers(const std::vector<Copy>& group, const unsigned char* p) {
+  for (const Copy& c : group)
+    if (p >= c.dst && p < c.dst + c.bytes) return true;
+  return false;
 }
 
 }  // namespace
@@ -183,6 +193,10 @@ void cp_async(void* dst, const void* src, int bytes, int src_bytes) {
   if (reinterpret_cast<uintptr_t>(dst) % bytes != 0 || (src_bytes > 0 && reinterpret_cast<uintptr_t>(src) % bytes != 0))
     ::simt::detail::trap("cp.async: source and destination must be aligned to cp-size");
   Copy c{static_cast<unsigned char*>(dst), {}, bytes};
+  // The checks see the source read now and the destination written from now until the copy lands (the hardware
+  // may write it at any point in between, so another thread touching it in that window is a race).
+  if (src_bytes > 0) ::simt::detail::note_access(src, static_cast<size_t>(src_bytes), false);
+  ::simt::detail::note_access(dst, static_cast<size_t>(bytes), true);
   if (src_bytes > 0) std::memcpy(c.data, src, static_cast<size_t>(src_bytes));
   std::memset(c.data + src_bytes, 0, static_cast<size_t>(bytes - src_bytes));
   for (int i = 0; i < bytes; i += 4) std::memcpy(c.dst + i, &kAsyncPoison, 4);
@@ -193,6 +207,19 @@ void cp_async_commit() {
   AsyncState& s = async_state();
   s.committed.push_back(std::move(s.open));
   s.open.clear();
+}
+
+int copy_in_flight(const void* p) {
+  const auto* q = static_cast<const unsigned char*>(p);
+  const unsigned threads = blockDim.x * blockDim.y * blockDim.z;
+  for (unsigned t = 0; t < threads && t < 1024; ++t) {
+    const AsyncState& s = g_async[t];
+    if (s.block != ::simt::block_serial()) continue;
+    if (covers(s.open, q)) return static_cast<int>(t);
+    for (const auto& group : s.committed)
+      if (covers(group, q)) return static_cast<int>(t);
+  }
+  return -1;
 }
 
 void cp_async_wait(int pending) {

@@ -34,5 +34,7 @@ void cp_async(void* dst, const void* src, int bytes, int src_bytes);
 void cp_async_commit();
 // Completes every committed group of this thread except the `pending` most recent ones.
 void cp_async_wait(int pending);
+// The linear thread of the current block whose cp.async still has the 4-byte word at `p` in flight, or -1.
+int copy_in_flight(const void* p);
 
 }  // namespace simt::tc

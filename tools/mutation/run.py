@@ -29,16 +29,22 @@ from catalogue import MUTANTS  # noqa: E402
 # The test files that exercise each kernel file (their sim tests run; collecting the whole suite costs more than
 # running these); --all-tests runs the whole sim suite instead.
 COMMON_TESTS = ["test_ops.py", "test_grad.py", "test_sim_checks_ops.py", "test_sim_thresholds.py"]
+GEMM_TESTS = COMMON_TESTS + ["test_gpu_gemm_plans.py", "test_conv_paths.py"]
+# The tensor-core kernels run on sim only under matmul precision "high" (tf32) or on bfloat16 tensors.
+TC_TESTS = ["test_tensor_cores.py", "test_tc_emulation.py", "test_bfloat16.py", "test_mixed_precision.py"]
 TESTS_FOR = {
     "elementwise.cu": COMMON_TESTS + ["test_autograd.py"],
     "softmax.cu": COMMON_TESTS,
     "pool.cu": COMMON_TESTS,
-    "reduce.cu": COMMON_TESTS + ["test_gpu_gemm_plans.py"],
+    "bias_backward.cu": COMMON_TESTS + ["test_gpu_gemm_plans.py"],
     "sgd.cu": ["test_optim.py", "test_sim_thresholds.py", "test_sim_checks_ops.py"],
     "lrn.cu": COMMON_TESTS,
-    "gemm_tiles.cuh": COMMON_TESTS + ["test_gpu_gemm_plans.py", "test_conv_paths.py"],
-    "conv2d.cu": COMMON_TESTS + ["test_gpu_gemm_plans.py", "test_conv_paths.py"],
+    "common.cuh": GEMM_TESTS,
+    "gemm_tiles.cuh": GEMM_TESTS,
+    "conv2d.cu": GEMM_TESTS,
     "linear.cu": COMMON_TESTS + ["test_gpu_gemm_plans.py"],
+    "tc_gemm.cuh": TC_TESTS,
+    "mma.cuh": TC_TESTS,
 }
 
 DIAGNOSTICS = re.compile(r"simt: .*(race on|out-of-bounds|uninitialised|wrote outside|divergent|misaligned|"

@@ -744,6 +744,32 @@ void note_access(const void* ptr, size_t size, bool write) {
   if (g_checks_active.load(std::memory_order_relaxed)) on_access(ptr, size, write);
 }
 
+// An 8- or 16-byte access (float2, float4, uint2, uint4) must be naturally aligned: a GPU faults on a misaligned one,
+// where the host CPU would quietly do it. Checked for shared and device memory (with the bounds check), and raised at
+// once: the access that follows may itself crash the host.
+void on_vector_access(const void* ptr, size_t size, bool write) {
+  Engine& E = engine();
+  const uintptr_t a = reinterpret_cast<uintptr_t>(ptr);
+  if (a % size != 0 && tl_in_launch && E.current && E.check_bounds && E.check_error.empty()) {
+    const char* region = nullptr;
+    const uintptr_t shared_lo = reinterpret_cast<uintptr_t>(E.shared_alloc);
+    if (a >= shared_lo && a < shared_lo + E.shared_bytes + 2 * kGuardBytes) region = "shared memory";
+    for (const Static* st : E.statics)
+      if (a >= reinterpret_cast<uintptr_t>(st->base) && a < reinterpret_cast<uintptr_t>(st->base) + st->bytes)
+        region = "shared memory";
+    if (!region) {
+      const auto& v = E.launch_allocs;
+      auto it = std::upper_bound(v.begin(), v.end(), a, [](uintptr_t x, const LiveAlloc& l) { return x < l.data; });
+      if (it != v.begin() && a < std::prev(it)->data + std::prev(it)->bytes) region = "device memory";
+    }
+    if (region)
+      fail("simt: misaligned " + std::to_string(size) + "-byte " + (write ? "store to " : "load from ") + region +
+           ": thread " + thread_str(E.current->linear) + " accesses an address " + std::to_string(a % size) +
+           " bytes past a " + std::to_string(size) + "-byte boundary (a GPU faults on it)");
+  }
+  on_access(ptr, size, write);
+}
+
 uint64_t warp_collective(Site site, WarpOp op, unsigned mask, uint64_t value, int arg, int width) {
   Engine& E = engine();
   Fiber* self = E.current;
@@ -1356,11 +1382,29 @@ void* dynamic_shared() {
   SIMT_HOOK_ void __tsan_unaligned_write##n(void* p) {                                                            \
     if (__builtin_expect(simt::detail::g_checks_active.load(std::memory_order_relaxed), 0)) simt::detail::on_access(p, n, true);                 \
   }
+// 8 and 16 bytes: the vector types, which must also be aligned (on_vector_access).
+#define SIMT_VECTOR_HOOKS_(n)                                                                                     \
+  SIMT_HOOK_ void __tsan_read##n(void* p) {                                                                       \
+    if (__builtin_expect(simt::detail::g_checks_active.load(std::memory_order_relaxed), 0))                       \
+      simt::detail::on_vector_access(p, n, false);                                                                \
+  }                                                                                                               \
+  SIMT_HOOK_ void __tsan_write##n(void* p) {                                                                      \
+    if (__builtin_expect(simt::detail::g_checks_active.load(std::memory_order_relaxed), 0))                       \
+      simt::detail::on_vector_access(p, n, true);                                                                 \
+  }                                                                                                               \
+  SIMT_HOOK_ void __tsan_unaligned_read##n(void* p) {                                                             \
+    if (__builtin_expect(simt::detail::g_checks_active.load(std::memory_order_relaxed), 0))                       \
+      simt::detail::on_vector_access(p, n, false);                                                                \
+  }                                                                                                               \
+  SIMT_HOOK_ void __tsan_unaligned_write##n(void* p) {                                                            \
+    if (__builtin_expect(simt::detail::g_checks_active.load(std::memory_order_relaxed), 0))                       \
+      simt::detail::on_vector_access(p, n, true);                                                                 \
+  }
 SIMT_ACCESS_HOOKS_(1)
 SIMT_ACCESS_HOOKS_(2)
 SIMT_ACCESS_HOOKS_(4)
-SIMT_ACCESS_HOOKS_(8)
-SIMT_ACCESS_HOOKS_(16)
+SIMT_VECTOR_HOOKS_(8)
+SIMT_VECTOR_HOOKS_(16)
 SIMT_HOOK_ void __tsan_read_range(void* p, unsigned long size) {
   if (__builtin_expect(simt::detail::g_checks_active.load(std::memory_order_relaxed), 0)) simt::detail::on_access(p, size, false);
 }

@@ -4,6 +4,8 @@ what changed (the sim backend, CUDA off), runs the sim tests and says whether th
     python tools/mutation/run.py                       # every mutant; report to docs/mutation-report.md
     python tools/mutation/run.py --only sm-sum-width,red-atomic --report /tmp/r.md
     python tools/mutation/run.py --checks ""           # the default emulator mode instead of every check
+    python tools/mutation/run.py --only a,b --merge full.log   # re-run a and b; the report: full.log's run with
+                                                               # their new verdicts (after a fix)
 
 Not part of CI: a full pass rebuilds the sim backend once per mutant (tens of minutes on 2 cores). A mutant is
 "caught" when the sim tests fail (a run past --timeout gives no verdict); "by diagnostic" when the failure is an emulator
@@ -33,13 +35,13 @@ GEMM_TESTS = COMMON_TESTS + ["test_gpu_gemm_plans.py", "test_conv_paths.py"]
 # The tensor-core kernels run on sim only under matmul precision "high" (tf32) or on bfloat16 tensors.
 TC_TESTS = ["test_tensor_cores.py", "test_tc_emulation.py", "test_bfloat16.py", "test_mixed_precision.py"]
 TESTS_FOR = {
-    "elementwise.cu": COMMON_TESTS + ["test_autograd.py"],
+    "elementwise.cu": COMMON_TESTS + ["test_autograd.py", "test_sim_alignment.py"],
     "softmax.cu": COMMON_TESTS,
     "pool.cu": COMMON_TESTS,
     "bias_backward.cu": COMMON_TESTS + ["test_gpu_gemm_plans.py"],
-    "sgd.cu": ["test_optim.py", "test_sim_thresholds.py", "test_sim_checks_ops.py"],
+    "sgd.cu": ["test_optim.py", "test_sim_thresholds.py", "test_sim_checks_ops.py", "test_sim_alignment.py"],
     "lrn.cu": COMMON_TESTS,
-    "common.cuh": GEMM_TESTS,
+    "common.cuh": GEMM_TESTS + ["test_sim_alignment.py"],
     "gemm_tiles.cuh": GEMM_TESTS,
     "conv2d.cu": GEMM_TESTS,
     "linear.cu": COMMON_TESTS + ["test_gpu_gemm_plans.py"],
@@ -113,6 +115,8 @@ def main():
     ap.add_argument("--fresh", default="", help="comma-separated csrc/cuda files to recompile at the start (a run "
                     "killed mid-mutant may have left a mutated object behind)")
     ap.add_argument("--from-log", default="", help="only write the report from the lines of an earlier run's log")
+    ap.add_argument("--merge", default="", help="the log of an earlier full run: the report is that run with the "
+                    "verdicts of this run's mutants replaced (re-runs after a fix)")
     args = ap.parse_args()
     if args.from_log:
         return report_from_log(pathlib.Path(args.from_log), pathlib.Path(args.report), args.checks)
@@ -173,11 +177,19 @@ def main():
             path.write_text(original)
         print(f"{mid:28s} {results[-1][4]:10s} {results[-1][6]:5.0f}s  {results[-1][5][:150]}", flush=True)
     build(src, bld)
-    write_report(pathlib.Path(args.report), results, args.checks)
+    note = ""
+    if args.merge:
+        rerun = {r[0] for r in results}
+        merged = {r[0]: r for r in parse_log(pathlib.Path(args.merge))}
+        merged.update({r[0]: r for r in results})
+        results = [merged[m[0]] for m in MUTANTS if m[0] in merged]
+        note = (f"Merged: the run logged in {pathlib.Path(args.merge).name}, with the verdicts of "
+                f"{', '.join(sorted(rerun))} from a re-run after the fixes.")
+    write_report(pathlib.Path(args.report), results, args.checks, note)
 
 
-def report_from_log(log, report, checks):
-    """A report from the per-mutant lines a run prints (for a run stopped before the end; details truncated)."""
+def parse_log(log):
+    """The results in the per-mutant lines a run prints (details truncated to 150 characters)."""
     by_id = {m[0]: m for m in MUTANTS}
     results = {}
     for line in log.read_text().splitlines():
@@ -186,10 +198,15 @@ def report_from_log(log, report, checks):
             mid, fname, cls, desc = by_id[parts[0]][:4]
             results[mid] = (mid, fname, cls, desc, parts[1], parts[3] if len(parts) > 3 else "",
                             float(parts[2][:-1]))
-    write_report(report, list(results.values()), checks)
+    return list(results.values())
 
 
-def write_report(path, results, checks):
+def report_from_log(log, report, checks):
+    """A report from the lines of a run's log (for a run stopped before the end)."""
+    write_report(report, parse_log(log), checks, f"From the log of a run ({log.name}).")
+
+
+def write_report(path, results, checks, note=""):
     # A run that timed out gives no verdict (on a loaded machine a slow pass looks the same as a hang).
     valid = [r for r in results if r[4] not in ("invalid", "timeout")]
     timeouts = [r for r in results if r[4] == "timeout"]
@@ -211,6 +228,7 @@ def write_report(path, results, checks):
         f"{len(diag)} of them by an emulator diagnostic naming the bug; "
         f"{len(timeouts)} without a verdict (the test run timed out), "
         f"{len(results) - len(valid) - len(timeouts)} invalid (patch did not apply or compile).", "",
+    ] + ([note, ""] if note else []) + [
         "| class | mutants | caught | by diagnostic |", "|---|---|---|---|",
     ]
     for cls in sorted(by_class):

@@ -10,7 +10,11 @@ before write), align (unaligned vector access), convert (a dropped or wrong tf32
 Every mutant must change what a GPU computes for some input the API accepts (an equivalent rewrite is not a
 mutant). Not in the catalogue for that reason: a grid stride of one block in a kernel whose output does not alias
 its input (blocks redo work and store identical values), every lane of a warp storing the same value, and the
-final cp.async wait of the tensor-core kernel (the groups still pending there are empty).
+final cp.async wait of the tensor-core kernel (the groups still pending there are empty), and swapping the
+CUDA-core GEMM's thread-tile coordinates (both tile configurations have as many thread rows as columns, so the swap
+only permutes which thread owns which outputs), and marking every im2col column of the weight gradient valid
+(columns past R*S*C then load in-bounds values that feed only outputs the epilogue never stores). The pass of
+2026-12-02 missed both, as it should.
 """
 
 MUTANTS = [
@@ -151,15 +155,9 @@ MUTANTS = [
     ('gemm-im2col-w-guard', 'gemm_tiles.cuh', 'guard', 'im2col drops the iw < W guard',
      '    const bool ok = row_ok && r < prm.R && ih >= 0 && ih < prm.H && iw >= 0 && iw < prm.W;',
      '    const bool ok = row_ok && r < prm.R && ih >= 0 && ih < prm.H && iw >= 0;'),
-    ('gemm-thread-swap', 'gemm_tiles.cuh', 'index', 'thread tile coordinates swapped',
-     '  const int tx = tid % Cfg::kThreadsN, ty = tid / Cfg::kThreadsN;',
-     '  const int tx = tid / Cfg::kThreadsN, ty = tid % Cfg::kThreadsN;'),
     ('gemm-short-grid', 'gemm_tiles.cuh', 'grid', 'grid.y rounds N down (short grid)',
      'static_cast<unsigned>(ceil_div(N, Cfg::BN)),',
      'static_cast<unsigned>(N / Cfg::BN > 0 ? N / Cfg::BN : 1),'),
-    ('gemm-col-ok', 'gemm_tiles.cuh', 'guard', 'im2col along rows treats every column as valid',
-     '      col_ok[j] = cj < prm.rows;',
-     '      col_ok[j] = true;'),
     ('gemm-dense-k-guard', 'gemm_tiles.cuh', 'guard', 'dense loader along K drops the k < kdim guard',
      'v[j] = (row_ok && k + j < prm.kdim) ? row_ptr[k + j] : T{};',
      'v[j] = row_ok ? row_ptr[k + j] : T{};'),

@@ -114,12 +114,14 @@ def main():
     ap.add_argument("--skip-baseline", action="store_true", help="do not run the sim suite on the unmutated tree")
     ap.add_argument("--fresh", default="", help="comma-separated csrc/cuda files to recompile at the start (a run "
                     "killed mid-mutant may have left a mutated object behind)")
-    ap.add_argument("--from-log", default="", help="only write the report from the lines of an earlier run's log")
+    ap.add_argument("--from-log", default="", help="only write the report from the lines of earlier runs' logs "
+                    "(comma-separated; a later log's verdict replaces an earlier one's)")
     ap.add_argument("--merge", default="", help="the log of an earlier full run: the report is that run with the "
                     "verdicts of this run's mutants replaced (re-runs after a fix)")
     args = ap.parse_args()
     if args.from_log:
-        return report_from_log(pathlib.Path(args.from_log), pathlib.Path(args.report), args.checks)
+        return report_from_log([pathlib.Path(f) for f in args.from_log.split(",")], pathlib.Path(args.report),
+                               args.checks)
     only = list(filter(None, args.only.split(",")))
     by_id = {m[0]: m for m in MUTANTS}
     unknown = [o for o in only if o not in by_id]
@@ -201,9 +203,14 @@ def parse_log(log):
     return list(results.values())
 
 
-def report_from_log(log, report, checks):
-    """A report from the lines of a run's log (for a run stopped before the end)."""
-    write_report(report, parse_log(log), checks, f"From the log of a run ({log.name}).")
+def report_from_log(logs, report, checks):
+    """A report from the lines of runs' logs (a run stopped before the end, re-runs after a fix), in catalogue order."""
+    merged = {}
+    for log in logs:
+        merged.update({r[0]: r for r in parse_log(log)})
+    results = [merged[m[0]] for m in MUTANTS if m[0] in merged]
+    write_report(report, results, checks, "From the logs of " + ", then ".join(log.name for log in logs) +
+                 f" ({len(results)} of the catalogue's {len(MUTANTS)} mutants have a line).")
 
 
 def write_report(path, results, checks, note=""):

@@ -67,6 +67,13 @@ void plain_crop(const uint8_t* src, const AugmentImage& im, float* dst, int32_t 
   }
 }
 
+// This thread's accumulator row of the vertical pass (crop * 3 floats).
+std::vector<float>& rows_acc(int64_t floats) {
+  thread_local std::vector<float> acc;
+  if (static_cast<int64_t>(acc.size()) < floats) acc.resize(static_cast<size_t>(floats));
+  return acc;
+}
+
 void resample_crop(const uint8_t* src, const AugmentImage& im, float* dst, int32_t crop, float input_scale,
                    std::vector<float>& rows) {
   const AxisTable tx = axis_table(crop, im.x0, im.scale_x, im.width);
@@ -97,21 +104,23 @@ void resample_crop(const uint8_t* src, const AugmentImage& im, float* dst, int32
       h[x * 3 + 0] = a0, h[x * 3 + 1] = a1, h[x * 3 + 2] = a2;
     }
   }
-  // Vertical pass, shift, scale and mirror: dst (crop, crop, 3).
+  // Vertical pass, shift, scale and mirror: dst (crop, crop, 3). The taps run outermost so that the inner loop
+  // streams whole rows (vectorised); each element still sums its taps in k order, as the CUDA kernel does.
+  std::vector<float>& acc = rows_acc(row_floats);
   for (int32_t y = 0; y < crop; ++y) {
     const AugmentTaps& t = ty.taps[y];
     const float* w = ty.weights.data() + static_cast<size_t>(y) * ty.width;
+    float* a = acc.data();
+    for (int64_t i = 0; i < row_floats; ++i) a[i] = 0.0f;
+    for (int32_t k = 0; k < t.count; ++k) {
+      const float* h = rows.data() + (t.first + k - first) * row_floats;
+      const float wk = w[k];
+      for (int64_t i = 0; i < row_floats; ++i) a[i] += wk * h[i];
+    }
     float* out = dst + static_cast<int64_t>(y) * row_floats;
     for (int32_t x = 0; x < crop; ++x) {
-      float a[3] = {0.0f, 0.0f, 0.0f};
-      for (int32_t k = 0; k < t.count; ++k) {
-        const float* h = rows.data() + (t.first + k - first) * row_floats + x * 3;
-        a[0] += w[k] * h[0];
-        a[1] += w[k] * h[1];
-        a[2] += w[k] * h[2];
-      }
       const int32_t ox = im.flip ? crop - 1 - x : x;
-      for (int c = 0; c < 3; ++c) out[ox * 3 + c] = (a[c] - im.shift[c]) * input_scale;
+      for (int c = 0; c < 3; ++c) out[ox * 3 + c] = (a[x * 3 + c] - im.shift[c]) * input_scale;
     }
   }
 }

@@ -320,10 +320,11 @@ def time_stats(folder, workers, reps):
     return {k: (1e3 * e / len(folder), 1e3 * c / len(folder)) for k, (e, c) in best.items()}
 
 
-def loader_scaling(folder, tf, batch, max_workers, reps):
+def loader_scaling(folder, tf, batch, max_workers, reps, device_augment=False):
     rows = []
     for workers in range(1, max_workers + 1):
-        loader = data.DataLoader(folder, batch, tf, shuffle=True, seed=0, num_workers=workers, reuse_buffers=True)
+        loader = data.DataLoader(folder, batch, tf, shuffle=True, seed=0, num_workers=workers, reuse_buffers=True,
+                                 device_augment=device_augment)
         best = None
         for r in range(reps):
             t0, c0 = time.perf_counter(), time.process_time()
@@ -556,10 +557,14 @@ def main(argv=None):
     print("stats:", st, flush=True)
     tf = data.TrainTransform(crop, (256, 512), stats["mean_rgb"], stats["eigval"], stats["eigvec"])
     scaling = loader_scaling(folder, tf, args.batch, args.max_workers, args.reps)
-    lines += ["", "## DataLoader threads, S in [256, 512] (whole pipeline, images/s)", ""]
-    lines += [common.markdown_table(["threads", "images/s (wall)", "speed-up", "images per CPU-s"],
-                                   [[w, f"{r:.0f}", f"{r / scaling[0][1]:.2f}x", f"{c:.0f}"] for w, r, c in scaling])]
-    print("scaling:", scaling, flush=True)
+    packed = loader_scaling(folder, tf, args.batch, args.max_workers, args.reps, device_augment=True)
+    lines += ["", "## DataLoader threads, S in [256, 512] (whole pipeline, images/s)", "",
+              "device_augment: the loader only decodes and packs (the augmentation runs on the training device).", ""]
+    lines += [common.markdown_table(["threads", "images/s (wall)", "speed-up", "images per CPU-s",
+                                     "device_augment images/s (wall)", "device_augment images per CPU-s"],
+                                   [[w, f"{r:.0f}", f"{r / scaling[0][1]:.2f}x", f"{c:.0f}", f"{pr:.0f}", f"{pc:.0f}"]
+                                    for (w, r, c), (_, pr, pc) in zip(scaling, packed)])]
+    print("scaling:", scaling, "device_augment:", packed, flush=True)
     if args.steps:
         mem, fed, wait = end_to_end(folder, tf, 16, args.steps, args.max_workers)
         lines += ["", "## End-to-end training on cpu (VGG-A width 1/16, fc 64, 224 crops, batch 16)", "",

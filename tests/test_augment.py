@@ -218,3 +218,30 @@ def test_loader_same_crops_and_flips_as_cpu_transform(photos, device):
 def test_loader_device_augment_needs_a_crop(photos):
     with pytest.raises(ValueError, match="device_augment=True needs"):
         data.DataLoader(photos, 4, data.EvalTransform(32, [0, 0, 0]), device_augment=True)
+
+
+@pytest.mark.filterwarnings("ignore:train. curves.png is not written")
+def test_train_with_device_augment(tmp_path, monkeypatch):
+    """vc.train(device_augment=True) trains from packed batches (the CPU twin on the cpu); the CLI flag reaches it."""
+    from vggcore import datasets
+    from vggcore.cli import build_parser
+    from vggcore.training import train
+    monkeypatch.setenv("VGGCORE_CACHE", str(tmp_path / "cache"))
+    root = datasets.generate(tmp_path / "shapes", train_per_class=4, val_per_class=2, size=40, seed=1)
+    seen = []
+    real = data.augment_batch
+
+    def spy(batch, device="cpu", dtype="float32"):
+        seen.append((len(batch), device))
+        return real(batch, device, dtype)
+
+    monkeypatch.setattr(data, "augment_batch", spy)
+    result = train(config="A", data=root, epochs=1, width=1 / 16, fc_width=16, crop=32, scale=(32, 40),
+                   batch_size=16, init="he", dropout=0.0, num_workers=2, verbose=False, progress=False,
+                   stats_sample=20, device="cpu", device_augment=True, checkpoint_dir=tmp_path / "ck")
+    assert np.isfinite(result.history[0]["train_loss"])
+    n_train = 4 * len(data.ImageFolder(root / "train").classes)
+    assert sum(n for n, _ in seen) == n_train and {d for _, d in seen} == {"cpu"}
+    args = build_parser().parse_args(["train", "--device-augment"])
+    assert args.device_augment is True
+    assert build_parser().parse_args(["train"]).device_augment is False

@@ -14,7 +14,9 @@ namespace {
 
 constexpr const char* kOp = "augment_crops";
 constexpr int64_t kPlanColumns = 11;
-constexpr int64_t kMaxSide = int64_t{1} << 20;  // image sides and the crop: float32 coordinates stay exact-ish
+// Image sides: the kernels' float32 coordinates keep steps of at most 1/8 pixel below 2**20.
+constexpr int64_t kMaxSide = int64_t{1} << 20;
+// The crop: crop * crop output pixels of an image fit the kernels' 32-bit pixel coordinates with room to spare.
 constexpr int64_t kMaxCrop = int64_t{1} << 15;
 
 bool is_integer(double v) { return std::isfinite(v) && v == std::floor(v); }

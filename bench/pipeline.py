@@ -13,7 +13,12 @@ Rows, all measured in this run on the same files (best of ``--reps`` passes, one
 - ``before``: a copy of vggcore's training transform as it was before the crop-first pipeline (decode, rescale
   the whole image to S, crop, flip, colour shift, np.stack);
 - ``vggcore``: today's ``data.load_planned`` (random choices from the header, only the crop's source region
-  resampled, JPEG DCT-domain downscale when the image is at least 2 S, written into the batch array).
+  resampled, JPEG DCT-domain downscale when the image is at least 2 S, the flip, shift and scale in one pass of
+  the augment_crops CPU twin, written into the batch array);
+- ``packed``: the CPU side of ``device_augment=True`` (``data.load_packed``: the same plan and decode, the uint8
+  pixels packed into one batch buffer, no resampling), what the CPU does when a GPU augments;
+- ``packed+op``: ``packed`` then ``data.augment_batch`` on the cpu device (the CPU twin resamples, mirrors and
+  shifts the whole batch; its time, in the resample column, is CPU time of all its threads).
 Per-stage times split one image's cost into decode, resample, augmentation (crop, flip, colour shift, float
 conversion) and batch assembly. The scaling table runs ``data.DataLoader`` with 1..N threads; the end-to-end
 figure trains a thin VGG-A on the cpu device from the loader and from the same batches held in memory.
@@ -156,9 +161,9 @@ def vggcore_transform(tf, path, rng, stages, out):
     im.load()
     img = im if im.mode == "RGB" else im.convert("RGB")
     t1 = cpu_clock()
-    arr = data._resample_crop(img, plan.scaled, plan.box, plan.flip)
+    arr = data._resample_crop(img, plan.scaled, plan.box)
     t2 = cpu_clock()
-    data._to_float(arr, plan, tf.input_scale, out)
+    data._crop_to_float(arr, plan.flip, plan.shift, tf.input_scale, out)
     t3 = cpu_clock()
     stages["decode"] += t1 - t0
     stages["resample"] += t2 - t1
@@ -166,9 +171,31 @@ def vggcore_transform(tf, path, rng, stages, out):
     return out
 
 
+def packed_transform(tf, path, rng, stages):
+    """data.load_packed's steps, timed: decode as load_planned does, then the pixels and plan row (batch)."""
+    t0 = cpu_clock()
+    im = Image.open(path)
+    plan = tf.plan(im.size, rng)
+    if im.format == "JPEG" and min(im.size) >= 2 * min(plan.scaled):
+        im.draft("RGB", tuple(plan.scaled))
+    im.load()
+    img = im if im.mode == "RGB" else im.convert("RGB")
+    t1 = cpu_clock()
+    pixels = np.asarray(img, dtype=np.uint8)
+    row = np.empty(11, np.float64)
+    row[:3] = 0, pixels.shape[0], pixels.shape[1]
+    row[3:7] = data._source_region(img.size, plan.scaled, plan.box)
+    row[7] = 1.0 if plan.flip else 0.0
+    row[8:] = plan.shift
+    stages["decode"] += t1 - t0
+    stages["batch"] += cpu_clock() - t1
+    return pixels, row
+
+
 def _one_pass(kind, paths, scale, crop, batch, tf):
     stages = dict(decode=0.0, resample=0.0, augment=0.0, batch=0.0)
     buf = np.empty((batch, crop, crop, 3), np.float32)
+    op_cpu = 0.0        # the op's CPU time on all its threads (process time), added to the thread's
     t0, w0 = cpu_clock(), time.perf_counter()
     for b in range(0, len(paths), batch):
         chunk = paths[b:b + batch]
@@ -179,13 +206,26 @@ def _one_pass(kind, paths, scale, crop, batch, tf):
                 outs.append(baseline_transform(scale if isinstance(scale, int) else scale[0], crop, p, rng, stages))
             elif kind == "before":
                 outs.append(before_transform(tf, p, rng, stages))
+            elif kind in ("packed", "packed+op"):
+                outs.append(packed_transform(tf, p, rng, stages))
             else:
                 vggcore_transform(tf, p, rng, stages, buf[j])
         tb = cpu_clock()
+        if kind in ("packed", "packed+op"):
+            packed = data.PackedBatch.pack(outs, crop, tf.input_scale)
+            stages["batch"] += cpu_clock() - tb
+            if kind == "packed+op":
+                tp, tt = time.process_time(), cpu_clock()
+                data.augment_batch(packed, "cpu")
+                spent = time.process_time() - tp
+                stages["resample"] += spent
+                op_cpu += spent - (cpu_clock() - tt)      # the other threads' share of the op
+            continue
         if kind != "vggcore":
             np.stack(outs)
         stages["batch"] += cpu_clock() - tb
-    return cpu_clock() - t0, time.perf_counter() - w0, stages
+    # The op's OpenMP threads are not the measuring thread: their CPU time is added to the thread's.
+    return cpu_clock() - t0 + op_cpu, time.perf_counter() - w0, stages
 
 
 def time_pipelines(kinds, paths, scale, crop, batch, reps, tf):
@@ -280,10 +320,11 @@ def time_stats(folder, workers, reps):
     return {k: (1e3 * e / len(folder), 1e3 * c / len(folder)) for k, (e, c) in best.items()}
 
 
-def loader_scaling(folder, tf, batch, max_workers, reps):
+def loader_scaling(folder, tf, batch, max_workers, reps, device_augment=False):
     rows = []
     for workers in range(1, max_workers + 1):
-        loader = data.DataLoader(folder, batch, tf, shuffle=True, seed=0, num_workers=workers, reuse_buffers=True)
+        loader = data.DataLoader(folder, batch, tf, shuffle=True, seed=0, num_workers=workers, reuse_buffers=True,
+                                 device_augment=device_augment)
         best = None
         for r in range(reps):
             t0, c0 = time.perf_counter(), time.process_time()
@@ -491,7 +532,8 @@ def main(argv=None):
     for size_label, files, scales in sets:
         for scale in scales:
             tf = data.TrainTransform(crop, scale, stats["mean_rgb"], stats["eigval"], stats["eigvec"])
-            res = time_pipelines(("baseline", "before", "vggcore"), files, scale, crop, args.batch, args.reps, tf)
+            res = time_pipelines(("baseline", "before", "vggcore", "packed", "packed+op"), files, scale, crop,
+                                 args.batch, args.reps, tf)
             label = f"S={scale}" if isinstance(scale, int) else f"S in [{scale[0]}, {scale[1]}]"
             for k, (ips, st, wall) in res.items():
                 rows.append([size_label, label, k, f"{ips:.0f}", f"{ips / res['before'][0]:.2f}x", f"{wall:.0f}",
@@ -515,10 +557,14 @@ def main(argv=None):
     print("stats:", st, flush=True)
     tf = data.TrainTransform(crop, (256, 512), stats["mean_rgb"], stats["eigval"], stats["eigvec"])
     scaling = loader_scaling(folder, tf, args.batch, args.max_workers, args.reps)
-    lines += ["", "## DataLoader threads, S in [256, 512] (whole pipeline, images/s)", ""]
-    lines += [common.markdown_table(["threads", "images/s (wall)", "speed-up", "images per CPU-s"],
-                                   [[w, f"{r:.0f}", f"{r / scaling[0][1]:.2f}x", f"{c:.0f}"] for w, r, c in scaling])]
-    print("scaling:", scaling, flush=True)
+    packed = loader_scaling(folder, tf, args.batch, args.max_workers, args.reps, device_augment=True)
+    lines += ["", "## DataLoader threads, S in [256, 512] (whole pipeline, images/s)", "",
+              "device_augment: the loader only decodes and packs (the augmentation runs on the training device).", ""]
+    lines += [common.markdown_table(["threads", "images/s (wall)", "speed-up", "images per CPU-s",
+                                     "device_augment images/s (wall)", "device_augment images per CPU-s"],
+                                   [[w, f"{r:.0f}", f"{r / scaling[0][1]:.2f}x", f"{c:.0f}", f"{pr:.0f}", f"{pc:.0f}"]
+                                    for (w, r, c), (_, pr, pc) in zip(scaling, packed)])]
+    print("scaling:", scaling, "device_augment:", packed, flush=True)
     if args.steps:
         mem, fed, wait = end_to_end(folder, tf, 16, args.steps, args.max_workers)
         lines += ["", "## End-to-end training on cpu (VGG-A width 1/16, fc 64, 224 crops, batch 16)", "",

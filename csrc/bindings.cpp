@@ -33,8 +33,9 @@ DType dtype_of(const py::array& array) {
   if (py::isinstance<py::array_t<double>>(array)) return DType::Float64;
   if (py::isinstance<py::array_t<int64_t>>(array)) return DType::Int64;
   if (py::isinstance<py::array_t<int32_t>>(array)) return DType::Int32;
+  if (py::isinstance<py::array_t<uint8_t>>(array)) return DType::UInt8;
   throw vgg::TypeError("tensor: unsupported numpy dtype " + py::str(array.dtype()).cast<std::string>() +
-                       " (expected float32, float64, int32 or int64)");
+                       " (expected float32, float64, int32, int64 or uint8)");
 }
 
 // numpy has no bfloat16: a bfloat16 tensor reads out as float32 (exact, every bfloat16 is a float32).
@@ -45,6 +46,7 @@ py::dtype numpy_dtype(DType dtype) {
     case DType::Float64: return py::dtype::of<double>();
     case DType::Int32: return py::dtype::of<int32_t>();
     case DType::Int64: return py::dtype::of<int64_t>();
+    case DType::UInt8: return py::dtype::of<uint8_t>();
   }
   throw vgg::TypeError("unknown dtype");
 }
@@ -321,6 +323,39 @@ PYBIND11_MODULE(_C, m) {
   m.def("sgd_update", &sgd_update, "In-place SGD step (PyTorch's rule)", py::arg("param"), py::arg("grad"),
         py::arg("momentum_buffer"), py::arg("lr"), py::arg("momentum"), py::arg("weight_decay"), py::arg("nesterov"),
         py::arg("first_step"), release);
+
+  m.def("augment_crops", [](const Tensor& images, const Tensor& plans, int64_t crop, double input_scale,
+                            const std::string& dtype) {
+        const DType d = vgg::parse_float_dtype(dtype, "augment_crops");
+        InterruptGuard guard;
+        py::gil_scoped_release unlocked;
+        return augment_crops(images, plans, crop, input_scale, d);
+      }, py::arg("images"), py::arg("plans"), py::arg("crop"), py::arg("input_scale"), py::arg("dtype") = "float32",
+      "images (bytes) uint8 packed decoded RGB, plans (N, 11) float64 on the cpu -> (N, crop, crop, 3) crops");
+  m.def("augment_crops_host", [](const py::array& images, const py::array& plans, int64_t crop, double input_scale,
+                                 py::array& out) {
+        const char* op = "augment_crops";
+        const auto c_contiguous = py::array::c_style;
+        VGG_CHECK(py::isinstance<py::array_t<uint8_t>>(images) && (images.flags() & c_contiguous), vgg::TypeError, op,
+                  ": images must be a C-contiguous uint8 array, got dtype ", py::str(images.dtype()).cast<std::string>());
+        VGG_CHECK(py::isinstance<py::array_t<double>>(plans) && (plans.flags() & c_contiguous) && plans.ndim() == 2 &&
+                      plans.shape(1) == 11,
+                  vgg::TypeError, op, ": plans must be a C-contiguous float64 array of shape (N, 11)");
+        const int64_t N = plans.shape(0);
+        VGG_CHECK(py::isinstance<py::array_t<float>>(out) && (out.flags() & c_contiguous) && out.writeable(),
+                  vgg::TypeError, op, ": out must be a writeable C-contiguous float32 array");
+        const std::vector<int64_t> out_shape(out.shape(), out.shape() + out.ndim());
+        VGG_CHECK(out_shape == (std::vector<int64_t>{N, crop, crop, 3}), vgg::ValueError, op, ": out must have shape ",
+                  vgg::shape_str({N, crop, crop, 3}), ", got ", vgg::shape_str(out_shape));
+        const auto* src = static_cast<const uint8_t*>(images.data());
+        const auto* rows = static_cast<const double*>(plans.data());
+        auto* dst = static_cast<float*>(out.mutable_data());
+        const int64_t nbytes = images.size();
+        InterruptGuard guard;
+        py::gil_scoped_release unlocked;
+        augment_crops_host(src, nbytes, rows, N, crop, input_scale, dst);
+      }, py::arg("images"), py::arg("plans"), py::arg("crop"), py::arg("input_scale"), py::arg("out"),
+      "augment_crops on the cpu from and into numpy arrays (no copies): out (N, crop, crop, 3) float32");
 
   bind_tc_testing(m);
 #ifdef VGG_WITH_SIM

@@ -83,4 +83,16 @@ Tensor cross_entropy_backward(const Tensor& logp, const Tensor& labels, const Te
 void sgd_update(Tensor& param, const Tensor& grad, const std::optional<Tensor>& momentum_buf, double lr,
                 double momentum, double weight_decay, bool nesterov, bool first_step);
 
+// ---- augmentation of decoded images (maths in augment.h) -------------------------------------------------------
+// images (bytes) uint8: decoded RGB images of any sizes packed in one buffer, each (height, width, 3) row-major;
+// plans (N, 11) float64 on the cpu, one row per image: offset (bytes), height, width, x0, y0, x1, y1 (the source
+// region in that image's pixels), flip (0 or 1), shift_r, shift_g, shift_b
+//   -> (N, crop, crop, 3) in dtype (float32; bfloat16 on sim and cuda) on the images' device:
+//      out[n, y, x, c] = (resample(image_n, region_n)[y, flip ? crop-1-x : x, c] - shift_n[c]) * input_scale
+Tensor augment_crops(const Tensor& images, const Tensor& plans, int64_t crop, double input_scale, DType dtype);
+// The same on the cpu, on the caller's host memory (numpy arrays): images (image_bytes), plans (N, 11) as above,
+// out (N, crop, crop, 3) float32 overwritten.
+void augment_crops_host(const uint8_t* images, int64_t image_bytes, const double* plans, int64_t N, int64_t crop,
+                        double input_scale, float* out);
+
 }  // namespace vgg::ops

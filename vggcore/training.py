@@ -333,7 +333,7 @@ def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum
           lr_factor=0.1, max_lr_drops=3, eval_scale=None, flip=True, colour_std=0.1,
           input_scale=_data.DEFAULT_INPUT_SCALE, stats_sample=2000, num_workers=None, save_filters=False,
           verbose=True, progress=None, precision="fp32", overwrite=False, prefetch=2,
-          pin_memory=None) -> TrainResult:
+          pin_memory=None, device_augment=False) -> TrainResult:
     """Train configuration ``config`` on ``data`` the way the paper did; returns TrainResult(model, history).
 
     data: a folder holding train/<class>/*.{jpg,png,...} and val/<class>/...; None: the built-in shapes set
@@ -371,6 +371,10 @@ def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum
     vc.set_float32_matmul_precision("high") for the run, restored after; on the cpu, which is exact float32,
     it changes nothing); "bf16": mixed precision on sim/cuda (activations and their gradients in bfloat16,
     float32 master weights, momentum, loss and softmax, no loss scaling; checkpoints stay float32).
+    device_augment: the loader threads only decode; the crop's resampling, flip and colour shift run on the
+    training device (``data.augment_batch``; the CPU twin on the cpu), from the same random draws as the CPU
+    transform, within about one pixel level of it (Pillow rounds between its passes, the op does not).
+    Not with data-parallel runs.
     """
     import vggcore as vc
     from .nn import functional as F
@@ -407,6 +411,7 @@ def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum
     _check_numbers(settings, max_lr_drops, stats_sample)
     if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0:
         raise ValueError(f"train: prefetch must be an int >= 0 (batches copied ahead), got {prefetch!r}")
+    device_augment = bool(device_augment)
 
     if precision not in _PRECISIONS:
         raise ValueError(f"train: precision must be one of {', '.join(_PRECISIONS)}, got {precision!r}")
@@ -414,6 +419,8 @@ def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum
 
     # Data parallel when started by mpirun/srun with several ranks: batch_size stays the global batch.
     group = _parallel.start_if_launched()
+    if group is not None and device_augment:
+        raise ValueError("train: device_augment=True is not supported in data-parallel runs (mpirun/srun) yet")
     if group is not None:
         _parallel.check_batch_size(settings["batch_size"], group.size)      # before reading any data
         device = _parallel.device_for_rank(device)
@@ -522,7 +529,8 @@ def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum
     if dp is None:
         train_loader = _data.DataLoader(train_folder, settings["batch_size"], train_tf, shuffle=True,
                                         seed=settings["seed"], num_workers=num_workers, reuse_buffers=True,
-                                        pin_memory=bool(pin_memory) and device != "cpu")
+                                        pin_memory=bool(pin_memory) and device != "cpu" and not device_augment,
+                                        device_augment=device_augment)
         val_loader = _data.DataLoader(val_folder, settings["batch_size"], val_tf, num_workers=num_workers)
     else:
         train_loader = _parallel.ShardedLoader(train_folder, settings["batch_size"], train_tf, group.rank, group.size,
@@ -562,7 +570,7 @@ def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum
             t0 = time.perf_counter()
             seen, loss_sum, wrong, batches, wait = 0, 0.0, 0, 0, 0.0
             batches_iter = train_loader.epoch(epoch)
-            if dp is None:
+            if dp is None and not device_augment:      # packed batches are uploaded by augment_batch
                 # Time in next() is time waiting for a batch not ready yet (data wait); copies issued ahead run
                 # during the compute of the batches before them and are not counted.
                 # On the cpu there is nothing to overlap: depth 0 asks for each batch when it is used, as before.
@@ -583,7 +591,8 @@ def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum
                         continue
                     loss_value, n, batch_wrong = step
                 else:
-                    x = x_batch         # already on the device (the prefetcher)
+                    # already on the device (the prefetcher), or augmented there from the packed batch
+                    x = _data.augment_batch(x_batch, device) if device_augment else x_batch
                     with compute:
                         logits = model(x)
                         loss = F.cross_entropy(logits, y_np)

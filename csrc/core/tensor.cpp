@@ -146,6 +146,7 @@ size_t dtype_size(DType dtype) {
     case DType::Int32: return 4;
     case DType::Int64: return 8;
     case DType::BFloat16: return 2;
+    case DType::UInt8: return 1;
   }
   return 0;
 }
@@ -157,6 +158,7 @@ const char* dtype_name(DType dtype) {
     case DType::Int32: return "int32";
     case DType::Int64: return "int64";
     case DType::BFloat16: return "bfloat16";
+    case DType::UInt8: return "uint8";
   }
   return "?";
 }

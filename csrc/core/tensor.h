@@ -15,9 +15,9 @@ namespace vgg {
 
 // BFloat16 is stored as uint16_t bit patterns (core/bfloat16.h has the conversions); sim and cuda compute with it,
 // the cpu only stores, converts and moves it.
-enum class DType { Float32, Float64, Int32, Int64, BFloat16 };
+enum class DType { Float32, Float64, Int32, Int64, BFloat16, UInt8 };  // UInt8: decoded pixels (augment_crops)
 size_t dtype_size(DType dtype);
-const char* dtype_name(DType dtype);  // "float32", "float64", "int32", "int64", "bfloat16"
+const char* dtype_name(DType dtype);  // "float32", "float64", "int32", "int64", "bfloat16", "uint8"
 // The floating dtype named "float32", "float64" or "bfloat16"; TypeError naming `op` otherwise.
 DType parse_float_dtype(const std::string& name, const char* op);
 

@@ -9,6 +9,7 @@
 
 #include <cstdint>
 
+#include "../augment.h"
 #include "../sgd_config.h"
 #include "../shapes.h"
 
@@ -86,5 +87,11 @@ template <typename T> void cross_entropy_backward(const T* logp, const int64_t* 
 // ---- optimiser --------------------------------------------------------------------------------------------
 // In place: param (n), grad (n), momentum_buf (n) or nullptr when cfg.momentum == 0. Rule in sgd_config.h.
 template <typename T> void sgd_update(T* param, const T* grad, T* momentum_buf, int64_t n, const SgdConfig& cfg);
+
+// ---- augmentation (maths in augment.h) ------------------------------------------------------------------------
+// images: packed uint8 RGB pixels, plans (N) -> out (N, crop, crop, 3) float32 (float32 only: the decoded pixels are
+// uint8 and the result feeds float32 or bfloat16 training)
+void augment_crops(const uint8_t* images, const AugmentImage* plans, float* out, int64_t N, int64_t crop,
+                   float input_scale);
 
 }  // namespace vgg::cpu

@@ -10,6 +10,7 @@
 // std::runtime_error. Every output is overwritten.
 #include <cstdint>
 
+#include "../augment.h"
 #include "../sgd_config.h"
 #include "../shapes.h"
 
@@ -69,6 +70,12 @@ void cross_entropy_forward(const float* logits, const int64_t* target, float* lo
 void cross_entropy_backward(const float* logp, const int64_t* target, const float* dloss, float* dx, int64_t rows, int64_t cols);
 
 void sgd_update(float* param, const float* grad, float* momentum_buf, int64_t n, const SgdConfig& cfg);
+
+// images: packed uint8 RGB pixels, plans (N) (augment.h) -> out (N, crop, crop, 3) float32, or bfloat16 rounded once
+void augment_crops(const uint8_t* images, const AugmentImage* plans, float* out, int64_t N, int64_t crop,
+                   float input_scale);
+void augment_crops(const uint8_t* images, const AugmentImage* plans, uint16_t* out, int64_t N, int64_t crop,
+                   float input_scale);
 
 // ---- bfloat16 (uint16_t bit patterns, core/bfloat16.h) ----------------------------------------------------------
 // The same ops on bfloat16 storage: each element is widened to float32, computed in float32 and rounded to nearest

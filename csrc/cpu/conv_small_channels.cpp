@@ -135,6 +135,7 @@ bool conv2d_backward_weight_small_channels(const float* x, const float* dy, floa
     std::fill(part, part + RSC * Kp, 0.0f);
     float* xrows = thread_workspace<float>(Slot::conv_col, size_t(s.R * Wp * C));
     for (int64_t row = rows * sp / splits; row < rows * (sp + 1) / splits; ++row) {
+      if (interrupt_pending()) break;  // Ctrl-C: leave this chunk, throw after the region
       const int64_t n = row / s.P, oh = row % s.P;
       for (int64_t r = 0; r < s.R; ++r) {
         const int64_t ih = oh * s.stride - s.pad + r;
@@ -162,6 +163,7 @@ bool conv2d_backward_weight_small_channels(const float* x, const float* dy, floa
       }
     }
   }
+  throw_if_interrupted();  // before the reduction: the partials of a stopped run are incomplete
 #pragma omp parallel for schedule(static)
   for (int64_t k = 0; k < K; ++k)
     for (int64_t j = 0; j < RSC; ++j) {
@@ -190,6 +192,7 @@ bool conv2d_backward_data_small_channels(const float* dy, const float* w, float*
     float out[16 * 4];
 #pragma omp for schedule(static)
     for (int64_t row = 0; row < s.N * s.H; ++row) {
+      if (interrupt_pending()) continue;  // Ctrl-C: skip the remaining rows, throw after the region
       const int64_t n = row / s.H, h = row % s.H;
       for (int64_t w0 = 0; w0 < s.W; w0 += pix) {
         int64_t ntaps = 0;
@@ -214,6 +217,7 @@ bool conv2d_backward_data_small_channels(const float* dy, const float* w, float*
       }
     }
   }
+  throw_if_interrupted();
   return true;
 }
 

@@ -111,7 +111,11 @@ template <typename T> void linear_forward(const T* x, const T* w, const T* bias,
     constexpr int64_t chunk = 16;  // weight rows per task
     const int64_t tasks = detail::ceil_div(OUT, chunk);
 #pragma omp parallel for schedule(static)
-    for (int64_t t = 0; t < tasks; ++t) kernel(x, w, bias, y, M, OUT, IN, t * chunk, std::min(OUT, (t + 1) * chunk));
+    for (int64_t t = 0; t < tasks; ++t) {
+      if (interrupt_pending()) continue;  // Ctrl-C: skip the remaining tasks, throw after the region
+      kernel(x, w, bias, y, M, OUT, IN, t * chunk, std::min(OUT, (t + 1) * chunk));
+    }
+    throw_if_interrupted();
     return;
   }
   // A = x (M, IN) row-major, B(p, j) = w[j, p]
@@ -125,7 +129,11 @@ template <typename T> void linear_backward_data(const T* dy, const T* w, T* dx, 
     constexpr int64_t chunk = 1024;  // columns of dx per task: M x 1024 accumulators stay in L1/L2
     const int64_t tasks = detail::ceil_div(IN, chunk);
 #pragma omp parallel for schedule(static)
-    for (int64_t t = 0; t < tasks; ++t) kernel(dy, w, dx, M, OUT, IN, t * chunk, std::min(IN, (t + 1) * chunk));
+    for (int64_t t = 0; t < tasks; ++t) {
+      if (interrupt_pending()) continue;  // Ctrl-C: skip the remaining tasks, throw after the region
+      kernel(dy, w, dx, M, OUT, IN, t * chunk, std::min(IN, (t + 1) * chunk));
+    }
+    throw_if_interrupted();
     return;
   }
   // A = dy (M, OUT) row-major, B = w (OUT, IN) row-major

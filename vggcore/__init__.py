@@ -30,6 +30,9 @@ def set_float32_matmul_precision(precision):
     """``"highest"`` (default): float32 conv2d/linear are exact float32. ``"high"``: on sim and cuda they may run on
     TF32 tensor cores (10-bit mantissa operands, float32 accumulation), as PyTorch's setting of the same name; the
     cpu stays float32."""
+    if not isinstance(precision, str):
+        raise TypeError(f"set_float32_matmul_precision: precision must be \"highest\" or \"high\", got "
+                        f"{type(precision).__name__} {precision!r}")
     _C.set_float32_matmul_precision(precision)
 
 

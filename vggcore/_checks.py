@@ -26,3 +26,36 @@ def check_finite_scores(scores: np.ndarray, op: str = "evaluate") -> np.ndarray:
 def nonfinite_parameters(model) -> list:
     """Names of the model's parameters holding any NaN or infinite value (empty when all are finite)."""
     return [name for name, param in model.named_parameters() if not np.isfinite(param.numpy()).all()]
+
+
+# ---- argument checks shared by the Python entry points (train, evaluate, vgg, export_onnx) ----------------------
+# Python's own conversions accept what a user did not mean (int(1e30), float(True), bool("no")) or fail with
+# messages that name neither the function nor the argument (float([]), int(nan)); these name both.
+
+def check_int(op, name, value, minimum=None, maximum=2**63 - 1):
+    """``value`` as an int in [minimum, maximum]; bools, floats and strings are refused."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{op}: {name} must be an int, got {type(value).__name__} {value!r}")
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{op}: {name} must be >= {minimum}, got {value}")
+    if value > maximum:
+        raise ValueError(f"{op}: {name} must be <= {maximum}, got {value}")
+    return value
+
+
+def check_real(op, name, value):
+    """``value`` as a finite float; bools, strings, None and non-finite numbers are refused."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{op}: {name} must be a number, got {type(value).__name__} {value!r}")
+    value = float(value)
+    if not np.isfinite(value):
+        raise ValueError(f"{op}: {name} must be finite, got {value}")
+    return value
+
+
+def check_bool(op, name, value):
+    """``value`` as a bool: True/False (or NumPy's), never a truthy string or number."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{op}: {name} must be True or False, got {type(value).__name__} {value!r}")
+    return bool(value)

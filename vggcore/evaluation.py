@@ -34,7 +34,7 @@ from collections import deque
 import numpy as np
 
 from . import data as _data
-from ._checks import check_finite_scores
+from ._checks import check_bool, check_finite_scores, check_int
 
 __all__ = ["evaluate", "predict_images", "protocol_settings", "topk_errors", "multi_crop_offsets", "GRID"]
 
@@ -278,6 +278,37 @@ def _as_models(model):
     return out
 
 
+def _check_arguments(crop, scale, dense, flip, multi_crop, batch_size, num_workers):
+    """Refuses what int()/bool() would silently turn into something else (crop=0 meaning "the default",
+    crop=2.7 meaning 2, flip="no" meaning True) and scales whose rescaled images cannot fit in memory."""
+    if crop is not None:
+        check_int("evaluate", "crop", crop, 1)
+    scales = [] if scale is None else [scale] if isinstance(scale, (int, np.integer, bool)) else scale
+    if isinstance(scales, (str, bytes)) or not hasattr(scales, "__iter__"):
+        raise TypeError(f"evaluate: scale must be an int Q or a list of them, got {type(scale).__name__} {scale!r}")
+    scales = [check_int("evaluate", "scale", q, 1) for q in scales]
+    for name, value in (("dense", dense), ("flip", flip), ("multi_crop", multi_crop)):
+        check_bool("evaluate", name, value)
+    check_int("evaluate", "batch_size", batch_size, 1)
+    if num_workers is not None:
+        check_int("evaluate", "num_workers", num_workers, 1)
+    # A rescaled image holds about 2 Q^2 RGB bytes (aspect ratios up to 2), as float32 for dense evaluation,
+    # and PIL makes working copies; refuse a Q that cannot fit instead of growing until the OOM killer ends it.
+    ram = _physical_memory()
+    for q in scales:
+        need = 4 * 2 * 3 * q * q
+        if ram and need > ram:
+            raise MemoryError(f"evaluate: scale {q} means rescaled images of about {need / 2**30:.0f} GiB each, more "
+                              f"than this machine's {ram / 2**30:.0f} GiB of memory")
+
+
+def _physical_memory():
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
 def _resolve_protocol(models, crop, scale, dense, multi_crop):
     crops = []
     for m in models:
@@ -388,6 +419,7 @@ def evaluate(model, data, crop=None, scale=None, dense=False, flip=False, device
     classes or fewer (top5_err is then 0 by construction and says nothing); ``protocol_settings`` with the same arguments names the scales, crop, methods and views used.
     Each image is decoded once whatever the number of scales, flips, crops and models.
     """
+    _check_arguments(crop, scale, dense, flip, multi_crop, batch_size, num_workers)
     models = _as_models(model)
     crops, scales = _resolve_protocol(models, crop, scale, dense, multi_crop)
     folder = _folder_for(models[0], data)

@@ -73,6 +73,10 @@ class SGD:
         }
 
     def load_state_dict(self, state):
+        missing = [k for k in ("lr", "momentum", "weight_decay", "nesterov", "momentum_buffers")
+                   if not isinstance(state, dict) or k not in state]
+        if missing:
+            raise ValueError(f"SGD.load_state_dict: the state lacks {', '.join(missing)} (got {type(state).__name__})")
         buffers = state["momentum_buffers"]
         if len(buffers) != len(self.params):
             raise ValueError(f"SGD.load_state_dict: {len(buffers)} momentum buffers for {len(self.params)} parameters")

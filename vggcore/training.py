@@ -48,7 +48,7 @@ from . import datasets as _datasets
 from . import random as _random
 from . import _rundir
 from . import _schedule
-from ._checks import NonFiniteScores, nonfinite_parameters
+from ._checks import NonFiniteScores, check_bool, check_int, check_real, nonfinite_parameters
 from .evaluation import predict_loader, resolve_device, topk_errors
 from .models import config_name, describe, from_description, init_from as _init_from, vgg as _vgg
 from .models import fine_tune_from as _fine_tune_from
@@ -383,15 +383,21 @@ def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum
     given = {"epochs": epochs, "batch_size": batch_size, "scale": scale, "crop": crop, "width": width,
              "fc_width": fc_width, "init": init, "dropout": dropout}
     settings = {k: (preset[k] if v is None else v) for k, v in given.items()}
-    if init is None and float(settings["width"]) < 1:
+    # checked conversions: float(True), int(1e30) and bool("no") would silently train something else
+    if init is None and check_real("train", "width", settings["width"]) < 1:
         settings["init"] = THIN_NET_INIT
     settings["scale"] = _parse_scale(settings["scale"])
-    settings["dropout"] = float(settings["dropout"])
-    settings.update(config=config_name(config), lr=float(lr), momentum=float(momentum),
-                    weight_decay=float(weight_decay), nesterov=bool(nesterov),
-                    seed=int(seed), lr_patience=int(lr_patience), lr_factor=float(lr_factor),
-                    max_lr_drops=int(max_lr_drops), flip=bool(flip), colour_std=float(colour_std),
-                    input_scale=float(input_scale), stats_sample=int(stats_sample))
+    settings["dropout"] = check_real("train", "dropout", settings["dropout"])
+    settings.update(config=config_name(config), lr=check_real("train", "lr", lr),
+                    momentum=check_real("train", "momentum", momentum),
+                    weight_decay=check_real("train", "weight_decay", weight_decay),
+                    nesterov=check_bool("train", "nesterov", nesterov), seed=check_int("train", "seed", seed, 0),
+                    lr_patience=check_int("train", "lr_patience", lr_patience),
+                    lr_factor=check_real("train", "lr_factor", lr_factor),
+                    max_lr_drops=check_int("train", "max_lr_drops", max_lr_drops),
+                    flip=check_bool("train", "flip", flip), colour_std=check_real("train", "colour_std", colour_std),
+                    input_scale=check_real("train", "input_scale", input_scale),
+                    stats_sample=check_int("train", "stats_sample", stats_sample))
     for key in ("epochs", "batch_size", "crop", "fc_width"):
         if isinstance(settings[key], bool) or not isinstance(settings[key], (int, np.integer)) or settings[key] < 1:
             raise ValueError(f"train: {key} must be a positive int, got {settings[key]!r}")
@@ -405,7 +411,7 @@ def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum
     if eval_scale is None:
         s = settings["scale"]
         eval_scale = s if isinstance(s, int) else int(round(0.5 * (s[0] + s[1])))
-    settings["eval_scale"] = int(eval_scale)
+    settings["eval_scale"] = check_int("train", "eval_scale", eval_scale)
     if settings["eval_scale"] < settings["crop"]:
         raise ValueError(f"train: eval_scale {eval_scale} is smaller than the crop {settings['crop']}")
     _check_numbers(settings, max_lr_drops, stats_sample)

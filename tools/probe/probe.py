@@ -129,14 +129,19 @@ class CliTraceback(Exception):
 
 ALLOWED = ("ValueError", "TypeError", "MemoryError", "FileNotFoundError", "IsADirectoryError",
            "NotADirectoryError", "PermissionError", "FileExistsError", "KeyboardInterrupt",
-           "UnicodeDecodeError", "JSONDecodeError", "NonFiniteScores", "OverflowError")
+           "UnicodeDecodeError", "JSONDecodeError", "NonFiniteScores", "AutogradError")
 LEAKS = ("incompatible function arguments", "negative dimensions are not allowed", "state must be for a",
-         "std::bad_alloc", "bad_alloc", "unsupported operand", "has no attribute", "NoneType",
+         "std::bad_alloc", "bad_alloc", "has no attribute",
          "list index out of range", "not supported between instances", "can't multiply sequence",
          "invalid literal for int", "cannot convert float", "too large to convert to C", "int too big",
          "Unable to cast", "maximum recursion depth", "object cannot be interpreted as an integer",
          "only integer scalar arrays", "setting an array element with a sequence", "unhashable type",
          "argument must be", "must be real number, not", "got multiple values", "Expecting value: line")
+
+
+# "conv2d: stride must be ..." names the op; NumPy's text quoted after such a prefix is context, not a leak
+import re  # noqa: E402
+OP_PREFIX = re.compile(r"^[\w./<>\-]+(\(\))?: ")
 
 
 def worker_main(case_file, start, rss_limit_mb):
@@ -165,7 +170,8 @@ def worker_main(case_file, start, rss_limit_mb):
                 outcome, detail = ("exception", f"{name}: {msg[:300]}")
             elif name not in ALLOWED:
                 outcome, detail = "exception", f"{name}: {msg[:300]}"
-            elif len(msg.strip()) < 12 or any(leak in msg for leak in LEAKS):
+            elif len(msg.strip()) < 12 or (any(leak in msg for leak in LEAKS) and
+                                            (not OP_PREFIX.match(msg) or "incompatible function" in msg)):
                 outcome, detail = "leak", f"{name}: {msg[:300]}"
             else:
                 outcome, detail = "good", f"{name}: {msg[:160]}"
@@ -186,8 +192,9 @@ def run_batch(cases, timeout_default, rss_limit_mb, env=None):
     start = 0
     try:
         while start < len(cases):
+            errf = tempfile.TemporaryFile("w+")   # a pipe nobody reads would fill up and block the worker
             proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--worker", case_file, str(start),
-                                     str(rss_limit_mb)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     str(rss_limit_mb)], stdout=subprocess.PIPE, stderr=errf,
                                     cwd=tempfile.gettempdir(), env=env, text=True, bufsize=1)
             current, deadline = None, time.monotonic() + 120   # the import
             buf = ""
@@ -205,7 +212,8 @@ def run_batch(cases, timeout_default, rss_limit_mb, env=None):
                 line = proc.stdout.readline()
                 if not line:   # the worker ended
                     rc = proc.wait()
-                    err = proc.stderr.read()[-500:]
+                    errf.seek(0)
+                    err = errf.read()[-500:]
                     if current is not None and results[current] is None:
                         why = f"signal {-rc}" if rc < 0 else f"exit {rc}"
                         results[current] = ("crash", f"{why}: {err.strip()[-300:]}")
@@ -226,6 +234,7 @@ def run_batch(cases, timeout_default, rss_limit_mb, env=None):
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+            errf.close()
     finally:
         os.unlink(case_file)
     return [r or ("crash", "never ran") for r in results]
@@ -272,11 +281,11 @@ def _expect(slot, vkind):
     if slot == "real":      # alpha, beta, k, lr...: a finite real number
         if vkind in ("int0", "float", "npint", "npfloat", "tiny", "bigint", "bigfloat"):
             return "either"
-        if vkind in ("nan", "inf", "hugeint"):
+        if vkind in ("nan", "inf", "hugeint", "neg"):
             return "either"   # refusing or computing the IEEE answer are both fine; devices are compared below
         return "refuse"
     if slot == "finite_nonneg":   # lr, momentum, weight decay
-        if vkind in ("int0", "float", "npint", "npfloat", "tiny", "bigint", "bigfloat"):
+        if vkind in ("int0", "float", "npint", "npfloat", "tiny", "bigint", "bigfloat", "hugeint"):
             return "either"
         return "refuse"
     if slot == "prob":       # dropout p in [0, 1)
@@ -320,9 +329,9 @@ def api_cases(devices, rng):
         ("conv2d.weight", "conv", "F.conv2d(x, {A}, b)", "tensor"),
         ("conv2d.x", "conv", "F.conv2d({A}, w, b)", "tensor"),
         ("max_pool2d.kernel_size", "pool", "F.max_pool2d(x, kernel_size={A}, stride=2)", "pos_int"),
-        ("max_pool2d.stride", "pool", "F.max_pool2d(x, kernel_size=2, stride={A})", "pos_int"),
+        ("max_pool2d.stride", "pool", "F.max_pool2d(x, kernel_size=2, stride={A})", "pos_int_or_none"),
         ("avg_pool2d.kernel_size", "pool", "F.avg_pool2d(x, kernel_size={A}, stride=2)", "pos_int"),
-        ("avg_pool2d.stride", "pool", "F.avg_pool2d(x, kernel_size=2, stride={A})", "pos_int"),
+        ("avg_pool2d.stride", "pool", "F.avg_pool2d(x, kernel_size=2, stride={A})", "pos_int_or_none"),
         ("local_response_norm.size", "pool", "F.local_response_norm(x, size={A})", "pos_int"),
         ("local_response_norm.alpha", "pool", "F.local_response_norm(x, alpha={A})", "real"),
         ("local_response_norm.beta", "pool", "F.local_response_norm(x, beta={A})", "real"),
@@ -355,13 +364,13 @@ def api_cases(devices, rng):
         ("Conv2d.in_channels", "vec", "nn.Conv2d({A}, 4, 3, device=D)", "pos_int"),
         ("Conv2d.out_channels", "vec", "nn.Conv2d(3, {A}, 3, device=D)", "pos_int"),
         ("Conv2d.kernel_size", "vec", "nn.Conv2d(3, 4, {A}, device=D)", "pos_int"),
-        ("Conv2d.stride", "vec", "nn.Conv2d(3, 4, 3, stride={A}, device=D)", "pos_int"),
-        ("Conv2d.padding", "vec", "nn.Conv2d(3, 4, 3, padding={A}, device=D)", "nonneg_int"),
+        ("Conv2d.stride", "vec", "nn.Conv2d(3, 4, 3, stride={A}, device=D)(vc.zeros(1, 5, 5, 3, device=D))", "pos_int"),
+        ("Conv2d.padding", "vec", "nn.Conv2d(3, 4, 3, padding={A}, device=D)(vc.zeros(1, 5, 5, 3, device=D))", "nonneg_int"),
         ("Linear.in_features", "vec", "nn.Linear({A}, 4, device=D)", "pos_int"),
         ("Linear.out_features", "vec", "nn.Linear(3, {A}, device=D)", "pos_int"),
-        ("MaxPool2d.kernel_size", "vec", "nn.MaxPool2d({A})", "pos_int"),
-        ("AvgPool2d.stride", "vec", "nn.AvgPool2d(2, {A})", "pos_int_or_none"),
-        ("LocalResponseNorm.size", "vec", "nn.LocalResponseNorm({A})", "pos_int"),
+        ("MaxPool2d.kernel_size", "vec", "nn.MaxPool2d({A})(vc.zeros(1, 4, 4, 2, device=D))", "pos_int"),
+        ("AvgPool2d.stride", "vec", "nn.AvgPool2d(2, {A})(vc.zeros(1, 4, 4, 2, device=D))", "pos_int_or_none"),
+        ("LocalResponseNorm.size", "vec", "nn.LocalResponseNorm({A})(vc.zeros(1, 4, 4, 2, device=D))", "pos_int"),
         ("Dropout.p", "vec", "nn.Dropout({A})", "prob"),
         ("Module.to", "vec", "nn.Linear(3, 4).to({A})", "device"),
         ("Module.load_state_dict", "vec", "nn.Linear(3, 4).load_state_dict({A})", "state"),
@@ -402,10 +411,11 @@ def api_cases(devices, rng):
     valid_for = {
         # slot -> the value kinds that must be accepted, that may go either way; the rest must be refused
         "tensor_or_labels": ({"list"}, {"array"}), "label": ({"int0", "npint"}, set()),
-        "reshape": (set(), {"npint"}), "grad": ({"none"}, set()), "dim": ({"int0"}, {"npint", "neg", "bool"}),
-        "n/a": (set(), set()), "scalar": (set(), {"int0", "float", "npint", "npfloat", "tiny", "bigfloat", "nan",
+        "reshape": (set(), {"npint", "neg"}), "grad": ({"none"}, set()), "dim": ({"int0"}, {"npint", "neg", "bool"}),
+        "n/a": (set(), set()), "scalar": (set(), {"neg", "int0", "float", "npint", "npfloat", "tiny", "bigfloat", "nan",
                                                 "inf", "bigint", "hugeint", "bool", "array"}),
-        "pos_int_or_none": ({"none", "npint"}, {"bigint", "hugeint"}), "state": (set(), {"dict"}),
+        "pos_int_or_none": ({"none", "npint"}, {"bigint", "hugeint"}),
+        "tensor_or_labels": (set(), {"array"}), "state": (set(), {"dict"}), "finite_pos": ({"float", "npfloat", "tiny"}, {"bigint", "bigfloat", "npint", "hugeint"}), "state": (set(), {"dict"}),
         "finite_pos": ({"float", "npfloat", "tiny"}, {"bigint", "bigfloat", "npint"}),
         "params": (set(), {"list"}), "config": (set(), set()),
         "width": ({"float"}, {"npfloat", "tiny", "bigint", "bigfloat", "npint", "hugeint"}),
@@ -423,6 +433,10 @@ def api_cases(devices, rng):
                                                   "from_torchvision", "SGD.", "Module.")) or "Pool2d" in name):
                 continue   # device-independent argument checking: cpu only, to keep the run short
             for src, vkind in BAD_VALUES:
+                if vkind in ("bigint", "hugeint") and (name in ("train.epochs", "zeros.extent", "ones.extent")
+                                                       or name.startswith(("Conv2d.", "Linear.", "vgg.", "export_onnx"))):
+                    if vkind == "bigint" or name == "train.epochs":
+                        continue   # valid, just big: would run for hours or allocate gigabytes
                 if slot in valid_for:
                     ok, either = valid_for[slot]
                     expect = "ok" if vkind in ok else "either" if vkind in either else "refuse"
@@ -485,7 +499,8 @@ def api_cases(devices, rng):
         ("F.linear(vc.zeros(2, 3, device=D), vc.zeros(4, 5, device=D))", "refuse"),
         ("F.linear(vc.zeros(2, 3, 1, device=D), vc.zeros(4, 3, device=D))", "refuse"),
         ("F.linear(vc.zeros(2, 0, device=D), vc.zeros(4, 0, device=D))", "either"),
-        ("F.linear(vc.zeros(2**31, 1, device=D), vc.zeros(2**31, 1, device=D))", "refuse"),
+        ("F.linear(vc.zeros(2**36, 0, device=D), vc.zeros(2**36, 0, device=D))", "either"),
+        ("vc.zeros(2**36, device=D)", "refuse"), ("vc.ones(2**20, 2**20, device=D)", "refuse"),
         ("F.linear(vc.zeros(2, 3, device=D), vc.zeros(4, 3, device=D), vc.zeros(3, device=D))", "refuse"),
         ("F.local_response_norm(vc.zeros(1, 2, 2, 3, device=D), size=10**18)", "either"),
         ("F.local_response_norm(vc.zeros(1, 2, 2, 3, device=D), size=2**63)", "either"),
@@ -537,7 +552,7 @@ def api_cases(devices, rng):
         ("vc.train(data=DATA, epochs=1, batch_size=10**12, **{k: v for k, v in TINY.items() if k != 'batch_size'})", "either"),
         ("vc.train(data=DATA, epochs=1, width=100.0, **{k: v for k, v in TINY.items() if k != 'width'})", "refuse"),
         ("vc.train(data=DATA, epochs=10**12, resume=True, **TINY)", "refuse"),
-        ("vc.train(data=DATA, epochs=1, config='Q', **TINY)", "refuse"),
+        ("vc.train(data=DATA, epochs=1, config='Q', **{k: v for k, v in TINY.items() if k != 'config'})", "refuse"),
         ("vc.train(data=DATA, epochs=1, init_from='/nonexistent.safetensors', **TINY)", "refuse"),
         ("vc.train(data=DATA + '/train', epochs=1, **TINY)", "refuse"),
     ]
@@ -567,9 +582,12 @@ def api_cases(devices, rng):
         "mul": ("X * 2.0", "x * np.float32(2.0)"),
         "sum_backward_relu": ("G", None),
     }
+    summing = ("avg_pool2d", "conv2d", "linear", "lrn")
     for sname, sval in specials.items():
         for pattern in ("one", "all", "row"):
             for op, (expr, ref) in ops.items():
+                if op in summing and sname in ("3e38", "-3e38"):
+                    continue   # sums of values near FLT_MAX overflow in float32 in an order-dependent way
                 code = f"""
                     rng = np.random.default_rng({len(cases)})
                     x = rng.integers(-3, 4, size=(2, 4, 4, 2)).astype(np.float32)
@@ -592,8 +610,9 @@ def api_cases(devices, rng):
                     for D, o in outs.items():
                         same(o, base, rtol=1e-5, atol=1e-5)
                 """
+                code = textwrap.dedent(code)
                 if ref:
-                    code += f"\n    same(outs['cpu'], {ref})\n"
+                    code += f"same(outs['cpu'], {ref})\n"
                 cases.append(case("api", f"special:{op}:{sname}:{pattern}", code, "either", timeout=60))
     # extreme logits: the softmax family against a float64 reference on every device
     for i, logits in enumerate(["[[-1e30, -1e30]]", "[[1e30, 1e30]]", "[[3e38, -3e38]]", "[[1e16, 1e16 - 2**34]]",
@@ -601,7 +620,7 @@ def api_cases(devices, rng):
         code = f"""
             x = np.array({logits}, np.float32)
             x64 = x.astype(np.float64); m = x64.max(1, keepdims=True)
-            ref = (x64 - m) - np.log(np.exp(x64 - m).sum(1, keepdims=True))
+            ref = ((x64 - m) - np.log(np.exp(x64 - m).sum(1, keepdims=True))).astype(np.float32)  # float32's answer
             for D in DEVICES:
                 same(F.log_softmax(vc.tensor(x, device=D)).numpy(), ref, rtol=1e-5, atol=1e-5)
                 same(F.cross_entropy(vc.tensor(x, device=D), [0]).numpy(), -ref[:, 0].mean(), rtol=1e-5, atol=1e-5)

@@ -33,10 +33,11 @@ def export_onnx(model, path, input_size=224):
     except ImportError:
         raise ImportError("export_onnx needs the onnx package: pip install 'vggcore[onnx]'") from None
     from ..models.vgg import LRN_PARAMS, VGG
+    from .._checks import check_int
     from .torchvision import to_torchvision
     if not isinstance(model, VGG):
         raise TypeError(f"export_onnx: model must be a vggcore VGG, got {type(model).__name__}")
-    input_size = int(input_size)
+    input_size = check_int("export_onnx", "input_size", input_size, 1)   # int(nan) would say nothing useful
     dense = model.fully_convolutional
     if not dense and input_size != model.input_size:
         raise ValueError(f"export_onnx: this net takes {model.input_size}x{model.input_size} images, got "

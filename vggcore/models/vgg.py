@@ -10,6 +10,9 @@ fc6's input axis from (C, H, W) to (H, W, C) order).
 
 from __future__ import annotations
 
+import math
+import os
+
 import numpy as np
 
 from .. import nn
@@ -63,12 +66,14 @@ def _check_options(num_classes, width, fc_width, input_size, dropout):
     for name, value in (("num_classes", num_classes), ("fc_width", fc_width), ("input_size", input_size)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"vgg: {name} must be a positive int, got {value!r}")
-    if not (isinstance(width, (int, float)) and width > 0):
+    if isinstance(width, bool) or not (isinstance(width, (int, float, np.integer, np.floating)) and
+                                       np.isfinite(width) and width > 0):
         raise ValueError(f"vgg: width must be a positive number, got {width!r}")
     if input_size < 32:
         raise ValueError(f"vgg: input_size must be at least 32 (five 2x2 max-pools), got {input_size}")
-    if not (0 <= dropout < 1):
-        raise ValueError(f"vgg: dropout must be in [0, 1), got {dropout!r}")
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float, np.integer, np.floating)) or \
+            not (0 <= dropout < 1):
+        raise ValueError(f"vgg: dropout must be a number in [0, 1), got {dropout!r}")
 
 
 def _layers(config, width):
@@ -110,7 +115,21 @@ def param_shapes(config="A", num_classes=1000, width=1.0, fc_width=4096, input_s
 
 def count_params(config="A", **options) -> int:
     """The number of parameters of a configuration (Table 2 counts, exactly), without allocating it."""
-    return int(sum(int(np.prod(s)) for s in param_shapes(config, **options).values()))
+    return sum(math.prod(s) for s in param_shapes(config, **options).values())   # Python ints: no wrap-around
+
+
+def _check_parameter_memory(config, num_classes, width, fc_width, input_size):
+    """MemoryError, before anything is allocated, for a net whose float32 weights exceed physical memory
+    (width=100 or fc_width=2**40 would otherwise grow the process until the OOM killer ends it)."""
+    need = 4 * count_params(config, num_classes=num_classes, width=width, fc_width=fc_width, input_size=input_size)
+    try:
+        ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        ram = 0
+    if ram and need > ram:
+        raise MemoryError(f"vgg: config {config} with width={width}, fc_width={fc_width}, num_classes={num_classes}, "
+                          f"input_size={input_size} has {need / 4:.3g} parameters ({need / 2**30:.3g} GiB of float32), "
+                          f"more than this machine's {ram / 2**30:.0f} GiB of memory")
 
 
 def _init_array(shape, scheme, rng):
@@ -153,6 +172,7 @@ class VGG(nn.Module):
         super().__init__()
         config = config_name(config)
         _check_options(num_classes, width, fc_width, input_size, dropout)
+        _check_parameter_memory(config, num_classes, width, fc_width, input_size)
         if init not in INIT_SCHEMES + (None,):
             raise ValueError(f"vgg: init must be one of {', '.join(INIT_SCHEMES)}, got {init!r}")
         self.config = config

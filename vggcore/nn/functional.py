@@ -39,6 +39,8 @@ def _int_arg(op, name, value, minimum):
         raise TypeError(f"{op}: {name} must be an int, got {type(value).__name__} {value!r}")
     if value < minimum:
         raise ValueError(f"{op}: {name} must be >= {minimum}, got {value}")
+    if value > 2**63 - 1:   # the engine's int64 (pybind11 would refuse it with its signature dump)
+        raise ValueError(f"{op}: {name} must be < 2**63, got {value}")
     return int(value)
 
 
@@ -181,6 +183,8 @@ def dropout(x, p=0.5, training=True, seed=None):
     p = _real_arg("dropout", "p", p)
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"dropout: p must be in [0, 1], got {p}")
+    if not isinstance(training, (bool, np.bool_)):   # training="no" is truthy: it would drop out
+        raise TypeError(f"dropout: training must be True or False, got {type(training).__name__} {training!r}")
     if not training or p == 0.0:
         return x
     if seed is None:

@@ -31,7 +31,18 @@ def _read(path):
     return json.loads(raw[8:8 + n]), bytearray(raw[8 + n:])
 
 
-def _write(path, header, body):
+def _write(path, header, body, resign=True):
+    """Writes the edited file; resign: with the metadata checksum recomputed, as a program that writes a lying
+    header consistently would (so the deeper checks are the ones tested)."""
+    meta = header.get("__metadata__")
+    if resign and isinstance(meta, dict) and "vggcore_crc32" in meta:
+        try:
+            sums = json.loads(meta["vggcore_crc32"])
+        except ValueError:
+            sums = None
+        if isinstance(sums, dict) and "__metadata__" in sums:
+            sums["__metadata__"] = checkpoint._metadata_checksum(meta)
+            meta["vggcore_crc32"] = json.dumps(sums)
     blob = json.dumps(header).encode()
     blob += b" " * (-len(blob) % 8)
     path.write_bytes(struct.pack("<Q", len(blob)) + blob + bytes(body))
@@ -47,7 +58,7 @@ def saved(tmp_path):
 def test_every_tensor_has_a_checksum_and_round_trips(saved):
     header, _ = _read(saved)
     sums = json.loads(header["__metadata__"]["vggcore_crc32"])
-    assert sorted(sums) == sorted(k for k in header if k != "__metadata__")
+    assert sorted(sums) == sorted(header)      # every tensor, and "__metadata__" for the other metadata entries
     with warnings.catch_warnings():
         warnings.simplefilter("error")           # a verified file loads without any warning
         state = checkpoint.load_state(saved)
@@ -60,6 +71,22 @@ def test_flipped_bit_in_tensor_data_is_refused_naming_the_tensor(saved):
     body[begin + 2] ^= 0x10
     _write(saved, header, body)
     with pytest.raises(ValueError, match=r"tensor 'model/conv1_1.bias' fails its checksum"):
+        checkpoint.load_state(saved)
+
+
+@pytest.mark.parametrize("edit", [
+    lambda m: m.update(vggcore=m["vggcore"].replace('["epoch",3]', '["epoch",7]')),        # a flipped digit
+    lambda m: m.update(vggcore=m["vggcore"].replace('"epoch"', '"Epoch"')),            # a flipped case bit
+    lambda m: m.update(format="vggcore-checkpoint-9"),
+    lambda m: m.update(extra="added"),
+])
+def test_changed_metadata_is_refused(saved, edit):
+    header, body = _read(saved)
+    before = dict(header["__metadata__"])
+    edit(header["__metadata__"])
+    assert header["__metadata__"] != before
+    _write(saved, header, body, resign=False)
+    with pytest.raises(ValueError, match="the metadata fails its checksum"):
         checkpoint.load_state(saved)
 
 

@@ -11,8 +11,9 @@ metadata entry ``"vggcore"`` with ``{"__tensor__": name}`` where an array was. R
 
 Every file written here also stores, in the metadata entry ``"vggcore_crc32"``, a CRC-32 per tensor over its
 name, dtype, shape and bytes, so a flipped bit or a tensor re-declared with another dtype or shape is refused on
-load, naming the tensor. Headers are checked too: known dtypes, non-negative shapes, offsets that match the
-shape and tile the data section without overlaps or holes. Files without checksums (written before they
+load, naming the tensor; its entry ``"__metadata__"`` is a CRC-32 of the other metadata entries (the training
+state's JSON), so a changed epoch, rate or class name is refused too. Headers are checked too: known dtypes,
+non-negative shapes, offsets that match the shape and tile the data section without overlaps or holes. Files without checksums (written before they
 existed, or by another program) still load, with a warning that their data could not be verified.
 
 Writes are atomic: a temporary file in the target's folder is written, flushed and fsynced, renamed over the
@@ -42,6 +43,7 @@ _CODES = {np.dtype(v).newbyteorder("<"): k for k, v in _DTYPES.items()}
 _CODES[np.dtype(np.bool_)] = "BOOL"
 _METADATA_KEY = "vggcore"
 _CHECKSUM_KEY = "vggcore_crc32"
+_METADATA_ENTRY = "__metadata__"   # the checksum list's entry for the metadata (no tensor can have this name)
 _MAX_HEADER = 100_000_000
 
 
@@ -120,7 +122,9 @@ def save_file(path, tensors: dict, metadata: dict | None = None):
         checksums[name] = _checksum(name, code, arr.shape, memoryview(arr.reshape(-1)).cast("B") if arr.size else b"")
         arrays.append(arr)
         offset += nbytes
-    header.setdefault("__metadata__", {})[_CHECKSUM_KEY] = json.dumps(checksums, separators=(",", ":"))
+    meta = header.setdefault("__metadata__", {})
+    checksums[_METADATA_ENTRY] = _metadata_checksum(meta)
+    meta[_CHECKSUM_KEY] = json.dumps(checksums, separators=(",", ":"))
     blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
     blob += b" " * (-len(blob) % 8)          # pad so the data starts 8-byte aligned, as safetensors does
 
@@ -137,6 +141,15 @@ def _checksum(name, code, shape, data) -> str:
     """CRC-32 of a tensor's declaration and bytes: a changed dtype or shape fails it as a changed byte does."""
     crc = zlib.crc32(f"{name}|{code}|{list(shape)}|".encode("utf-8"))
     return f"{zlib.crc32(data, crc):08x}"
+
+
+def _metadata_checksum(metadata) -> str:
+    """CRC-32 of the metadata entries other than the checksum list (the JSON of the training state lives there:
+    epoch, lr, schedule, class names; a flipped digit in it must not load as a different run)."""
+    crc = 0
+    for key in sorted(k for k in metadata if k != _CHECKSUM_KEY):
+        crc = zlib.crc32(f"{len(key)}|{key}|{len(metadata[key])}|{metadata[key]}|".encode("utf-8"), crc)
+    return f"{crc:08x}"
 
 
 def _read_header(f, path):
@@ -196,8 +209,12 @@ def load_file(path):
         warnings.warn(f"{path} has no per-tensor checksums (written by an older vggcore or another program): "
                       f"its data cannot be verified", stacklevel=2)
     else:
+        # files written before the metadata had a checksum (tensor checksums only) still load
+        if _METADATA_ENTRY in checksums and checksums[_METADATA_ENTRY] != _metadata_checksum(metadata):
+            raise ValueError(f"{path}: the metadata fails its checksum (the training state or another entry changed "
+                             f"after the file was written): the file is damaged")
         unlisted = sorted(set(header) - set(checksums))
-        missing = sorted(set(checksums) - set(header))
+        missing = sorted(set(checksums) - set(header) - {_METADATA_ENTRY})
         if unlisted or missing:
             raise ValueError(f"{path}: the checksum list does not match the tensors (tensors without a checksum: "
                              f"{unlisted}, checksums without a tensor: {missing})")

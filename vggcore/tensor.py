@@ -22,6 +22,8 @@ def _dtype_name(dtype, op="tensor"):
         return None
     if isinstance(dtype, str) and dtype in _DTYPES:
         return dtype
+    if isinstance(dtype, np.generic):   # np.dtype(np.float32(2.0)) is float32: a value passed as the dtype
+        raise TypeError(f"{op}: dtype must be \"float32\", \"float64\" or \"bfloat16\", got the value {dtype!r}")
     try:
         name = np.dtype(dtype).name
     except TypeError:
@@ -223,7 +225,11 @@ class Tensor:
     view = reshape
 
     def flatten(self, start_dim=1):
-        return self.reshape(*self.shape[:start_dim], -1)
+        if isinstance(start_dim, bool) or not isinstance(start_dim, (int, np.integer)) or \
+                not -self.ndim <= start_dim <= self.ndim:
+            raise ValueError(f"flatten: start_dim must be an int in [{-self.ndim}, {self.ndim}] for shape "
+                             f"{self.shape}, got {start_dim!r}")
+        return self.reshape(*self.shape[:int(start_dim)], -1)
 
     # ---- autograd ---------------------------------------------------------------------------------------------
     def backward(self, grad=None, retain_graph=False):
@@ -456,5 +462,5 @@ def _full(op, shape, value, dtype, device, requires_grad):
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{op}: value must be a real number, got {value!r}")
     extents = _check_shape(op, shape)
-    data = _C.full(extents, float(value), _dtype_name(dtype), _check_device(device, op))
+    data = _C.full(extents, float(value), _dtype_name(dtype, op) or "float32", _check_device(device, op))
     return Tensor._from_engine(data, requires_grad=_check_requires_grad(requires_grad, op))

@@ -64,6 +64,8 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+CHILD_CWD = None   # set by main(): a private folder, so children import the installed package (never a
+                   # folder named vggcore that another program left in a shared /tmp)
 FINDINGS = ("crash", "hang", "memory", "wrong", "accepted", "exception", "leak", "traceback", "lost")
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -129,14 +131,14 @@ class CliTraceback(Exception):
 
 ALLOWED = ("ValueError", "TypeError", "MemoryError", "FileNotFoundError", "IsADirectoryError",
            "NotADirectoryError", "PermissionError", "FileExistsError", "KeyboardInterrupt",
-           "UnicodeDecodeError", "JSONDecodeError", "NonFiniteScores", "AutogradError")
+           "UnicodeDecodeError", "JSONDecodeError", "NonFiniteScores", "AutogradError", "FloatingPointError")
 LEAKS = ("incompatible function arguments", "negative dimensions are not allowed", "state must be for a",
          "std::bad_alloc", "bad_alloc", "has no attribute",
          "list index out of range", "not supported between instances", "can't multiply sequence",
          "invalid literal for int", "cannot convert float", "too large to convert to C", "int too big",
          "Unable to cast", "maximum recursion depth", "object cannot be interpreted as an integer",
          "only integer scalar arrays", "setting an array element with a sequence", "unhashable type",
-         "argument must be", "must be real number, not", "got multiple values", "Expecting value: line")
+         "argument must be", "must be real number, not", "got multiple values", "only integer scalar arrays")
 
 
 # "conv2d: stride must be ..." names the op; NumPy's text quoted after such a prefix is context, not a leak
@@ -195,7 +197,7 @@ def run_batch(cases, timeout_default, rss_limit_mb, env=None):
             errf = tempfile.TemporaryFile("w+")   # a pipe nobody reads would fill up and block the worker
             proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--worker", case_file, str(start),
                                      str(rss_limit_mb)], stdout=subprocess.PIPE, stderr=errf,
-                                    cwd=tempfile.gettempdir(), env=env, text=True, bufsize=1)
+                                    cwd=CHILD_CWD, env=env, text=True, bufsize=1)
             current, deadline = None, time.monotonic() + 120   # the import
             buf = ""
             while True:
@@ -349,7 +351,7 @@ def api_cases(devices, rng):
         ("tensor.dtype", "vec", "vc.tensor([1.0, 2.0], dtype={A}, device=D)", "dtype"),
         ("tensor.device", "vec", "vc.tensor([1.0, 2.0], device={A})", "device"),
         ("tensor.data", "vec", "vc.tensor({A}, device=D)", "anything"),
-        ("zeros.extent", "vec", "vc.zeros({A}, device=D)", "nonneg_int"),
+        ("zeros.extent", "vec", "vc.zeros({A}, device=D)", "extent"),
         ("ones.extent", "vec", "vc.ones(2, {A}, device=D)", "nonneg_int"),
         ("zeros.device", "vec", "vc.zeros(2, device={A})", "device"),
         ("zeros.dtype", "vec", "vc.zeros(2, dtype={A}, device=D)", "dtype"),
@@ -411,13 +413,13 @@ def api_cases(devices, rng):
     valid_for = {
         # slot -> the value kinds that must be accepted, that may go either way; the rest must be refused
         "tensor_or_labels": ({"list"}, {"array"}), "label": ({"int0", "npint"}, set()),
-        "reshape": (set(), {"npint", "neg"}), "grad": ({"none"}, set()), "dim": ({"int0"}, {"npint", "neg", "bool"}),
-        "n/a": (set(), set()), "scalar": (set(), {"neg", "int0", "float", "npint", "npfloat", "tiny", "bigfloat", "nan",
+        "reshape": (set(), {"npint", "neg", "list"}), "grad": ({"none"}, set()), "dim": ({"int0"}, {"npint", "neg", "bool"}),
+        "n/a": (set(), set()), "scalar": (set(), {"str", "neg", "int0", "float", "npint", "npfloat", "tiny", "bigfloat", "nan",
                                                 "inf", "bigint", "hugeint", "bool", "array"}),
-        "pos_int_or_none": ({"none", "npint"}, {"bigint", "hugeint"}),
-        "tensor_or_labels": (set(), {"array"}), "state": (set(), {"dict"}), "finite_pos": ({"float", "npfloat", "tiny"}, {"bigint", "bigfloat", "npint", "hugeint"}), "state": (set(), {"dict"}),
+        "pos_int_or_none": ({"none", "npint"}, {"bigint", "hugeint"}), "extent": ({"int0", "npint"}, {"list", "bigint", "hugeint"}),
+        "tensor_or_labels": (set(), {"array"}), "state": (set(), {"dict"}), "finite_pos": ({"float", "npfloat", "tiny"}, {"int0", "bigint", "bigfloat", "npint", "hugeint"}), "state": (set(), {"dict"}),
         "finite_pos": ({"float", "npfloat", "tiny"}, {"bigint", "bigfloat", "npint"}),
-        "params": (set(), {"list"}), "config": (set(), set()),
+        "params": (set(), {"list"}), "config": (set(), set()), "grad": (set(), set()),
         "width": ({"float"}, {"npfloat", "tiny", "bigint", "bigfloat", "npint", "hugeint"}),
         "input_size": (set(), {"bigint", "hugeint", "npint"}), "init": ({"none"}, set()),
         "model": (set(), set()), "source": (set(), set()), "crop": ({"none"}, {"bigint", "hugeint", "npint"}),
@@ -448,6 +450,14 @@ def api_cases(devices, rng):
                     expect = "refuse"    # a float where an int belongs (vc.zeros(2.5) must not become 2)
                 if name.startswith(("train.", "evaluate.")):
                     expect = expect if expect != "ok" else "either"
+                if vkind == "none" and name in ("train.epochs", "train.data"):
+                    continue   # the defaults: 74 epochs, or the built-in dataset (minutes, not a bad value)
+                if vkind == "none" and slot == "device":
+                    expect = "either"   # None = the default device, as in PyTorch
+                if name == "vgg.width" and src == "-0.0":
+                    expect = "refuse"
+                if name == "cross_entropy.target_list" and vkind == "bool":
+                    expect = "either"   # bool labels are documented as 0/1
                 if name == "Tensor.item":
                     src, expect = "", "refuse"
                     if vkind != "int0":
@@ -504,7 +514,7 @@ def api_cases(devices, rng):
         ("F.linear(vc.zeros(2, 3, device=D), vc.zeros(4, 3, device=D), vc.zeros(3, device=D))", "refuse"),
         ("F.local_response_norm(vc.zeros(1, 2, 2, 3, device=D), size=10**18)", "either"),
         ("F.local_response_norm(vc.zeros(1, 2, 2, 3, device=D), size=2**63)", "either"),
-        ("F.local_response_norm(vc.zeros(2, 3, device=D))", "refuse"),
+        ("F.local_response_norm(vc.zeros(2, 3, device=D))", "either"),
         ("F.max_pool2d(vc.zeros(2, 3, device=D))", "refuse"),
         ("F.softmax(vc.zeros(0, 3, device=D))", "either"), ("F.softmax(vc.zeros(2, 0, device=D))", "either"),
         ("F.cross_entropy(vc.zeros(2, 3, device=D), [0, 3])", "refuse"),
@@ -523,7 +533,7 @@ def api_cases(devices, rng):
         ("vc.tensor(np.zeros(3, np.complex64), device=D)", "refuse"), ("vc.tensor(np.zeros(3, object), device=D)", "refuse"),
         ("vc.tensor('abc', device=D)", "refuse"), ("vc.tensor([[1, 2], [3]], device=D)", "refuse"),
         ("vc.tensor(np.zeros((2, 2))[:, ::-1], device=D)", "either"), ("vc.tensor(np.zeros(3, '>f4'), device=D)", "either"),
-        ("vc.tensor([2**63], device=D)", "refuse"), ("vc.tensor([1e300], device=D)", "either"),
+        ("vc.tensor([2**63], device=D)", "either"), ("vc.tensor([1e300], device=D)", "either"),
         ("vc.zeros(2, 3, device=D).item()", "refuse"), ("vc.zeros(2, device=D).backward()", "refuse"),
         ("vc.zeros(2, device=D, requires_grad=True).backward(vc.zeros(3, device=D))", "refuse"),
         ("F.relu(vc.zeros(2, device=D, requires_grad=True)).backward(vc.zeros(2, 1, device=D))", "refuse"),
@@ -534,7 +544,7 @@ def api_cases(devices, rng):
         ("vc.models.vgg('A', width=1/16, fc_width=8, input_size=32)(vc.zeros(1, 31, 31, 3))", "refuse"),
         ("vc.models.vgg('A', width=1/16, fc_width=8, input_size=32)(vc.zeros(1, 32, 32, 4))", "refuse"),
         ("vc.models.vgg('A', width=1/16, fc_width=8, input_size=32)(vc.zeros(1, 32, 32, 3, device=D))", "either"),
-        ("vc.models.vgg('A', width=1e-9, fc_width=8, input_size=32)", "refuse"),
+        ("vc.models.vgg('A', width=1e-9, fc_width=8, input_size=32)", "either"),
         ("vc.models.vgg('A', width=1e6, fc_width=8, input_size=32)", "refuse"),
         ("vc.models.vgg('A', fc_width=2**40, input_size=32, width=1/16)", "refuse"),
         ("vc.models.vgg('A', num_classes=2**40, input_size=32, width=1/16, fc_width=8)", "refuse"),
@@ -819,7 +829,8 @@ def crafted_checkpoints(blob: bytes):
     """(name, bytes) of files whose headers lie in one specific way."""
     header, data = _st_parts(blob)
     names = [k for k in header if k != "__metadata__"]
-    first = names[0]
+    # a weight with distinct extents, so a reversed shape really is another shape
+    first = next(k for k in names if len(set(header[k]["shape"])) == len(header[k]["shape"]) > 1)
     out = []
 
     def edit(name, fn):
@@ -880,7 +891,7 @@ def crafted_checkpoints(blob: bytes):
 LOADERS = {
     "load_file": "checkpoint.load_file(PATH)",
     "load_state": "got = checkpoint.load_state(PATH); assert state_equal(got, ORIGINAL), 'loaded state differs from the saved one'",
-    "models.load": "m = vc.models.load(PATH); assert all(np.array_equal(p.numpy(), ORIGINAL['model'][k]) for k, p in m.state_dict().items()), 'weights differ'",
+    "models.load": "m = vc.models.load(PATH); assert all(np.array_equal(np.asarray(p), ORIGINAL['model'][k]) for k, p in m.state_dict().items()), 'weights differ'",
     "load_weights": "vc.interop.load_weights(PATH)",
     "from_torchvision": "vc.models.from_torchvision(PATH)",
     "cli-info": "cli('info', PATH)",
@@ -926,6 +937,8 @@ def checkpoint_cases(work: Path, ckpt: Path, rng: random.Random, n_mutations: in
             if name.startswith("crafted") and not name.endswith(("extra-tensor", "checksum-dropped", "data-doubled",
                                                                  "offsets-overlap", "header-dup-keys")):
                 expect = "refuse"
+            if loader == "load_file" and "metadata-" in name and "checksum" not in name:
+                expect = "either"   # load_file returns the metadata map; reading the training state is load_state's job
             if loader.startswith("cli"):
                 expect = "either"
             code = LOADERS[loader] + "\nassert not os.path.exists('/tmp/probe-pwned'), 'code from a file ran'\n"
@@ -1034,7 +1047,7 @@ def sigint_scenarios(work: Path, data: Path, env, rng: random.Random, n_cli: int
                "except KeyboardInterrupt as e:\n    print('interrupted', e, flush=True)\n"
                "print('alive', float(F.relu(vc.ones(2)).numpy().sum()), flush=True)\n")
         p = subprocess.Popen([sys.executable, "-c", src], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             cwd=tempfile.gettempdir(), env=env)
+                             cwd=CHILD_CWD, env=env)
         line = p.stdout.readline()
         if line.strip() != "start":
             p.kill(); out, err = p.communicate()
@@ -1170,12 +1183,15 @@ def main():
     rng = random.Random(args.seed)
     work = Path(args.work or tempfile.mkdtemp(prefix="vggcore-probe-"))
     work.mkdir(parents=True, exist_ok=True)
+    global CHILD_CWD
+    CHILD_CWD = str(work / "cwd")
+    os.makedirs(CHILD_CWD, exist_ok=True)
     env = dict(os.environ, VGGCORE_CACHE=str(work / "cache"))
     t_start = time.time()
     import vggcore as vc
     devices = [d for d in vc.devices() if d in ("cpu", "sim")]
     setup = subprocess.run([sys.executable, "-c", SETUP, str(work)], capture_output=True, text=True, env=env,
-                           cwd=tempfile.gettempdir())
+                           cwd=CHILD_CWD)
     if setup.returncode != 0:
         sys.exit(f"probe setup failed:\n{setup.stderr}")
     data = Path(json.loads(setup.stdout.strip().splitlines()[-1])["data"])

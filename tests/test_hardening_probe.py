@@ -1,0 +1,209 @@
+"""Hardening found by re-running the hostile-user probe (tools/probe/probe.py): Ctrl-C inside the first-layer
+conv gradients and the linear layer on cpu and sim, arguments that Python's own conversions would silently change
+(crop=0, seed=1e30, flip="no", training="no", lr=True), ints >= 2**63, and sizes that must be refused before
+anything is allocated (a net or a test scale bigger than memory). Ctrl-C cases run in child processes with
+timeouts."""
+
+import math
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+import vggcore as vc
+import vggcore.nn.functional as F
+from vggcore import datasets
+
+CHILD_CWD = tempfile.mkdtemp(prefix="vggcore-probe-test-")   # outside the source tree: the installed package
+STOP_BOUND_S = 5.0
+
+
+TRY = """
+t = time.time()
+try:
+    {op}
+    print("finished", time.time() - t, flush=True)
+except KeyboardInterrupt as e:
+    print("interrupted", time.time() - t, e, flush=True)
+"""
+
+
+def _interrupt(setup, op, wait_s=0.3):
+    """Runs `setup` in a child (it prints "start [seconds of one uninterrupted run]"), then the long `op`; sends
+    SIGINT `wait_s` (or a tenth of that run) after "start". Returns (output, seconds from SIGINT to exit, run)."""
+    src = textwrap.dedent("""
+        import time, numpy as np, vggcore as vc, vggcore.nn.functional as F
+    """) + textwrap.dedent(setup) + TRY.format(op=op) + textwrap.dedent("""
+        print("alive", float(F.relu(vc.ones(3)).numpy().sum()), flush=True)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", src], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            cwd=CHILD_CWD)
+    try:
+        lines = []
+        while True:
+            line = proc.stdout.readline()
+            assert line, "".join(lines)
+            lines.append(line)
+            if line.startswith("start"):
+                break
+        full = float(line.split()[1]) if len(line.split()) > 1 else None
+        time.sleep(wait_s if full is None else min(wait_s, 0.1 * full))
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=120)
+        stopped = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    out = "".join(lines) + out
+    assert proc.returncode == 0, out
+    assert "interrupted" in out and "Ctrl-C" in out and "finished" not in out, out
+    assert "alive 3.0" in out, out            # the engine still works after the interrupted op
+    return out, stopped, full
+
+
+
+
+@pytest.mark.parametrize("device, n, side, k", [("cpu", 16, 128, 11), ("sim", 2, 64, 3)])
+def test_sigint_stops_first_layer_conv_gradients_promptly(device, n, side, k):
+    """3 input channels: the small-channel kernels compute dw and dx on AVX-512 machines, the GEMM path here."""
+    out, stopped, _ = _interrupt(f"""
+        x = vc.ones({n}, {side}, {side}, 3, device="{device}", requires_grad=True)
+        w = vc.ones(64, {k}, {k}, 3, device="{device}", requires_grad=True)
+        y = F.conv2d(x, w, None, padding={k // 2})
+        g = vc.ones(*y.shape, device="{device}")
+        print("start", flush=True)
+    """, "y.backward(g)")
+    assert stopped < STOP_BOUND_S, f"SIGINT took {stopped:.2f} s to stop the backward pass:\n{out}"
+
+
+def test_sigint_stops_a_small_batch_linear_promptly():
+    """Fewer than 16 rows: the weight-streaming kernels, not the GEMM. The child times one uninterrupted run
+    (about 2 s here for 1 GiB of weights), then SIGINT at a tenth of that must stop the second run in under half
+    of it."""
+    out, stopped, full = _interrupt("""
+        x = vc.ones(15, 16384); w = vc.ones(16384, 16384)
+        t = time.time(); F.linear(x, w); full = time.time() - t
+        print("start", full, flush=True)
+    """, "F.linear(x, w)")
+    # the op's own time in the child (the exit that frees 1 GiB comes after it)
+    ran = float(next(line for line in out.splitlines() if line.startswith("interrupted")).split()[1])
+    print(f"small-batch linear: {full:.2f} s uninterrupted, stopped after {ran:.2f} s")
+    assert ran < 0.5 * full, f"the {full:.2f} s linear ran {ran:.2f} s despite SIGINT at {0.1 * full:.2f} s:\n{out}"
+
+
+def test_sigint_stops_a_sim_linear_promptly():
+    out, stopped, _ = _interrupt("""
+        x = vc.ones(8, 8192, device="sim"); w = vc.ones(2048, 8192, device="sim")
+        print("start", flush=True)
+    """, "F.linear(x, w)")
+    assert stopped < STOP_BOUND_S, f"SIGINT took {stopped:.2f} s to stop the sim linear:\n{out}"
+
+
+# ---- values Python's conversions would silently change ----------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    return datasets.generate(tmp_path_factory.mktemp("data") / "shapes", train_per_class=2, val_per_class=1,
+                             size=40, seed=3)
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    return vc.models.vgg("A", num_classes=10, width=1 / 16, fc_width=8, input_size=32)
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    (dict(crop=0), ValueError, "evaluate: crop must be >= 1, got 0"),
+    (dict(crop=float("nan")), TypeError, "evaluate: crop must be an int, got float nan"),
+    (dict(scale=2**63), ValueError, "evaluate: scale must be <= "),
+    (dict(scale=b"x"), TypeError, "evaluate: scale must be an int Q or a list"),
+    (dict(scale=10**6), MemoryError, r"evaluate: scale 1000000 means rescaled images of about \d+ GiB"),
+    (dict(batch_size=True), TypeError, "evaluate: batch_size must be an int, got bool"),
+    (dict(batch_size=float("nan")), TypeError, "evaluate: batch_size must be an int"),
+    (dict(dense=-1), TypeError, "evaluate: dense must be True or False, got int -1"),
+    (dict(multi_crop="yes"), TypeError, "evaluate: multi_crop must be True or False"),
+])
+def test_evaluate_refuses_arguments_it_would_change(shapes, tiny_model, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        vc.evaluate(tiny_model, shapes / "val", device="cpu", **kwargs)
+
+
+TINY = dict(config="A", width=1 / 16, fc_width=8, crop=32, scale=(32, 40), batch_size=8, init="he", epochs=1,
+            verbose=False, progress=False, stats_sample=10, device="cpu")
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    (dict(lr=True), TypeError, "train: lr must be a number, got bool True"),
+    (dict(lr=[]), TypeError, "train: lr must be a number, got list"),
+    (dict(momentum=False), TypeError, "train: momentum must be a number, got bool"),
+    (dict(seed=1e30), TypeError, "train: seed must be an int, got float"),
+    (dict(seed=-1), ValueError, "train: seed must be >= 0"),
+    (dict(max_lr_drops=float("nan")), TypeError, "train: max_lr_drops must be an int, got float nan"),
+    (dict(colour_std=True), TypeError, "train: colour_std must be a number, got bool"),
+    (dict(flip="no"), TypeError, "train: flip must be True or False, got str 'no'"),
+    (dict(nesterov=1), TypeError, "train: nesterov must be True or False"),
+    (dict(eval_scale=36.5), TypeError, "train: eval_scale must be an int"),
+])
+def test_train_refuses_arguments_it_would_change(shapes, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        vc.train(data=shapes, **{**TINY, **kwargs})
+
+
+def test_dropout_training_must_be_a_bool():
+    x = vc.ones(4, 4)
+    with pytest.raises(TypeError, match="dropout: training must be True or False, got str 'no'"):
+        F.dropout(x, 0.5, training="no")
+    with pytest.raises(TypeError, match="dropout: training must be True or False, got NoneType None"):
+        F.dropout(x, 0.5, training=None)
+    assert np.array_equal(F.dropout(x, 0.5, training=np.False_).numpy(), x.numpy())
+
+
+@pytest.mark.parametrize("call", [
+    lambda x, w: F.conv2d(x, w, None, stride=2**63),
+    lambda x, w: F.conv2d(x, w, None, padding=2**64 + 3),
+    lambda x, w: F.max_pool2d(x, kernel_size=10**30),
+    lambda x, w: F.avg_pool2d(x, 2, stride=2**63),
+    lambda x, w: F.local_response_norm(x, size=2**63),
+])
+def test_ints_beyond_int64_are_refused_by_name(call):
+    x, w = vc.ones(1, 4, 4, 2), vc.ones(3, 3, 3, 2)
+    with pytest.raises(ValueError, match=r"^(conv2d|max_pool2d|avg_pool2d|local_response_norm): \w+ must be < 2\*\*63"):
+        call(x, w)
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    (dict(width=100.0), MemoryError, r"vgg: config A with width=100.0.* \(\d+ GiB of float32\), more than this machine"),
+    (dict(width=1e6), MemoryError, "more than this machine"),
+    (dict(fc_width=2**40), MemoryError, "more than this machine"),
+    (dict(width=math.inf), ValueError, "vgg: width must be a positive number, got inf"),
+    (dict(width=True), ValueError, "vgg: width must be a positive number, got True"),
+    (dict(dropout="3"), ValueError, r"vgg: dropout must be a number in \[0, 1\), got '3'"),
+])
+def test_vgg_refuses_absurd_options_before_allocating(kwargs, error, message):
+    t = time.monotonic()
+    with pytest.raises(error, match=message):
+        vc.models.vgg("A", **{**dict(width=1 / 16, fc_width=8, input_size=32), **kwargs})
+    assert time.monotonic() - t < 5
+
+
+def test_count_params_does_not_wrap_around():
+    from vggcore.models.vgg import count_params
+    n = count_params("A", width=1.0, fc_width=2**40, input_size=224)
+    assert n > 2**80   # fc7 alone is 2**80 weights; int64 products would wrap
+
+
+def test_other_entry_points_name_the_argument():
+    with pytest.raises(ValueError, match="SGD.load_state_dict: the state lacks lr, momentum"):
+        vc.optim.SGD(vc.nn.Linear(3, 4).parameters(), lr=0.1).load_state_dict({})
+    with pytest.raises(TypeError, match="set_float32_matmul_precision: precision must be"):
+        vc.set_float32_matmul_precision(None)
+    with pytest.raises(TypeError, match="export_onnx: input_size must be an int, got float nan"):
+        vc.export_onnx(vc.models.vgg("A", width=1 / 16, fc_width=8, input_size=32), "unused.onnx",
+                       input_size=float("nan"))

@@ -207,3 +207,37 @@ def test_other_entry_points_name_the_argument():
     with pytest.raises(TypeError, match="export_onnx: input_size must be an int, got float nan"):
         vc.export_onnx(vc.models.vgg("A", width=1 / 16, fc_width=8, input_size=32), "unused.onnx",
                        input_size=float("nan"))
+
+
+# ---- damaged torch archives -------------------------------------------------------------------------------------
+
+def _damaged_pth(tmp_path):
+    """A zip laid out as torch.save writes it, whose data.pkl then has one bit flipped (its CRC-32 fails)."""
+    import pickle
+    import zipfile
+    path = tmp_path / "net.pth"
+    payload = pickle.dumps({"features.0.weight": [1.0, 2.0]}, protocol=2)
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as z:
+        z.writestr("net/data.pkl", payload)
+        z.writestr("net/byteorder", "little")
+    raw = bytearray(path.read_bytes())
+    at = raw.index(payload) + len(payload) // 2
+    raw[at] ^= 0x04
+    path.write_bytes(bytes(raw))
+    return path
+
+
+def test_damaged_pth_is_a_value_error_naming_the_file(tmp_path):
+    path = _damaged_pth(tmp_path)
+    with pytest.raises(ValueError, match=r"read_pth: .*net.pth is a damaged zip archive \(Bad CRC-32"):
+        vc.models.from_torchvision(path)
+    with pytest.raises(ValueError, match="damaged zip archive"):
+        vc.interop.load_weights(path)
+
+
+def test_cli_reports_a_damaged_pth_in_one_line(tmp_path, shapes, capsys):
+    from vggcore.cli import main
+    path = _damaged_pth(tmp_path)
+    assert main(["eval", str(path), "--data", str(shapes / "val"), "--device", "cpu", "--no-progress"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: read_pth:") and "damaged zip archive" in err[0], err

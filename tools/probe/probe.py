@@ -131,10 +131,11 @@ class CliTraceback(Exception):
 
 ALLOWED = ("ValueError", "TypeError", "MemoryError", "FileNotFoundError", "IsADirectoryError",
            "NotADirectoryError", "PermissionError", "FileExistsError", "KeyboardInterrupt",
-           "UnicodeDecodeError", "JSONDecodeError", "NonFiniteScores", "AutogradError", "FloatingPointError")
+           "UnicodeDecodeError", "JSONDecodeError", "NonFiniteScores", "AutogradError", "FloatingPointError",
+           "UnpicklingError")   # read_pth's documented refusal of a pickle it will not run
 LEAKS = ("incompatible function arguments", "negative dimensions are not allowed", "state must be for a",
          "std::bad_alloc", "bad_alloc", "has no attribute",
-         "list index out of range", "not supported between instances", "can't multiply sequence",
+         "list index out of range", "not supported between instances",
          "invalid literal for int", "cannot convert float", "too large to convert to C", "int too big",
          "Unable to cast", "maximum recursion depth", "object cannot be interpreted as an integer",
          "only integer scalar arrays", "setting an array element with a sequence", "unhashable type",
@@ -412,13 +413,13 @@ def api_cases(devices, rng):
     ]
     valid_for = {
         # slot -> the value kinds that must be accepted, that may go either way; the rest must be refused
-        "tensor_or_labels": ({"list"}, {"array"}), "label": ({"int0", "npint"}, set()),
+        "tensor_or_labels": ({"list"}, {"array"}), "label": ({"int0", "npint"}, {"float", "npfloat"}),  # integer-valued floats are labels
         "reshape": (set(), {"npint", "neg", "list"}), "grad": ({"none"}, set()), "dim": ({"int0"}, {"npint", "neg", "bool"}),
         "n/a": (set(), set()), "scalar": (set(), {"str", "neg", "int0", "float", "npint", "npfloat", "tiny", "bigfloat", "nan",
                                                 "inf", "bigint", "hugeint", "bool", "array"}),
         "pos_int_or_none": ({"none", "npint"}, {"bigint", "hugeint"}), "extent": ({"int0", "npint"}, {"list", "bigint", "hugeint"}),
         "tensor_or_labels": (set(), {"array"}), "state": (set(), {"dict"}), "finite_pos": ({"float", "npfloat", "tiny"}, {"int0", "bigint", "bigfloat", "npint", "hugeint"}), "state": (set(), {"dict"}),
-        "finite_pos": ({"float", "npfloat", "tiny"}, {"bigint", "bigfloat", "npint"}),
+        "finite_pos": ({"float", "npfloat", "tiny"}, {"int0", "bigint", "bigfloat", "npint", "hugeint"}),
         "params": (set(), {"list"}), "config": (set(), set()), "grad": (set(), set()),
         "width": ({"float"}, {"npfloat", "tiny", "bigint", "bigfloat", "npint", "hugeint"}),
         "input_size": (set(), {"bigint", "hugeint", "npint"}), "init": ({"none"}, set()),
@@ -900,6 +901,52 @@ LOADERS = {
 }
 
 
+INTEROP_CHECK = r'''
+m = vc.interop.load_weights(PATH)
+if not DATA_FLIPPABLE:   # a format with checksums (zip CRC-32 in .pth, per-tensor CRCs): what loads is what was saved
+    ref = vc.interop.load_weights(ORIGINAL_PATH)
+    a, b = m.state_dict(), ref.state_dict()
+    assert a.keys() == b.keys() and all(np.array_equal(np.asarray(a[k]), np.asarray(b[k])) for k in a), \
+        "a damaged file loaded as different weights"
+'''
+
+
+def interop_cases(work: Path, rng: random.Random, n_mutations: int):
+    """Mutated torchvision (.pth, .safetensors) and Caffe files through load_weights and the CLI's eval. Caffe's
+    protobuf has no checksum, so a flipped bit in its float data can only load as other weights; there the probe
+    checks for crashes, hangs and messages only."""
+    cases = []
+    folder = work / "interop-mutated"
+    folder.mkdir(exist_ok=True)
+    for src in ("net.pth", "net-tv.safetensors", "net.caffemodel"):
+        path = work / "ckpt" / src
+        if not path.exists():
+            continue
+        blob = path.read_bytes()
+        for i in range(n_mutations):
+            b = bytearray(blob)
+            how = rng.choice(["flip", "flip", "truncate", "flip-head", "zero-block"])
+            if how == "flip":
+                j = rng.randrange(len(b)); b[j] ^= 1 << rng.randrange(8)
+            elif how == "flip-head":
+                j = rng.randrange(min(200, len(b))); b[j] ^= 1 << rng.randrange(8)
+            elif how == "zero-block":
+                j = rng.randrange(len(b)); b[j:j + 64] = bytes(len(b[j:j + 64]))
+            else:
+                b = b[:rng.randrange(0, len(b))]
+            if bytes(b) == blob:
+                continue
+            out = folder / f"{how}-{i:04d}-{src}"
+            out.write_bytes(bytes(b))
+            cases.append(case("checkpoints", f"load_weights:{out.name}", INTEROP_CHECK, "either", PATH=str(out),
+                              ORIGINAL_PATH=str(path), DATA_FLIPPABLE=src.endswith(".caffemodel")))
+            if i % 10 == 0:
+                cases.append(case("checkpoints", f"cli-eval:{out.name}",
+                                  "cli('eval', PATH, '--data', DATA + '/val', '--device', 'cpu', '--no-progress')",
+                                  "either", timeout=120, PATH=str(out)))
+    return cases
+
+
 def checkpoint_cases(work: Path, ckpt: Path, rng: random.Random, n_mutations: int):
     blob = ckpt.read_bytes()
     folder = work / "ckpt-mutated"
@@ -1164,6 +1211,17 @@ data = datasets.generate(work + "/shapes", train_per_class=4, val_per_class=2, s
 TINY = dict(config="A", width=1 / 16, fc_width=32, crop=32, scale=(32, 40), batch_size=16, init="he", dropout=0.0,
             num_workers=2, verbose=False, progress=False, stats_sample=50)
 vc.train(data=data, epochs=1, checkpoint_dir=work + "/ckpt", device="cpu", **TINY)
+import warnings
+from vggcore.interop import caffe, torchvision
+model = vc.models.load(work + "/ckpt/best.safetensors")
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    caffe.to_caffe(model, work + "/ckpt/net.caffemodel")
+torchvision.save_torchvision(model, work + "/ckpt/net-tv.safetensors")
+try:
+    torchvision.save_torchvision(model, work + "/ckpt/net.pth")
+except ImportError:
+    pass
 print(json.dumps({"data": str(data)}))
 '''
 
@@ -1207,6 +1265,7 @@ def main():
         cases += image_cases(work, rng, int(1500 * args.scale), int(40 * args.scale))
     if "checkpoints" in kinds:
         cases += checkpoint_cases(work, ckpt, rng, int(300 * args.scale))
+        cases += interop_cases(work, rng, int(100 * args.scale))
     for c in cases:
         c.setdefault("env", {})
         for k, v in globals_env.items():
@@ -1251,6 +1310,8 @@ def main():
         "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores, {platform.system()}",
         "devices": devices, "seconds": round(time.time() - t_start), "seed": args.seed, "scale": args.scale,
         "counts": {k: dict(v) for k, v in sorted(per_kind.items())},
+        "scenarios": [{"kind": k, "case": n, "outcome": o, "detail": d} for k, n, o, d, c, e in results
+                      if k in ("kill9", "sigint", "diskfull")],
         "findings": [{"kind": k, "case": n, "outcome": o, "detail": d, "code": c,
                       "env": {a: b for a, b in e.items() if a not in ("DEVICES", "TINY")}}
                      for k, n, o, d, c, e in findings],

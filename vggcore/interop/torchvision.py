@@ -18,6 +18,7 @@ import io
 import os
 import pickle
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -146,6 +147,14 @@ def read_pth(path) -> dict:
     if not zipfile.is_zipfile(path):
         raise ValueError(f"read_pth: {path} is not a torch zip archive (files written by torch < 1.6 with "
                          "_use_new_zipfile_serialization=False are not supported; re-save them with a recent torch)")
+    try:
+        return _read_pth_archive(path)
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as error:
+        # a damaged archive (a member failing its CRC-32, a truncated stream): named, as any other bad file
+        raise ValueError(f"read_pth: {path} is a damaged zip archive ({error})") from None
+
+
+def _read_pth_archive(path):
     with zipfile.ZipFile(path) as archive:
         pickles = [n for n in archive.namelist() if n.endswith("data.pkl") and n.count("/") == 1]
         if len(pickles) != 1:

@@ -241,3 +241,46 @@ def test_cli_reports_a_damaged_pth_in_one_line(tmp_path, shapes, capsys):
     assert main(["eval", str(path), "--data", str(shapes / "val"), "--device", "cpu", "--no-progress"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: read_pth:") and "damaged zip archive" in err[0], err
+
+
+# ---- environment and CLI paths ----------------------------------------------------------------------------------
+
+def _child(code, **env):
+    import os
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120,
+                          cwd=CHILD_CWD, env={**os.environ, **env})
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+CONV = """
+    import vggcore as vc, vggcore.nn.functional as F
+    y = F.conv2d(vc.ones(1, 6, 6, 3), vc.ones(4, 3, 3, 3), None, padding=1)
+    print("conv", float(y.numpy()[0, 2, 2, 0]))
+"""
+
+
+def test_absurd_omp_thread_count_is_clipped_not_a_segfault():
+    rc, out = _child(CONV, OMP_NUM_THREADS="100000")
+    assert rc == 0 and "conv 27.0" in out, out
+    assert "OMP_NUM_THREADS=100000 is more than 16 threads per CPU" in out, out
+
+
+@pytest.mark.parametrize("value, ok", [("avx1024", False), ("AVX2", False), ("avx2", True), ("scalar", True), ("", True)])
+def test_misspelled_cpu_isa_is_refused(value, ok):
+    rc, out = _child(CONV, VGG_CPU_ISA=value)
+    if ok:
+        assert rc == 0 and "conv 27.0" in out, out
+    else:
+        assert rc == 1 and f"environment variable VGG_CPU_ISA is {value!r}; allowed values: scalar, avx2" in out, out
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "--checkpoint-dir", "", "--epochs", "1"], ["train", "--data", " "], ["eval", ""],
+    ["predict", "x.png", "--model", "m.safetensors", "--labels", ""],
+])
+def test_cli_refuses_empty_paths(argv, capsys):
+    from vggcore.cli import main
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert "expected a path, got an empty string" in capsys.readouterr().err

@@ -6,7 +6,35 @@ training and evaluation recipe (``vggcore.train`` and ``vggcore.evaluate``, from
 ``vggcore.evaluation``). Activations are NHWC.
 """
 
-from . import _C
+import os as _os
+import warnings as _warnings
+
+
+def _sane_omp_threads():
+    """OpenMP reads OMP_NUM_THREADS once, when _C loads it; a value like 100000 makes the first parallel region
+    start that many threads and the process dies (SIGSEGV) instead of refusing. Absurd counts are clipped to the
+    CPU count here, with a warning, before _C is imported."""
+    value = _os.environ.get("OMP_NUM_THREADS", "")
+    first = value.split(",")[0].strip()
+    cpus = _os.cpu_count() or 1
+    if first.isdigit() and int(first) > 16 * cpus:
+        _warnings.warn(f"vggcore: OMP_NUM_THREADS={value} is more than 16 threads per CPU ({cpus} CPUs); using "
+                       f"{cpus}", RuntimeWarning, stacklevel=3)
+        _os.environ["OMP_NUM_THREADS"] = str(cpus)
+
+
+def _check_cpu_isa():
+    """VGG_CPU_ISA is read once, by the first CPU op, possibly inside a parallel region where C++ may not throw;
+    a misspelled value would silently leave the widest kernels on, so it is checked here instead."""
+    value = _os.environ.get("VGG_CPU_ISA", "")
+    if value not in ("", "scalar", "avx2"):
+        raise ValueError(f"vggcore: environment variable VGG_CPU_ISA is {value!r}; allowed values: scalar, avx2 "
+                         f"(or unset for the widest kernels the CPU has)")
+
+
+_sane_omp_threads()
+_check_cpu_isa()
+from . import _C  # noqa: E402
 from .autograd import no_grad, enable_grad, is_grad_enabled
 from .random import manual_seed
 from .tensor import Tensor, tensor, zeros, ones, pinned_empty

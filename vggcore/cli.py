@@ -46,6 +46,13 @@ def _scales(text):
     return values
 
 
+def _path(text):
+    """A file or folder name; an empty one (`--checkpoint-dir ""`) would silently mean the default."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a path, got an empty string")
+    return text
+
+
 def _positive_number(text):
     """A float or a fraction such as 1/8."""
     try:
@@ -104,7 +111,8 @@ def build_parser():
                                    "built-in shapes dataset is generated into the cache folder ($VGGCORE_CACHE or "
                                    "~/.cache/vggcore) and a small VGG-A is trained on 32-pixel crops.")
     t.add_argument("--config", default="A", help="A, A-LRN, B, C, D, E or an alias (vgg11 ... vgg19); default A")
-    t.add_argument("--data", default=None, help="folder with train/<class>/* and val/<class>/*; default: built-in")
+    t.add_argument("--data", default=None, type=_path,
+                   help="folder with train/<class>/* and val/<class>/*; default: built-in")
     t.add_argument("--epochs", type=_int_at_least(1), default=None, help="default 74 (paper) or 12 (built-in data)")
     t.add_argument("--batch-size", type=_int_at_least(1), default=None,
                    help="default 256 (paper) or 32 (built-in data)")
@@ -125,7 +133,7 @@ def build_parser():
     t.add_argument("--init", choices=("glorot", "normal", "he"), default=None,
                    help="weight initialisation (default glorot, or he for thin nets, width < 1, "
                         "such as the built-in data's)")
-    t.add_argument("--init-from", default=None,
+    t.add_argument("--init-from", default=None, type=_path,
                    help="a trained net A to initialise from (paper 3.1), or weights of the same configuration "
                         "to fine-tune (vggcore checkpoint, torchvision .pth, .caffemodel; fc8 replaced when the "
                         "class count differs)")
@@ -134,7 +142,7 @@ def build_parser():
     t.add_argument("--precision", choices=("fp32", "tf32", "bf16"), default="fp32",
                    help="fp32 (default); tf32: TF32 tensor cores for float32 conv/linear; bf16: mixed precision "
                         "(bfloat16 activations, float32 weights; sim/cuda only)")
-    t.add_argument("--checkpoint-dir", default=None,
+    t.add_argument("--checkpoint-dir", default=None, type=_path,
                    help="where checkpoints and curves go (default runs/vgg-<config>)")
     t.add_argument("--resume", action="store_true", help="continue from CHECKPOINT_DIR/last.safetensors")
     t.add_argument("--overwrite", action="store_true",
@@ -170,10 +178,10 @@ def build_parser():
                        description="Top-1/top-5 error on DIR/<class>/* images, the paper's test protocol: single "
                                    "crop, dense, multi-crop (5x5 crops and their mirrors per scale), dense + "
                                    "multi-crop, several scales; several checkpoints average their posteriors.")
-    e.add_argument("checkpoint", nargs="+",
+    e.add_argument("checkpoint", nargs="+", type=_path,
                    help="weights: a training checkpoint (best.safetensors), a torchvision .pth or a .caffemodel; "
                         "several = an ensemble")
-    e.add_argument("--data", default=None,
+    e.add_argument("--data", default=None, type=_path,
                    help="image folder with one subfolder per class (default: the val set the checkpoint names)")
     e.add_argument("--scales", type=_scales, default=None, help="test scales Q, e.g. 256 or 256,384,512")
     e.add_argument("--crop", type=_int_at_least(1), default=None,
@@ -191,12 +199,12 @@ def build_parser():
 
     p = sub.add_parser("predict", help="class probabilities of image files",
                        description="Top classes and their probabilities for each image, as text or JSON.")
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, ...)")
-    p.add_argument("--model", required=True, action="append", metavar="WEIGHTS",
+    p.add_argument("images", nargs="+", type=_path, metavar="IMAGE", help="image files (JPEG, PNG, ...)")
+    p.add_argument("--model", required=True, type=_path, action="append", metavar="WEIGHTS",
                    help="a training checkpoint (.safetensors), a torchvision .pth/.safetensors or a .caffemodel; "
                         "repeat --model for an ensemble")
     p.add_argument("--topk", type=_int_at_least(1), default=5, help="classes shown per image (default 5)")
-    p.add_argument("--labels", default=None,
+    p.add_argument("--labels", default=None, type=_path,
                    help="text file with one class name per line, for weights that carry none (torchvision's)")
     p.add_argument("--scales", type=_scales, default=None, help="test scales Q (default the model's)")
     p.add_argument("--crop", type=_int_at_least(1), default=None)

@@ -666,6 +666,91 @@ def api_cases(devices, rng):
     return cases
 
 
+CLI_FLAGS = {
+    # flag -> the subcommand; every value below is wrong for every flag, so each must end in argparse's usage
+    # error (exit 2) or one "error:" line (exit 1), never a traceback or a run
+    "train": ["--epochs", "--batch-size", "--lr", "--momentum", "--weight-decay", "--scale", "--crop", "--width",
+              "--fc-width", "--dropout", "--seed", "--lr-patience", "--lr-factor", "--max-lr-drops", "--eval-scale",
+              "--colour-std", "--input-scale", "--stats-sample", "--workers", "--device", "--precision", "--init",
+              "--config", "--data", "--checkpoint-dir", "--init-from"],
+    "eval": ["--scales", "--crop", "--batch-size", "--workers", "--device", "--data"],
+    "predict": ["--topk", "--scales", "--crop", "--device", "--labels", "--model"],
+}
+CLI_VALUES = ["nan", "inf", "-inf", "-1", "1e30", str(2**63), "abc", "", "0x10", "1,2,3,4", "/nonexistent/x"]
+ENV_CASES = [
+    # (variable, value, expectation of a conv on cpu and sim in a fresh process)
+    ("VGG_CONV_ALGO", "winogard"), ("VGG_CONV_ALGO", ""), ("VGG_CONV_ALGO", "x" * 10000),
+    ("VGG_CPU_ISA", "avx1024"), ("VGG_CPU_ISA", ""), ("VGG_SIM_SCHEDULE", "backwards"),
+    ("VGG_SIM_CHECKS", "maybe"), ("OMP_NUM_THREADS", "0"), ("OMP_NUM_THREADS", "-3"), ("OMP_NUM_THREADS", "100000"),
+    ("VGGCORE_CACHE", "/proc/nonexistent"), ("VGGCORE_DIST_TIMEOUT", "nan"),
+]
+
+
+def cli_cases():
+    cases = []
+    for cmd, flags in CLI_FLAGS.items():
+        for flag in flags:
+            for value in CLI_VALUES:
+                if flag in ("--data", "--checkpoint-dir", "--init-from", "--labels", "--model") and \
+                        value not in ("", "/nonexistent/x", "abc"):
+                    continue
+                if cmd == "train":
+                    argv = ["train", "--data", "DATA", "--epochs", "1", *TRAIN_ARGS]
+                elif cmd == "eval":
+                    argv = ["eval", "MODEL", "--data", "DATA/val", "--device", "cpu", "--no-progress"]
+                else:
+                    argv = ["predict", "DATA/val/circle/circle_00000.png", "--model", "MODEL", "--device", "cpu"]
+                # the probe's own setting of the flag is replaced by the bad value
+                if flag in argv:
+                    i = argv.index(flag)
+                    del argv[i:i + 2]
+                argv += [flag, value]
+                if cmd == "train":
+                    argv += ["--checkpoint-dir", "CKDIR"] if flag != "--checkpoint-dir" else []
+                code = (f"argv = [a.replace('CKDIR', CKDIR).replace('DATA', DATA).replace('MODEL', MODEL) "
+                        f"for a in {argv!r}]\ncode, text = cli(*argv)\n"
+                        f"assert code != 0, {('the CLI ran with ' + flag + ' ' + repr(value))!r}\n")
+                # a fresh checkpoint folder per case, so an accepted run never meets the previous one
+                cases.append(case("cli", f"{cmd} {flag} {value!r}", "import tempfile\nCKDIR = tempfile.mkdtemp()\n" + code,
+                                  "either", timeout=120))
+    return cases
+
+
+def env_scenarios(env, devices):
+    """Bad environment variables: a fresh process each (they are read once); a conv must still give the exact
+    sum, or the process must stop with one clear line (never a crash or a silently ignored misspelling)."""
+    results = []
+    src = ("import numpy as np, vggcore as vc, vggcore.nn.functional as F\n"
+           "for d in %r:\n"
+           "    y = F.conv2d(vc.ones(1, 6, 6, 3, device=d), vc.ones(4, 3, 3, 3, device=d), None, padding=1)\n"
+           "    assert float(y.numpy()[0, 2, 2, 0]) == 27.0, (d, y.numpy()[0, 2, 2, 0])\n"
+           "print('ok')\n") % (devices,)
+    for var, value in ENV_CASES:
+        e = dict(env, **{var: value})
+        name = f"env:{var}={value[:20]!r}"
+        try:
+            p = subprocess.run([sys.executable, "-c", src], capture_output=True, text=True, env=e, timeout=120,
+                               cwd=CHILD_CWD)
+        except subprocess.TimeoutExpired:
+            results.append((name, "hang", "no exit within 120 s"))
+            continue
+        err = p.stderr.strip()
+        if p.returncode < 0:
+            results.append((name, "crash", f"signal {-p.returncode}: {err[-300:]}"))
+        elif p.returncode == 0 and "ok" in p.stdout:
+            # a misspelled setting that is silently ignored is the finding the issue names
+            ignored = var in ("VGG_CONV_ALGO", "VGG_CPU_ISA", "VGG_SIM_SCHEDULE", "VGG_SIM_CHECKS") and value != ""
+            results.append((name, "accepted", "the misspelled setting was silently ignored") if ignored else
+                           (name, "good", "ran correctly"))
+        elif "AssertionError" in err:
+            results.append((name, "wrong", err[-300:]))
+        else:
+            last = err.splitlines()[-1] if err else ""
+            ok = any(k in last for k in ("ValueError", "TypeError", "RuntimeError", "Error:")) and var in last
+            results.append((name, "good" if ok else "leak", last[:240]))
+    return results
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # images: mutated files through the data pipeline
 # ---------------------------------------------------------------------------------------------------------------
@@ -1229,7 +1314,7 @@ print(json.dumps({"data": str(data)}))
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=str(HERE / "results.json"))
-    ap.add_argument("--kinds", default="api,images,checkpoints,kill9,sigint,diskfull")
+    ap.add_argument("--kinds", default="api,cli,env,images,checkpoints,kill9,sigint,diskfull")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--scale", type=float, default=1.0, help="multiplies the number of random cases")
     ap.add_argument("--timeout", type=float, default=30.0, help="default seconds per case")
@@ -1261,6 +1346,8 @@ def main():
     cases = []
     if "api" in kinds:
         cases += api_cases(devices, rng)
+    if "cli" in kinds:
+        cases += cli_cases()
     if "images" in kinds:
         cases += image_cases(work, rng, int(1500 * args.scale), int(40 * args.scale))
     if "checkpoints" in kinds:
@@ -1285,6 +1372,10 @@ def main():
             results.append((c["kind"], c["name"], outcome, detail, c["code"], c.get("env", {})))
         done = Counter(r[2] for r in results)
         print(f"  {len(results)}/{len(cases)} cases: {dict(done)} ({time.time() - t_start:.0f} s)", flush=True)
+    if "env" in kinds:
+        for name, outcome, detail in env_scenarios(env, devices):
+            results.append(("env", name, outcome, detail, "", {}))
+        print(f"  env done ({time.time() - t_start:.0f} s)", flush=True)
     if "kill9" in kinds:
         for name, outcome, detail in kill9_scenarios(work, data, env, rng, max(1, int(12 * args.scale)), 4):
             results.append(("kill9", name, outcome, detail, "", {}))
@@ -1311,7 +1402,7 @@ def main():
         "devices": devices, "seconds": round(time.time() - t_start), "seed": args.seed, "scale": args.scale,
         "counts": {k: dict(v) for k, v in sorted(per_kind.items())},
         "scenarios": [{"kind": k, "case": n, "outcome": o, "detail": d} for k, n, o, d, c, e in results
-                      if k in ("kill9", "sigint", "diskfull")],
+                      if k in ("kill9", "sigint", "diskfull", "env")],
         "findings": [{"kind": k, "case": n, "outcome": o, "detail": d, "code": c,
                       "env": {a: b for a, b in e.items() if a not in ("DEVICES", "TINY")}}
                      for k, n, o, d, c, e in findings],

@@ -284,3 +284,24 @@ def test_cli_refuses_empty_paths(argv, capsys):
         main(argv)
     assert exit_info.value.code == 2
     assert "expected a path, got an empty string" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "--epochs", str(2**63)], ["train", "--workers", str(2**63)], ["train", "--scale", f"256,{2**64}"],
+    ["predict", "x.png", "--model", "m.safetensors", "--topk", str(2**63)],
+    ["predict", "x.png", "--model", "m.safetensors", "--scales", str(2**63)],
+])
+def test_cli_refuses_ints_beyond_int64(argv, capsys):
+    from vggcore.cli import main
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert "below 2**63" in capsys.readouterr().err
+
+
+def test_predict_checks_its_arguments_as_evaluate_does(tiny_model, shapes):
+    image = sorted((shapes / "val").rglob("*.png"))[0]
+    with pytest.raises(ValueError, match="evaluate: scale must be <= 9223372036854775807"):
+        vc.evaluation.predict_images(tiny_model, [image], scale=2**63, device="cpu")
+    with pytest.raises(MemoryError, match="evaluate: scale 1000000 means rescaled images"):
+        vc.evaluation.predict_images(tiny_model, [image], scale=10**6, device="cpu")

@@ -20,6 +20,9 @@ from fractions import Fraction
 __all__ = ["main", "build_parser"]
 
 
+_INT_MAX = 2**63 - 1   # larger ints overflow the engine's int64 (OverflowError deep inside, not a message)
+
+
 def _scale(text):
     """'256' -> 256, '256,512' -> (256, 512)."""
     parts = [p for p in text.replace(":", ",").split(",") if p.strip()]
@@ -27,6 +30,8 @@ def _scale(text):
         values = [int(p) for p in parts]
     except ValueError:
         raise argparse.ArgumentTypeError(f"scale must be S or Smin,Smax (integers), got {text!r}") from None
+    if any(v > _INT_MAX for v in values):
+        raise argparse.ArgumentTypeError(f"scale must be below 2**63, got {text!r}")
     if len(values) == 1:
         return values[0]
     if len(values) == 2:
@@ -41,8 +46,8 @@ def _scales(text):
         raise argparse.ArgumentTypeError(f"scales must be a comma-separated list of integers, got {text!r}") from None
     if not values:
         raise argparse.ArgumentTypeError("scales is empty")
-    if min(values) < 1:
-        raise argparse.ArgumentTypeError(f"scales must be positive, got {text!r}")
+    if min(values) < 1 or max(values) > _INT_MAX:
+        raise argparse.ArgumentTypeError(f"scales must be positive and below 2**63, got {text!r}")
     return values
 
 
@@ -73,6 +78,8 @@ def _int_at_least(minimum):
             raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        if value > _INT_MAX:
+            raise argparse.ArgumentTypeError(f"must be below 2**63, got {value}")
         return value
     return parse
 

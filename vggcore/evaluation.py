@@ -449,6 +449,7 @@ def predict_images(model, images, crop=None, scale=None, dense=False, flip=False
     """Class posteriors (len(images), classes) of image files (or PIL images), with the same protocol and
     defaults as ``evaluate`` (model: a VGG, a weights path or a list of them). An undecodable file raises
     ValueError naming it."""
+    _check_arguments(crop, scale, dense, flip, multi_crop, batch_size, num_workers)
     models = _as_models(model)
     crops, scales = _resolve_protocol(models, crop, scale, dense, multi_crop)
     images = list(images)

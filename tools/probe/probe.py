@@ -694,6 +694,8 @@ def cli_cases():
                 if flag in ("--data", "--checkpoint-dir", "--init-from", "--labels", "--model") and \
                         value not in ("", "/nonexistent/x", "abc"):
                     continue
+                if flag == "--checkpoint-dir" and value != "":
+                    continue   # a new folder anywhere is a valid checkpoint folder
                 if cmd == "train":
                     argv = ["train", "--data", "DATA", "--epochs", "1", *TRAIN_ARGS]
                 elif cmd == "eval":

@@ -1388,7 +1388,10 @@ def main():
             results.append(("sigint", name, outcome, detail, "", {}))
         print(f"  sigint done ({time.time() - t_start:.0f} s)", flush=True)
     if "diskfull" in kinds:
-        for name, outcome, detail in diskfull_scenarios(work, data, env, [8, 64, 120, 200, 300, 600]):
+        # from too small for one checkpoint to room for a few: the write that fails moves from the first to a later one
+        kib = max(1, (work / "ckpt" / "last.safetensors").stat().st_size // 1024)
+        sizes = [8] + [int(kib * f) for f in (0.6, 1.3, 2.2, 3.1, 4.5)]
+        for name, outcome, detail in diskfull_scenarios(work, data, env, sizes):
             results.append(("diskfull", name, outcome, detail, "", {}))
         print(f"  diskfull done ({time.time() - t_start:.0f} s)", flush=True)
 

@@ -305,3 +305,13 @@ def test_predict_checks_its_arguments_as_evaluate_does(tiny_model, shapes):
         vc.evaluation.predict_images(tiny_model, [image], scale=2**63, device="cpu")
     with pytest.raises(MemoryError, match="evaluate: scale 1000000 means rescaled images"):
         vc.evaluation.predict_images(tiny_model, [image], scale=10**6, device="cpu")
+
+
+def test_checked_conversions_keep_what_python_users_pass():
+    from fractions import Fraction
+    from vggcore._checks import check_bool, check_int, check_real
+    assert check_real("train", "width", Fraction(1, 4)) == 0.25 and check_real("t", "x", np.float32(2)) == 2.0
+    assert check_int("train", "seed", np.int64(7), 0) == 7 and check_bool("t", "flip", np.True_) is True
+    for bad in (True, np.bool_(False), "1", None):
+        with pytest.raises(TypeError, match="train: width must be a number"):
+            check_real("train", "width", bad)

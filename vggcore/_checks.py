@@ -1,5 +1,8 @@
 """Small checks shared by evaluation and training: a model whose outputs or weights are not finite has no
-prediction to score and no state worth calling good."""
+prediction to score and no state worth calling good; and arguments checked by name (ints, finite reals, bools)
+where Python's own conversions would silently change them."""
+
+import numbers
 
 import numpy as np
 
@@ -46,7 +49,7 @@ def check_int(op, name, value, minimum=None, maximum=2**63 - 1):
 
 def check_real(op, name, value):
     """``value`` as a finite float; bools, strings, None and non-finite numbers are refused."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):   # Fraction(1, 4) is fine
         raise TypeError(f"{op}: {name} must be a number, got {type(value).__name__} {value!r}")
     value = float(value)
     if not np.isfinite(value):

@@ -11,7 +11,7 @@
 // with at most 4 input channels (the first layer) go to the direct kernels of conv_small_channels.h instead.
 // VGG_CONV_ALGO (conv_algo.h) overrides the choice; VGG_CONV_ALGO=direct runs the plain loops of conv_reference.h.
 //
-// The packers mirror the GPU's operand loaders (csrc/cuda/gemm_tiles.cuh) and carry their names: Im2colAlongK is
+// The packers mirror the GPU's operand loaders (csrc/cuda/gemm_loaders.cuh) and carry their names: Im2colAlongK is
 // the forward's A, Im2colAlongRows backward-weight's B; FlippedFilterTapsAlongRows is FilterTapsAlongRows read
 // through the 180-degree flip, because the CPU's stride-1 data gradient is a forward convolution of dy while the
 // GPU gathers dy (DyGatherAlongK) against the unflipped taps.
@@ -67,7 +67,7 @@ ConvGeom geom_of(const Conv2dShape& s) {
 // A(i, p) = x[n, oh*sh - ph + r, ow*sw - pw + s, c], zero outside the image.
 // All rows of a panel share the walk over p, which is R*S runs of up to C contiguous channels; for each run
 // the panel's mr source pointers (null where the tap falls in the padding) go to the kernel's pack_rows.
-// GPU counterpart: gemm::Im2colAlongK (csrc/cuda/gemm_tiles.cuh).
+// GPU counterpart: gemm::Im2colAlongK (csrc/cuda/gemm_loaders.cuh).
 template <typename T> struct Im2colAlongK {
   const T* x;
   ConvGeom g;

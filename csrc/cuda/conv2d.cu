@@ -1,5 +1,5 @@
 // 2-D convolution of the GPU backend (NHWC activations, KRSC weights), all three passes as implicit GEMMs on
-// the shared tile kernel of gemm_tiles.cuh. Outputs are overwritten.
+// the shared tile kernel of gemm_kernel.cuh. Outputs are overwritten.
 //
 //   forward          y  (N*P*Q, K)   = im2col(x) (N*P*Q, R*S*C)  * w^T (R*S*C, K)        + bias
 //   backward data    dx (N*H*W, C)   = gather(dy) (N*H*W, R*S*K) * w' ((r,s,k), C)
@@ -18,7 +18,7 @@
 
 #include "../core/precision.h"
 #include "common.cuh"
-#include "gemm_tiles.cuh"
+#include "gemm_plan.cuh"
 #include "gpu_kernels.h"
 #include "tc_gemm.cuh"
 

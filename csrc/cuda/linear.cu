@@ -5,7 +5,7 @@
 //   backward data    dx (M, IN)   = dy (M, OUT)  * w (OUT, IN)
 //   backward weight  dw (OUT, IN) = dy^T (OUT, M) * x (M, IN)      (split-K over M at small OUT x IN)
 //
-// float32 runs on the CUDA-core kernel (gemm_tiles.cuh), or on TF32 tensor cores with float32 matmul precision
+// float32 runs on the CUDA-core kernel (gemm_kernel.cuh), or on TF32 tensor cores with float32 matmul precision
 // "high"; the bfloat16 entry points run on BF16 tensor cores (tc_gemm.cuh), float32 accumulation.
 // At small batch every pass has a short side (M), so the plan picks the small tiles and splits K to fill the GPU.
 #include <cstdint>
@@ -15,7 +15,7 @@
 
 #include "../core/precision.h"
 #include "common.cuh"
-#include "gemm_tiles.cuh"
+#include "gemm_plan.cuh"
 #include "gpu_kernels.h"
 #include "tc_gemm.cuh"
 #include "tc_probe.h"

@@ -3,7 +3,7 @@
 //
 //   C (M, N) = A (M, Kdim) * B (Kdim, N)      [+ bias (N)],   C row-major with leading dimension N
 //
-// The operands come from the same loaders as the CUDA-core kernel (gemm_tiles.cuh: implicit im2col, the stride-
+// The operands come from the same loaders as the CUDA-core kernel (gemm_loaders.cuh: implicit im2col, the stride-
 // aware dy gather, dense reads), instantiated on the element type. Per block tile BM x BN x BK:
 //   - STAGES-deep shared-memory ring filled by cp.async (16 bytes of float, 8 of bf16, zero-fill for padding and
 //     tails) when the loader is VEC, else by plain loads and stores (odd channel counts);
@@ -24,7 +24,7 @@
 #include <string>
 
 #include "common.cuh"
-#include "gemm_tiles.cuh"
+#include "gemm_plan.cuh"
 #include "mma.cuh"
 
 namespace vgg::VGG_GPU_NS::gemm {

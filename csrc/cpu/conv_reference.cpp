@@ -11,6 +11,22 @@
 
 namespace vgg::cpu {
 
+namespace {
+
+// The input row and column that output (p, q) reads through filter tap (r, t); outside [0, H) x [0, W) it is
+// zero padding.
+int64_t input_row(const Conv2dShape& s, int64_t p, int64_t r) { return p * s.stride_h - s.pad_h + r; }
+int64_t input_col(const Conv2dShape& s, int64_t q, int64_t t) { return q * s.stride_w - s.pad_w + t; }
+
+// The output index that reads input index i through tap offset j along an axis (i = o*stride - pad + j), or -1
+// where none does.
+int64_t output_index(int64_t i, int64_t pad, int64_t j, int64_t stride, int64_t outputs) {
+  const int64_t o = i + pad - j;
+  return o < 0 || o % stride != 0 || o / stride >= outputs ? -1 : o / stride;
+}
+
+}  // namespace
+
 template <typename T> void conv2d_forward_direct(const T* x, const T* w, const T* bias, T* y, const Conv2dShape& s) {
 #pragma omp parallel
   {
@@ -21,10 +37,10 @@ template <typename T> void conv2d_forward_direct(const T* x, const T* w, const T
         for (int64_t q = 0; q < s.Q; ++q) {
           for (int64_t k = 0; k < s.K; ++k) acc[k] = bias ? double(bias[k]) : 0.0;
           for (int64_t r = 0; r < s.R; ++r) {
-            const int64_t h = p * s.stride - s.pad + r;
+            const int64_t h = input_row(s, p, r);
             if (h < 0 || h >= s.H) continue;  // zero padding
             for (int64_t t = 0; t < s.S; ++t) {
-              const int64_t v = q * s.stride - s.pad + t;
+              const int64_t v = input_col(s, q, t);
               if (v < 0 || v >= s.W) continue;
               const T* xp = x + ((n * s.H + h) * s.W + v) * s.C;
               for (int64_t k = 0; k < s.K; ++k) {
@@ -51,14 +67,12 @@ template <typename T> void conv2d_backward_data_direct(const T* dy, const T* w, 
         for (int64_t v = 0; v < s.W; ++v) {
           std::fill(acc.begin(), acc.end(), 0.0);
           for (int64_t r = 0; r < s.R; ++r) {
-            // the output rows p that read input row h through filter row r: h = p*stride - pad + r
-            const int64_t ph = h + s.pad - r;
-            if (ph < 0 || ph % s.stride != 0 || ph / s.stride >= s.P) continue;
-            const int64_t p = ph / s.stride;
+            // the output row p that reads input row h through filter row r: h = p*stride - pad + r
+            const int64_t p = output_index(h, s.pad_h, r, s.stride_h, s.P);
+            if (p < 0) continue;
             for (int64_t t = 0; t < s.S; ++t) {
-              const int64_t qv = v + s.pad - t;
-              if (qv < 0 || qv % s.stride != 0 || qv / s.stride >= s.Q) continue;
-              const int64_t q = qv / s.stride;
+              const int64_t q = output_index(v, s.pad_w, t, s.stride_w, s.Q);
+              if (q < 0) continue;
               const T* dyp = dy + ((n * s.P + p) * s.Q + q) * s.K;
               for (int64_t k = 0; k < s.K; ++k) {
                 const double d = double(dyp[k]);
@@ -84,10 +98,10 @@ template <typename T> void conv2d_backward_weight_direct(const T* x, const T* dy
           std::fill(acc.begin(), acc.end(), 0.0);
           for (int64_t n = 0; n < s.N; ++n)
             for (int64_t p = 0; p < s.P; ++p) {
-              const int64_t h = p * s.stride - s.pad + r;
+              const int64_t h = input_row(s, p, r);
               if (h < 0 || h >= s.H) continue;
               for (int64_t q = 0; q < s.Q; ++q) {
-                const int64_t v = q * s.stride - s.pad + t;
+                const int64_t v = input_col(s, q, t);
                 if (v < 0 || v >= s.W) continue;
                 const double d = double(dy[((n * s.P + p) * s.Q + q) * s.K + k]);
                 const T* xp = x + ((n * s.H + h) * s.W + v) * s.C;

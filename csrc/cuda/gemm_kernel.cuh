@@ -77,6 +77,21 @@ __device__ __forceinline__ void store_vector(float* tile, const float (&v)[4], i
   }
 }
 
+// A thread's N values of one k row of a shared tile: N/4 float4 broadcasts, the groups group_stride floats apart.
+template <int N>
+__device__ __forceinline__ void load_fragment(float (&f)[N], const float* row, int group_stride) {
+  VGG_GEMM_UNROLL
+  for (int g = 0; g < N / 4; ++g) {
+    const float* src = row + g * group_stride;
+    check_aligned16(src);
+    const float4 t4 = *reinterpret_cast<const float4*>(src);
+    f[4 * g] = t4.x;
+    f[4 * g + 1] = t4.y;
+    f[4 * g + 2] = t4.z;
+    f[4 * g + 3] = t4.w;
+  }
+}
+
 // C (M, N) [split z] = A (M, Kdim range z) * B (Kdim range z, N) [+ bias].
 // grid (ceil(M/BM), ceil(N/BN), splits), block Cfg::kThreads, dynamic shared memory Cfg::kSharedBytes.
 template <class Cfg, class ALoader, class BLoader>
@@ -131,26 +146,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, ALoader::kVec&& BLoader::kVec ?
     VGG_GEMM_UNROLL
     for (int kk = 0; kk < BK; ++kk) {
       float fa[TM], fb[TN];
-      VGG_GEMM_UNROLL
-      for (int g = 0; g < TM / 4; ++g) {
-        const float* src = As + kk * Cfg::kLdA + g * Cfg::kRowGroupStride + ty * 4;
-        check_aligned16(src);
-        const float4 t4 = *reinterpret_cast<const float4*>(src);
-        fa[4 * g] = t4.x;
-        fa[4 * g + 1] = t4.y;
-        fa[4 * g + 2] = t4.z;
-        fa[4 * g + 3] = t4.w;
-      }
-      VGG_GEMM_UNROLL
-      for (int g = 0; g < TN / 4; ++g) {
-        const float* src = Bs + kk * Cfg::kLdB + g * Cfg::kColGroupStride + tx * 4;
-        check_aligned16(src);
-        const float4 t4 = *reinterpret_cast<const float4*>(src);
-        fb[4 * g] = t4.x;
-        fb[4 * g + 1] = t4.y;
-        fb[4 * g + 2] = t4.z;
-        fb[4 * g + 3] = t4.w;
-      }
+      load_fragment(fa, As + kk * Cfg::kLdA + ty * 4, Cfg::kRowGroupStride);
+      load_fragment(fb, Bs + kk * Cfg::kLdB + tx * 4, Cfg::kColGroupStride);
       VGG_GEMM_UNROLL
       for (int i = 0; i < TM; ++i) {
         VGG_GEMM_UNROLL

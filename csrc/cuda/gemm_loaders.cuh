@@ -89,6 +89,12 @@ __device__ __forceinline__ void load4(uint16_t (&v)[4], const uint16_t* p) {
   v[3] = static_cast<uint16_t>(t.y >> 16);
 }
 
+// The VEC path of every loader: the 4 contiguous elements at src, or 0 where src is nullptr (all outside).
+template <class T>
+__device__ __forceinline__ void load4_or_zero(T (&v)[4], const T* src) {
+  if (src) load4(v, src); else set_zero(v);
+}
+
 // ---- operand loaders ---------------------------------------------------------------------------------------------
 // Each loader: kAlongK; begin(row, k) with this thread's first element; load(v) fetches the 4 elements
 // (row, k..k+3) if kAlongK else (row..row+3, k) of the current tile, 0 outside; advance(bk) moves to the next tile.
@@ -122,8 +128,7 @@ struct DenseAlongK {
   __device__ __forceinline__ const T* vec_src() const { return row_ok && k < prm.kdim ? row_ptr + k : nullptr; }
   __device__ __forceinline__ void load(T (&v)[4]) const {
     if (VEC) {
-      const T* src = vec_src();
-      if (src) load4(v, src); else set_zero(v);
+      load4_or_zero(v, vec_src());
     } else {
       VGG_GEMM_UNROLL
       for (int j = 0; j < 4; ++j) v[j] = (row_ok && k + j < prm.kdim) ? row_ptr[k + j] : T{};
@@ -150,8 +155,7 @@ struct DenseAlongRows {
   }
   __device__ __forceinline__ void load(T (&v)[4]) const {
     if (VEC) {
-      const T* src = vec_src();
-      if (src) load4(v, src); else set_zero(v);
+      load4_or_zero(v, vec_src());
       return;
     }
     if (k >= prm.kdim) {
@@ -165,24 +169,25 @@ struct DenseAlongRows {
   __device__ __forceinline__ void advance(int bk) { k += bk; }
 };
 
-// Convolution geometry shared by the implicit-GEMM loaders (int: one image, one filter fit in 2^31).
+// The implicit-GEMM loaders' int32 view of Conv2dShape (csrc/shapes.h), made from it in one place
+// (conv2d_detail::conv_view in conv2d.cu): int indexes one image and one filter bank, which dispatch has checked
+// fit in 2^31 elements.
 template <class T>
-struct ConvGeometryOf {
+struct ConvViewOf {
   const T* p;                    // x (N,H,W,C), dy (N,P,Q,K) or w (K,R,S,C), depending on the loader
   int64_t rows;                  // row count of the GEMM operand (M of A, N of B)
   int N, H, W, C, K, R, S, P, Q; // sizes as in Conv2dShape
-  int stride, pad;
+  int stride_h, stride_w, pad_h, pad_w;
 };
-using ConvGeometry = ConvGeometryOf<float>;
 
 // Conv forward A: im2col(x) without the buffer. Row m = (n, p, q), k = (r, s, c):
-// element = x[n, p*stride - pad + r, q*stride - pad + s, c], 0 in the padding.
+// element = x[n, p*stride_h - pad_h + r, q*stride_w - pad_w + s, c], 0 in the padding.
 template <bool VEC, class T = float>
 struct Im2colAlongK {
   static constexpr bool kAlongK = true;
   static constexpr bool kVec = VEC;
   using Elem = T;
-  ConvGeometryOf<T> prm;
+  ConvViewOf<T> prm;
   const T* image;      // x + n*H*W*C
   int ih0, iw0;
   bool row_ok;
@@ -193,8 +198,8 @@ struct Im2colAlongK {
     const int64_t pq = static_cast<int64_t>(prm.P) * prm.Q;
     const int64_t n = mm / pq;
     const int rem = static_cast<int>(mm - n * pq);
-    ih0 = (rem / prm.Q) * prm.stride - prm.pad;
-    iw0 = (rem % prm.Q) * prm.stride - prm.pad;
+    ih0 = (rem / prm.Q) * prm.stride_h - prm.pad_h;
+    iw0 = (rem % prm.Q) * prm.stride_w - prm.pad_w;
     image = prm.p + n * prm.H * prm.W * prm.C;
     rsc.set(k0, prm.S, prm.C);
   }
@@ -211,8 +216,7 @@ struct Im2colAlongK {
   }
   __device__ __forceinline__ void load(T (&v)[4]) const {
     if (VEC) {
-      const T* src = vec_src();
-      if (src) load4(v, src); else set_zero(v);
+      load4_or_zero(v, vec_src());
     } else {
       Digits e = rsc;
       VGG_GEMM_UNROLL
@@ -226,15 +230,16 @@ struct Im2colAlongK {
 };
 
 // Conv backward-data A: row m = (n, h, w) of dx, k = (r, s, kout):
-// element = dy[n, p, q, kout] where h + pad = p*stride + r and w + pad = q*stride + s (exact division), else 0.
+// element = dy[n, p, q, kout] where h + pad_h = p*stride_h + r and w + pad_w = q*stride_w + s (exact division),
+// else 0.
 template <bool VEC, class T = float>
 struct DyGatherAlongK {
   static constexpr bool kAlongK = true;
   static constexpr bool kVec = VEC;
   using Elem = T;
-  ConvGeometryOf<T> prm;
+  ConvViewOf<T> prm;
   const T* image;      // dy + n*P*Q*K
-  int hp, wp;          // h + pad, w + pad
+  int hp, wp;          // h + pad_h, w + pad_w
   bool row_ok;
   Digits rsk;
   __device__ __forceinline__ void begin(int64_t m, int64_t k0) {
@@ -243,8 +248,8 @@ struct DyGatherAlongK {
     const int64_t hw = static_cast<int64_t>(prm.H) * prm.W;
     const int64_t n = mm / hw;
     const int rem = static_cast<int>(mm - n * hw);
-    hp = rem / prm.W + prm.pad;
-    wp = rem % prm.W + prm.pad;
+    hp = rem / prm.W + prm.pad_h;
+    wp = rem % prm.W + prm.pad_w;
     image = prm.p + n * prm.P * prm.Q * prm.K;
     rsk.set(k0, prm.S, prm.K);
   }
@@ -253,10 +258,10 @@ struct DyGatherAlongK {
     const int th = hp - r, tw = wp - s;
     if (!row_ok || r >= prm.R || th < 0 || tw < 0) return -1;
     int p = th, q = tw;
-    if (prm.stride != 1) {  // stride 1 (all of VGG) is a block-uniform branch past the two divisions
-      p = th / prm.stride;
-      q = tw / prm.stride;
-      if (p * prm.stride != th || q * prm.stride != tw) return -1;
+    if (prm.stride_h != 1 || prm.stride_w != 1) {  // stride 1 (all of VGG): a block-uniform branch past the divisions
+      p = th / prm.stride_h;
+      q = tw / prm.stride_w;
+      if (p * prm.stride_h != th || q * prm.stride_w != tw) return -1;
     }
     if (p >= prm.P || q >= prm.Q) return -1;
     return (p * prm.Q + q) * prm.K;
@@ -268,8 +273,7 @@ struct DyGatherAlongK {
   }
   __device__ __forceinline__ void load(T (&v)[4]) const {
     if (VEC) {
-      const T* src = vec_src();
-      if (src) load4(v, src); else set_zero(v);
+      load4_or_zero(v, vec_src());
     } else {
       Digits e = rsk;
       VGG_GEMM_UNROLL
@@ -289,7 +293,7 @@ struct FilterTapsAlongRows {
   static constexpr bool kAlongK = false;
   static constexpr bool kVec = VEC;
   using Elem = T;
-  ConvGeometryOf<T> prm;
+  ConvViewOf<T> prm;
   int c;
   Digits rsk;
   __device__ __forceinline__ void begin(int64_t col, int64_t k0) {
@@ -304,8 +308,7 @@ struct FilterTapsAlongRows {
   __device__ __forceinline__ const T* vec_src() const { return rsk.hi < prm.R && c < prm.C ? tap_ptr() : nullptr; }
   __device__ __forceinline__ void load(T (&v)[4]) const {
     if (VEC) {
-      const T* src = vec_src();
-      if (src) load4(v, src); else set_zero(v);
+      load4_or_zero(v, vec_src());
       return;
     }
     if (rsk.hi >= prm.R) {
@@ -319,14 +322,14 @@ struct FilterTapsAlongRows {
   __device__ __forceinline__ void advance(int bk) { rsk.step(bk, prm.S, prm.K); }
 };
 
-// Conv backward-weight B: k = (n, p, q), column = (r, s, c): element = x[n, p*stride - pad + r, q*stride - pad + s, c].
-// prm.rows = R*S*C (the columns), kdim = N*P*Q.
+// Conv backward-weight B: k = (n, p, q), column = (r, s, c):
+// element = x[n, p*stride_h - pad_h + r, q*stride_w - pad_w + s, c]. prm.rows = R*S*C (the columns), kdim = N*P*Q.
 template <bool VEC, class T = float>
 struct Im2colAlongRows {
   static constexpr bool kAlongK = false;
   static constexpr bool kVec = VEC;
   using Elem = T;
-  ConvGeometryOf<T> prm;
+  ConvViewOf<T> prm;
   int r[4], s[4], c[4];  // the 4 columns' taps (VEC: only [0] is used, the 4 channels are consecutive)
   bool col_ok[4];
   Digits npq;
@@ -345,15 +348,14 @@ struct Im2colAlongRows {
   // C % 4 == 0: the 4 columns are 4 consecutive channels of one tap. npq.hi >= N means k >= N*P*Q.
   __device__ __forceinline__ const T* vec_src() const {
     if (npq.hi >= prm.N) return nullptr;
-    const int ih = npq.mid * prm.stride - prm.pad + r[0], iw = npq.lo * prm.stride - prm.pad + s[0];
+    const int ih = npq.mid * prm.stride_h - prm.pad_h + r[0], iw = npq.lo * prm.stride_w - prm.pad_w + s[0];
     const bool ok = col_ok[0] && ih >= 0 && ih < prm.H && iw >= 0 && iw < prm.W;
     return ok ? prm.p + static_cast<int64_t>(npq.hi) * prm.H * prm.W * prm.C + (ih * prm.W + iw) * prm.C + c[0]
               : nullptr;
   }
   __device__ __forceinline__ void load(T (&v)[4]) const {
     if (VEC) {
-      const T* src = vec_src();
-      if (src) load4(v, src); else set_zero(v);
+      load4_or_zero(v, vec_src());
       return;
     }
     if (npq.hi >= prm.N) {
@@ -361,7 +363,7 @@ struct Im2colAlongRows {
       return;
     }
     const T* image = prm.p + static_cast<int64_t>(npq.hi) * prm.H * prm.W * prm.C;
-    const int ih0 = npq.mid * prm.stride - prm.pad, iw0 = npq.lo * prm.stride - prm.pad;
+    const int ih0 = npq.mid * prm.stride_h - prm.pad_h, iw0 = npq.lo * prm.stride_w - prm.pad_w;
     VGG_GEMM_UNROLL
     for (int j = 0; j < 4; ++j) {
       const int ih = ih0 + r[j], iw = iw0 + s[j];

@@ -159,18 +159,31 @@ void launch_gemm_tiles(const char* op, const ALoader& a, const BLoader& b, int64
   VGG_CHECK_LAUNCH(op);
 }
 
-// Runs C = A * B [+ bias] with the planned tiles and the VEC path. ALoader/BLoader are loader templates over
-// VEC and the element type; ap/bp their parameter structs.
+// Calls go(a, b) with loaders ALoader<vec, T> and BLoader<vec, T> holding ap and bp, after checking the kernels'
+// index limits; nothing when C is empty. ALoader/BLoader are loader templates over VEC and the element type, ap/bp
+// their parameter structs. run_gemm below and run_tc_gemm (tc_gemm.cuh) start here.
+template <template <bool, class> class ALoader, template <bool, class> class BLoader, class T, class AParams,
+          class BParams, class Go>
+void with_loaders(const char* op, const AParams& ap, const BParams& bp, bool vec, int64_t M, int64_t N, int64_t kdim,
+                  Go&& go) {
+  if (M <= 0 || N <= 0) return;
+  check_gemm_limits(op, M, N, kdim);
+  auto bind = [&](auto a, auto b) {
+    a.prm = ap;
+    b.prm = bp;
+    go(a, b);
+  };
+  if (vec) bind(ALoader<true, T>{}, BLoader<true, T>{});
+  else bind(ALoader<false, T>{}, BLoader<false, T>{});
+}
+
+// Runs C = A * B [+ bias] on the CUDA cores with the planned tiles and the VEC path.
 template <template <bool, class> class ALoader, template <bool, class> class BLoader, class AParams, class BParams>
 void run_gemm(const char* op, const AParams& ap, const BParams& bp, bool vec, int64_t M, int64_t N, int64_t kdim,
               float* out, const float* bias) {
-  if (M <= 0 || N <= 0) return;
-  check_gemm_limits(op, M, N, kdim);
-  auto go = [&](auto a, auto b) {
+  with_loaders<ALoader, BLoader, float>(op, ap, bp, vec, M, N, kdim, [&](auto a, auto b) {
     using A = decltype(a);
     using B = decltype(b);
-    a.prm = ap;
-    b.prm = bp;
     constexpr bool kVec = A::kVec && B::kVec;  // the scalar loaders get one block per SM (__launch_bounds__)
     const KernelSlots large = kernel_slots(gemm_tile_kernel<LargeTiles, A, B>, LargeTiles::kThreads,
                                            LargeTiles::kSharedBytes, kVec ? LargeTiles::kMinBlocksPerSM : 1);
@@ -179,9 +192,7 @@ void run_gemm(const char* op, const AParams& ap, const BParams& bp, bool vec, in
     const GemmPlan plan = plan_gemm(M, N, kdim, large, small, 10.0);
     if (plan.large) launch_gemm_tiles<LargeTiles>(op, a, b, M, N, kdim, out, bias, plan.splits);
     else launch_gemm_tiles<SmallTiles>(op, a, b, M, N, kdim, out, bias, plan.splits);
-  };
-  if (vec) go(ALoader<true, float>{}, BLoader<true, float>{});
-  else go(ALoader<false, float>{}, BLoader<false, float>{});
+  });
 }
 
 }  // namespace vgg::VGG_GPU_NS::gemm

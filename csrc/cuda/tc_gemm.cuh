@@ -354,20 +354,11 @@ template <class Op, template <bool, class> class ALoader, template <bool, class>
           class BParams, class OutT>
 void run_tc_gemm(const char* op, const AParams& ap, const BParams& bp, bool vec, int64_t M, int64_t N, int64_t kdim,
                  OutT* out, const typename Op::Elem* bias) {
-  using T = typename Op::Elem;
-  if (M <= 0 || N <= 0) return;
-  check_gemm_limits(op, M, N, kdim);
-  auto go = [&](auto a, auto b) {
-    using A = decltype(a);
-    using B = decltype(b);
-    a.prm = ap;
-    b.prm = bp;
-    const GemmPlan plan = plan_tc_gemm<Op, A, B, OutT>(M, N, kdim);
+  with_loaders<ALoader, BLoader, typename Op::Elem>(op, ap, bp, vec, M, N, kdim, [&](auto a, auto b) {
+    const GemmPlan plan = plan_tc_gemm<Op, decltype(a), decltype(b), OutT>(M, N, kdim);
     if (plan.large) launch_tc_gemm<TcLargeTiles, Op>(op, a, b, M, N, kdim, out, bias, plan.splits);
     else launch_tc_gemm<TcSmallTiles, Op>(op, a, b, M, N, kdim, out, bias, plan.splits);
-  };
-  if (vec) go(ALoader<true, T>{}, BLoader<true, T>{});
-  else go(ALoader<false, T>{}, BLoader<false, T>{});
+  });
 }
 
 }  // namespace vgg::VGG_GPU_NS::gemm

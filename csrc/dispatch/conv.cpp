@@ -71,6 +71,16 @@ void check_gpu_pass(const char* op, const Device& device, const Conv2dShape& s, 
   check_gpu_gemm(op, device, M, N, kdim);
 }
 
+// The two tensors of a backward pass against the forward's geometry: a float dtype the device computes, one
+// device and dtype for both, and the shapes the geometry gives them.
+void check_pass_tensors(const char* op, const char* a_name, const Tensor& a, const Shape& a_shape,
+                        const char* b_name, const Tensor& b, const Shape& b_shape) {
+  check_float(op, a_name, a);
+  check_same(op, a_name, a, b_name, b);
+  check_shape(op, a_name, a, a_shape);
+  check_shape(op, b_name, b, b_shape);
+}
+
 // (rows, cols) view of a tensor whose last axis is `cols`.
 int64_t rows_of(const Tensor& t) { return t.dim() == 0 || t.size(-1) == 0 ? 0 : t.numel() / t.size(-1); }
 
@@ -103,10 +113,7 @@ Tensor conv2d_forward(const Tensor& x, const Tensor& w, const std::optional<Tens
 // against it (dtype, device, and that their shapes are the ones s describes), plus the pass's own GPU limits.
 Tensor conv2d_backward_data(const Tensor& dy, const Tensor& w, const Conv2dShape& s) {
   const char* op = "conv2d_backward_data";
-  check_float(op, "grad_output", dy);
-  check_same(op, "grad_output", dy, "weight", w);
-  check_shape(op, "weight", w, {s.K, s.R, s.S, s.C});
-  check_shape(op, "grad_output", dy, {s.N, s.P, s.Q, s.K});
+  check_pass_tensors(op, "grad_output", dy, {s.N, s.P, s.Q, s.K}, "weight", w, {s.K, s.R, s.S, s.C});
   check_gpu_pass(op, dy.device(), s, s.N * s.H * s.W, s.C, s.R * s.S * s.K);
   Tensor dx = Tensor::empty({s.N, s.H, s.W, s.C}, dy.dtype(), dy.device());
   VGG_RUN_KERNEL_BF16(dy.device(), dy.dtype(), conv2d_backward_data, conv2d_backward_data_bf16,
@@ -123,10 +130,7 @@ Tensor conv2d_backward_data(const Tensor& dy, const Tensor& w, const Shape& x_sh
 
 Tensor conv2d_backward_weight(const Tensor& x, const Tensor& dy, const Conv2dShape& s) {
   const char* op = "conv2d_backward_weight";
-  check_float(op, "input", x);
-  check_same(op, "input", x, "grad_output", dy);
-  check_shape(op, "input", x, {s.N, s.H, s.W, s.C});
-  check_shape(op, "grad_output", dy, {s.N, s.P, s.Q, s.K});
+  check_pass_tensors(op, "input", x, {s.N, s.H, s.W, s.C}, "grad_output", dy, {s.N, s.P, s.Q, s.K});
   check_gpu_pass(op, x.device(), s, s.K, s.R * s.S * s.C, s.N * s.P * s.Q);
   Tensor dw = Tensor::empty({s.K, s.R, s.S, s.C}, x.dtype(), x.device());
   VGG_RUN_KERNEL_BF16(x.device(), x.dtype(), conv2d_backward_weight, conv2d_backward_weight_bf16,

@@ -38,6 +38,9 @@ from PIL import Image, ImageDraw, ImageFilter
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
+# The transform before crop-first resampling is the test suite's oracle (tests/pipeline_reference.py): one copy.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+import pipeline_reference  # noqa: E402
 
 import vggcore as vc  # noqa: E402
 from vggcore import data  # noqa: E402
@@ -98,32 +101,23 @@ def ensure_photos(root: Path, n: int, seed=0, size=(500, 375)) -> Path:
 
 # ------------------------------------------------------------------------------------- the three pipelines
 
+def _add_stages(stages, t0, t1, t2, t3):
+    """Adds one image's decode (t0..t1), resample (t1..t2) and augment (t2..t3) CPU seconds to ``stages``."""
+    stages["decode"] += t1 - t0
+    stages["resample"] += t2 - t1
+    stages["augment"] += t3 - t2
+
+
 def before_transform(tf: data.TrainTransform, path, rng, stages):
     """vggcore's training transform before the crop-first pipeline, with its stages timed."""
     t0 = cpu_clock()
     img = data.load_rgb(path)
     t1 = cpu_clock()
-    s = int(rng.integers(tf.smin, tf.smax + 1))
-    arr = np.asarray(data.rescale(img, s))
+    arr = pipeline_reference.rescale_whole_image(tf, img, rng)
     t2 = cpu_clock()
-    hh, ww = arr.shape[:2]
-    y = int(rng.integers(0, hh - tf.crop + 1))
-    x = int(rng.integers(0, ww - tf.crop + 1))
-    arr = arr[y:y + tf.crop, x:x + tf.crop]
-    if tf.flip and rng.random() < 0.5:
-        arr = arr[:, ::-1]
-    out = arr.astype(np.float32)
-    shift = tf.mean_rgb
-    if tf.colour_std > 0:
-        alpha = rng.normal(0.0, tf.colour_std, size=3)
-        shift = tf.mean_rgb - (tf.colour_basis @ alpha).astype(np.float32)
-    out -= shift
-    if tf.input_scale != 1.0:
-        out *= tf.input_scale
+    out = pipeline_reference.crop_and_augment(tf, arr, rng)
     t3 = cpu_clock()
-    stages["decode"] += t1 - t0
-    stages["resample"] += t2 - t1
-    stages["augment"] += t3 - t2
+    _add_stages(stages, t0, t1, t2, t3)
     return out
 
 
@@ -145,9 +139,7 @@ def baseline_transform(s, crop, path, rng, stages):
     out = (np.asarray(img, dtype=np.float32) / 255.0 - np.float32([0.485, 0.456, 0.406])) / np.float32(
         [0.229, 0.224, 0.225])
     t3 = cpu_clock()
-    stages["decode"] += t1 - t0
-    stages["resample"] += t2 - t1
-    stages["augment"] += t3 - t2
+    _add_stages(stages, t0, t1, t2, t3)
     return out
 
 
@@ -165,9 +157,7 @@ def vggcore_transform(tf, path, rng, stages, out):
     t2 = cpu_clock()
     data._crop_to_float(arr, plan.flip, plan.shift, tf.input_scale, out)
     t3 = cpu_clock()
-    stages["decode"] += t1 - t0
-    stages["resample"] += t2 - t1
-    stages["augment"] += t3 - t2
+    _add_stages(stages, t0, t1, t2, t3)
     return out
 
 

@@ -279,12 +279,37 @@ PYBIND11_MODULE(_C, m) {
 
   using namespace vgg::ops;
   const auto release = py::call_guard<InterruptGuard, py::gil_scoped_release>();
+  // Made only by conv2d_forward_with_shape (no constructor): a Conv2dShape in Python is one dispatch checked.
+  py::class_<vgg::Conv2dShape>(m, "Conv2dShape", "conv2d's validated geometry, as the forward checked it")
+      .def_readonly("N", &vgg::Conv2dShape::N).def_readonly("H", &vgg::Conv2dShape::H)
+      .def_readonly("W", &vgg::Conv2dShape::W).def_readonly("C", &vgg::Conv2dShape::C)
+      .def_readonly("K", &vgg::Conv2dShape::K).def_readonly("R", &vgg::Conv2dShape::R)
+      .def_readonly("S", &vgg::Conv2dShape::S).def_readonly("P", &vgg::Conv2dShape::P)
+      .def_readonly("Q", &vgg::Conv2dShape::Q).def_readonly("stride_h", &vgg::Conv2dShape::stride_h)
+      .def_readonly("stride_w", &vgg::Conv2dShape::stride_w).def_readonly("pad_h", &vgg::Conv2dShape::pad_h)
+      .def_readonly("pad_w", &vgg::Conv2dShape::pad_w)
+      .def("__repr__", [](const vgg::Conv2dShape& s) {
+        return vgg::cat("Conv2dShape(x (", s.N, ", ", s.H, ", ", s.W, ", ", s.C, "), w (", s.K, ", ", s.R, ", ", s.S,
+                        ", ", s.C, "), stride ", s.stride_h, ", pad ", s.pad_h, " -> y (", s.N, ", ", s.P, ", ", s.Q,
+                        ", ", s.K, "))");
+      });
   m.def("conv2d_forward", &conv2d_forward, "x (N,H,W,C), w (K,R,S,C), bias (K) -> y (N,P,Q,K)", py::arg("x"),
         py::arg("w"), py::arg("bias"), py::arg("stride"), py::arg("pad"), release);
-  m.def("conv2d_backward_data", &conv2d_backward_data, "dy (N,P,Q,K), w -> dx (x_shape)", py::arg("dy"), py::arg("w"),
+  m.def("conv2d_forward_with_shape", &conv2d_forward_with_shape,
+        "x (N,H,W,C), w (K,R,S,C), bias (K) -> (y (N,P,Q,K), the Conv2dShape it validated, for the backward passes)",
+        py::arg("x"), py::arg("w"), py::arg("bias"), py::arg("stride"), py::arg("pad"), release);
+  m.def("conv2d_backward_data", py::overload_cast<const Tensor&, const Tensor&, const vgg::Conv2dShape&>(
+            &conv2d_backward_data), "dy (N,P,Q,K), w -> dx (N,H,W,C), shape as conv2d_forward_with_shape returned it",
+        py::arg("dy"), py::arg("w"), py::arg("shape"), release);
+  m.def("conv2d_backward_data", py::overload_cast<const Tensor&, const Tensor&, const Shape&, int64_t, int64_t>(
+            &conv2d_backward_data), "dy (N,P,Q,K), w -> dx (x_shape)", py::arg("dy"), py::arg("w"),
         py::arg("x_shape"), py::arg("stride"), py::arg("pad"), release);
-  m.def("conv2d_backward_weight", &conv2d_backward_weight, "x, dy -> dw (w_shape)", py::arg("x"), py::arg("dy"),
-        py::arg("w_shape"), py::arg("stride"), py::arg("pad"), release);
+  m.def("conv2d_backward_weight", py::overload_cast<const Tensor&, const Tensor&, const vgg::Conv2dShape&>(
+            &conv2d_backward_weight), "x, dy -> dw (K,R,S,C), shape as conv2d_forward_with_shape returned it",
+        py::arg("x"), py::arg("dy"), py::arg("shape"), release);
+  m.def("conv2d_backward_weight", py::overload_cast<const Tensor&, const Tensor&, const Shape&, int64_t, int64_t>(
+            &conv2d_backward_weight), "x, dy -> dw (w_shape)", py::arg("x"), py::arg("dy"), py::arg("w_shape"),
+        py::arg("stride"), py::arg("pad"), release);
   m.def("bias_backward", &bias_backward, "dy (..., K) -> db (K)", py::arg("dy"), release);
   m.def("linear_forward", &linear_forward, "x (..., IN), w (OUT, IN), bias (OUT) -> y (..., OUT)", py::arg("x"),
         py::arg("w"), py::arg("bias"), release);

@@ -9,9 +9,11 @@
 
 #include <optional>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "core/tensor.h"
+#include "shapes.h"
 
 namespace vgg::ops {
 
@@ -20,10 +22,18 @@ using Shape = std::vector<int64_t>;
 // ---- convolution ----------------------------------------------------------------------------------------
 // x (N,H,W,C), w (K,R,S,C), bias (K) -> y (N,P,Q,K);  P = (H + 2 pad - R) / stride + 1, likewise Q
 Tensor conv2d_forward(const Tensor& x, const Tensor& w, const std::optional<Tensor>& bias, int64_t stride, int64_t pad);
+// The same, with the geometry it validated: the backward passes take that one instead of checking it again.
+std::pair<Tensor, Conv2dShape> conv2d_forward_with_shape(const Tensor& x, const Tensor& w,
+                                                         const std::optional<Tensor>& bias, int64_t stride,
+                                                         int64_t pad);
 // dy (N,P,Q,K), w (K,R,S,C) -> dx with x_shape (N,H,W,C)
 Tensor conv2d_backward_data(const Tensor& dy, const Tensor& w, const Shape& x_shape, int64_t stride, int64_t pad);
+// dy (N,P,Q,K), w (K,R,S,C) -> dx (N,H,W,C), s the forward's geometry (dy's and w's shapes must be its own)
+Tensor conv2d_backward_data(const Tensor& dy, const Tensor& w, const Conv2dShape& s);
 // x (N,H,W,C), dy (N,P,Q,K) -> dw with w_shape (K,R,S,C)
 Tensor conv2d_backward_weight(const Tensor& x, const Tensor& dy, const Shape& w_shape, int64_t stride, int64_t pad);
+// x (N,H,W,C), dy (N,P,Q,K) -> dw (K,R,S,C), s the forward's geometry (x's and dy's shapes must be its own)
+Tensor conv2d_backward_weight(const Tensor& x, const Tensor& dy, const Conv2dShape& s);
 // dy (..., K) -> db (K): the sum over every axis but the last (bias gradient of conv2d and linear)
 Tensor bias_backward(const Tensor& dy);
 

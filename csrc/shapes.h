@@ -9,12 +9,19 @@
 namespace vgg {
 
 // x (N, H, W, C) * w (K, R, S, C) -> y (N, P, Q, K)
-// P = (H + 2*pad - R) / stride + 1, Q = (W + 2*pad - S) / stride + 1.
+// P = (H + 2*pad_h - R) / stride_h + 1, Q = (W + 2*pad_w - S) / stride_w + 1.
+// The one convolution geometry of every backend: dispatch fills it once from the op's arguments (conv2d's
+// stride and padding are the same along both axes), the CPU and GPU kernels read it, the backward passes get the
+// forward's (bound to Python as _C.Conv2dShape). Separate axes and negative padding (cropping) exist for the CPU
+// backend's internal convolutions only: its backward-data of an R != S filter is a forward convolution with a
+// different padding along each axis, negative when pad > R - 1. The GPU kernels read it through the int32 view
+// gemm::ConvGeometryOf (csrc/cuda/gemm_loaders.cuh), made in one place (csrc/cuda/conv2d.cu).
 struct Conv2dShape {
-  int64_t N, H, W, C;  // input
-  int64_t K, R, S;     // filters: K outputs of R x S x C
-  int64_t stride, pad; // same along height and width
-  int64_t P, Q;        // output height and width
+  int64_t N, H, W, C;         // input
+  int64_t K, R, S;            // filters: K outputs of R x S x C
+  int64_t stride_h, stride_w; // >= 1
+  int64_t pad_h, pad_w;       // zero padding on each side (>= 0 from dispatch)
+  int64_t P, Q;               // output height and width
 };
 
 // Pooling over R x S windows, no padding, floor mode: x (N, H, W, C) -> y (N, P, Q, C)

@@ -1,4 +1,4 @@
-"""The GPU GEMM planner (plan_gemm in csrc/cuda/gemm_tiles.cuh): whole waves from the device's SM count and the
+"""The GPU GEMM planner (plan_gemm in csrc/cuda/gemm_plan.cuh): whole waves from the device's SM count and the
 kernel's occupancy. On sim the device is the model of an H100/H200 (132 SMs; blocks per SM from the kernel's
 threads, shared memory and launch-bounds register target); on cuda the real device and occupancy calculator."""
 import math

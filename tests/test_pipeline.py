@@ -8,6 +8,8 @@ from PIL import Image
 
 from vggcore import data
 
+from pipeline_reference import whole_image_transform
+
 # compute_stats of stats_fixture() as computed by the single-threaded implementation that preceded the threaded
 # one (fancy indexing of float64 pixels), pinned here: (sample, seed) -> stats.
 PINNED = {
@@ -71,26 +73,6 @@ def test_statistics_say_what_they_do_and_use_the_cache(tmp_path):
     assert "cached in" in lines[1] and not calls
 
 
-def _whole_image_reference(tf, img, rng):
-    """The training transform before crop-first resampling: rescale the whole image, then crop (same draws)."""
-    s = int(rng.integers(tf.smin, tf.smax + 1))
-    arr = np.asarray(data.rescale(img, s))
-    h, w = arr.shape[:2]
-    y = int(rng.integers(0, h - tf.crop + 1))
-    x = int(rng.integers(0, w - tf.crop + 1))
-    arr = arr[y:y + tf.crop, x:x + tf.crop]
-    if tf.flip and rng.random() < 0.5:
-        arr = arr[:, ::-1]
-    out = arr.astype(np.float32)
-    shift = tf.mean_rgb
-    if tf.colour_std > 0:
-        alpha = rng.normal(0.0, tf.colour_std, size=3)
-        shift = tf.mean_rgb - (tf.colour_basis @ alpha).astype(np.float32)
-    out -= shift
-    out *= tf.input_scale
-    return out
-
-
 def test_crop_first_resampling_matches_rescaling_the_whole_image():
     gen = np.random.default_rng(0)
     q, _ = np.linalg.qr(gen.standard_normal((3, 3)))
@@ -102,7 +84,7 @@ def test_crop_first_resampling_matches_rescaling_the_whole_image():
         scale = [lo, (lo, lo + 60), min(w, h)][t % 3]      # downscale, upscale, and no rescale at all
         tf = data.TrainTransform(32, scale, [100, 110, 120], eigval=[0.1, 0.02, 0.01], eigvec=q, input_scale=1.0)
         got = tf(img, np.random.default_rng([5, t]))
-        ref = _whole_image_reference(tf, img, np.random.default_rng([5, t]))
+        ref = whole_image_transform(tf, img, np.random.default_rng([5, t]))
         # Same crop, flip and colour shift; Pillow's single-precision box moves a sample by ~1e-5 pixel, so a
         # value can round to the neighbouring level (never further).
         assert np.abs(got - ref).max() <= 1.0 + 1e-4, (w, h, scale)

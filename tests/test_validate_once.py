@@ -76,3 +76,75 @@ def test_loss_backward_uses_the_labels_saved_by_the_forward(rng):
     np.testing.assert_array_equal(saved_labels.numpy(), target)
     loss.backward()
     assert_close(logits.grad, ref.cross_entropy_backward(logits.numpy(), target), 1e-12, "dlogits")
+
+
+# A 3x2 filter with stride 2 and padding 1: the CPU's data gradient runs as a convolution padded differently along
+# each axis, the GPU's gathers dy through both strides.
+X_SHAPE, W_SHAPE, STRIDE, PAD = (2, 7, 6, 3), (4, 3, 2, 3), 2, 1
+
+
+def _conv_inputs(rng, device):
+    # small integers: every sum is exact in float32, so both paths and the reference agree to the bit
+    x = rng.integers(-3, 4, X_SHAPE).astype(np.float32)
+    w = rng.integers(-3, 4, W_SHAPE).astype(np.float32)
+    return x, w, vc.tensor(x, device=device)._data, vc.tensor(w, device=device)._data
+
+
+@pytest.mark.parametrize("device", vc.devices())
+def test_conv2d_forward_returns_the_geometry_its_backward_passes_take(device, rng):
+    x, w, X, W = _conv_inputs(rng, device)
+    y, shape = _C.conv2d_forward_with_shape(X, W, None, STRIDE, PAD)
+    assert isinstance(shape, _C.Conv2dShape)
+    assert (shape.N, shape.H, shape.W, shape.C, shape.K, shape.R, shape.S) == (2, 7, 6, 3, 4, 3, 2)
+    assert (shape.stride_h, shape.stride_w, shape.pad_h, shape.pad_w, shape.P, shape.Q) == (2, 2, 1, 1, 4, 4)
+    np.testing.assert_array_equal(y.numpy(), ref.conv2d(x, w, stride=STRIDE, padding=PAD))
+    dy = rng.integers(-3, 4, y.shape).astype(np.float32)
+    DY = vc.tensor(dy, device=device)._data
+    dx_ref, dw_ref, _ = ref.conv2d_backward(x, w, dy, stride=STRIDE, padding=PAD)
+    dx = _C.conv2d_backward_data(DY, W, shape).numpy()
+    dw = _C.conv2d_backward_weight(X, DY, shape).numpy()
+    np.testing.assert_array_equal(dx, dx_ref)
+    np.testing.assert_array_equal(dw, dw_ref)
+    # the bindings that take the shapes, stride and padding (and validate them again) give the same bits
+    np.testing.assert_array_equal(_C.conv2d_backward_data(DY, W, list(X_SHAPE), STRIDE, PAD).numpy(), dx)
+    np.testing.assert_array_equal(_C.conv2d_backward_weight(X, DY, list(W_SHAPE), STRIDE, PAD).numpy(), dw)
+
+
+@pytest.mark.parametrize("device", vc.devices())
+def test_backward_with_the_forward_geometry_refuses_tensors_it_does_not_describe(device, rng):
+    x, w, X, W = _conv_inputs(rng, device)
+    y, shape = _C.conv2d_forward_with_shape(X, W, None, STRIDE, PAD)
+    dy = vc.tensor(np.ones(y.shape, np.float32), device=device)._data
+    wrong_dy = vc.tensor(np.ones((2, 4, 3, 4), np.float32), device=device)._data
+    with pytest.raises(ValueError, match=r"conv2d_backward_data: grad_output .*\(2, 4, 4, 4\)"):
+        _C.conv2d_backward_data(wrong_dy, W, shape)
+    with pytest.raises(ValueError, match=r"conv2d_backward_data: weight"):
+        _C.conv2d_backward_data(dy, vc.tensor(np.ones((4, 2, 3, 3), np.float32), device=device)._data, shape)
+    with pytest.raises(ValueError, match=r"conv2d_backward_weight: input"):
+        _C.conv2d_backward_weight(vc.tensor(np.ones((2, 6, 7, 3), np.float32), device=device)._data, dy, shape)
+    with pytest.raises(ValueError, match=r"conv2d_backward_weight: grad_output"):
+        _C.conv2d_backward_weight(X, wrong_dy, shape)
+    with pytest.raises(TypeError, match=r"conv2d_backward_weight: "):
+        _C.conv2d_backward_weight(X, vc.tensor(np.ones(y.shape, np.float64), device="cpu")._data, shape)
+
+
+def test_a_conv2d_geometry_is_only_made_by_the_forward():
+    with pytest.raises(TypeError):
+        _C.Conv2dShape()
+    _, shape = _C.conv2d_forward_with_shape(vc.tensor(np.ones(X_SHAPE, np.float32))._data,
+                                            vc.tensor(np.ones(W_SHAPE, np.float32))._data, None, STRIDE, PAD)
+    with pytest.raises(AttributeError):
+        shape.P = 100
+    assert "stride 2, pad 1" in repr(shape)
+
+
+def test_the_autograd_context_keeps_the_forward_geometry(rng):
+    x = vc.tensor(rng.integers(-3, 4, X_SHAPE).astype(np.float32), requires_grad=True)
+    w = vc.tensor(rng.integers(-3, 4, W_SHAPE).astype(np.float32), requires_grad=True)
+    y = F.conv2d(x, w, stride=STRIDE, padding=PAD)
+    assert isinstance(y.grad_fn.geometry, _C.Conv2dShape) and (y.grad_fn.geometry.P, y.grad_fn.geometry.Q) == (4, 4)
+    dy = rng.integers(-3, 4, y.shape).astype(np.float32)
+    y.backward(vc.tensor(dy))
+    dx_ref, dw_ref, _ = ref.conv2d_backward(x.numpy(), w.numpy(), dy, stride=STRIDE, padding=PAD)
+    np.testing.assert_array_equal(x.grad.numpy(), dx_ref)
+    np.testing.assert_array_equal(w.grad.numpy(), dw_ref)

@@ -20,6 +20,6 @@ static const lab::Variant kVariants[] = {
 };
 
 int main(int argc, char** argv) {
-  const lab::Conv2dShape s = lab::parse_shape(argc, argv, {8, 56, 56, 128, 256, 3, 3, 1, 1, 56, 56});
+  const lab::Conv2dShape s = lab::parse_shape(argc, argv, {8, 56, 56, 128, 256, 3, 3, 1, 1, 1, 1, 56, 56});
   return lab::run_lab("conv2d backward weight", lab::Pass::backward_weight, s, launch, kVariants, int(std::size(kVariants)));
 }

@@ -11,11 +11,8 @@
 //   5. prints ms, TFLOP/s (2*N*P*Q*K*R*S*C per pass) and the time ratio to cuDNN.
 // Exit status: 0 all variants valid, 1 a variant failed validation, 2 a CUDA or cuDNN error.
 //
-// The production sources are compiled into this translation unit (nvcc, namespace vgg::cuda), with the
-// runtime services they need provided below: the stream (the legacy default stream, which the events bracket),
-// scratch memory (stream-ordered cudaMallocAsync, as the production allocator is stream-ordered too) and the
-// after-launch hook (a no-op: the production one synchronises only under VGG_CUDA_SYNC_LAUNCHES, which would
-// distort the timings; launch errors are still checked by each launcher).
+// The production kernels come from lab_kernels.o (lab_kernels.cu, compiled once for every lab): each lab calls
+// their entry points (csrc/cuda/gpu_kernels.h, namespace vgg::cuda) and the plan and precision setters.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -28,10 +25,10 @@
 #include <string>
 #include <vector>
 
-#include "core/precision.cpp"
-#include "cuda/conv2d.cu"
-#include "cuda/linear.cu"
-#include "cpu/conv_reference.cpp"
+#include "core/precision.h"
+#include "cpu/conv_reference.h"
+#include "cuda/gpu_kernels.h"
+#include "shapes.h"
 
 #ifdef VGG_LAB_CUDNN
 #include <cudnn.h>
@@ -45,19 +42,6 @@
       std::exit(2);                                                                                          \
     }                                                                                                        \
   } while (0)
-
-namespace vgg::cuda {
-cudaStream_t current_stream() { return 0; }
-void* workspace_alloc(size_t bytes) {
-  void* p = nullptr;
-  LAB_CUDA(cudaMallocAsync(&p, bytes, 0));
-  return p;
-}
-void workspace_free(void* ptr) noexcept {
-  if (ptr) cudaFreeAsync(ptr, 0);
-}
-void after_launch(const std::string&) {}
-}  // namespace vgg::cuda
 
 namespace lab {
 
@@ -108,10 +92,12 @@ inline Conv2dShape parse_shape(int argc, char** argv, const Conv2dShape& fallbac
     std::exit(2);
   }
   Conv2dShape s{};
-  int64_t* fields[] = {&s.N, &s.H, &s.W, &s.C, &s.K, &s.R, &s.S, &s.stride, &s.pad};
+  int64_t* fields[] = {&s.N, &s.H, &s.W, &s.C, &s.K, &s.R, &s.S, &s.stride_h, &s.pad_h};
   for (int i = 0; i < 9; ++i) *fields[i] = std::atoll(argv[i + 1]);
-  s.P = (s.H + 2 * s.pad - s.R) / s.stride + 1;
-  s.Q = (s.W + 2 * s.pad - s.S) / s.stride + 1;
+  s.stride_w = s.stride_h;  // conv2d's stride and padding are one number each, as in the Python API
+  s.pad_w = s.pad_h;
+  s.P = (s.H + 2 * s.pad_h - s.R) / s.stride_h + 1;
+  s.Q = (s.W + 2 * s.pad_w - s.S) / s.stride_w + 1;
   return s;
 }
 
@@ -200,7 +186,7 @@ class Cudnn {
     LAB_CUDNN(cudnnSetTensor4dDescriptor(x_, CUDNN_TENSOR_NHWC, CUDNN_DATA_FLOAT, int(s.N), int(s.C), int(s.H), int(s.W)));
     LAB_CUDNN(cudnnSetTensor4dDescriptor(y_, CUDNN_TENSOR_NHWC, CUDNN_DATA_FLOAT, int(s.N), int(s.K), int(s.P), int(s.Q)));
     LAB_CUDNN(cudnnSetFilter4dDescriptor(w_, CUDNN_DATA_FLOAT, CUDNN_TENSOR_NHWC, int(s.K), int(s.C), int(s.R), int(s.S)));
-    LAB_CUDNN(cudnnSetConvolution2dDescriptor(conv_, int(s.pad), int(s.pad), int(s.stride), int(s.stride), 1, 1,
+    LAB_CUDNN(cudnnSetConvolution2dDescriptor(conv_, int(s.pad_h), int(s.pad_w), int(s.stride_h), int(s.stride_w), 1, 1,
                                               CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT));
     LAB_CUDNN(cudnnSetConvolutionMathType(conv_, CUDNN_FMA_MATH));
     int found = 0;
@@ -284,7 +270,7 @@ inline int run_lab(const char* title, Pass pass, const Conv2dShape& s, Launcher 
   LAB_CUDA(cudaGetDeviceProperties(&prop, 0));
   std::printf("%s on %s: N=%lld H=%lld W=%lld C=%lld -> K=%lld, %lldx%lld stride %lld pad %lld (%.1f GFLOP)\n", title,
               prop.name, (long long)s.N, (long long)s.H, (long long)s.W, (long long)s.C, (long long)s.K,
-              (long long)s.R, (long long)s.S, (long long)s.stride, (long long)s.pad, flops * 1e-9);
+              (long long)s.R, (long long)s.S, (long long)s.stride_h, (long long)s.pad_h, flops * 1e-9);
 
   std::printf("validation against the CPU float64 reference, |out - ref| <= tol * max(|ref|, 1):\n");
   std::vector<bool> valid(count);

@@ -25,6 +25,6 @@ int main(int argc, char** argv) {
   }
   const int64_t M = argc == 4 ? std::atoll(argv[1]) : 128, IN = argc == 4 ? std::atoll(argv[2]) : 25088,
                 OUT = argc == 4 ? std::atoll(argv[3]) : 4096;
-  const lab::Conv2dShape s{M, 1, 1, IN, OUT, 1, 1, 1, 0, 1, 1};
+  const lab::Conv2dShape s{M, 1, 1, IN, OUT, 1, 1, 1, 1, 0, 0, 1, 1};
   return lab::run_lab("linear forward (GEMM)", lab::Pass::forward, s, launch, kVariants, int(std::size(kVariants)));
 }

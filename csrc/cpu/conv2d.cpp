@@ -11,7 +11,7 @@
 // with at most 4 input channels (the first layer) go to the direct kernels of conv_small_channels.h instead.
 // VGG_CONV_ALGO (conv_algo.h) overrides the choice; VGG_CONV_ALGO=direct runs the plain loops of conv_reference.h.
 //
-// The packers mirror the GPU's operand loaders (csrc/cuda/gemm_tiles.cuh) and carry their names: Im2colAlongK is
+// The packers mirror the GPU's operand loaders (csrc/cuda/gemm_loaders.cuh) and carry their names: Im2colAlongK is
 // the forward's A, Im2colAlongRows backward-weight's B; FlippedFilterTapsAlongRows is FilterTapsAlongRows read
 // through the 180-degree flip, because the CPU's stride-1 data gradient is a forward convolution of dy while the
 // GPU gathers dy (DyGatherAlongK) against the unflipped taps.
@@ -49,28 +49,14 @@ namespace {
 
 using detail::ceil_div;
 
-// Internal geometry with separate height/width stride and padding: backward-data of an R != S filter
-// becomes a convolution with different paddings along the two axes, and may have negative padding
-// (cropping) when pad > R - 1.
-struct ConvGeom {
-  int64_t N, H, W, C;
-  int64_t K, R, S;
-  int64_t sh, sw, ph, pw;
-  int64_t P, Q;
-};
-
-ConvGeom geom_of(const Conv2dShape& s) {
-  return {s.N, s.H, s.W, s.C, s.K, s.R, s.S, s.stride, s.stride, s.pad, s.pad, s.P, s.Q};
-}
-
 // im2col(x) as the A operand: A(i, p) with i = (n, oh, ow) an output pixel and p = (r, s, c) a filter tap,
 // A(i, p) = x[n, oh*sh - ph + r, ow*sw - pw + s, c], zero outside the image.
 // All rows of a panel share the walk over p, which is R*S runs of up to C contiguous channels; for each run
 // the panel's mr source pointers (null where the tap falls in the padding) go to the kernel's pack_rows.
-// GPU counterpart: gemm::Im2colAlongK (csrc/cuda/gemm_tiles.cuh).
+// GPU counterpart: gemm::Im2colAlongK (csrc/cuda/gemm_loaders.cuh).
 template <typename T> struct Im2colAlongK {
   const T* x;
-  ConvGeom g;
+  Conv2dShape g;
   void operator()(T* dst, int mr, int64_t i0, int64_t mc, int64_t p0, int64_t kc) const {
     const int64_t C = g.C, SC = g.S * g.C;
     const PackRowsFn<T> pack_rows = micro_kernel<T>().pack_rows;
@@ -83,8 +69,8 @@ template <typename T> struct Im2colAlongK {
       for (int64_t ii = 0; ii < rows; ++ii) {
         const int64_t i = i0 + ib + ii;
         const int64_t ow = i % g.Q, t = i / g.Q, oh = t % g.P, n = t / g.P;
-        ih0[ii] = oh * g.sh - g.ph;
-        iw0[ii] = ow * g.sw - g.pw;
+        ih0[ii] = oh * g.stride_h - g.pad_h;
+        iw0[ii] = ow * g.stride_w - g.pad_w;
         xn[ii] = x + n * g.H * g.W * C;
       }
       int64_t r = p0 / SC, s = (p0 % SC) / C, c = p0 % C;
@@ -108,13 +94,13 @@ template <typename T> struct Im2colAlongK {
 // GPU counterpart: gemm::Im2colAlongRows.
 template <typename T> struct Im2colAlongRows {
   const T* x;
-  ConvGeom g;
+  Conv2dShape g;
   void operator()(T* dst, int nr, int64_t p0, int64_t kc, int64_t j0, int64_t nc) const {
     const int64_t C = g.C, SC = g.S * g.C;
     for (int64_t p = 0; p < kc; ++p) {
       const int64_t i = p0 + p;
       const int64_t ow = i % g.Q, t = i / g.Q, oh = t % g.P, n = t / g.P;
-      const int64_t ih0 = oh * g.sh - g.ph, iw0 = ow * g.sw - g.pw;
+      const int64_t ih0 = oh * g.stride_h - g.pad_h, iw0 = ow * g.stride_w - g.pad_w;
       const T* xn = x + n * g.H * g.W * C;
       int64_t r = j0 / SC, s = (j0 % SC) / C, c = j0 % C;
       for (int64_t jj = 0; jj < nc;) {
@@ -165,9 +151,9 @@ template <typename T> struct FlippedFilterTapsAlongRows {
 // x (N,H,W,C), filters as a B operand (RSC, K), bias (K) or nullptr -> y (N,P,Q,K) for any geometry
 // (padding may be negative).
 template <typename T, typename PackB>
-void conv_forward_geom(const T* x, const PackB& filters, const T* bias, T* y, const ConvGeom& g) {
+void conv_forward_geom(const T* x, const PackB& filters, const T* bias, T* y, const Conv2dShape& g) {
   const int64_t M = g.N * g.P * g.Q, RSC = g.R * g.S * g.C;
-  if (g.R == 1 && g.S == 1 && g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0) {
+  if (g.R == 1 && g.S == 1 && g.stride_h == 1 && g.stride_w == 1 && g.pad_h == 0 && g.pad_w == 0) {
     // 1x1, stride 1, no padding: im2col(x) is x itself, (NHW, C) row-major
     gemm_packed(M, g.K, RSC, StridedA<T>{x, g.C, 1}, filters, y, g.K, false, bias);
   } else {
@@ -180,78 +166,77 @@ void conv_forward_geom(const T* x, const PackB& filters, const T* bias, T* y, co
 // x (N,H,W,C), w (K,R,S,C), bias (K) or nullptr -> y (N,P,Q,K)
 template <typename T> void conv2d_forward(const T* x, const T* w, const T* bias, T* y, const Conv2dShape& s) {
   if (conv_algo_setting() == ConvAlgo::direct) return conv2d_forward_direct(x, w, bias, y, s);
-  if (s.R == 3 && s.S == 3 && s.stride == 1) {
-    const Winograd3x3 wg{s.N, s.H, s.W, s.C, s.K, s.pad, s.pad, s.P, s.Q};
+  if (s.R == 3 && s.S == 3 && s.stride_h == 1 && s.stride_w == 1) {
+    const Winograd3x3 wg{s.N, s.H, s.W, s.C, s.K, s.pad_h, s.pad_w, s.P, s.Q};
     if (const int m = winograd_tile_choice<T>(wg)) return winograd_conv3x3(x, w, false, bias, y, wg, m);
   }
   const int64_t RSC = s.R * s.S * s.C;
-  conv_forward_geom(x, StridedB<T>{w, 1, RSC}, bias, y, geom_of(s));  // B(p, k) = w[k, p]
+  conv_forward_geom(x, StridedB<T>{w, 1, RSC}, bias, y, s);  // B(p, k) = w[k, p]
 }
 
 // dy (N,P,Q,K), w (K,R,S,C) -> dx (N,H,W,C)
 template <typename T> void conv2d_backward_data(const T* dy, const T* w, T* dx, const Conv2dShape& s) {
   if (conv_algo_setting() == ConvAlgo::direct) return conv2d_backward_data_direct(dy, w, dx, s);
-  const ConvGeom g = geom_of(s);
-  const int64_t RSC = g.R * g.S * g.C;
-  if (g.N * g.H * g.W * g.C == 0) return;
-  if (g.K == 0 || g.P * g.Q == 0) {
-    std::fill(dx, dx + g.N * g.H * g.W * g.C, T(0));
+  const int64_t RSC = s.R * s.S * s.C;
+  if (s.N * s.H * s.W * s.C == 0) return;
+  if (s.K == 0 || s.P * s.Q == 0) {
+    std::fill(dx, dx + s.N * s.H * s.W * s.C, T(0));
     return;
   }
-  if (g.R == 3 && g.S == 3 && g.sh == 1 && g.sw == 1) {
+  if (s.R == 3 && s.S == 3 && s.stride_h == 1 && s.stride_w == 1) {
     // the same stride-1 convolution as below, by Winograd with the filters read rotated
-    const Winograd3x3 wg{g.N, g.P, g.Q, g.K, g.C, 2 - g.ph, 2 - g.pw, g.H, g.W};
+    const Winograd3x3 wg{s.N, s.P, s.Q, s.K, s.C, 2 - s.pad_h, 2 - s.pad_w, s.H, s.W};
     if (const int m = winograd_tile_choice<T>(wg)) return winograd_conv3x3(dy, w, true, static_cast<const T*>(nullptr), dx, wg, m);
   }
   if constexpr (std::is_same_v<T, float>)
     if (conv_algo_setting() == ConvAlgo::automatic && conv2d_backward_data_small_channels(dy, w, dx, s)) return;
-  if (g.sh == 1 && g.sw == 1) {
+  if (s.stride_h == 1 && s.stride_w == 1) {
     // dx[n,h,w,c] = sum_{k,r,s} dy[n, h+ph-r, w+pw-s, k] w[k,r,s,c]: a stride-1 convolution of dy with the
     // filter flipped in r and s and with K and C swapped, padded by R-1-ph (negative = crop). Its output is
     // P + 2(R-1-ph) - R + 1 = H rows.
-    const ConvGeom gb{g.N, g.P, g.Q, g.K, g.C, g.R, g.S, 1, 1, g.R - 1 - g.ph, g.S - 1 - g.pw, g.H, g.W};
-    conv_forward_geom(dy, FlippedFilterTapsAlongRows<T>{w, g.K, g.R, g.S, g.C}, static_cast<const T*>(nullptr), dx, gb);
+    const Conv2dShape gb{s.N, s.P, s.Q, s.K, s.C, s.R, s.S, 1, 1, s.R - 1 - s.pad_h, s.S - 1 - s.pad_w, s.H, s.W};
+    conv_forward_geom(dy, FlippedFilterTapsAlongRows<T>{w, s.K, s.R, s.S, s.C}, static_cast<const T*>(nullptr), dx, gb);
     return;
   }
   // General stride: gather-style col2im over bands of dx rows. A band [h0, h1) of image n needs the output
   // rows p with p*sh - ph + r in [h0, h1) for some r; their columns dcol (rows x Q, RSC) = dy rows * w are
   // recomputed per band (overlap is R/sh rows), then every dx element sums its own taps in (r, s) order:
   // no scatter, no atomics, each element written once.
-  const int64_t band = 8 * g.sh;
-  const int64_t bands = ceil_div(g.H, band);
+  const int64_t band = 8 * s.stride_h;
+  const int64_t bands = ceil_div(s.H, band);
 #pragma omp parallel for schedule(dynamic, 1) collapse(2)
-  for (int64_t n = 0; n < g.N; ++n)
+  for (int64_t n = 0; n < s.N; ++n)
     for (int64_t b = 0; b < bands; ++b) {
       if (interrupt_pending()) continue;  // Ctrl-C: skip the remaining bands, throw after the region
-      const int64_t h0 = b * band, h1 = std::min(g.H, h0 + band);
-      const int64_t plo = std::max<int64_t>(0, ceil_div(std::max<int64_t>(0, h0 + g.ph - g.R + 1), g.sh));
-      const int64_t phi = std::min<int64_t>(g.P - 1, (h1 - 1 + g.ph) / g.sh);
-      T* dxb = dx + (n * g.H + h0) * g.W * g.C;
-      if (phi < plo || h1 - 1 + g.ph < 0) {
-        std::fill(dxb, dxb + (h1 - h0) * g.W * g.C, T(0));
+      const int64_t h0 = b * band, h1 = std::min(s.H, h0 + band);
+      const int64_t plo = std::max<int64_t>(0, ceil_div(std::max<int64_t>(0, h0 + s.pad_h - s.R + 1), s.stride_h));
+      const int64_t phi = std::min<int64_t>(s.P - 1, (h1 - 1 + s.pad_h) / s.stride_h);
+      T* dxb = dx + (n * s.H + h0) * s.W * s.C;
+      if (phi < plo || h1 - 1 + s.pad_h < 0) {
+        std::fill(dxb, dxb + (h1 - h0) * s.W * s.C, T(0));
         continue;
       }
-      const int64_t rows = (phi - plo + 1) * g.Q;
+      const int64_t rows = (phi - plo + 1) * s.Q;
       T* col = thread_workspace<T>(Slot::conv_col, size_t(rows * RSC));
       // dcol (rows, RSC) = dy (rows, K) * w (K, RSC)
-      gemm_packed(rows, RSC, g.K, StridedA<T>{dy + (n * g.P + plo) * g.Q * g.K, g.K, 1}, StridedB<T>{w, RSC, 1},
+      gemm_packed(rows, RSC, s.K, StridedA<T>{dy + (n * s.P + plo) * s.Q * s.K, s.K, 1}, StridedB<T>{w, RSC, 1},
                   col, RSC, false, static_cast<const T*>(nullptr), false);
       for (int64_t h = h0; h < h1; ++h)
-        for (int64_t wc = 0; wc < g.W; ++wc) {
-          T* out = dx + ((n * g.H + h) * g.W + wc) * g.C;
-          std::fill(out, out + g.C, T(0));
-          for (int64_t r = 0; r < g.R; ++r) {
-            const int64_t th = h + g.ph - r;
-            if (th < 0 || th % g.sh) continue;
-            const int64_t p = th / g.sh;
+        for (int64_t wc = 0; wc < s.W; ++wc) {
+          T* out = dx + ((n * s.H + h) * s.W + wc) * s.C;
+          std::fill(out, out + s.C, T(0));
+          for (int64_t r = 0; r < s.R; ++r) {
+            const int64_t th = h + s.pad_h - r;
+            if (th < 0 || th % s.stride_h) continue;
+            const int64_t p = th / s.stride_h;
             if (p < plo || p > phi) continue;
-            for (int64_t q = 0; q < g.S; ++q) {
-              const int64_t tw = wc + g.pw - q;
-              if (tw < 0 || tw % g.sw) continue;
-              const int64_t oq = tw / g.sw;
-              if (oq >= g.Q) continue;
-              const T* src = col + ((p - plo) * g.Q + oq) * RSC + (r * g.S + q) * g.C;
-              for (int64_t c = 0; c < g.C; ++c) out[c] += src[c];
+            for (int64_t q = 0; q < s.S; ++q) {
+              const int64_t tw = wc + s.pad_w - q;
+              if (tw < 0 || tw % s.stride_w) continue;
+              const int64_t oq = tw / s.stride_w;
+              if (oq >= s.Q) continue;
+              const T* src = col + ((p - plo) * s.Q + oq) * RSC + (r * s.S + q) * s.C;
+              for (int64_t c = 0; c < s.C; ++c) out[c] += src[c];
             }
           }
         }
@@ -262,17 +247,16 @@ template <typename T> void conv2d_backward_data(const T* dy, const T* w, T* dx, 
 // x (N,H,W,C), dy (N,P,Q,K) -> dw (K,R,S,C) = dy^T (K, NPQ) * im2col(x) (NPQ, RSC)
 template <typename T> void conv2d_backward_weight(const T* x, const T* dy, T* dw, const Conv2dShape& s) {
   if (conv_algo_setting() == ConvAlgo::direct) return conv2d_backward_weight_direct(x, dy, dw, s);
-  const ConvGeom g = geom_of(s);
-  const int64_t M = g.K, Ncols = g.R * g.S * g.C, Kd = g.N * g.P * g.Q;
+  const int64_t M = s.K, Ncols = s.R * s.S * s.C, Kd = s.N * s.P * s.Q;
   if (M * Ncols == 0) return;
-  if (g.R == 3 && g.S == 3 && g.sh == 1 && g.sw == 1) {
-    const Winograd3x3 wg{g.N, g.H, g.W, g.C, g.K, g.ph, g.pw, g.P, g.Q};
+  if (s.R == 3 && s.S == 3 && s.stride_h == 1 && s.stride_w == 1) {
+    const Winograd3x3 wg{s.N, s.H, s.W, s.C, s.K, s.pad_h, s.pad_w, s.P, s.Q};
     if (const int m = winograd_weight_tile_choice<T>(wg)) return winograd_conv3x3_backward_weight(x, dy, dw, wg, m);
   }
   if constexpr (std::is_same_v<T, float>)
     if (conv_algo_setting() == ConvAlgo::automatic && conv2d_backward_weight_small_channels(x, dy, dw, s)) return;
-  const StridedA<T> dyt{dy, 1, g.K};  // A(k, m) = dy[m, k]
-  const Im2colAlongRows<T> col{x, g};
+  const StridedA<T> dyt{dy, 1, s.K};  // A(k, m) = dy[m, k]
+  const Im2colAlongRows<T> col{x, s};
   // The reduction runs over every output pixel. Threads share independent column chunks of dw; when there
   // are too few (narrow filters: first layer, few input channels) the pixels are also split into `splits`
   // fixed chunks with their own partial dw, added in chunk order afterwards. The split depends only on the

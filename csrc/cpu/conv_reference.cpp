@@ -11,6 +11,25 @@
 
 namespace vgg::cpu {
 
+namespace {
+
+// The channels of the input pixel x[n, h, v, :] that output (n, p, q) reads through filter tap (r, t), with
+// h = p*stride_h - pad_h + r and v = q*stride_w - pad_w + t; nullptr where that pixel is zero padding.
+template <typename T>
+const T* input_pixel(const T* x, const Conv2dShape& s, int64_t n, int64_t p, int64_t q, int64_t r, int64_t t) {
+  const int64_t h = p * s.stride_h - s.pad_h + r, v = q * s.stride_w - s.pad_w + t;
+  return h < 0 || h >= s.H || v < 0 || v >= s.W ? nullptr : x + ((n * s.H + h) * s.W + v) * s.C;
+}
+
+// The output index that reads input index i through tap offset j along an axis (i = o*stride - pad + j), or -1
+// where none does.
+int64_t output_index(int64_t i, int64_t pad, int64_t j, int64_t stride, int64_t outputs) {
+  const int64_t o = i + pad - j;
+  return o < 0 || o % stride != 0 || o / stride >= outputs ? -1 : o / stride;
+}
+
+}  // namespace
+
 template <typename T> void conv2d_forward_direct(const T* x, const T* w, const T* bias, T* y, const Conv2dShape& s) {
 #pragma omp parallel
   {
@@ -20,13 +39,10 @@ template <typename T> void conv2d_forward_direct(const T* x, const T* w, const T
       for (int64_t p = 0; p < s.P; ++p)
         for (int64_t q = 0; q < s.Q; ++q) {
           for (int64_t k = 0; k < s.K; ++k) acc[k] = bias ? double(bias[k]) : 0.0;
-          for (int64_t r = 0; r < s.R; ++r) {
-            const int64_t h = p * s.stride - s.pad + r;
-            if (h < 0 || h >= s.H) continue;  // zero padding
+          for (int64_t r = 0; r < s.R; ++r)
             for (int64_t t = 0; t < s.S; ++t) {
-              const int64_t v = q * s.stride - s.pad + t;
-              if (v < 0 || v >= s.W) continue;
-              const T* xp = x + ((n * s.H + h) * s.W + v) * s.C;
+              const T* xp = input_pixel(x, s, n, p, q, r, t);
+              if (!xp) continue;  // zero padding
               for (int64_t k = 0; k < s.K; ++k) {
                 const T* wp = w + ((k * s.R + r) * s.S + t) * s.C;
                 double sum = 0.0;
@@ -34,7 +50,6 @@ template <typename T> void conv2d_forward_direct(const T* x, const T* w, const T
                 acc[k] += sum;
               }
             }
-          }
           T* yp = y + ((n * s.P + p) * s.Q + q) * s.K;
           for (int64_t k = 0; k < s.K; ++k) yp[k] = static_cast<T>(acc[k]);
         }
@@ -51,14 +66,12 @@ template <typename T> void conv2d_backward_data_direct(const T* dy, const T* w, 
         for (int64_t v = 0; v < s.W; ++v) {
           std::fill(acc.begin(), acc.end(), 0.0);
           for (int64_t r = 0; r < s.R; ++r) {
-            // the output rows p that read input row h through filter row r: h = p*stride - pad + r
-            const int64_t ph = h + s.pad - r;
-            if (ph < 0 || ph % s.stride != 0 || ph / s.stride >= s.P) continue;
-            const int64_t p = ph / s.stride;
+            // the output row p that reads input row h through filter row r: h = p*stride - pad + r
+            const int64_t p = output_index(h, s.pad_h, r, s.stride_h, s.P);
+            if (p < 0) continue;
             for (int64_t t = 0; t < s.S; ++t) {
-              const int64_t qv = v + s.pad - t;
-              if (qv < 0 || qv % s.stride != 0 || qv / s.stride >= s.Q) continue;
-              const int64_t q = qv / s.stride;
+              const int64_t q = output_index(v, s.pad_w, t, s.stride_w, s.Q);
+              if (q < 0) continue;
               const T* dyp = dy + ((n * s.P + p) * s.Q + q) * s.K;
               for (int64_t k = 0; k < s.K; ++k) {
                 const double d = double(dyp[k]);
@@ -83,17 +96,13 @@ template <typename T> void conv2d_backward_weight_direct(const T* x, const T* dy
         for (int64_t t = 0; t < s.S; ++t) {
           std::fill(acc.begin(), acc.end(), 0.0);
           for (int64_t n = 0; n < s.N; ++n)
-            for (int64_t p = 0; p < s.P; ++p) {
-              const int64_t h = p * s.stride - s.pad + r;
-              if (h < 0 || h >= s.H) continue;
+            for (int64_t p = 0; p < s.P; ++p)
               for (int64_t q = 0; q < s.Q; ++q) {
-                const int64_t v = q * s.stride - s.pad + t;
-                if (v < 0 || v >= s.W) continue;
+                const T* xp = input_pixel(x, s, n, p, q, r, t);
+                if (!xp) continue;
                 const double d = double(dy[((n * s.P + p) * s.Q + q) * s.K + k]);
-                const T* xp = x + ((n * s.H + h) * s.W + v) * s.C;
                 for (int64_t c = 0; c < s.C; ++c) acc[c] += d * double(xp[c]);
               }
-            }
           T* dwp = dw + ((k * s.R + r) * s.S + t) * s.C;
           for (int64_t c = 0; c < s.C; ++c) dwp[c] = static_cast<T>(acc[c]);
         }

@@ -124,8 +124,8 @@ bool conv2d_backward_weight_small_channels(const float* x, const float* dy, floa
   if (!applies(s)) return false;
   const int64_t C = s.C, K = s.K, SC = s.S * C, RSC = s.R * SC, Kp = round_up(K, 32);
   const int64_t rows = s.N * s.P;
-  // the padded input row covers the columns every output pixel reads: q*stride - pad + (0..S-1)
-  const int64_t Wp = (s.Q - 1) * s.stride + s.S;
+  // the padded input row covers the columns every output pixel reads: q*stride_w - pad_w + (0..S-1)
+  const int64_t Wp = (s.Q - 1) * s.stride_w + s.S;
   // fixed chunks of output rows, each with a partial dw laid out (R*S*C, Kp); capped at 16 MiB of partials
   const int64_t splits = std::max<int64_t>(1, std::min<int64_t>({rows, 64, (int64_t(1) << 22) / (RSC * Kp)}));
   float* partial = thread_workspace<float>(Slot::partials, size_t(splits * RSC * Kp));
@@ -138,12 +138,12 @@ bool conv2d_backward_weight_small_channels(const float* x, const float* dy, floa
       if (interrupt_pending()) break;  // Ctrl-C: leave this chunk, throw after the region
       const int64_t n = row / s.P, oh = row % s.P;
       for (int64_t r = 0; r < s.R; ++r) {
-        const int64_t ih = oh * s.stride - s.pad + r;
+        const int64_t ih = oh * s.stride_h - s.pad_h + r;
         if (ih < 0 || ih >= s.H) continue;
         const float* src = x + (n * s.H + ih) * s.W * C;
         float* dst = xrows + r * Wp * C;
         for (int64_t col = 0; col < Wp; ++col) {
-          const int64_t iw = col - s.pad;
+          const int64_t iw = col - s.pad_w;
           for (int64_t c = 0; c < C; ++c) dst[col * C + c] = (iw >= 0 && iw < s.W) ? src[iw * C + c] : 0.0f;
         }
       }
@@ -152,11 +152,11 @@ bool conv2d_backward_weight_small_channels(const float* x, const float* dy, floa
       for (int64_t kb = 0; kb < K; kb += 32) {
         const __mmask16 m0 = lanes_below(K - kb), m1 = lanes_below(K - kb - 16);
         for (int64_t r = 0; r < s.R; ++r) {
-          const int64_t ih = oh * s.stride - s.pad + r;
+          const int64_t ih = oh * s.stride_h - s.pad_h + r;
           if (ih < 0 || ih >= s.H) continue;
           for (int64_t j0 = 0; j0 < SC; j0 += kMaxTaps) {
             const int64_t jt = std::min<int64_t>(kMaxTaps, SC - j0);
-            weight_row_tiles[jt](s.Q, dyrow + kb, K, m0, m1, xrows + r * Wp * C + j0, s.stride * C,
+            weight_row_tiles[jt](s.Q, dyrow + kb, K, m0, m1, xrows + r * Wp * C + j0, s.stride_w * C,
                                  part + (r * SC + j0) * Kp + kb, Kp);
           }
         }
@@ -176,7 +176,7 @@ bool conv2d_backward_weight_small_channels(const float* x, const float* dy, floa
 
 // dy (N,P,Q,K), w (K,R,S,C) -> dx (N,H,W,C)
 bool conv2d_backward_data_small_channels(const float* dy, const float* w, float* dx, const Conv2dShape& s) {
-  if (!applies(s) || s.stride != 1) return false;
+  if (!applies(s) || s.stride_h != 1 || s.stride_w != 1) return false;
   const int64_t C = s.C, K = s.K, RS = s.R * s.S, Kp = round_up(K, 16);
   const int pix = data_tile_pixels(int(C));
   const DataPixelsFn tile = data_pixel_tiles[C];
@@ -197,13 +197,13 @@ bool conv2d_backward_data_small_channels(const float* dy, const float* w, float*
       for (int64_t w0 = 0; w0 < s.W; w0 += pix) {
         int64_t ntaps = 0;
         for (int64_t r = 0; r < s.R; ++r) {
-          const int64_t oh = h + s.pad - r;
+          const int64_t oh = h + s.pad_h - r;
           if (oh < 0 || oh >= s.P) continue;
           const float* dyr = dy + (n * s.P + oh) * s.Q * K;
           for (int64_t q = 0; q < s.S; ++q) {
             bool any = false;
             for (int p = 0; p < pix; ++p) {
-              const int64_t ow = w0 + p + s.pad - q;
+              const int64_t ow = w0 + p + s.pad_w - q;
               const bool inside = w0 + p < s.W && ow >= 0 && ow < s.Q;
               dyp[size_t(ntaps * pix + p)] = inside ? dyr + ow * K : zeros.data();
               any = any || inside;

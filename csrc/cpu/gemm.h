@@ -78,7 +78,7 @@ inline int available_threads() {
 
 // ---- packers for plain strided matrices ------------------------------------------------------------------
 // A (M, Kd): A(i, p) = a[i * rs + p * cs]. Writes ceil(mc / mr) panels of kc x mr starting at dst.
-// GPU counterparts (csrc/cuda/gemm_tiles.cuh): cs == 1 is gemm::DenseAlongK, rs == 1 gemm::DenseAlongRows; the
+// GPU counterparts (csrc/cuda/gemm_loaders.cuh): cs == 1 is gemm::DenseAlongK, rs == 1 gemm::DenseAlongRows; the
 // two layouts share one packer here because the CPU packs whole panels and the orientation only picks the loop.
 template <typename T> struct StridedA {
   const T* a;

@@ -1,5 +1,5 @@
 // 2-D convolution of the GPU backend (NHWC activations, KRSC weights), all three passes as implicit GEMMs on
-// the shared tile kernel of gemm_tiles.cuh. Outputs are overwritten.
+// the shared tile kernel of gemm_kernel.cuh. Outputs are overwritten.
 //
 //   forward          y  (N*P*Q, K)   = im2col(x) (N*P*Q, R*S*C)  * w^T (R*S*C, K)        + bias
 //   backward data    dx (N*H*W, C)   = gather(dy) (N*H*W, R*S*K) * w' ((r,s,k), C)
@@ -18,28 +18,23 @@
 
 #include "../core/precision.h"
 #include "common.cuh"
-#include "gemm_tiles.cuh"
+#include "gemm_pass.cuh"
 #include "gpu_kernels.h"
-#include "tc_gemm.cuh"
 
 namespace vgg::VGG_GPU_NS {
 namespace conv2d_detail {
 
+using gemm::run_pass;
+using gemm::vec_aligned;
+
+// The loaders' int32 view of s with operand p (rows: the GEMM operand's row count); dispatch has checked that one
+// image and one filter bank fit in int (check_limits below repeats it for callers that bypass dispatch).
 template <class T>
-inline gemm::ConvGeometryOf<T> conv_geometry(const T* p, int64_t rows, const Conv2dShape& s) {
-  return gemm::ConvGeometryOf<T>{p,
-                            rows,
-                            static_cast<int>(s.N),
-                            static_cast<int>(s.H),
-                            static_cast<int>(s.W),
-                            static_cast<int>(s.C),
-                            static_cast<int>(s.K),
-                            static_cast<int>(s.R),
-                            static_cast<int>(s.S),
-                            static_cast<int>(s.P),
-                            static_cast<int>(s.Q),
-                            static_cast<int>(s.stride),
-                            static_cast<int>(s.pad)};
+inline gemm::ConvViewOf<T> conv_view(const T* p, int64_t rows, const Conv2dShape& s) {
+  auto i32 = [](int64_t v) { return static_cast<int>(v); };
+  return gemm::ConvViewOf<T>{p,           rows,          i32(s.N),      i32(s.H),      i32(s.W),
+                             i32(s.C),    i32(s.K),      i32(s.R),      i32(s.S),      i32(s.P),
+                             i32(s.Q),    i32(s.stride_h), i32(s.stride_w), i32(s.pad_h), i32(s.pad_w)};
 }
 
 // The loaders index within one image (H*W*C, P*Q*K) and one filter bank (K*R*S*C) with int.
@@ -49,21 +44,8 @@ inline void check_limits(const char* op, const Conv2dShape& s) {
     throw std::runtime_error(std::string(op) + ": one image or filter bank exceeds 2^31 elements");
 }
 
-inline bool is_pointwise(const Conv2dShape& s) { return s.R == 1 && s.S == 1 && s.stride == 1 && s.pad == 0; }
-
-// Runs one pass's GEMM on the CUDA cores (Op = void, float only) or on tensor cores (Tf32Op, Bf16Op).
-template <class Op, template <bool, class> class ALoader, template <bool, class> class BLoader, class AParams,
-          class BParams, class T>
-inline void gemm_pass(const char* op, const AParams& ap, const BParams& bp, bool vec, int64_t M, int64_t N,
-                      int64_t kdim, T* out, const T* bias) {
-  if constexpr (std::is_void_v<Op>) gemm::run_gemm<ALoader, BLoader>(op, ap, bp, vec, M, N, kdim, out, bias);
-  else gemm::run_tc_gemm<Op, ALoader, BLoader>(op, ap, bp, vec, M, N, kdim, out, bias);
-}
-
-// The 4-element vector loads (and cp.async copies) need 4 * sizeof(T)-byte aligned pointers.
-template <class T>
-inline bool vec_aligned(const T* p) {
-  return reinterpret_cast<uintptr_t>(p) % (4 * sizeof(T)) == 0;
+inline bool is_pointwise(const Conv2dShape& s) {
+  return s.R == 1 && s.S == 1 && s.stride_h == 1 && s.stride_w == 1 && s.pad_h == 0 && s.pad_w == 0;
 }
 
 // x (N,H,W,C), w (K,R,S,C), bias (K) or nullptr -> y (N,P,Q,K). GEMM M = N*P*Q, N = K, Kdim = R*S*C.
@@ -71,9 +53,9 @@ template <class Op, class T>
 inline void forward(const char* op, const T* x, const T* w, const T* bias, T* y, const Conv2dShape& s) {
   const int64_t M = s.N * s.P * s.Q, RSC = s.R * s.S * s.C;
   const bool vec = s.C % 4 == 0 && vec_aligned(x) && vec_aligned(w);
-  gemm_pass<Op, gemm::Im2colAlongK, gemm::DenseAlongK>(op, conv_geometry(x, M, s),
-                                                       gemm::DenseParamsOf<T>{w, RSC, s.K, RSC}, vec, M, s.K, RSC,
-                                                       y, bias);
+  run_pass<Op, gemm::Im2colAlongK, gemm::DenseAlongK>(op, conv_view(x, M, s),
+                                                      gemm::DenseParamsOf<T>{w, RSC, s.K, RSC}, vec, M, s.K, RSC,
+                                                      y, bias);
 }
 
 // dy (N,P,Q,K), w (K,R,S,C) -> dx (N,H,W,C). GEMM M = N*H*W, N = C, Kdim = R*S*K (k fastest).
@@ -81,8 +63,8 @@ template <class Op, class T>
 inline void backward_data(const char* op, const T* dy, const T* w, T* dx, const Conv2dShape& s) {
   const int64_t M = s.N * s.H * s.W, RSK = s.R * s.S * s.K;
   const bool vec = s.K % 4 == 0 && s.C % 4 == 0 && vec_aligned(dy) && vec_aligned(w);
-  gemm_pass<Op, gemm::DyGatherAlongK, gemm::FilterTapsAlongRows>(op, conv_geometry(dy, M, s), conv_geometry(w, s.C, s),
-                                                                 vec, M, s.C, RSK, dx, static_cast<const T*>(nullptr));
+  run_pass<Op, gemm::DyGatherAlongK, gemm::FilterTapsAlongRows>(op, conv_view(dy, M, s), conv_view(w, s.C, s),
+                                                                vec, M, s.C, RSK, dx, static_cast<const T*>(nullptr));
 }
 
 // x (N,H,W,C), dy (N,P,Q,K) -> dw (K,R,S,C). GEMM M = K, N = R*S*C, Kdim = N*P*Q (split-K).
@@ -90,9 +72,9 @@ template <class Op, class T>
 inline void backward_weight(const char* op, const T* x, const T* dy, T* dw, const Conv2dShape& s) {
   const int64_t NPQ = s.N * s.P * s.Q, RSC = s.R * s.S * s.C;
   const bool vec = s.K % 4 == 0 && s.C % 4 == 0 && vec_aligned(x) && vec_aligned(dy);
-  gemm_pass<Op, gemm::DenseAlongRows, gemm::Im2colAlongRows>(op, gemm::DenseParamsOf<T>{dy, s.K, s.K, NPQ},
-                                                             conv_geometry(x, RSC, s), vec, s.K, RSC, NPQ, dw,
-                                                             static_cast<const T*>(nullptr));
+  run_pass<Op, gemm::DenseAlongRows, gemm::Im2colAlongRows>(op, gemm::DenseParamsOf<T>{dy, s.K, s.K, NPQ},
+                                                            conv_view(x, RSC, s), vec, s.K, RSC, NPQ, dw,
+                                                            static_cast<const T*>(nullptr));
 }
 
 inline bool tf32() { return float32_matmul_precision() == MatmulPrecision::High; }

@@ -5,7 +5,7 @@
 //   backward data    dx (M, IN)   = dy (M, OUT)  * w (OUT, IN)
 //   backward weight  dw (OUT, IN) = dy^T (OUT, M) * x (M, IN)      (split-K over M at small OUT x IN)
 //
-// float32 runs on the CUDA-core kernel (gemm_tiles.cuh), or on TF32 tensor cores with float32 matmul precision
+// float32 runs on the CUDA-core kernel (gemm_kernel.cuh), or on TF32 tensor cores with float32 matmul precision
 // "high"; the bfloat16 entry points run on BF16 tensor cores (tc_gemm.cuh), float32 accumulation.
 // At small batch every pass has a short side (M), so the plan picks the small tiles and splits K to fill the GPU.
 #include <cstdint>
@@ -15,54 +15,43 @@
 
 #include "../core/precision.h"
 #include "common.cuh"
-#include "gemm_tiles.cuh"
+#include "gemm_pass.cuh"
 #include "gpu_kernels.h"
-#include "tc_gemm.cuh"
 #include "tc_probe.h"
 
 namespace vgg::VGG_GPU_NS {
 namespace linear_detail {
 
-template <class Op, template <bool, class> class ALoader, template <bool, class> class BLoader, class T>
-inline void gemm_pass(const char* op, const gemm::DenseParamsOf<T>& ap, const gemm::DenseParamsOf<T>& bp, bool vec,
-                      int64_t M, int64_t N, int64_t kdim, T* out, const T* bias) {
-  if constexpr (std::is_void_v<Op>) gemm::run_gemm<ALoader, BLoader>(op, ap, bp, vec, M, N, kdim, out, bias);
-  else gemm::run_tc_gemm<Op, ALoader, BLoader>(op, ap, bp, vec, M, N, kdim, out, bias);
-}
-
-// The 4-element vector loads (and cp.async copies) need 4 * sizeof(T)-byte aligned pointers.
-template <class T>
-inline bool vec_aligned(const T* p) {
-  return reinterpret_cast<uintptr_t>(p) % (4 * sizeof(T)) == 0;
-}
+using gemm::run_pass;
+using gemm::vec_aligned;
 
 // x (M, IN), w (OUT, IN), bias (OUT) or nullptr -> y (M, OUT). GEMM M = M, N = OUT, Kdim = IN.
 template <class Op, class T>
 inline void forward(const T* x, const T* w, const T* bias, T* y, int64_t M, int64_t OUT, int64_t IN) {
   const bool vec = IN % 4 == 0 && vec_aligned(x) && vec_aligned(w);
-  gemm_pass<Op, gemm::DenseAlongK, gemm::DenseAlongK>("linear_forward", gemm::DenseParamsOf<T>{x, IN, M, IN},
-                                                      gemm::DenseParamsOf<T>{w, IN, OUT, IN}, vec, M, OUT, IN, y,
-                                                      bias);
+  run_pass<Op, gemm::DenseAlongK, gemm::DenseAlongK>("linear_forward", gemm::DenseParamsOf<T>{x, IN, M, IN},
+                                                     gemm::DenseParamsOf<T>{w, IN, OUT, IN}, vec, M, OUT, IN, y,
+                                                     bias);
 }
 
 // dy (M, OUT), w (OUT, IN) -> dx (M, IN). GEMM M = M, N = IN, Kdim = OUT.
 template <class Op, class T>
 inline void backward_data(const T* dy, const T* w, T* dx, int64_t M, int64_t OUT, int64_t IN) {
   const bool vec = OUT % 4 == 0 && IN % 4 == 0 && vec_aligned(dy) && vec_aligned(w);
-  gemm_pass<Op, gemm::DenseAlongK, gemm::DenseAlongRows>("linear_backward_data",
-                                                         gemm::DenseParamsOf<T>{dy, OUT, M, OUT},
-                                                         gemm::DenseParamsOf<T>{w, IN, IN, OUT}, vec, M, IN, OUT, dx,
-                                                         static_cast<const T*>(nullptr));
+  run_pass<Op, gemm::DenseAlongK, gemm::DenseAlongRows>("linear_backward_data",
+                                                        gemm::DenseParamsOf<T>{dy, OUT, M, OUT},
+                                                        gemm::DenseParamsOf<T>{w, IN, IN, OUT}, vec, M, IN, OUT, dx,
+                                                        static_cast<const T*>(nullptr));
 }
 
 // x (M, IN), dy (M, OUT) -> dw (OUT, IN). GEMM M = OUT, N = IN, Kdim = M.
 template <class Op, class T>
 inline void backward_weight(const T* x, const T* dy, T* dw, int64_t M, int64_t OUT, int64_t IN) {
   const bool vec = OUT % 4 == 0 && IN % 4 == 0 && vec_aligned(x) && vec_aligned(dy);
-  gemm_pass<Op, gemm::DenseAlongRows, gemm::DenseAlongRows>("linear_backward_weight",
-                                                            gemm::DenseParamsOf<T>{dy, OUT, OUT, M},
-                                                            gemm::DenseParamsOf<T>{x, IN, IN, M}, vec, OUT, IN, M, dw,
-                                                            static_cast<const T*>(nullptr));
+  run_pass<Op, gemm::DenseAlongRows, gemm::DenseAlongRows>("linear_backward_weight",
+                                                           gemm::DenseParamsOf<T>{dy, OUT, OUT, M},
+                                                           gemm::DenseParamsOf<T>{x, IN, IN, M}, vec, OUT, IN, M, dw,
+                                                           static_cast<const T*>(nullptr));
 }
 
 inline bool tf32() { return float32_matmul_precision() == MatmulPrecision::High; }

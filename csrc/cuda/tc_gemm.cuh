@@ -3,7 +3,7 @@
 //
 //   C (M, N) = A (M, Kdim) * B (Kdim, N)      [+ bias (N)],   C row-major with leading dimension N
 //
-// The operands come from the same loaders as the CUDA-core kernel (gemm_tiles.cuh: implicit im2col, the stride-
+// The operands come from the same loaders as the CUDA-core kernel (gemm_loaders.cuh: implicit im2col, the stride-
 // aware dy gather, dense reads), instantiated on the element type. Per block tile BM x BN x BK:
 //   - STAGES-deep shared-memory ring filled by cp.async (16 bytes of float, 8 of bf16, zero-fill for padding and
 //     tails) when the loader is VEC, else by plain loads and stores (odd channel counts);
@@ -24,7 +24,7 @@
 #include <string>
 
 #include "common.cuh"
-#include "gemm_tiles.cuh"
+#include "gemm_plan.cuh"
 #include "mma.cuh"
 
 namespace vgg::VGG_GPU_NS::gemm {
@@ -354,20 +354,11 @@ template <class Op, template <bool, class> class ALoader, template <bool, class>
           class BParams, class OutT>
 void run_tc_gemm(const char* op, const AParams& ap, const BParams& bp, bool vec, int64_t M, int64_t N, int64_t kdim,
                  OutT* out, const typename Op::Elem* bias) {
-  using T = typename Op::Elem;
-  if (M <= 0 || N <= 0) return;
-  check_gemm_limits(op, M, N, kdim);
-  auto go = [&](auto a, auto b) {
-    using A = decltype(a);
-    using B = decltype(b);
-    a.prm = ap;
-    b.prm = bp;
-    const GemmPlan plan = plan_tc_gemm<Op, A, B, OutT>(M, N, kdim);
+  with_loaders<ALoader, BLoader, typename Op::Elem>(op, ap, bp, vec, M, N, kdim, [&](auto a, auto b) {
+    const GemmPlan plan = plan_tc_gemm<Op, decltype(a), decltype(b), OutT>(M, N, kdim);
     if (plan.large) launch_tc_gemm<TcLargeTiles, Op>(op, a, b, M, N, kdim, out, bias, plan.splits);
     else launch_tc_gemm<TcSmallTiles, Op>(op, a, b, M, N, kdim, out, bias, plan.splits);
-  };
-  if (vec) go(ALoader<true, T>{}, BLoader<true, T>{});
-  else go(ALoader<false, T>{}, BLoader<false, T>{});
+  });
 }
 
 }  // namespace vgg::VGG_GPU_NS::gemm

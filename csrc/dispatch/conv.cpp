@@ -3,14 +3,10 @@
 #include "../ops.h"
 #include "dispatch.h"
 
-namespace vgg::ops {
+namespace vgg::detail {
 
-using namespace vgg::detail;
-
-namespace {
-
-// Validates the geometry once and derives the output size. `x_shape`/`w_shape` are the forward tensors' shapes.
-Conv2dShape conv_geometry(const char* op, const Shape& x_shape, const Shape& w_shape, int64_t stride, int64_t pad) {
+Conv2dShape conv_geometry(const char* op, const std::vector<int64_t>& x_shape, const std::vector<int64_t>& w_shape,
+                          int64_t stride, int64_t pad) {
   VGG_CHECK(x_shape.size() == 4, ValueError, op, ": input must be 4-D NHWC (N, H, W, C), got shape ",
             shape_str(x_shape));
   VGG_CHECK(w_shape.size() == 4, ValueError, op, ": weight must be 4-D (K, R, S, C) = (out, kh, kw, in), got shape ",
@@ -20,7 +16,8 @@ Conv2dShape conv_geometry(const char* op, const Shape& x_shape, const Shape& w_s
   Conv2dShape s{};
   s.N = x_shape[0], s.H = x_shape[1], s.W = x_shape[2], s.C = x_shape[3];
   s.K = w_shape[0], s.R = w_shape[1], s.S = w_shape[2];
-  s.stride = stride, s.pad = pad;
+  s.stride_h = s.stride_w = stride;
+  s.pad_h = s.pad_w = pad;
   VGG_CHECK(w_shape[3] == s.C, ValueError, op, ": input has ", s.C, " channels but weight expects ", w_shape[3],
             " (input ", shape_str(x_shape), " NHWC, weight ", shape_str(w_shape), " KRSC)");
   VGG_CHECK(s.N >= 1 && s.H >= 1 && s.W >= 1 && s.C >= 1, ValueError, op, ": input shape ", shape_str(x_shape),
@@ -41,6 +38,14 @@ Conv2dShape conv_geometry(const char* op, const Shape& x_shape, const Shape& w_s
   return s;
 }
 
+}  // namespace vgg::detail
+
+namespace vgg::ops {
+
+using namespace vgg::detail;
+
+namespace {
+
 // The GPU kernels (devices sim and cuda) index one image, one filter bank and a GEMM's rows and reduction with
 // 32-bit ints, and put a GEMM's column tiles on grid.y (at most 65535 blocks of the small tiles' 64 columns).
 // Checked here, before any allocation, so that a problem too large for them is a ValueError naming the op; the
@@ -55,13 +60,25 @@ void check_gpu_gemm(const char* op, const Device& device, int64_t M, int64_t N, 
             ") exceeds the GPU kernels' limits (M and K below 2^31, N at most ", kGpuMaxGemmColumns, ")");
 }
 
-void check_gpu_conv(const char* op, const Device& device, const Conv2dShape& s) {
+// One pass's limits on devices sim and cuda: the image and filter bank of s, and the pass's GEMM (M, N, kdim).
+void check_gpu_pass(const char* op, const Device& device, const Conv2dShape& s, int64_t M, int64_t N, int64_t kdim) {
   if (device.type == DeviceType::CPU) return;
   VGG_CHECK(s.H * s.W * s.C <= kGpuIndexLimit && s.P * s.Q * s.K <= kGpuIndexLimit &&
                 s.K * s.R * s.S * s.C <= kGpuIndexLimit,
             ValueError, op, ": on ", device.str(), " one image (", s.H, "x", s.W, "x", s.C, " in, ", s.P, "x", s.Q,
             "x", s.K, " out) or the filter bank (", s.K, "x", s.R, "x", s.S, "x", s.C,
             ") exceeds the GPU kernels' 2^31-element limit");
+  check_gpu_gemm(op, device, M, N, kdim);
+}
+
+// The two tensors of a backward pass against the forward's geometry: a float dtype the device computes, one
+// device and dtype for both, and the shapes the geometry gives them.
+void check_pass_tensors(const char* op, const char* a_name, const Tensor& a, const Shape& a_shape,
+                        const char* b_name, const Tensor& b, const Shape& b_shape) {
+  check_float(op, a_name, a);
+  check_same(op, a_name, a, b_name, b);
+  check_shape(op, a_name, a, a_shape);
+  check_shape(op, b_name, b, b_shape);
 }
 
 // (rows, cols) view of a tensor whose last axis is `cols`.
@@ -69,7 +86,9 @@ int64_t rows_of(const Tensor& t) { return t.dim() == 0 || t.size(-1) == 0 ? 0 : 
 
 }  // namespace
 
-Tensor conv2d_forward(const Tensor& x, const Tensor& w, const std::optional<Tensor>& bias, int64_t stride, int64_t pad) {
+std::pair<Tensor, Conv2dShape> conv2d_forward_with_shape(const Tensor& x, const Tensor& w,
+                                                         const std::optional<Tensor>& bias, int64_t stride,
+                                                         int64_t pad) {
   const char* op = "conv2d";
   check_float(op, "input", x);
   check_same(op, "input", x, "weight", w);
@@ -79,40 +98,51 @@ Tensor conv2d_forward(const Tensor& x, const Tensor& w, const std::optional<Tens
     VGG_CHECK(bias->shape() == Shape{s.K}, ValueError, op, ": bias must have shape (", s.K, ",) for weight ",
               shape_str(w.shape()), ", got ", shape_str(bias->shape()));
   }
-  check_gpu_conv(op, x.device(), s);
-  check_gpu_gemm(op, x.device(), s.N * s.P * s.Q, s.K, s.R * s.S * s.C);
+  check_gpu_pass(op, x.device(), s, s.N * s.P * s.Q, s.K, s.R * s.S * s.C);
   Tensor y = Tensor::empty({s.N, s.P, s.Q, s.K}, x.dtype(), x.device());
   VGG_RUN_KERNEL_BF16(x.device(), x.dtype(), conv2d_forward, conv2d_forward_bf16,
                       x.data<T>(), w.data<T>(), bias ? bias->data<T>() : nullptr, y.data<T>(), s);
-  return y;
+  return {std::move(y), s};
+}
+
+Tensor conv2d_forward(const Tensor& x, const Tensor& w, const std::optional<Tensor>& bias, int64_t stride, int64_t pad) {
+  return conv2d_forward_with_shape(x, w, bias, stride, pad).first;
+}
+
+// The backward passes with the forward's geometry: s was validated there, so only the tensors are checked
+// against it (dtype, device, and that their shapes are the ones s describes), plus the pass's own GPU limits.
+Tensor conv2d_backward_data(const Tensor& dy, const Tensor& w, const Conv2dShape& s) {
+  const char* op = "conv2d_backward_data";
+  check_pass_tensors(op, "grad_output", dy, {s.N, s.P, s.Q, s.K}, "weight", w, {s.K, s.R, s.S, s.C});
+  check_gpu_pass(op, dy.device(), s, s.N * s.H * s.W, s.C, s.R * s.S * s.K);
+  Tensor dx = Tensor::empty({s.N, s.H, s.W, s.C}, dy.dtype(), dy.device());
+  VGG_RUN_KERNEL_BF16(dy.device(), dy.dtype(), conv2d_backward_data, conv2d_backward_data_bf16,
+                      dy.data<T>(), w.data<T>(), dx.data<T>(), s);
+  return dx;
 }
 
 Tensor conv2d_backward_data(const Tensor& dy, const Tensor& w, const Shape& x_shape, int64_t stride, int64_t pad) {
   const char* op = "conv2d_backward_data";
   check_float(op, "grad_output", dy);
   check_same(op, "grad_output", dy, "weight", w);
-  const Conv2dShape s = conv_geometry(op, x_shape, w.shape(), stride, pad);
-  check_shape(op, "grad_output", dy, {s.N, s.P, s.Q, s.K});
-  check_gpu_conv(op, dy.device(), s);
-  check_gpu_gemm(op, dy.device(), s.N * s.H * s.W, s.C, s.R * s.S * s.K);
-  Tensor dx = Tensor::empty(x_shape, dy.dtype(), dy.device());
-  VGG_RUN_KERNEL_BF16(dy.device(), dy.dtype(), conv2d_backward_data, conv2d_backward_data_bf16,
-                      dy.data<T>(), w.data<T>(), dx.data<T>(), s);
-  return dx;
+  return conv2d_backward_data(dy, w, conv_geometry(op, x_shape, w.shape(), stride, pad));
+}
+
+Tensor conv2d_backward_weight(const Tensor& x, const Tensor& dy, const Conv2dShape& s) {
+  const char* op = "conv2d_backward_weight";
+  check_pass_tensors(op, "input", x, {s.N, s.H, s.W, s.C}, "grad_output", dy, {s.N, s.P, s.Q, s.K});
+  check_gpu_pass(op, x.device(), s, s.K, s.R * s.S * s.C, s.N * s.P * s.Q);
+  Tensor dw = Tensor::empty({s.K, s.R, s.S, s.C}, x.dtype(), x.device());
+  VGG_RUN_KERNEL_BF16(x.device(), x.dtype(), conv2d_backward_weight, conv2d_backward_weight_bf16,
+                      x.data<T>(), dy.data<T>(), dw.data<T>(), s);
+  return dw;
 }
 
 Tensor conv2d_backward_weight(const Tensor& x, const Tensor& dy, const Shape& w_shape, int64_t stride, int64_t pad) {
   const char* op = "conv2d_backward_weight";
   check_float(op, "input", x);
   check_same(op, "input", x, "grad_output", dy);
-  const Conv2dShape s = conv_geometry(op, x.shape(), w_shape, stride, pad);
-  check_shape(op, "grad_output", dy, {s.N, s.P, s.Q, s.K});
-  check_gpu_conv(op, x.device(), s);
-  check_gpu_gemm(op, x.device(), s.K, s.R * s.S * s.C, s.N * s.P * s.Q);
-  Tensor dw = Tensor::empty(w_shape, x.dtype(), x.device());
-  VGG_RUN_KERNEL_BF16(x.device(), x.dtype(), conv2d_backward_weight, conv2d_backward_weight_bf16,
-                      x.data<T>(), dy.data<T>(), dw.data<T>(), s);
-  return dw;
+  return conv2d_backward_weight(x, dy, conv_geometry(op, x.shape(), w_shape, stride, pad));
 }
 
 Tensor bias_backward(const Tensor& dy) {

@@ -22,6 +22,11 @@
 
 namespace vgg::detail {
 
+// conv2d's geometry, validated once: the forward tensors' shapes x (N, H, W, C) and w (K, R, S, C), stride and
+// padding checked (ValueError naming `op`) and the output size derived. Defined in conv.cpp.
+Conv2dShape conv_geometry(const char* op, const std::vector<int64_t>& x_shape, const std::vector<int64_t>& w_shape,
+                          int64_t stride, int64_t pad);
+
 inline std::string describe(const Tensor& t) {
   return cat(shape_str(t.shape()), " ", dtype_name(t.dtype()), " on ", t.device().str());
 }

@@ -12,20 +12,7 @@
 #include <vector>
 
 #include "../core/precision.h"
-#include "dispatch.h"
-
-#ifdef VGG_WITH_SIM
-#define VGG_GPU_NS sim
-#include "../cuda/stream_timing.h"
-#include "../cuda/tc_probe.h"
-#undef VGG_GPU_NS
-#endif
-#ifdef VGG_WITH_CUDA
-#define VGG_GPU_NS cuda
-#include "../cuda/stream_timing.h"
-#include "../cuda/tc_probe.h"
-#undef VGG_GPU_NS
-#endif
+#include "dispatch.h"  // the GPU entry points, with stream_time_ms, tc_probe and describe_gemm_plan
 
 namespace py = pybind11;
 
@@ -121,13 +108,7 @@ std::pair<Tensor, std::vector<int64_t>> bf16_run(const std::string& op_name, con
   if (conv) {
     const std::vector<int64_t>& xs = bwd_data ? out_shape : a_shape;
     const std::vector<int64_t>& ws = bwd_weight ? out_shape : b_shape;
-    VGG_CHECK(xs.size() == 4 && ws.size() == 4 && xs[3] == ws[3], ValueError, op,
-              ": x and w shapes must be 4-D NHWC/KRSC with equal C");
-    check_positive(op, "stride", stride);
-    s = Conv2dShape{xs[0], xs[1], xs[2], xs[3], ws[0], ws[1], ws[2], stride, pad, 0, 0};
-    s.P = (s.H + 2 * pad - s.R) / stride + 1;
-    s.Q = (s.W + 2 * pad - s.S) / stride + 1;
-    VGG_CHECK(s.P >= 1 && s.Q >= 1, ValueError, op, ": empty output");
+    s = conv_geometry(op, xs, ws, stride, pad);
     out_shape = fwd ? std::vector<int64_t>{s.N, s.P, s.Q, s.K} : bwd_data ? xs : ws;
   } else {
     VGG_CHECK(a_shape.size() == 2 && b_shape.size() == 2, ValueError, op, ": a and b must be 2-D");

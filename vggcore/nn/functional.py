@@ -100,16 +100,16 @@ def _grad_in_dtype(grad, dtype):
 # ---- convolution and fully connected ------------------------------------------------------------------------------
 class _Conv2d(Function):
     def forward(self, x, w, bias, stride, padding):
-        self.stride, self.padding = stride, padding
-        self.x_shape, self.w_shape = list(x.shape), list(w.shape)
         # the data gradient needs w, the weight gradient x
         self.save_for_backward(x if self.needs_grad(1) else None, w if self.needs_grad(0) else None)
-        return _C.conv2d_forward(x, w, bias, stride, padding)
+        # the geometry dispatch validated, which the backward passes take instead of checking it again
+        y, self.geometry = _C.conv2d_forward_with_shape(x, w, bias, stride, padding)
+        return y
 
     def backward(self, dy):
         x, w = self.saved_tensors
-        dx = _C.conv2d_backward_data(dy, w, self.x_shape, self.stride, self.padding) if self.needs_grad(0) else None
-        dw = _C.conv2d_backward_weight(x, dy, self.w_shape, self.stride, self.padding) if self.needs_grad(1) else None
+        dx = _C.conv2d_backward_data(dy, w, self.geometry) if self.needs_grad(0) else None
+        dw = _C.conv2d_backward_weight(x, dy, self.geometry) if self.needs_grad(1) else None
         db = _C.bias_backward(dy) if self.needs_grad(2) else None
         return dx, dw, db
 

@@ -130,6 +130,40 @@ def test_high_precision_really_uses_tf32(device):
 
 # ---- TF32 ----------------------------------------------------------------------------------------------------------
 
+def tf32_round(a):
+    """float32 -> TF32 as cvt.rna does: round to nearest on 10 mantissa bits, ties away from zero."""
+    bits = np.asarray(a, np.float32).view(np.uint32).astype(np.uint64)
+    return ((bits + 0x1000) & 0xFFFFE000).astype(np.uint32).view(np.float32)
+
+
+# 1 + 3 * 2^-12 is not a TF32 value; rounded to nearest it is 1 + 2^-10, truncated (the raw float bits an mma reads
+# without cvt.rna) it is 1. All operands positive: no cancellation, so the float32 accumulation error (at most
+# K * 2^-24 relative, K <= 144 here: < 9e-6, so rtol 2e-5) stays far below the 2^-10 a truncated operand costs.
+NOT_TF32 = np.float32(1 + 3 * 2**-12)
+
+
+@pytest.mark.parametrize("device", GPU)
+@pytest.mark.parametrize("case", CONVS[:2] + LINEARS[:2], ids=["conv-vec", "conv-c3", "linear-m3", "linear-m65"])
+def test_tf32_operands_rounded_to_nearest_not_truncated(device, case):
+    assert tf32_round(NOT_TF32) == np.float32(1 + 2**-10)
+    full = lambda shape: np.full(shape, NOT_TF32, np.float32)  # noqa: E731
+    if len(case) == 8:
+        x, w, b, dy = conv_case(case, None, lambda rng, shape: full(shape))
+        with settings("high"):
+            got = conv_passes(device, x, w, b, dy, case[6], case[7])
+        want = conv_reference(tf32_round(x), tf32_round(w), b, tf32_round(dy), case[6], case[7])
+    else:
+        M, IN, OUT = case
+        x, w, b, dy = full((M, IN)), full((OUT, IN)), full((OUT,)), full((M, OUT))
+        with settings("high"):
+            got = linear_passes(device, x, w, b, dy)
+        dx, dw, _ = ref.linear_backward(tf32_round(x), tf32_round(w), tf32_round(dy))
+        want = (ref.linear(tf32_round(x), tf32_round(w), b), dx, dw)
+    for name, g, r in zip(("forward", "backward data", "backward weight"), got, want):
+        np.testing.assert_allclose(g, r, rtol=2e-5, atol=0, err_msg=f"tf32 rounding {case} {name}")
+
+
+
 @pytest.mark.parametrize("device", GPU)
 @pytest.mark.parametrize("plan", PLANS)
 @pytest.mark.parametrize("case", CONVS, ids=["N{}H{}W{}C{}K{}k{}s{}p{}".format(*c) for c in CONVS])

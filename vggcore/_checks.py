@@ -3,6 +3,7 @@ prediction to score and no state worth calling good; and arguments checked by na
 where Python's own conversions would silently change them."""
 
 import numbers
+import os
 
 import numpy as np
 
@@ -62,3 +63,20 @@ def check_bool(op, name, value):
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{op}: {name} must be True or False, got {type(value).__name__} {value!r}")
     return bool(value)
+
+
+def check_rescaled_image_fits(op: str, smallest_side: int):
+    """Refuses a rescale whose images cannot fit in this machine's memory (MemoryError naming ``op`` and the bytes).
+
+    An image rescaled to smallest side S holds about 2 S^2 RGB pixels (aspect ratios up to 2), float32 where dense
+    evaluation or the transform converts it, and Pillow makes working copies while resizing: a size that cannot
+    fit is refused up front instead of growing until the OOM killer ends the process.
+    """
+    need = 4 * 2 * 3 * smallest_side * smallest_side
+    try:
+        ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return                                  # unknown: nothing to compare against
+    if need > ram:
+        raise MemoryError(f"{op}: scale {smallest_side} means rescaled images of about {need / 2**30:.0f} GiB each, "
+                          f"more than this machine's {ram / 2**30:.0f} GiB of memory")

@@ -34,7 +34,7 @@ from collections import deque
 import numpy as np
 
 from . import data as _data
-from ._checks import check_bool, check_finite_scores, check_int
+from ._checks import check_bool, check_finite_scores, check_int, check_rescaled_image_fits
 
 __all__ = ["evaluate", "predict_images", "protocol_settings", "topk_errors", "multi_crop_offsets", "GRID"]
 
@@ -292,21 +292,8 @@ def _check_arguments(crop, scale, dense, flip, multi_crop, batch_size, num_worke
     check_int("evaluate", "batch_size", batch_size, 1)
     if num_workers is not None:
         check_int("evaluate", "num_workers", num_workers, 1)
-    # A rescaled image holds about 2 Q^2 RGB bytes (aspect ratios up to 2), as float32 for dense evaluation,
-    # and PIL makes working copies; refuse a Q that cannot fit instead of growing until the OOM killer ends it.
-    ram = _physical_memory()
     for q in scales:
-        need = 4 * 2 * 3 * q * q
-        if ram and need > ram:
-            raise MemoryError(f"evaluate: scale {q} means rescaled images of about {need / 2**30:.0f} GiB each, more "
-                              f"than this machine's {ram / 2**30:.0f} GiB of memory")
-
-
-def _physical_memory():
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return 0
+        check_rescaled_image_fits("evaluate", q)
 
 
 def _resolve_protocol(models, crop, scale, dense, multi_crop):

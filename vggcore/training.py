@@ -31,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import io
 import math
-import os
 import sys
 import time
 import warnings
@@ -48,7 +47,7 @@ from . import datasets as _datasets
 from . import random as _random
 from . import _rundir
 from . import _schedule
-from ._checks import NonFiniteScores, check_bool, check_int, check_real, nonfinite_parameters
+from ._checks import NonFiniteScores, check_bool, check_int, check_real, check_rescaled_image_fits, nonfinite_parameters
 from .evaluation import predict_loader, resolve_device, topk_errors
 from .models import config_name, describe, from_description, init_from as _init_from, vgg as _vgg
 from .models import fine_tune_from as _fine_tune_from
@@ -239,22 +238,8 @@ def _check_numbers(settings, max_lr_drops, stats_sample):
     for key, given, least in (("max_lr_drops", max_lr_drops, 0), ("stats_sample", stats_sample, 1)):
         if isinstance(given, bool) or not isinstance(given, (int, np.integer)) or given < least:
             raise ValueError(f"train: {key} must be an int >= {least}, got {given!r}")
-    # A rescaled training or validation image holds about 2 S^2 RGB bytes (aspect ratios up to 2) and PIL makes
-    # working copies while resizing; sizes that cannot fit are refused here instead of by the OOM killer.
     s = settings["scale"]
-    largest = max(s if isinstance(s, int) else s[1], settings.get("eval_scale") or 0)
-    need = 4 * 2 * 3 * largest * largest
-    ram = _physical_memory()
-    if ram and need > ram:
-        raise MemoryError(f"train: scale {largest} means rescaled images of about {need / 2**30:.0f} GiB each, more "
-                          f"than this machine's {ram / 2**30:.0f} GiB of memory")
-
-
-def _physical_memory():
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return 0
+    check_rescaled_image_fits("train", max(s if isinstance(s, int) else s[1], settings.get("eval_scale") or 0))
 
 
 def _parse_scale(scale):

@@ -112,4 +112,16 @@ inline dim3 grid_stride_blocks(int64_t work, int64_t per_block, int64_t max_bloc
 // float4 loads and stores need 16-byte aligned addresses.
 inline bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
 
+// A GPU faults on a vector load or store whose address is not a multiple of its size; x86 does not, so the
+// emulator build checks every one (the kernel's name and thread come with the exception, through the launch).
+__device__ __forceinline__ void check_vector_aligned(const void* p, uintptr_t bytes) {
+#if defined(VGG_SIMT_ACTIVE)
+  if (reinterpret_cast<uintptr_t>(p) % bytes != 0)
+    throw std::logic_error("misaligned " + std::to_string(bytes) + "-byte vector access");
+#else
+  (void)p;
+  (void)bytes;
+#endif
+}
+
 }  // namespace vgg::VGG_GPU_NS

@@ -56,14 +56,7 @@ struct Digits {
   }
 };
 
-// A GPU faults on a misaligned float4 access; x86 does not, so the emulator build checks every one.
-__device__ __forceinline__ void check_aligned16(const void* p) {
-#if defined(VGG_SIMT_ACTIVE)
-  if (reinterpret_cast<uintptr_t>(p) % 16 != 0) throw std::logic_error("gemm_loaders: misaligned float4 access");
-#else
-  (void)p;
-#endif
-}
+__device__ __forceinline__ void check_aligned16(const void* p) { check_vector_aligned(p, 16); }
 
 template <class T>
 __device__ __forceinline__ void set_zero(T (&v)[4]) { v[0] = v[1] = v[2] = v[3] = T{}; }
@@ -79,9 +72,7 @@ __device__ __forceinline__ void load4(float (&v)[4], const float* p) {
 
 // Four bfloat16 (raw bits) in one 8-byte load.
 __device__ __forceinline__ void load4(uint16_t (&v)[4], const uint16_t* p) {
-#if defined(VGG_SIMT_ACTIVE)
-  if (reinterpret_cast<uintptr_t>(p) % 8 != 0) throw std::logic_error("gemm_loaders: misaligned 8-byte access");
-#endif
+  check_vector_aligned(p, 8);
   const uint2 t = *reinterpret_cast<const uint2*>(p);
   v[0] = static_cast<uint16_t>(t.x & 0xFFFFu);
   v[1] = static_cast<uint16_t>(t.x >> 16);

@@ -42,7 +42,9 @@ TESTS_FOR = {
     "sgd.cu": ["test_optim.py", "test_sim_thresholds.py", "test_sim_checks_ops.py", "test_sim_alignment.py"],
     "lrn.cu": COMMON_TESTS,
     "common.cuh": GEMM_TESTS + ["test_sim_alignment.py"],
-    "gemm_tiles.cuh": GEMM_TESTS,
+    "gemm_kernel.cuh": GEMM_TESTS,
+    "gemm_loaders.cuh": GEMM_TESTS,
+    "gemm_plan.cuh": GEMM_TESTS,
     "conv2d.cu": GEMM_TESTS,
     "linear.cu": COMMON_TESTS + ["test_gpu_gemm_plans.py"],
     "tc_gemm.cuh": TC_TESTS,
@@ -50,7 +52,9 @@ TESTS_FOR = {
 }
 
 DIAGNOSTICS = re.compile(r"simt: .*(race on|out-of-bounds|uninitialised|wrote outside|divergent|misaligned|"
-                         r"overflow|reads lane|launch of kernel|exceeds|__launch_bounds__)")
+                         r"overflow|reads lane|launch of kernel|exceeds|__launch_bounds__|read before its)"
+                         # any other error the emulator raises from inside a kernel names the kernel and thread
+                         r"|RuntimeError: simt: kernel ")
 
 
 def sh(cmd, cwd=None, env=None, timeout=None):
@@ -198,8 +202,11 @@ def parse_log(log):
         parts = line.split(None, 3)
         if len(parts) >= 3 and parts[0] in by_id and parts[2].endswith("s"):
             mid, fname, cls, desc = by_id[parts[0]][:4]
-            results[mid] = (mid, fname, cls, desc, parts[1], parts[3] if len(parts) > 3 else "",
-                            float(parts[2][:-1]))
+            status, detail = parts[1], parts[3] if len(parts) > 3 else ""
+            # An emulator diagnostic that the run's own pattern did not know yet (the pattern grew since).
+            if status == "value" and DIAGNOSTICS.search(detail):
+                status = "diagnostic"
+            results[mid] = (mid, fname, cls, desc, status, detail, float(parts[2][:-1]))
     return list(results.values())
 
 

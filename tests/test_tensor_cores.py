@@ -235,6 +235,21 @@ def bf16_round(a):
     return ((((u + 0x7FFF + ((u >> 16) & 1)) >> 16) << 16).astype(np.uint32)).view(np.float32)
 
 
+@pytest.mark.parametrize("device", GPU)
+@pytest.mark.parametrize("IN", [2, 40])
+def test_bf16_output_ties_round_to_even(device, IN):
+    # Exact float32 sums halfway between two bfloat16 values: 1 + 2^-8 lies between 1 (even) and 1 + 2^-7 (odd),
+    # so round-to-nearest-even gives 1 where ties-away-from-zero would give 1 + 2^-7; 1 + 2^-7 + 2^-8 rounds up to
+    # the even 1 + 2^-6 either way. Every input is a bfloat16 value; the columns past the second are zero.
+    x = np.zeros((3, IN), np.float32)
+    x[:, :2] = [[1, 2**-8], [1 + 2**-7, 2**-8], [-1, -2**-8]]
+    w = np.ones((1, IN), np.float32)
+    b = np.zeros(1, np.float32)
+    with settings("highest"):
+        got = C._bf16_matmul("linear_forward", t(x, device), t(w, device), t(b, device)).numpy()
+    np.testing.assert_array_equal(got[:, 0], np.float32([1, 1 + 2**-6, -1]))
+
+
 def bf16_conv(device, x, w, b, dy, stride, pad):
     X, W, B, DY = t(x, device), t(w, device), t(b, device), t(dy, device)
     return (C._bf16_matmul("conv2d_forward", X, W, B, stride=stride, pad=pad).numpy(),

@@ -7,7 +7,10 @@
 // depend on thread order, and overlapping windows (kernel 3, stride 2) need no special case.
 //
 // Every kernel is templated on the element storage T (float, or bfloat16 bits; element_types.cuh): values are
-// compared and summed in float32 and rounded once when stored.
+// compared in float32; sums and means are taken in double and rounded once when stored, as the CPU twin does
+// (csrc/cpu/pool.cpp). That keeps the devices in agreement where a float32 sum would overflow or lose bits
+// before the division: the mean of four values near FLT_MAX is finite, and a float32 sum of them is inf. These
+// kernels are bound by memory traffic, so the double adds cost nothing measurable even where FP64 is slow.
 //
 // Index arithmetic (div/mod by C, Q, P) dominates these kernels; it is done in 32 bits whenever every tensor
 // index fits, which is the common case, and in 64 bits otherwise.
@@ -112,11 +115,11 @@ template <typename T, typename Index>
 __global__ void max_pool2d_backward_kernel(const T* dy, const int32_t* argmax, T* dx, PoolDims<Index> d,
                                            Index total) {
   for (Index i = pool_thread_index<Index>(); i < total; i += pool_grid_threads<Index>()) {
-    float sum = 0.0f;
+    double sum = 0.0;
     for_each_window_containing(i, d, [&](Index o, int32_t self) {
       if (argmax[o] == self) sum += load_element(dy, o);
     });
-    store_element(dx, i, sum);
+    store_element(dx, i, static_cast<float>(sum));
   }
 }
 
@@ -125,7 +128,7 @@ __global__ void max_pool2d_backward_kernel(const T* dy, const int32_t* argmax, T
 // x (N,H,W,C) -> y (N,P,Q,C) = window sum / (R*S)
 template <typename T, typename Index>
 __global__ void avg_pool2d_forward_kernel(const T* x, T* y, PoolDims<Index> d, Index total) {
-  const float window = static_cast<float>(d.R * d.S);
+  const double inv_window = 1.0 / static_cast<double>(d.R * d.S);
   for (Index i = pool_thread_index<Index>(); i < total; i += pool_grid_threads<Index>()) {
     const Index c = i % d.C;
     Index t = i / d.C;
@@ -135,21 +138,21 @@ __global__ void avg_pool2d_forward_kernel(const T* x, T* y, PoolDims<Index> d, I
     const Index n = t / d.P;
     const T* plane = x + n * d.H * d.W * d.C + c;
     const Index h0 = p * d.stride, w0 = q * d.stride;
-    float sum = 0.0f;
+    double sum = 0.0;
     for (Index r = 0; r < d.R; ++r)
       for (Index s = 0; s < d.S; ++s) sum += load_element(plane, ((h0 + r) * d.W + (w0 + s)) * d.C);
-    store_element(y, i, sum / window);
+    store_element(y, i, static_cast<float>(sum * inv_window));
   }
 }
 
 // dy (N,P,Q,C) -> dx (N,H,W,C) = (sum of dy over the windows containing (h, w)) / (R*S)
 template <typename T, typename Index>
 __global__ void avg_pool2d_backward_kernel(const T* dy, T* dx, PoolDims<Index> d, Index total) {
-  const float window = static_cast<float>(d.R * d.S);
+  const double inv_window = 1.0 / static_cast<double>(d.R * d.S);
   for (Index i = pool_thread_index<Index>(); i < total; i += pool_grid_threads<Index>()) {
-    float sum = 0.0f;
+    double sum = 0.0;
     for_each_window_containing(i, d, [&](Index o, int32_t) { sum += load_element(dy, o); });
-    store_element(dx, i, sum / window);
+    store_element(dx, i, static_cast<float>(sum * inv_window));
   }
 }
 
@@ -165,11 +168,12 @@ constexpr int64_t kGapMaxImagesPerGrid = 65535;  // gridDim.y limit; images beyo
 // every 8th position in order, then slice 0 adds the 8 partial sums in order: deterministic.
 template <typename T>
 __global__ void global_avg_pool_forward_kernel(const T* x, T* y, int64_t N, int64_t HW, int64_t C) {
-  VGG_SHARED(float, partial, [kGapSlices][kGapChannels]);
+  VGG_SHARED(double, partial, [kGapSlices][kGapChannels]);
+  const double inv_hw = 1.0 / static_cast<double>(HW);
   const int64_t c = static_cast<int64_t>(blockIdx.x) * kGapChannels + threadIdx.x;
   // The image loop is uniform across the block, so every thread reaches both barriers on every iteration.
   for (int64_t n = blockIdx.y; n < N; n += gridDim.y) {
-    float sum = 0.0f;
+    double sum = 0.0;
     if (c < C) {
       const T* column = x + n * HW * C + c;
       for (int64_t j = threadIdx.y; j < HW; j += kGapSlices) sum += load_element(column, j * C);
@@ -177,9 +181,9 @@ __global__ void global_avg_pool_forward_kernel(const T* x, T* y, int64_t N, int6
     partial[threadIdx.y][threadIdx.x] = sum;
     __syncthreads();
     if (threadIdx.y == 0 && c < C) {
-      float total = 0.0f;
+      double total = 0.0;
       for (int k = 0; k < kGapSlices; ++k) total += partial[k][threadIdx.x];
-      store_element(y, n * C + c, total / static_cast<float>(HW));
+      store_element(y, n * C + c, static_cast<float>(total * inv_hw));
     }
     // Keep the next image's writes to `partial` away from the slice-0 threads still reading it.
     __syncthreads();
@@ -189,11 +193,11 @@ __global__ void global_avg_pool_forward_kernel(const T* x, T* y, int64_t N, int6
 // dy (N, C) -> dx (N, HW, C) = dy / HW broadcast over the HW positions.
 template <typename T, typename Index>
 __global__ void global_avg_pool_backward_kernel(const T* dy, T* dx, Index HW, Index C, Index total) {
-  const float positions = static_cast<float>(HW);
+  const double inv_hw = 1.0 / static_cast<double>(HW);
   for (Index i = pool_thread_index<Index>(); i < total; i += pool_grid_threads<Index>()) {
     const Index c = i % C;
     const Index n = i / (HW * C);
-    store_element(dx, i, load_element(dy, n * C + c) / positions);
+    store_element(dx, i, static_cast<float>(load_element(dy, n * C + c) * inv_hw));
   }
 }
 

@@ -25,6 +25,7 @@ import importlib.util
 import io
 import os
 import threading
+import warnings
 from typing import NamedTuple
 
 import numpy as np
@@ -253,6 +254,7 @@ class NvjpegDecoder(JpegDecoder):
             raise ValueError(f"decode='nvjpeg': {reason}")
         self.lib = lib
         self._per_device = {}
+        self._warned = set()
 
     def check_device(self, device: str):
         if not str(device).startswith("cuda"):
@@ -295,7 +297,13 @@ class NvjpegDecoder(JpegDecoder):
         self.check_device(device)
         index = int(device.split(":")[1]) if ":" in device else 0
         stream = ctypes.c_void_p(_C.cuda_stream(index))
-        single, single_state, batched, batched_state = self._handles(index)
+        try:
+            single, single_state, batched, batched_state = self._handles(index)
+        except RuntimeError as error:       # nvJPEG cannot start on this GPU: every image falls back to the CPU
+            if index not in self._warned:
+                self._warned.add(index)
+                warnings.warn(f"{error}; decoding the JPEGs on the CPU instead", RuntimeWarning, stacklevel=3)
+            return list(range(len(items)))
         base = images.data_ptr
         take, failed = [], []
         for k, (data, offset, height, width) in enumerate(items):

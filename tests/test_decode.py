@@ -369,3 +369,35 @@ def test_nvjpeg_loader_matches_the_cpu_loader(folder):
         b = vdata.augment_batch(xg, device).numpy()
         assert xg.kept.all()
         assert np.abs(a - b).max() <= NVJPEG_BOUNDS[1][0] * _transform().input_scale + 1e-6
+
+
+@pytest.mark.filterwarnings("ignore:train. curves.png is not written")
+def test_train_with_jpeg_bytes_matches_decode_cpu(tmp_path):
+    """vc.train on the cpu with the device decode path (CpuJpegDecoder) trains exactly as decode="cpu": the same
+    batches, a truncated JPEG left out by both; the CLI's --decode reaches train."""
+    from vggcore.cli import build_parser
+    rng = np.random.default_rng(8)
+    for split, count in (("train", 5), ("val", 2)):
+        for c in range(2):
+            d = tmp_path / "data" / split / f"c{c}"
+            d.mkdir(parents=True)
+            for i in range(count):
+                px = _photo(rng, 36 + 2 * i, 40 - i)
+                px[..., c] = np.minimum(px[..., c].astype(int) + 60, 255)
+                (d / f"{i}.jpg").write_bytes(_jpeg_bytes(px, subsampling=i % 3))
+    bad = tmp_path / "data" / "train" / "c1" / "2.jpg"
+    bad.write_bytes(bad.read_bytes()[:200])
+    net = dict(config="A", width=1 / 16, fc_width=16, dropout=0.0, init="he", scale=(32, 36), crop=32, lr=0.02,
+               epochs=1, batch_size=4, seed=2, device="cpu", num_workers=2, stats_sample=20, verbose=False,
+               progress=False, device_augment=True)
+    results = []
+    for decode in ("cpu", vdecode.CpuJpegDecoder()):
+        with pytest.warns(vdata.CorruptImageWarning):
+            results.append(vc.train(data=str(tmp_path / "data"), decode=decode, **net))
+    a, b = results
+    assert a.history[0]["skipped_files"] == b.history[0]["skipped_files"] == 1
+    assert a.history[0]["train_loss"] == b.history[0]["train_loss"]
+    for (name, p), (_, q) in zip(a.model.named_parameters(), b.model.named_parameters()):
+        np.testing.assert_array_equal(p.numpy(), q.numpy(), err_msg=name)
+    args = build_parser().parse_args(["train", "--data", "x", "--device-augment", "--decode", "nvjpeg"])
+    assert args.decode == "nvjpeg" and args.device_augment

@@ -156,6 +156,7 @@ def test_cpu_decoder_gives_todays_packed_pixels(folder, device):
     encoded = 0
     for (xr, yr), (xg, yg) in zip(ref, got):
         assert not xr.encoded and xg.encoded
+        assert all(e[1] % 256 == 0 for e in xg.encoded) and xg.nbytes >= len(xg.pixels)
         encoded += len(xg.encoded)
         np.testing.assert_array_equal(yr, yg)
         a, b = _images(xr, device), _images(xg, device)

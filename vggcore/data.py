@@ -592,6 +592,11 @@ def load_encoded(folder: ImageFolder, index: int, transform, rng):
     return _Encoded(data, _plan_row(head.height, head.width, plan), path)
 
 
+# A device decoder's images start at multiples of this many bytes (the alignment of a cudaMalloc block), in case
+# its kernels write them with vector stores.
+_DEVICE_IMAGE_ALIGN = 256
+
+
 class PackedBatch:
     """Decoded images of one batch for ``augment_batch``: ``pixels`` (bytes,) uint8, every image's (h, w, 3)
     pixels one after the other; ``plans`` (N, 11) float64, one row per image (offset of its pixels, height,
@@ -599,7 +604,7 @@ class PackedBatch:
 
     With a device decoder (``DataLoader(decode=...)``) some images are still JPEG bytes: ``encoded`` lists them as
     (data, offset, height, width, path), their pixels to be written by ``decoder`` at ``offset``, past the decoded
-    ``pixels``; ``nbytes`` is the size of the whole packed buffer. ``kept`` is set by ``augment_batch``: the rows it
+    ``pixels`` (each at a multiple of 256 bytes); ``nbytes`` is the size of the whole packed buffer. ``kept`` is set by ``augment_batch``: the rows it
     augmented (an image no decoder could decode is left out, as the CPU path leaves it out of its batch)."""
 
     __slots__ = ("pixels", "plans", "crop", "input_scale", "encoded", "nbytes", "decoder", "folder", "kept")
@@ -637,6 +642,7 @@ class PackedBatch:
         for k in encoded:
             data, row, path = items[k]
             h, w = int(row[1]), int(row[2])
+            offset = -(-offset // _DEVICE_IMAGE_ALIGN) * _DEVICE_IMAGE_ALIGN
             plans[k] = row
             plans[k, 0] = offset
             jpegs.append((data, offset, h, w, path))

@@ -254,6 +254,7 @@ class NvjpegDecoder(JpegDecoder):
             raise ValueError(f"decode='nvjpeg': {reason}")
         self.lib = lib
         self._per_device = {}
+        self._batch_size = {}         # per device: the batch size the batched decoder was initialised for
         self._warned = set()
 
     def check_device(self, device: str):
@@ -318,8 +319,10 @@ class NvjpegDecoder(JpegDecoder):
         datas = (ctypes.c_char_p * len(take))(*[items[k][0] for k in take])
         lengths = (ctypes.c_size_t * len(take))(*[len(items[k][0]) for k in take])
         lib = self.lib
-        ok = (lib.nvjpegDecodeBatchedInitialize(batched, batched_state, len(take), 1, _NVJPEG_OUTPUT_RGBI) == 0
-              and lib.nvjpegDecodeBatched(batched, batched_state, datas, lengths, outputs, stream) == 0)
+        ok = self._batch_size.get(index) == len(take) or lib.nvjpegDecodeBatchedInitialize(
+            batched, batched_state, len(take), 1, _NVJPEG_OUTPUT_RGBI) == 0
+        ok = ok and lib.nvjpegDecodeBatched(batched, batched_state, datas, lengths, outputs, stream) == 0
+        self._batch_size[index] = len(take) if ok else None     # a failed batch re-initialises the next one
         if not ok:                  # one image the batch cannot take fails it all: image by image
             for j, k in enumerate(take):
                 data = items[k][0]          # not datas[j]: reading a c_char_p back stops at the first NUL

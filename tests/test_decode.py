@@ -290,14 +290,18 @@ def test_auto_picks_cpu_here(folder, fake_nvjpeg):
     assert vdata._resolve_decoder("auto", True, "cpu") is None
     assert vdata._resolve_decoder("auto", False, "cuda:0") is None
     assert isinstance(vdata._resolve_decoder("auto", True, "cuda:0"), vdecode.NvjpegDecoder)
-    loader = vdata.DataLoader(folder, 4, _transform(), device_augment=True)
-    has_cuda = any(d.startswith("cuda") for d in _C.devices())
-    assert (loader.decoder is not None) == has_cuda
+    # A loader does not know where its batches go unless told: without augment_device, auto is cpu.
+    assert vdata.DataLoader(folder, 4, _transform(), device_augment=True).decoder is None
+    assert vdata.DataLoader(folder, 4, _transform(), device_augment=True, augment_device="sim").decoder is None
+    loader = vdata.DataLoader(folder, 4, _transform(), device_augment=True, augment_device="cuda:0")
+    assert isinstance(loader.decoder, vdecode.NvjpegDecoder)
+    with pytest.raises(ValueError, match="DataLoader: decode='nvjpeg' decodes on a cuda device; the device is sim"):
+        vdata.DataLoader(folder, 4, _transform(), device_augment=True, decode="nvjpeg", augment_device="sim")
 
 
 def test_auto_without_the_library_is_cpu(folder, no_nvjpeg):
     assert vdata._resolve_decoder("auto", True, "cuda:0") is None
-    assert vdata.DataLoader(folder, 4, _transform(), device_augment=True).decoder is None
+    assert vdata.DataLoader(folder, 4, _transform(), device_augment=True, augment_device="cuda:0").decoder is None
 
 
 def test_nvjpeg_prototypes_load_from_the_wheel():

@@ -702,8 +702,8 @@ def _resolve_decoder(decode, device_augment, device=None, op="DataLoader"):
 
     "cpu": None. "nvjpeg": an NvjpegDecoder; ValueError naming why where it cannot work (no device_augment, the
     library not found, a device given that is not cuda). "auto": nvjpeg when device_augment is on, the library
-    loads and the device is cuda (``device``; without one, this machine having a cuda device), else None. A
-    JpegDecoder instance is used as it is (needs device_augment)."""
+    loads and ``device`` is cuda, else None (also without a device: the loader cannot know where its batches go).
+    A JpegDecoder instance is used as it is (needs device_augment)."""
     from . import decode as _decode
     if isinstance(decode, _decode.JpegDecoder):
         if not device_augment:
@@ -716,12 +716,9 @@ def _resolve_decoder(decode, device_augment, device=None, op="DataLoader"):
     if decode == "cpu":
         return None
     if decode == "auto":
-        if not device_augment or not _decode.nvjpeg_available():
+        if not device_augment or device is None or not str(device).startswith("cuda"):
             return None
-        if device is None:
-            from . import _C
-            return _decode.NvjpegDecoder() if any(d.startswith("cuda") for d in _C.devices()) else None
-        return _decode.NvjpegDecoder() if str(device).startswith("cuda") else None
+        return _decode.NvjpegDecoder() if _decode.nvjpeg_available() else None
     if not device_augment:
         raise ValueError(f"{op}: decode='nvjpeg' needs device_augment=True (nvJPEG decodes into the packed batch "
                          "that the device augmentation reads)")
@@ -767,18 +764,18 @@ class DataLoader:
     ``decode`` (with device_augment): "cpu" decodes on the threads (Pillow); "nvjpeg" leaves the JPEGs that nvJPEG
     takes to the device (vggcore.decode: the threads read the bytes and the header, nvJPEG decodes them in
     ``augment_batch``; other files, and any image nvJPEG fails on, are decoded by Pillow); "auto" (default) is
-    nvjpeg when the library loads and this machine has a cuda device (vc.train decides by its training device),
-    else cpu. A ``vggcore.decode.JpegDecoder`` instance may be given instead (CpuJpegDecoder runs the device path's
+    nvjpeg when the library loads and ``augment_device`` (the device ``augment_batch`` will run on) is cuda, else
+    cpu. A ``vggcore.decode.JpegDecoder`` instance may be given instead (CpuJpegDecoder runs the device path's
     packing with Pillow's decode, on any device).
     """
 
     def __init__(self, folder: ImageFolder, batch_size: int, transform, *, shuffle=False, seed=0,
                  num_workers=None, prefetch=None, drop_last=False, ragged=False, prefetch_bytes=512 << 20,
-                 reuse_buffers=False, pin_memory=False, device_augment=False, decode="auto"):
+                 reuse_buffers=False, pin_memory=False, device_augment=False, decode="auto", augment_device=None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         self.device_augment = bool(device_augment)
-        self.decoder = _resolve_decoder(decode, self.device_augment)
+        self.decoder = _resolve_decoder(decode, self.device_augment, augment_device)
         if self.device_augment and (not hasattr(transform, "plan") or getattr(transform, "crop", None) is None):
             raise ValueError("DataLoader: device_augment=True needs a TrainTransform or an EvalTransform with a crop "
                              f"(a fixed output size), got {transform!r}")

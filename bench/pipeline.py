@@ -2,6 +2,7 @@
 
     python bench/pipeline.py                         # 160 generated JPEGs, 1..cores threads, results to stdout
     python bench/pipeline.py --images 320 --out bench/results/pipeline.md
+    python bench/pipeline.py --decode-throughput --device cuda   # JPEG decode images/s, nvJPEG vs CPU threads
 
 The images are generated once into ``--folder`` (default ``$VGGCORE_CACHE/bench-photos``): ImageNet-like
 JPEGs (500x375 or 375x500, quality 90) with photo-like content, since JPEG decode time depends on it:

@@ -3,6 +3,7 @@ today's packed pixels, the fallback of the files a device decoder cannot take, t
 "nvjpeg", "auto") and its errors. The nvJPEG tests themselves run only where a cuda device and libnvjpeg are.
 """
 
+import ctypes
 import io
 
 import numpy as np
@@ -406,3 +407,112 @@ def test_train_with_jpeg_bytes_matches_decode_cpu(tmp_path):
         np.testing.assert_array_equal(p.numpy(), q.numpy(), err_msg=name)
     args = build_parser().parse_args(["train", "--data", "x", "--device-augment", "--decode", "nvjpeg"])
     assert args.decode == "nvjpeg" and args.device_augment
+
+
+class _StandInNvjpeg:
+    """libnvjpeg's functions as NvjpegDecoder calls them, decoding with Pillow into the output pointers (host
+    memory on sim): checks the decoder's own logic (pointers, pitches, batching, routing, fallbacks) without a GPU.
+    ``refuse``: JPEG bytes whose decode fails; ``batch_fails``: nvjpegDecodeBatched refuses every batch;
+    ``as_411``: JPEG bytes reported as 4:1:1 (which the hardware backend does not take)."""
+
+    def __init__(self, hardware, refuse=(), batch_fails=False, as_411=()):
+        self.hardware, self.refuse, self.batch_fails = hardware, set(refuse), batch_fails
+        self.as_411 = set(as_411)
+        self.calls = {"batched": 0, "single": 0}
+
+    @staticmethod
+    def _set(ref, value):
+        ref._obj.value = value
+
+    def nvjpegCreateSimple(self, handle):
+        self._set(handle, 1)
+        return 0
+
+    def nvjpegCreateEx(self, backend, dev, pinned, flags, handle):
+        if not self.hardware:
+            return 9
+        self._set(handle, 2)
+        return 0
+
+    def nvjpegJpegStateCreate(self, handle, state):
+        self._set(state, 10 + handle.value)
+        return 0
+
+    def nvjpegGetImageInfo(self, handle, data, length, n, css, widths, heights):
+        head = vdecode.jpeg_header(data[:length])
+        self._set(n, head.components)
+        luma = head.sampling[0]
+        self._set(css, 4 if data[:length] in self.as_411 else
+                  {(1, 1): 0, (2, 1): 1, (2, 2): 2, (1, 2): 3, (4, 1): 4}.get(luma, -1))
+        widths[0], heights[0] = head.width, head.height
+        return 0
+
+    def _decode(self, data, image):
+        if data in self.refuse:
+            return 4
+        with Image.open(io.BytesIO(data)) as im:
+            px = np.asarray(im.convert("RGB"))
+        row = px.shape[1] * 3
+        for y in range(px.shape[0]):
+            ctypes.memmove(image.channel[0] + y * image.pitch[0], px[y].tobytes(), row)
+        return 0
+
+    def nvjpegDecodeBatchedInitialize(self, handle, state, n, threads, fmt):
+        assert fmt == 5 and threads == 1
+        self.initialised = (handle.value, n)
+        return 0
+
+    def nvjpegDecodeBatched(self, handle, state, datas, lengths, images, stream):
+        self.calls["batched"] += 1
+        assert self.initialised == (handle.value, len(lengths))
+        if self.batch_fails:
+            return 4
+        pointers = ctypes.cast(datas, ctypes.POINTER(ctypes.c_void_p))
+        codes = [self._decode(ctypes.string_at(pointers[j], lengths[j]), images[j]) for j in range(len(lengths))]
+        return max(codes)
+
+    def nvjpegDecode(self, handle, state, data, length, fmt, image, stream):
+        self.calls["single"] += 1
+        assert handle.value == 1 and fmt == 5
+        return self._decode(data[:length], image._obj)
+
+
+@pytest.mark.parametrize("case", ["hardware", "default backend", "batch refused", "image refused", "411 alone"])
+def test_nvjpeg_decoder_logic_with_a_stand_in_library(folder, monkeypatch, case):
+    """NvjpegDecoder's calls, run against a stand-in library on sim: the pixels land where the CPU implementation
+    puts them; a refused batch is decoded image by image; a refused image is returned as failed (and then decoded
+    by the CPU in device_images); nvJPEG's own reading of the header is what routes an image."""
+    loader = vdata.DataLoader(folder, len(folder), _transform(), device_augment=True, decode=vdecode.CpuJpegDecoder())
+    (batch, _), = list(loader.epoch(0))
+    items = [e[:4] for e in batch.encoded]
+    ref = _C.empty_bytes(batch.nbytes, "sim")
+    _C.write_bytes(ref, 0, np.zeros(batch.nbytes, np.uint8))
+    assert vdecode.CpuJpegDecoder().decode_into(ref, items) == []
+    refused = items[3][0] if case == "image refused" else None
+    lib = _StandInNvjpeg(hardware=case != "default backend", refuse=[refused] if refused else (),
+                         batch_fails=case == "batch refused", as_411=[items[2][0]] if case == "411 alone" else ())
+    monkeypatch.setattr(vdecode, "_nvjpeg_lib", lib)
+    monkeypatch.setattr(vdecode, "_nvjpeg_reason", None)
+    monkeypatch.setattr(vdecode.NvjpegDecoder, "check_device", lambda self, device: None)
+    monkeypatch.setattr(_C, "cuda_stream", lambda index: 1234, raising=False)
+    decoder = vdecode.NvjpegDecoder()
+    got = _C.empty_bytes(batch.nbytes, "sim")
+    _C.write_bytes(got, 0, np.zeros(batch.nbytes, np.uint8))
+    failed = decoder.decode_into(got, items)
+    a, b = ref.numpy(), got.numpy()
+    if case == "image refused":
+        assert failed == [3]
+        off, h, w = items[3][1:]
+        b[off:off + h * w * 3] = a[off:off + h * w * 3]
+    else:
+        assert failed == []
+    np.testing.assert_array_equal(a, b)
+    assert lib.calls["batched"] == 1
+    singles = {"batch refused": len(items), "image refused": len(items), "411 alone": 1}
+    assert lib.calls["single"] == singles.get(case, 0)
+    # The whole path: device_images hands the refused image to the CPU and augments every row.
+    batch.decoder = decoder
+    out = vdata.augment_batch(batch, "sim").numpy()
+    assert batch.kept.all()
+    batch.decoder = vdecode.CpuJpegDecoder()
+    np.testing.assert_array_equal(out, vdata.augment_batch(batch, "sim").numpy())

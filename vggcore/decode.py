@@ -160,6 +160,7 @@ class CpuJpegDecoder(JpegDecoder):
 _NVJPEG_OUTPUT_RGBI = 5
 _NVJPEG_BACKEND_HARDWARE = 3
 _NVJPEG_CSS_UNKNOWN = -1
+_NVJPEG_CSS_NOT_IN_HARDWARE = (4, 5, 7)     # 411, 410, 410V: the hardware backend refuses them
 _NVJPEG_MAX_COMPONENT = 4
 
 
@@ -284,13 +285,15 @@ class NvjpegDecoder(JpegDecoder):
         if code != 0:
             raise RuntimeError(f"nvJPEG: {call} failed with status {code}")
 
-    def _fits(self, handle, data, height, width):
+    def _subsampling(self, handle, data, height, width):
+        """nvJPEG's chroma subsampling of the image, or None when nvJPEG's reading of it disagrees with ours."""
         n, css = ctypes.c_int(), ctypes.c_int()
         widths, heights = (ctypes.c_int * _NVJPEG_MAX_COMPONENT)(), (ctypes.c_int * _NVJPEG_MAX_COMPONENT)()
         code = self.lib.nvjpegGetImageInfo(handle, data, len(data), ctypes.byref(n), ctypes.byref(css), widths,
                                            heights)
-        return code == 0 and n.value == 3 and css.value != _NVJPEG_CSS_UNKNOWN and (widths[0], heights[0]) == (
+        fits = code == 0 and n.value == 3 and css.value != _NVJPEG_CSS_UNKNOWN and (widths[0], heights[0]) == (
             width, height)
+        return css.value if fits else None
 
     def decode_into(self, images, items) -> list:
         from . import _C
@@ -305,28 +308,32 @@ class NvjpegDecoder(JpegDecoder):
                 self._warned.add(index)
                 warnings.warn(f"{error}; decoding the JPEGs on the CPU instead", RuntimeWarning, stacklevel=3)
             return list(range(len(items)))
-        base = images.data_ptr
-        take, failed = [], []
+        take, alone, failed = [], [], []
+        hardware = batched.value != single.value
         for k, (data, offset, height, width) in enumerate(items):
-            (take if self._fits(single, data, height, width) else failed).append(k)
-        if not take:
-            return failed
-        outputs = (_NvjpegImage * len(take))()
-        for j, k in enumerate(take):
-            _, offset, _, width = items[k]
-            outputs[j].channel[0] = base + int(offset)
-            outputs[j].pitch[0] = 3 * int(width)
-        datas = (ctypes.c_char_p * len(take))(*[items[k][0] for k in take])
-        lengths = (ctypes.c_size_t * len(take))(*[len(items[k][0]) for k in take])
+            css = self._subsampling(single, data, height, width)
+            if css is None:
+                failed.append(k)
+            else:
+                (alone if hardware and css in _NVJPEG_CSS_NOT_IN_HARDWARE else take).append(k)
+        outputs = (_NvjpegImage * len(items))()
+        for k, (_, offset, _, width) in enumerate(items):
+            outputs[k].channel[0] = images.data_ptr + int(offset)
+            outputs[k].pitch[0] = 3 * int(width)
         lib = self.lib
-        ok = self._batch_size.get(index) == len(take) or lib.nvjpegDecodeBatchedInitialize(
-            batched, batched_state, len(take), 1, _NVJPEG_OUTPUT_RGBI) == 0
-        ok = ok and lib.nvjpegDecodeBatched(batched, batched_state, datas, lengths, outputs, stream) == 0
-        self._batch_size[index] = len(take) if ok else None     # a failed batch re-initialises the next one
-        if not ok:                  # one image the batch cannot take fails it all: image by image
-            for j, k in enumerate(take):
-                data = items[k][0]          # not datas[j]: reading a c_char_p back stops at the first NUL
-                if lib.nvjpegDecode(single, single_state, data, len(data), _NVJPEG_OUTPUT_RGBI,
-                                    ctypes.byref(outputs[j]), stream) != 0:
-                    failed.append(k)
+        if take:
+            batch = (_NvjpegImage * len(take))(*[outputs[k] for k in take])
+            datas = (ctypes.c_char_p * len(take))(*[items[k][0] for k in take])
+            lengths = (ctypes.c_size_t * len(take))(*[len(items[k][0]) for k in take])
+            ok = self._batch_size.get(index) == len(take) or lib.nvjpegDecodeBatchedInitialize(
+                batched, batched_state, len(take), 1, _NVJPEG_OUTPUT_RGBI) == 0
+            ok = ok and lib.nvjpegDecodeBatched(batched, batched_state, datas, lengths, batch, stream) == 0
+            self._batch_size[index] = len(take) if ok else None     # a failed batch re-initialises the next one
+            if not ok:              # one image the batch cannot take fails it all: image by image
+                alone += take
+        for k in alone:
+            data = items[k][0]
+            if lib.nvjpegDecode(single, single_state, data, len(data), _NVJPEG_OUTPUT_RGBI,
+                                ctypes.byref(outputs[k]), stream) != 0:
+                failed.append(k)
         return sorted(failed)

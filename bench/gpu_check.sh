@@ -264,7 +264,8 @@ bench() {
   "$PY" bench/conv.py --batch 128 --precision "$precision" --reps 5 --burst-ms 20 --time-budget "$budget" \
     --out "$LOGDIR/bench-$precision.md" "$@"
 }
-export -f build devices probe tc_tests pytest_all sanitize bench
+decode_check() { "$PY" -P -m pytest -q -s -k nvjpeg tests/test_decode.py && "$PY" bench/pipeline.py --decode-throughput --device cuda:0 --images 64 --reps 2 --folder "$LOGDIR/photos"; }
+export -f build devices probe tc_tests pytest_all sanitize bench decode_check
 
 run_step "build + install" 300 285 "$LOGDIR/build.log" build
 
@@ -273,6 +274,7 @@ run_step "build + install" 300 285 "$LOGDIR/build.log" build
 run_step "vggcore sees cuda:0" 60 285 "$LOGDIR/devices.log" devices
 run_step "fragment-layout probe (bench/tc_probe.py)" 60 270 "$LOGDIR/probe.log" probe
 run_step "tensor-core tests on cuda:0" 120 240 "$LOGDIR/tc-tests.log" tc_tests
+run_step "nvJPEG vs Pillow and decode images/s (tests/test_decode.py -k nvjpeg, pipeline.py --decode-throughput)" 60 230 "$LOGDIR/decode.log" decode_check
 
 # The benchmarks, the measurement, in order of importance; each step's cap is its share of what is left
 # (the reserve keeps time for the later steps), and conv.py shares its cap among its sections.

@@ -2,6 +2,7 @@
 
     python bench/pipeline.py                         # 160 generated JPEGs, 1..cores threads, results to stdout
     python bench/pipeline.py --images 320 --out bench/results/pipeline.md
+    python bench/pipeline.py --decode-throughput --device cuda   # JPEG decode images/s, nvJPEG vs CPU threads
 
 The images are generated once into ``--folder`` (default ``$VGGCORE_CACHE/bench-photos``): ImageNet-like
 JPEGs (500x375 or 375x500, quality 90) with photo-like content, since JPEG decode time depends on it:
@@ -467,6 +468,46 @@ def end_to_end_section(folder, args, stats):
                                     f"{100 * async_share:.0f}%"]])]
 
 
+def decode_throughput(folder, tf, batch, workers, device, reps, decoders=("cpu", "nvjpeg")):
+    """Images/s from files to decoded pixels in the packed device buffer, per decoder and number of loader threads:
+    "cpu" (the threads decode with Pillow; the packed pixels are uploaded) and "nvjpeg" (the threads read the bytes
+    and the header; nvJPEG decodes on the device, on the training thread). Best of ``reps`` passes over the folder,
+    the device synchronised at the end of each."""
+    rows = []
+    for decode in decoders:
+        for w in workers:
+            loader = data.DataLoader(folder, batch, tf, seed=0, num_workers=w, device_augment=True, decode=decode)
+            best = 0.0
+            for r in range(reps + 1):                  # the first pass warms the file cache and nvJPEG's buffers
+                t0, n = time.perf_counter(), 0
+                for x, _ in loader.epoch(r):
+                    x.device_images(device)
+                    n += len(x)
+                vc._C.synchronize(device)
+                if r:
+                    best = max(best, n / (time.perf_counter() - t0))
+            loader.close()
+            rows.append((getattr(decode, "name", decode), w, best))
+            print(f"decode {rows[-1][0]}, {w} threads: {best:.0f} images/s", flush=True)
+    return rows
+
+
+def decode_section(folder, args, stats):
+    """The markdown section of ``decode_throughput`` on ``args.device`` (cuda only: nvJPEG runs there)."""
+    if not args.device.startswith("cuda"):
+        raise SystemExit("--decode-throughput measures nvJPEG: it needs --device cuda (or cuda:N)")
+    tf = data.TrainTransform(224, (256, 512), stats["mean_rgb"], stats["eigval"], stats["eigvec"])
+    workers = sorted({1, args.max_workers})
+    rows = decode_throughput(folder, tf, args.batch, workers, args.device, args.reps)
+    cpu1 = next(r for d, w, r in rows if d == "cpu" and w == 1)
+    return ["", f"## JPEG decode into the packed device buffer on {args.device}, images/s", "",
+            f"{len(folder)} generated JPEGs, batch {args.batch}, best of {args.reps} passes after a warm-up pass; "
+            "'cpu': the loader threads decode with Pillow and the pixels are uploaded; 'nvjpeg': the threads read "
+            "the bytes and the header, nvJPEG decodes on the device (vggcore.decode).", "",
+            common.markdown_table(["decode", "loader threads", "images/s", "vs cpu, 1 thread"],
+                                  [[d, w, f"{r:.0f}", f"{r / cpu1:.2f}x"] for d, w, r in rows])]
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--images", type=int, default=160)
@@ -488,6 +529,8 @@ def main(argv=None):
     e2e.add_argument("--e2e-batch", type=int, default=16)
     e2e.add_argument("--prefetch", type=int, default=2, help="device prefetch depth")
     e2e.add_argument("--append", default=None, help="append the end-to-end section to this file")
+    e2e.add_argument("--decode-throughput", action="store_true",
+                     help="only the JPEG decode images/s, nvJPEG vs CPU threads, on --device cuda (--append as above)")
     args = ap.parse_args(argv)
 
     root = ensure_photos(Path(args.folder) if args.folder else cache_dir() / "bench-photos", args.images)
@@ -496,8 +539,8 @@ def main(argv=None):
     crop = 224
     stats = {"mean_rgb": [120.0, 115.0, 100.0], "eigval": [0.05, 0.01, 0.002],
              "eigvec": np.linalg.qr(np.random.default_rng(0).standard_normal((3, 3)))[0].tolist()}
-    if args.end_to_end:
-        lines = end_to_end_section(folder, args, stats)
+    if args.end_to_end or args.decode_throughput:
+        lines = (end_to_end_section if args.end_to_end else decode_section)(folder, args, stats)
         gpu = vc._C.cuda_device_name(int(args.device.partition(":")[2] or 0)) if args.device.startswith("cuda") else ""
         lines[3:3] = [*common.header_lines(gpu, extra=[
             f"images: {len(folder)} generated JPEGs in {root}", f"cores: {os.cpu_count()}",

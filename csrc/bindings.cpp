@@ -266,6 +266,22 @@ PYBIND11_MODULE(_C, m) {
         vgg::cuda::empty_cache();
 #endif
       }, "Returns the cached free blocks (host memory of cpu/sim tensors, and CUDA memory) to the system");
+  m.def("empty_bytes", [](int64_t nbytes, const std::string& device) {
+        return Tensor::empty({nbytes}, DType::UInt8, vgg::Device::parse(device));
+      }, py::arg("nbytes"), py::arg("device"),
+      "An uninitialised (nbytes,) uint8 tensor on a device, filled piece by piece (write_bytes, a device decoder)");
+  m.def("write_bytes", [](const Tensor& dst, int64_t offset, const py::array& src) {
+        if (dst.dtype() != DType::UInt8 || dst.dim() != 1 || py::str(src.dtype()).cast<std::string>() != "uint8")
+          throw vgg::TypeError("write_bytes: needs a (bytes,) uint8 tensor and a uint8 array, got a " +
+                               std::string(vgg::dtype_name(dst.dtype())) + " tensor and a " +
+                               py::str(src.dtype()).cast<std::string>() + " array");
+        const py::array array = py::array::ensure(src, py::array::c_style);
+        const void* data = array.data();
+        const size_t bytes = static_cast<size_t>(array.nbytes());
+        py::gil_scoped_release release;
+        dst.write_from_host(offset, data, bytes);
+      }, py::arg("dst"), py::arg("offset"), py::arg("src"),
+      "Copies a uint8 array into a (bytes,) uint8 tensor from byte offset on (on cuda, on the device's stream)");
   m.def("full", [](const std::vector<int64_t>& shape, double value, const std::string& dtype,
                    const std::string& device) {
         return vgg::ops::full(shape, value, vgg::parse_float_dtype(dtype, "full"), vgg::Device::parse(device));

@@ -306,10 +306,16 @@ class DataParallel:
     def train_step(self, model, optimizer, x_np, y_np, device, input_shape):
         """One SGD step on this rank's share; returns (loss of this share, images, wrong top-1) or None when
         the whole global batch was undecodable. The loss returned is NaN on every rank when any rank's was not
-        finite, and then the weights are left as they were (the caller raises)."""
+        finite, and then the weights are left as they were (the caller raises). ``x_np`` may be a PackedBatch
+        (device augmentation): this rank augments its share on its own device, before the batch sizes are
+        exchanged, so an image no decoder could decode is left out of the counts as in the loader."""
         import vggcore as vc
         from .nn import functional as F
         group = self.group
+        x = None
+        if isinstance(x_np, _data.PackedBatch):
+            x = _data.augment_batch(x_np, device)
+            y_np = y_np[x_np.kept]
         n = len(y_np)
         counts = group.allgather_object([n], "batch size exchange")[:, 0].astype(np.int64)
         total = int(counts.sum())
@@ -317,7 +323,7 @@ class DataParallel:
             return None
         with _random.batch_row_offset(int(counts[:group.rank].sum())):
             if n > 0:
-                logits = model(vc.tensor(x_np, device=device))
+                logits = model(x if x is not None else vc.tensor(x_np, device=device))
                 loss = F.cross_entropy(logits, y_np)
                 loss_value = loss.item()
             else:

@@ -175,6 +175,9 @@ def build_parser():
     t.add_argument("--no-pin-memory", dest="pin_memory", action="store_false")
     t.add_argument("--device-augment", action="store_true",
                    help="decode on the CPU only; crop, resample, flip and colour shift on the training device")
+    t.add_argument("--decode", choices=("auto", "cpu", "nvjpeg"), default="auto",
+                   help="with --device-augment: where JPEGs are decoded: nvjpeg on the cuda device (needs the "
+                        "nvjpeg extra), cpu threads, or auto (nvjpeg when it loads and the device is cuda)")
     t.add_argument("--save-filters", action="store_true", help="write a grid image of conv1_1's filters")
     t.add_argument("--quiet", action="store_true", help="no per-epoch lines")
     t.add_argument("--progress", dest="progress", action="store_true", default=None,

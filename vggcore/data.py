@@ -30,7 +30,7 @@ from PIL import Image
 __all__ = [
     "IMAGE_EXTENSIONS", "CorruptImageWarning", "ImageFolder", "check_same_classes", "load_rgb", "rescale",
     "compute_stats", "TrainTransform", "EvalTransform", "DataLoader", "default_workers", "load_planned",
-    "PackedBatch", "load_packed", "augment_batch",
+    "PackedBatch", "load_packed", "load_encoded", "augment_batch",
 ]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -547,24 +547,74 @@ def load_packed(folder: ImageFolder, index: int, transform, rng):
         return None
     img, plan = got
     pixels = np.asarray(img, dtype=np.uint8)
-    h, w = pixels.shape[:2]
+    return pixels, _plan_row(pixels.shape[0], pixels.shape[1], plan)
+
+
+def _plan_row(h, w, plan):
+    """The plan row (offset 0) of an image decoded to h x w pixels."""
     row = np.empty(_PLAN_COLUMNS, np.float64)
     row[:3] = 0, h, w
     row[3:7] = _source_region((w, h), plan.scaled, plan.box)
     row[7] = 1.0 if plan.flip else 0.0
     row[8:] = plan.shift
-    return pixels, row
+    return row
+
+
+class _Encoded(tuple):
+    """A JPEG left for a device decoder: its file's bytes, its plan row (full-size decode) and its path."""
+    __slots__ = ()
+
+    def __new__(cls, data, row, path):
+        return super().__new__(cls, (data, row, path))
+
+
+def load_encoded(folder: ImageFolder, index: int, transform, rng):
+    """Sample ``index`` for a device decoder: its bytes and plan row (an ``_Encoded``) when the file is a JPEG the
+    decoder takes (``JpegHeader.device_decodable``), else ``load_packed``'s decoded pixels and row; None when it
+    cannot be read or decoded.
+
+    The plan is drawn from the header's size with the same ``rng`` draws as ``load_packed``; the region is in the
+    full-size image's pixels, since a device decoder has no DCT-scale decode (where ``load_packed`` decodes a JPEG
+    at least twice the planned size at 1/2, 1/4 or 1/8 scale, the device path resamples the full image: the same
+    crop and flip, a slightly different downscale)."""
+    from .decode import jpeg_header
+    path = folder.samples[index][0]
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        folder.mark_skipped(path)
+        return None
+    head = jpeg_header(data)
+    if head is None or not head.device_decodable:
+        return load_packed(folder, index, transform, rng)
+    plan = transform.plan((head.width, head.height), rng)
+    return _Encoded(data, _plan_row(head.height, head.width, plan), path)
+
+
+# A device decoder's images start at multiples of this many bytes (the alignment of a cudaMalloc block), in case
+# its kernels write them with vector stores.
+_DEVICE_IMAGE_ALIGN = 256
 
 
 class PackedBatch:
     """Decoded images of one batch for ``augment_batch``: ``pixels`` (bytes,) uint8, every image's (h, w, 3)
     pixels one after the other; ``plans`` (N, 11) float64, one row per image (offset of its pixels, height,
-    width, source region x0, y0, x1, y1, flip, colour shift r, g, b); the ``crop`` and ``input_scale``."""
+    width, source region x0, y0, x1, y1, flip, colour shift r, g, b); the ``crop`` and ``input_scale``.
 
-    __slots__ = ("pixels", "plans", "crop", "input_scale")
+    With a device decoder (``DataLoader(decode=...)``) some images are still JPEG bytes: ``encoded`` lists them as
+    (data, offset, height, width, path), their pixels to be written by ``decoder`` at ``offset``, past the decoded
+    ``pixels`` (each at a multiple of 256 bytes); ``nbytes`` is the size of the whole packed buffer. ``kept`` is set by ``augment_batch``: the rows it
+    augmented (an image no decoder could decode is left out, as the CPU path leaves it out of its batch)."""
 
-    def __init__(self, pixels, plans, crop, input_scale):
+    __slots__ = ("pixels", "plans", "crop", "input_scale", "encoded", "nbytes", "decoder", "folder", "kept")
+
+    def __init__(self, pixels, plans, crop, input_scale, encoded=(), nbytes=None, decoder=None, folder=None):
         self.pixels, self.plans, self.crop, self.input_scale = pixels, plans, int(crop), float(input_scale)
+        self.encoded = list(encoded)
+        self.nbytes = int(len(pixels) if nbytes is None else nbytes)
+        self.decoder, self.folder = decoder, folder
+        self.kept = None
 
     def __len__(self):
         return len(self.plans)
@@ -575,17 +625,54 @@ class PackedBatch:
         return (len(self.plans), self.crop, self.crop, 3)
 
     @classmethod
-    def pack(cls, items, crop, input_scale):
-        """From ``load_packed``'s (pixels, row) pairs."""
-        sizes = [p.size for p, _ in items]
-        offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]) if items else np.zeros(0)
-        pixels = np.empty(int(sum(sizes)), np.uint8)
+    def pack(cls, items, crop, input_scale, decoder=None, folder=None):
+        """From ``load_packed``'s (pixels, row) pairs and ``load_encoded``'s results, in batch order: the decoded
+        images' pixels first, then the places of the encoded ones."""
+        decoded = [k for k, item in enumerate(items) if not isinstance(item, _Encoded)]
+        encoded = [k for k, item in enumerate(items) if isinstance(item, _Encoded)]
+        pixels = np.empty(sum(items[k][0].size for k in decoded), np.uint8)
         plans = np.empty((len(items), _PLAN_COLUMNS), np.float64)
-        for k, ((p, row), off) in enumerate(zip(items, offsets)):
-            pixels[int(off):int(off) + p.size] = p.reshape(-1)
+        offset, jpegs = 0, []
+        for k in decoded:
+            p, row = items[k]
+            pixels[offset:offset + p.size] = p.reshape(-1)
             plans[k] = row
-            plans[k, 0] = off
-        return cls(pixels, plans, crop, input_scale)
+            plans[k, 0] = offset
+            offset += p.size
+        for k in encoded:
+            data, row, path = items[k]
+            h, w = int(row[1]), int(row[2])
+            offset = -(-offset // _DEVICE_IMAGE_ALIGN) * _DEVICE_IMAGE_ALIGN
+            plans[k] = row
+            plans[k, 0] = offset
+            jpegs.append((data, offset, h, w, path))
+            offset += h * w * 3
+        return cls(pixels, plans, crop, input_scale, jpegs, offset, decoder, folder)
+
+    def device_images(self, device):
+        """The packed (bytes,) uint8 images on ``device`` and the plans of the images in it, which are all of
+        them unless a JPEG could be decoded neither by the decoder nor by the CPU (``kept`` says which rows)."""
+        from . import _C
+        self.kept = np.ones(len(self.plans), bool)
+        if not self.encoded:
+            return _C.Tensor.from_numpy(self.pixels, device), self.plans
+        from .decode import CpuJpegDecoder
+        decoder = self.decoder if self.decoder is not None else CpuJpegDecoder()
+        decoder.check_device(device)
+        images = _C.empty_bytes(self.nbytes, device)
+        _C.write_bytes(images, 0, self.pixels)
+        items = [e[:4] for e in self.encoded]
+        failed = decoder.decode_into(images, items)
+        if failed and not isinstance(decoder, CpuJpegDecoder):
+            retry = CpuJpegDecoder().decode_into(images, [items[j] for j in failed])
+            failed = [failed[j] for j in retry]
+        if failed:
+            lost = {self.encoded[j][1] for j in failed}
+            for j in failed:
+                if self.folder is not None:
+                    self.folder.mark_skipped(self.encoded[j][4])
+            self.kept = np.array([int(row[0]) not in lost for row in self.plans], bool)
+        return images, self.plans[self.kept]
 
 
 def augment_batch(batch: PackedBatch, device="cpu", dtype="float32"):
@@ -598,13 +685,50 @@ def augment_batch(batch: PackedBatch, device="cpu", dtype="float32"):
     the CPU transform (same seed, same crops and flips) a value differs by at most about one pixel level times
     input_scale (measured in tests/test_augment.py); a crop that resamples nothing (scaled size = decoded size) is
     exact. dtype: "float32", or "bfloat16" on sim and cuda (rounded once). On the cpu it runs the CPU twin.
+
+    A batch with JPEG bytes (a loader with a device decoder) is decoded first, into the packed buffer on the device
+    (``PackedBatch.device_images``); the result holds the rows of ``batch.kept``.
     """
     from . import _C
     from .tensor import Tensor
     device = str(device)
-    pixels = _C.Tensor.from_numpy(batch.pixels, device)
-    out = _C.augment_crops(pixels, _C.Tensor.from_numpy(batch.plans, "cpu"), batch.crop, batch.input_scale, dtype)
+    pixels, plans = batch.device_images(device)
+    out = _C.augment_crops(pixels, _C.Tensor.from_numpy(plans, "cpu"), batch.crop, batch.input_scale, dtype)
     return Tensor._from_engine(out)
+
+
+def _resolve_decoder(decode, device_augment, device=None, op="DataLoader"):
+    """The JpegDecoder for ``decode`` (None: decode on the loader threads with Pillow, as without device_augment).
+
+    "cpu": None. "nvjpeg": an NvjpegDecoder; ValueError naming why where it cannot work (no device_augment, the
+    library not found, a device given that is not cuda). "auto": nvjpeg when device_augment is on, the library
+    loads and ``device`` is cuda, else None (also without a device: the loader cannot know where its batches go).
+    A JpegDecoder instance is used as it is (needs device_augment)."""
+    from . import decode as _decode
+    if isinstance(decode, _decode.JpegDecoder):
+        if not device_augment:
+            raise ValueError(f"{op}: decode={decode!r} needs device_augment=True (the decoder writes the packed "
+                             "batch that the device augmentation reads)")
+        return decode
+    if decode not in ("cpu", "nvjpeg", "auto"):
+        raise ValueError(f"{op}: decode must be 'cpu', 'nvjpeg' or 'auto' (or a vggcore.decode.JpegDecoder), "
+                         f"got {decode!r}")
+    if decode == "cpu":
+        return None
+    if decode == "auto":
+        if not device_augment or device is None or not str(device).startswith("cuda"):
+            return None
+        return _decode.NvjpegDecoder() if _decode.nvjpeg_available() else None
+    if not device_augment:
+        raise ValueError(f"{op}: decode='nvjpeg' needs device_augment=True (nvJPEG decodes into the packed batch "
+                         "that the device augmentation reads)")
+    try:
+        decoder = _decode.NvjpegDecoder()
+        if device is not None:
+            decoder.check_device(device)
+    except ValueError as error:
+        raise ValueError(f"{op}: {error}") from None
+    return decoder
 
 
 class DataLoader:
@@ -636,14 +760,22 @@ class DataLoader:
     With ``device_augment=True`` (a transform with a fixed crop) the threads only decode: x is a PackedBatch of
     the decoded uint8 images and their plans (the same random draws as the CPU transform's), which
     ``augment_batch(x, device)`` turns into the float batch on the device.
+
+    ``decode`` (with device_augment): "cpu" decodes on the threads (Pillow); "nvjpeg" leaves the JPEGs that nvJPEG
+    takes to the device (vggcore.decode: the threads read the bytes and the header, nvJPEG decodes them in
+    ``augment_batch``; other files, and any image nvJPEG fails on, are decoded by Pillow); "auto" (default) is
+    nvjpeg when the library loads and ``augment_device`` (the device ``augment_batch`` will run on) is cuda, else
+    cpu. A ``vggcore.decode.JpegDecoder`` instance may be given instead (CpuJpegDecoder runs the device path's
+    packing with Pillow's decode, on any device).
     """
 
     def __init__(self, folder: ImageFolder, batch_size: int, transform, *, shuffle=False, seed=0,
                  num_workers=None, prefetch=None, drop_last=False, ragged=False, prefetch_bytes=512 << 20,
-                 reuse_buffers=False, pin_memory=False, device_augment=False):
+                 reuse_buffers=False, pin_memory=False, device_augment=False, decode="auto", augment_device=None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         self.device_augment = bool(device_augment)
+        self.decoder = _resolve_decoder(decode, self.device_augment, augment_device)
         if self.device_augment and (not hasattr(transform, "plan") or getattr(transform, "crop", None) is None):
             raise ValueError("DataLoader: device_augment=True needs a TrainTransform or an EvalTransform with a crop "
                              f"(a fixed output size), got {transform!r}")
@@ -702,7 +834,8 @@ class DataLoader:
         for pos in range(lo, hi):
             rng = np.random.default_rng([self.seed, int(epoch), start + pos])
             if self.device_augment:
-                results[pos] = load_packed(self.folder, int(indices[pos]), self.transform, rng)
+                load = load_packed if self.decoder is None else load_encoded
+                results[pos] = load(self.folder, int(indices[pos]), self.transform, rng)
                 continue
             out = None if buf is None else buf[pos]
             results[pos] = load_planned(self.folder, int(indices[pos]), self.transform, rng, out)
@@ -745,7 +878,7 @@ class DataLoader:
             return None, buf
         if self.device_augment:
             return (PackedBatch.pack([r for r in results if r is not None], self.transform.crop,
-                                     self.transform.input_scale), labels), None
+                                     self.transform.input_scale, self.decoder, self.folder), labels), None
         if buf is not None:
             if ok.all():
                 return (buf[:len(indices)], labels), buf

@@ -318,7 +318,7 @@ def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum
           lr_factor=0.1, max_lr_drops=3, eval_scale=None, flip=True, colour_std=0.1,
           input_scale=_data.DEFAULT_INPUT_SCALE, stats_sample=2000, num_workers=None, save_filters=False,
           verbose=True, progress=None, precision="fp32", overwrite=False, prefetch=2,
-          pin_memory=None, device_augment=False) -> TrainResult:
+          pin_memory=None, device_augment=False, decode="auto") -> TrainResult:
     """Train configuration ``config`` on ``data`` the way the paper did; returns TrainResult(model, history).
 
     data: a folder holding train/<class>/*.{jpg,png,...} and val/<class>/...; None: the built-in shapes set
@@ -358,8 +358,12 @@ def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum
     float32 master weights, momentum, loss and softmax, no loss scaling; checkpoints stay float32).
     device_augment: the loader threads only decode; the crop's resampling, flip and colour shift run on the
     training device (``data.augment_batch``; the CPU twin on the cpu), from the same random draws as the CPU
-    transform, within about one pixel level of it (Pillow rounds between its passes, the op does not).
-    Not with data-parallel runs.
+    transform, within about one pixel level of it (Pillow rounds between its passes, the op does not). In a
+    data-parallel run every rank augments its own share of the global batch on its own device (the same images,
+    crops and flips as one process with the same seed).
+    decode (with device_augment): "nvjpeg" decodes the JPEGs on the cuda device (nvJPEG, the nvjpeg extra; other
+    files and any image it fails on are decoded by Pillow); "cpu" decodes on the loader threads; "auto"
+    (default): nvjpeg when the library loads and the device is cuda, else cpu. See vggcore.decode.
     """
     import vggcore as vc
     from .nn import functional as F
@@ -410,8 +414,6 @@ def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum
 
     # Data parallel when started by mpirun/srun with several ranks: batch_size stays the global batch.
     group = _parallel.start_if_launched()
-    if group is not None and device_augment:
-        raise ValueError("train: device_augment=True is not supported in data-parallel runs (mpirun/srun) yet")
     if group is not None:
         _parallel.check_batch_size(settings["batch_size"], group.size)      # before reading any data
         device = _parallel.device_for_rank(device)
@@ -424,6 +426,7 @@ def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum
     val_folder = _data.ImageFolder(root / "val")
     _data.check_same_classes(train_folder, val_folder)
     device = resolve_device(device)
+    decoder = _data._resolve_decoder(decode, device_augment, device, op="train")
     precision_scope = _precision_scope(precision, device)
 
     ckpt_dir = Path(checkpoint_dir).expanduser() if checkpoint_dir is not None else None
@@ -521,12 +524,13 @@ def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum
         train_loader = _data.DataLoader(train_folder, settings["batch_size"], train_tf, shuffle=True,
                                         seed=settings["seed"], num_workers=num_workers, reuse_buffers=True,
                                         pin_memory=bool(pin_memory) and device != "cpu" and not device_augment,
-                                        device_augment=device_augment)
+                                        device_augment=device_augment, decode=decoder or "cpu")
         val_loader = _data.DataLoader(val_folder, settings["batch_size"], val_tf, num_workers=num_workers)
     else:
         train_loader = _parallel.ShardedLoader(train_folder, settings["batch_size"], train_tf, group.rank, group.size,
                                                keep_empty=True, shuffle=True, seed=settings["seed"],
-                                               num_workers=num_workers)
+                                               num_workers=num_workers, device_augment=device_augment,
+                                               decode=decoder or "cpu")
         val_loader = _parallel.ShardedLoader(val_folder, settings["batch_size"], val_tf, group.rank, group.size,
                                              keep_empty=False, num_workers=num_workers)
     n_epochs = int(settings["epochs"])
@@ -583,7 +587,12 @@ def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum
                     loss_value, n, batch_wrong = step
                 else:
                     # already on the device (the prefetcher), or augmented there from the packed batch
-                    x = _data.augment_batch(x_batch, device) if device_augment else x_batch
+                    x = x_batch
+                    if device_augment:
+                        x = _data.augment_batch(x_batch, device)
+                        y_np = y_np[x_batch.kept]       # without the images no decoder could decode
+                        if not len(y_np):
+                            continue
                     with compute:
                         logits = model(x)
                         loss = F.cross_entropy(logits, y_np)

@@ -386,6 +386,25 @@ void Tensor::copy_to_host(void* dst) const {
   }
 }
 
+void Tensor::write_from_host(int64_t offset, const void* src, size_t bytes) const {
+  VGG_CHECK(offset >= 0 && static_cast<size_t>(offset) <= nbytes() && bytes <= nbytes() - static_cast<size_t>(offset),
+            ValueError, "write_from_host: ", bytes, " bytes at offset ", offset, " do not fit the tensor's ", nbytes(),
+            " bytes");
+  if (bytes == 0) return;
+  char* dst = static_cast<char*>(raw()) + offset;
+  if (device().is_host_memory()) {
+    std::memcpy(dst, src, bytes);
+#ifdef VGG_WITH_SIM
+    if (device().type == DeviceType::Sim) simt::mark_host_written(raw());
+#endif
+  } else {
+#ifdef VGG_WITH_CUDA
+    cuda::copy_host_to_device(device().index, dst, src, bytes);
+    if (vgg::is_pinned(src, bytes)) cuda::synchronize(device().index);
+#endif
+  }
+}
+
 Tensor Tensor::to(const Device& target) const {
   if (target.is_host_memory() && device().is_host_memory()) return from_host(raw(), shape_, dtype_, target);
 #ifdef VGG_WITH_CUDA

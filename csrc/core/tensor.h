@@ -99,6 +99,9 @@ class Tensor {
   Tensor to(const Device& device) const;
   // Copies the contents into host memory at dst (synchronises with the device).
   void copy_to_host(void* dst) const;
+  // Copies `bytes` bytes from host memory into this tensor's storage from byte `offset` on (ValueError past its
+  // end); on cuda ordered on the device's stream, with src free for reuse on return.
+  void write_from_host(int64_t offset, const void* src, size_t bytes) const;
 
  private:
   std::shared_ptr<Storage> storage_;

@@ -13,9 +13,11 @@
 // runtime may already be torn down, and the driver reclaims the memory anyway.
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
+#include <iterator>
 #include <memory>
 #include <mutex>
 #include <stdexcept>
@@ -61,6 +63,11 @@ struct DeviceState {
   std::unordered_map<void*, size_t> live_blocks;               // handed-out block -> size class
   size_t cached_bytes = 0;
   std::string name;
+  // Graph capture (capture_begin): the pool of the capture in progress (0: none), the free blocks of every
+  // graph's pool by size class, and the pool that owns each block of a pool (live or free).
+  uint64_t capture_pool = 0;
+  std::unordered_map<uint64_t, std::unordered_map<size_t, std::vector<void*>>> pool_free;
+  std::unordered_map<void*, uint64_t> pool_owner;
 };
 
 int g_device_count = 0;
@@ -136,6 +143,60 @@ void release_cached_locked(int device, DeviceState& st) {
   st.cached_bytes = 0;
 }
 
+// ---- graph pools (see capture_begin in runtime.h) -----------------------------------------------------------
+std::atomic<uint64_t> g_next_pool{1};
+
+// A block for the capture in progress: the pool's own free blocks first, then the general cache's (their eager
+// users were queued before the graph, on the same stream), then a new cudaMalloc, made under the relaxed capture
+// mode (cudaMalloc is not stream work, but the thread-local mode would refuse it as potentially unsafe). Caller
+// holds st.mutex.
+void* pool_malloc_locked(int device, DeviceState& st, size_t bytes, size_t cls) {
+  void* p = nullptr;
+  for (auto* bins : {&st.pool_free[st.capture_pool], &st.free_blocks}) {
+    auto bin = bins->find(cls);
+    if (bin == bins->end() || bin->second.empty()) continue;
+    p = bin->second.back();
+    bin->second.pop_back();
+    if (bins == &st.free_blocks) st.cached_bytes -= cls;
+    break;
+  }
+  if (p == nullptr) {
+    DeviceGuard guard(device);
+    cudaStreamCaptureMode mode = cudaStreamCaptureModeRelaxed;
+    VGG_CUDA_CHECK(cudaThreadExchangeStreamCaptureMode(&mode));
+    const cudaError_t status = cudaMalloc(&p, cls);
+    (void)cudaThreadExchangeStreamCaptureMode(&mode);  // back to the capture's own mode
+    if (status != cudaSuccess) {
+      (void)cudaGetLastError();
+      throw std::runtime_error("graph capture: could not allocate " + std::to_string(bytes) + " bytes on cuda:" +
+                               std::to_string(device) + " (" + cudaGetErrorString(status) +
+                               "), and the cache cannot be emptied during a capture; capture with more free memory");
+    }
+  }
+  st.live_blocks.emplace(p, cls);
+  st.pool_owner[p] = st.capture_pool;
+  return p;
+}
+
+// A freed block that belongs to a pool, or any block freed during a capture, goes to that pool's free blocks.
+// Returns false for an ordinary block. Caller holds st.mutex.
+bool pool_free_locked(DeviceState& st, void* p, size_t cls) {
+  auto owner = st.pool_owner.find(p);
+  const uint64_t pool = owner != st.pool_owner.end() ? owner->second : st.capture_pool;
+  if (pool == 0) return false;
+  st.pool_owner[p] = pool;
+  st.pool_free[pool][cls].push_back(p);
+  return true;
+}
+
+// Only the device's stream is captured: work queued on another stream would run at capture time, outside the
+// graph, and the graph would not wait for it. Caller holds st.mutex.
+void refuse_other_stream_locked(int device, const DeviceState& st, const char* what) {
+  if (st.capture_pool != 0)
+    throw std::runtime_error(std::string("graph capture: work on ") + what + " of cuda:" + std::to_string(device) +
+                             " is not captured (only the device's stream is); run it outside the capture");
+}
+
 }  // namespace
 
 int device_count() {
@@ -166,6 +227,7 @@ void* device_malloc(int device, size_t bytes) {
   DeviceState& st = state(device);
   const size_t cls = size_class(bytes);
   std::lock_guard<std::mutex> lock(st.mutex);
+  if (st.capture_pool != 0) return pool_malloc_locked(device, st, bytes, cls);
   auto bin = st.free_blocks.find(cls);
   if (bin != st.free_blocks.end() && !bin->second.empty()) {
     void* p = bin->second.back();
@@ -208,6 +270,10 @@ void device_free(int device, void* ptr) noexcept {
   auto it = st.live_blocks.find(ptr);
   if (it == st.live_blocks.end()) return;  // not ours: nothing sensible to do in a noexcept path
   try {
+    if (pool_free_locked(st, ptr, it->second)) {
+      st.live_blocks.erase(it);
+      return;
+    }
     st.free_blocks[it->second].push_back(ptr);
     st.cached_bytes += it->second;
   } catch (...) {
@@ -278,6 +344,7 @@ void* stream_handle(int device) {
 void* side_stream(int device) {
   DeviceState& st = state(device);
   std::lock_guard<std::mutex> lock(st.mutex);
+  refuse_other_stream_locked(device, st, "the side stream (overlapping work such as NCCL's all-reduces)");
   if (st.side_stream == nullptr) {
     DeviceGuard guard(device);
     VGG_CUDA_CHECK(cudaStreamCreateWithFlags(&st.side_stream, cudaStreamNonBlocking));
@@ -318,6 +385,7 @@ void host_free_pinned(void* ptr) noexcept {
 void* copy_stream(int device) {
   DeviceState& st = state(device);
   std::lock_guard<std::mutex> lock(st.mutex);
+  refuse_other_stream_locked(device, st, "the copy stream (asynchronous host-to-device copies)");
   if (st.copy_stream == nullptr) {
     DeviceGuard guard(device);
     VGG_CUDA_CHECK(cudaStreamCreateWithFlags(&st.copy_stream, cudaStreamNonBlocking));
@@ -373,10 +441,102 @@ void after_launch(const std::string& op) {
     return env && *env && std::string(env) != "0";
   }();
   if (!sync) return;
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  if (cudaStreamIsCapturing(current_stream(), &capture) != cudaSuccess) (void)cudaGetLastError();
+  if (capture != cudaStreamCaptureStatusNone) return;  // a captured launch runs at replay: nothing to wait for yet
   const cudaError_t status = cudaStreamSynchronize(current_stream());
   if (status != cudaSuccess)
     throw std::runtime_error(op + ": CUDA kernel failed (reported at its launch by VGG_CUDA_SYNC_LAUNCHES): " +
                              cudaGetErrorString(status));
+}
+
+uint64_t capture_begin(int device) {
+  DeviceState& st = state(device);
+  std::lock_guard<std::mutex> lock(st.mutex);
+  if (st.capture_pool != 0)
+    throw std::runtime_error("graph capture: a capture is already in progress on cuda:" + std::to_string(device));
+  const cudaStream_t stream = stream_locked(device, st);
+  DeviceGuard guard(device);
+  VGG_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+  st.capture_pool = g_next_pool.fetch_add(1);
+  return st.capture_pool;
+}
+
+void* capture_end(int device) {
+  const cudaStream_t stream = device_stream(device);
+  DeviceState& st = state(device);
+  DeviceGuard guard(device);
+  cudaGraph_t graph = nullptr;
+  const cudaError_t ended = cudaStreamEndCapture(stream, &graph);
+  {
+    std::lock_guard<std::mutex> lock(st.mutex);
+    st.capture_pool = 0;
+  }
+  if (ended != cudaSuccess) {
+    if (graph != nullptr) (void)cudaGraphDestroy(graph);
+    (void)cudaGetLastError();
+    throw_cuda_error(ended, "cudaStreamEndCapture", __FILE__, __LINE__);
+  }
+  cudaGraphExec_t exec = nullptr;
+  const cudaError_t made = cudaGraphInstantiate(&exec, graph, 0);
+  (void)cudaGraphDestroy(graph);  // the executable graph is independent of it
+  VGG_CUDA_CHECK(made);
+  return static_cast<void*>(exec);
+}
+
+void capture_abort(int device) noexcept {
+  try {
+    const cudaStream_t stream = device_stream(device);
+    DeviceState& st = state(device);
+    DeviceGuard guard(device);
+    cudaGraph_t graph = nullptr;
+    if (cudaStreamEndCapture(stream, &graph) == cudaSuccess && graph != nullptr) (void)cudaGraphDestroy(graph);
+    (void)cudaGetLastError();  // an invalidated capture reports its error here; it does not outlive the capture
+    std::lock_guard<std::mutex> lock(st.mutex);
+    st.capture_pool = 0;
+  } catch (...) {
+  }
+}
+
+bool stream_capturing(int device) {
+  const cudaStream_t stream = device_stream(device);
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  VGG_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
+  return capture != cudaStreamCaptureStatusNone;
+}
+
+void graph_launch(int device, void* exec) {
+  const cudaStream_t stream = device_stream(device);
+  DeviceGuard guard(device);
+  VGG_CUDA_CHECK(cudaGraphLaunch(static_cast<cudaGraphExec_t>(exec), stream));
+}
+
+void graph_destroy(void* exec) noexcept {
+  if (exec != nullptr) (void)cudaGraphExecDestroy(static_cast<cudaGraphExec_t>(exec));
+}
+
+void release_pool(int device, uint64_t pool) noexcept {
+  if (pool == 0) return;
+  try {
+    DeviceState& st = state(device);
+    std::lock_guard<std::mutex> lock(st.mutex);
+    // A replay still queued on the stream may use these blocks: the general cache serves them only to work
+    // queued after it, on the same stream, so no wait is needed.
+    const auto freed = st.pool_free.find(pool);
+    if (freed != st.pool_free.end()) {
+      for (auto& [cls, blocks] : freed->second) {
+        for (void* p : blocks) {
+          st.free_blocks[cls].push_back(p);
+          st.cached_bytes += cls;
+          st.pool_owner.erase(p);
+        }
+      }
+      st.pool_free.erase(freed);
+    }
+    for (auto it = st.pool_owner.begin(); it != st.pool_owner.end();)
+      it = it->second == pool ? st.pool_owner.erase(it) : std::next(it);
+  } catch (...) {
+  }
 }
 
 // Kernel scratch (common.cuh): the current device's caching allocator, released right after the launches that

@@ -212,7 +212,8 @@ def _image_folder(root, per_class):
             Image.fromarray(rng.integers(0, 256, (36, 36, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
 
 
-def test_train_with_cuda_graph_gives_the_eager_history_and_weights_on_sim(tmp_path, monkeypatch):
+@pytest.mark.parametrize("precision,epochs", [("fp32", 2), ("bf16", 1)])   # bf16 emulation is the slow one
+def test_train_with_cuda_graph_gives_the_eager_history_and_weights_on_sim(tmp_path, monkeypatch, precision, epochs):
     monkeypatch.setenv("VGGCORE_CACHE", str(tmp_path / "cache"))
     root = tmp_path / "data"
     _image_folder(root / "train", per_class=9)   # 18 images, batch 4: 4 full batches and a short one of 2
@@ -227,14 +228,17 @@ def test_train_with_cuda_graph_gives_the_eager_history_and_weights_on_sim(tmp_pa
     monkeypatch.setattr(_graph_step, "Graph", CountingGraph)
 
     def run(**kwargs):
-        return vc.train("A", data=str(root), epochs=1, batch_size=4, crop=32, scale=32, width=1 / 16, fc_width=16,
-                        dropout=0.5, device=DEV, verbose=False, stats_sample=10, num_workers=1, **kwargs)
+        return vc.train("A", data=str(root), epochs=epochs, batch_size=4, crop=32, scale=32, width=1 / 16, fc_width=16,
+                        dropout=0.5, device=DEV, verbose=False, stats_sample=10, num_workers=1, precision=precision,
+                        **kwargs)
 
     eager = run()
     graphed = run(cuda_graph=True)
-    assert len(replays) == 2 * 2                 # batches 3 and 4 (after 2 eager warm-up steps), two graphs each
-    for key in ("train_loss", "train_top1_err", "val_loss", "val_top1_err", "val_top5_err"):
-        assert graphed.history[0][key] == eager.history[0][key], key
+    # epoch 1: batches 3 and 4 after 2 eager warm-up steps; epoch 2 (after an eager validation pass): batches 1-4
+    assert len(replays) == 2 * (2 + 4 * (epochs - 1))          # two graphs per replayed step
+    for e, g in zip(eager.history, graphed.history):
+        for key in ("train_loss", "train_top1_err", "val_loss", "val_top1_err", "val_top5_err", "lr"):
+            assert g[key] == e[key], key
     for (name, e), (_, g) in zip(eager.model.state_dict().items(), graphed.model.state_dict().items()):
         assert np.array_equal(np.asarray(e), np.asarray(g)), name
     with pytest.raises(ValueError, match="cuda_graph=True needs device 'sim' or 'cuda'"):

@@ -498,13 +498,6 @@ void capture_abort(int device) noexcept {
   }
 }
 
-bool stream_capturing(int device) {
-  const cudaStream_t stream = device_stream(device);
-  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-  VGG_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
-  return capture != cudaStreamCaptureStatusNone;
-}
-
 void graph_launch(int device, void* exec) {
   const cudaStream_t stream = device_stream(device);
   DeviceGuard guard(device);

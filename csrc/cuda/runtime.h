@@ -74,7 +74,6 @@ uint64_t capture_begin(int device);
 void* capture_end(int device);
 // Ends a capture that failed, discarding what it recorded and clearing the CUDA error; never throws.
 void capture_abort(int device) noexcept;
-bool stream_capturing(int device);
 // Launches the instantiated graph on the device's stream.
 void graph_launch(int device, void* exec);
 void graph_destroy(void* exec) noexcept;

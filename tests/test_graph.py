@@ -244,3 +244,20 @@ def test_train_with_cuda_graph_gives_the_eager_history_and_weights_on_sim(tmp_pa
     with pytest.raises(ValueError, match="cuda_graph=True needs device 'sim' or 'cuda'"):
         vc.train("A", data=str(root), epochs=1, batch_size=4, crop=32, scale=32, width=1 / 16, fc_width=16,
                  device="cpu", verbose=False, stats_sample=10, num_workers=1, cuda_graph=True)
+
+
+def test_a_block_one_graph_made_and_another_read_lives_as_long_as_either_graph():
+    x = vc.tensor(np.arange(-8, 8, dtype=np.float32).reshape(4, 4), device=DEV)
+    first, second = Graph(), Graph()
+    with first.capture(DEV):
+        a = F.relu(x)
+    first.replay()
+    with second.capture(DEV):
+        b = a + a
+        del a                                    # freed while the second graph, which reads it, is captured
+    del first                                    # the block stays: the second graph still holds it
+    fills = [vc.tensor(np.full((4, 4), 100.0 + i, np.float32), device=DEV) for i in range(6)]
+    second.replay()
+    np.testing.assert_array_equal(b.numpy(), 2 * np.maximum(np.arange(-8, 8).reshape(4, 4), 0))
+    for i, t in enumerate(fills):
+        np.testing.assert_array_equal(t.numpy(), np.full((4, 4), 100.0 + i, np.float32))

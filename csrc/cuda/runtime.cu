@@ -13,6 +13,7 @@
 // runtime may already be torn down, and the driver reclaims the memory anyway.
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
@@ -63,11 +64,14 @@ struct DeviceState {
   std::unordered_map<void*, size_t> live_blocks;               // handed-out block -> size class
   size_t cached_bytes = 0;
   std::string name;
-  // Graph capture (capture_begin): the pool of the capture in progress (0: none), the free blocks of every
-  // graph's pool by size class, and the pool that owns each block of a pool (live or free).
+  // Graph capture (capture_begin): the pool of the capture in progress (0: none); for each block a graph may
+  // use, live or free, the pools holding it (the capture that made it and every capture open when it was freed:
+  // a second graph can read what the first wrote); the free blocks held by one pool only, by size class (its
+  // capture may reuse them); and the free blocks held by several (reused by none until one holder is left).
   uint64_t capture_pool = 0;
+  std::unordered_map<void*, std::vector<uint64_t>> pool_holders;
   std::unordered_map<uint64_t, std::unordered_map<size_t, std::vector<void*>>> pool_free;
-  std::unordered_map<void*, uint64_t> pool_owner;
+  std::unordered_map<void*, size_t> held_free;
 };
 
 int g_device_count = 0;
@@ -174,18 +178,31 @@ void* pool_malloc_locked(int device, DeviceState& st, size_t bytes, size_t cls) 
     }
   }
   st.live_blocks.emplace(p, cls);
-  st.pool_owner[p] = st.capture_pool;
+  st.pool_holders[p] = {st.capture_pool};
   return p;
 }
 
-// A freed block that belongs to a pool, or any block freed during a capture, goes to that pool's free blocks.
-// Returns false for an ordinary block. Caller holds st.mutex.
+// A free block held by graphs: reusable by the capture of its one holder, or by none while several hold it.
+// Caller holds st.mutex.
+void park_held_locked(DeviceState& st, void* p, size_t cls, const std::vector<uint64_t>& pools) {
+  if (pools.size() == 1)
+    st.pool_free[pools.front()][cls].push_back(p);
+  else
+    st.held_free[p] = cls;
+}
+
+// A freed block that a graph holds, or any block freed during a capture (which then holds it too), stays with
+// the graphs. Returns false for an ordinary block. Caller holds st.mutex.
 bool pool_free_locked(DeviceState& st, void* p, size_t cls) {
-  auto owner = st.pool_owner.find(p);
-  const uint64_t pool = owner != st.pool_owner.end() ? owner->second : st.capture_pool;
-  if (pool == 0) return false;
-  st.pool_owner[p] = pool;
-  st.pool_free[pool][cls].push_back(p);
+  auto held = st.pool_holders.find(p);
+  if (held == st.pool_holders.end()) {
+    if (st.capture_pool == 0) return false;
+    held = st.pool_holders.emplace(p, std::vector<uint64_t>{}).first;
+  }
+  std::vector<uint64_t>& pools = held->second;
+  if (st.capture_pool != 0 && std::find(pools.begin(), pools.end(), st.capture_pool) == pools.end())
+    pools.push_back(st.capture_pool);
+  park_held_locked(st, p, cls, pools);
   return true;
 }
 
@@ -515,19 +532,39 @@ void release_pool(int device, uint64_t pool) noexcept {
     std::lock_guard<std::mutex> lock(st.mutex);
     // A replay still queued on the stream may use these blocks: the general cache serves them only to work
     // queued after it, on the same stream, so no wait is needed.
-    const auto freed = st.pool_free.find(pool);
-    if (freed != st.pool_free.end()) {
-      for (auto& [cls, blocks] : freed->second) {
+    const auto to_cache = [&st](void* p, size_t cls) {
+      st.free_blocks[cls].push_back(p);
+      st.cached_bytes += cls;
+    };
+    const auto own = st.pool_free.find(pool);  // held by this pool alone
+    if (own != st.pool_free.end()) {
+      for (auto& [cls, blocks] : own->second) {
         for (void* p : blocks) {
-          st.free_blocks[cls].push_back(p);
-          st.cached_bytes += cls;
-          st.pool_owner.erase(p);
+          to_cache(p, cls);
+          st.pool_holders.erase(p);
         }
       }
-      st.pool_free.erase(freed);
+      st.pool_free.erase(own);
     }
-    for (auto it = st.pool_owner.begin(); it != st.pool_owner.end();)
-      it = it->second == pool ? st.pool_owner.erase(it) : std::next(it);
+    for (auto it = st.pool_holders.begin(); it != st.pool_holders.end();) {
+      std::vector<uint64_t>& pools = it->second;
+      const auto held = std::find(pools.begin(), pools.end(), pool);
+      if (held == pools.end()) {
+        ++it;
+        continue;
+      }
+      pools.erase(held);
+      const auto free_block = st.held_free.find(it->first);
+      if (free_block != st.held_free.end() && pools.size() <= 1) {
+        if (pools.empty())
+          to_cache(it->first, free_block->second);
+        else
+          park_held_locked(st, it->first, free_block->second, pools);
+        st.held_free.erase(free_block);
+      }
+      // a live block no graph holds any more is an ordinary one
+      it = pools.empty() ? st.pool_holders.erase(it) : std::next(it);
+    }
   } catch (...) {
   }
 }

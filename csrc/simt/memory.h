@@ -32,7 +32,8 @@ std::vector<std::function<void()>> end_capture() noexcept;
 bool capturing() noexcept;  // on this host thread
 // Records `step` while capturing, runs it now otherwise.
 void record_or_run(std::function<void()> step);
-// Frees the pool's blocks that their owners have freed; the others become ordinary blocks.
+// The graph is gone: frees the blocks their owners have freed and no other live graph holds (a block freed during
+// a second capture is held by both graphs); the pool's live blocks become ordinary ones.
 void release_pool(uint64_t pool) noexcept;
 
 }  // namespace simt

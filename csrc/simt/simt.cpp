@@ -379,8 +379,10 @@ struct Alloc {
   unsigned long long id;
   std::string label;
   bool host_written = false;
-  uint64_t pool = 0;      // the graph pool that owns it (made during that capture, or freed during it); 0: none
-  bool released = false;  // freed by its owner, kept alive for the graph that may still use it
+  // The graph pools that may still use it: the capture that made it, and every capture open when it was freed
+  // (a second graph can read what the first wrote). It is freed once it is released and all of them are gone.
+  std::vector<uint64_t> pools;
+  bool released = false;  // freed by its owner, kept alive for the graphs that may still use it
 };
 struct Registry {
   std::mutex mutex;
@@ -1321,7 +1323,7 @@ void* device_alloc(size_t bytes, const char* what) {
     std::lock_guard<std::mutex> lock(R.mutex);
     detail::Alloc& a = R.live[reinterpret_cast<uintptr_t>(base + kAllocGuardBytes)];
     a = detail::Alloc{base, bytes, total, R.next_id++, what};
-    a.pool = R.open_pool;
+    if (R.open_pool != 0) a.pools.push_back(R.open_pool);
     detail::poison_guards(a);
   } catch (...) {
     std::free(base);
@@ -1340,8 +1342,10 @@ void device_free(void* ptr) noexcept {
     if (it == R.live.end()) return;  // not ours: leak rather than free a foreign pointer
     // A recorded launch may still use a block freed during a capture, or one the capture made: the graph's pool
     // keeps it (registered, so every check still sees it) until the graph is destroyed (release_pool).
-    if (it->second.pool == 0) it->second.pool = R.open_pool;
-    if (it->second.pool != 0) {
+    std::vector<uint64_t>& pools = it->second.pools;
+    if (R.open_pool != 0 && std::find(pools.begin(), pools.end(), R.open_pool) == pools.end())
+      pools.push_back(R.open_pool);
+    if (!pools.empty()) {
       it->second.released = true;
       return;
     }
@@ -1411,12 +1415,11 @@ void release_pool(uint64_t pool) noexcept {
     std::lock_guard<std::mutex> lock(R.mutex);
     for (auto it = R.live.begin(); it != R.live.end();) {
       detail::Alloc& a = it->second;
-      if (a.pool != pool) {
-        ++it;
-        continue;
-      }
-      if (!a.released) {  // still owned (a tensor the capture made, alive in Python): an ordinary block from now on
-        a.pool = 0;
+      const auto held = std::find(a.pools.begin(), a.pools.end(), pool);
+      if (held != a.pools.end()) a.pools.erase(held);
+      // Still owned (a tensor the capture made, alive in Python: an ordinary block from now on), or still held by
+      // another graph: kept.
+      if (held == a.pools.end() || !a.released || !a.pools.empty()) {
         ++it;
         continue;
       }

@@ -238,7 +238,11 @@ PYBIND11_MODULE(_C, m) {
   m.def("copy_async", &copy_async, py::arg("source"), py::arg("device"),
         "Starts copying pinned host data to device on its copy stream: (tensor, ticket). Order it before the "
         "compute that reads the tensor with wait_copy(ticket)");
-  m.def("wait_copy", &vgg::wait_on_device, py::arg("ticket"),
+  m.def("wait_copy", [](uint64_t ticket) {
+        vgg::refuse_during_any_capture("wait_copy: an asynchronous copy's completion cannot be waited for in a "
+                                       "capture (it is not part of the graph); wait before capturing");
+        vgg::wait_on_device(ticket);
+      }, py::arg("ticket"),
         "The device's compute stream waits for the copy (the host does not block)",
         py::call_guard<py::gil_scoped_release>());
   m.def("copy_done", &vgg::copy_done, py::arg("ticket"), "Has the copy completed (its source may be reused)?");

@@ -162,6 +162,7 @@ def test_the_outputs_are_computed_by_the_replay_not_by_the_capture():
     ("upload", lambda y, w: vc.tensor(np.ones(3, np.float32), device=DEV)),
     ("empty_cache", lambda y, w: _C.empty_cache()),
     ("synchronize", lambda y, w: _C.synchronize(DEV)),
+    ("copy_async", lambda y, w: _C.copy_async(vc.pinned_empty((2, 3)), DEV)),
 ])
 def test_host_synchronisation_inside_a_capture_raises_and_the_device_stays_usable(what, sync):
     x = vc.tensor(np.arange(-3, 3, dtype=np.float32), device=DEV)
@@ -180,6 +181,18 @@ def test_host_synchronisation_inside_a_capture_raises_and_the_device_stays_usabl
         y = F.relu(x)
     g2.replay()
     np.testing.assert_array_equal(y.numpy(), [0, 0, 0, 0, 1, 2])
+
+
+def test_waiting_for_an_asynchronous_copy_inside_a_capture_is_refused():
+    source = vc.pinned_empty((2, 3))
+    source[:] = 7
+    copied, ticket = _C.copy_async(source, DEV)
+    g = Graph()
+    with pytest.raises(RuntimeError, match="graph capture: wait_copy"):
+        with g.capture(DEV):
+            _C.wait_copy(ticket)
+    _C.wait_copy(ticket)
+    np.testing.assert_array_equal(copied.numpy(), np.full((2, 3), 7.0))
 
 
 def test_capture_misuse_is_refused_clearly():

@@ -7,12 +7,11 @@
 #include <utility>
 
 #include "errors.h"
-
-#ifdef VGG_WITH_CUDA
-#include "../cuda/runtime.h"
-#endif
 #ifdef VGG_WITH_SIM
-#include "../simt/memory.h"
+#include "../simt/memory.h"  // the sim backend's recording and pools
+#endif
+#ifdef VGG_WITH_CUDA
+#include "../cuda/runtime.h"  // stream capture and pools
 #endif
 
 namespace vgg {

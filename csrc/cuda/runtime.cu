@@ -214,6 +214,12 @@ void refuse_other_stream_locked(int device, const DeviceState& st, const char* w
                              " is not captured (only the device's stream is); run it outside the capture");
 }
 
+void refuse_other_stream(int device, const char* what) {
+  DeviceState& st = state(device);
+  std::lock_guard<std::mutex> lock(st.mutex);
+  refuse_other_stream_locked(device, st, what);
+}
+
 }  // namespace
 
 int device_count() {
@@ -370,6 +376,7 @@ void* side_stream(int device) {
 }
 
 void stream_wait(int device, void* waiter, void* signaller) {
+  refuse_other_stream(device, "a wait between streams (the side stream's work)");
   const cudaStream_t main = device_stream(device);
   const cudaStream_t wait_on = waiter != nullptr ? static_cast<cudaStream_t>(waiter) : main;
   const cudaStream_t signal = signaller != nullptr ? static_cast<cudaStream_t>(signaller) : main;
@@ -411,12 +418,14 @@ void* copy_stream(int device) {
 }
 
 void copy_host_to_device_on(int device, void* stream, void* dst, const void* src, size_t bytes) {
+  refuse_other_stream(device, "the copy stream (asynchronous host-to-device copies)");
   if (bytes == 0) return;
   DeviceGuard guard(device);
   VGG_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, static_cast<cudaStream_t>(stream)));
 }
 
 void* event_record(int device, void* stream) {
+  refuse_other_stream(device, "an event (the copy stream's ordering)");
   const cudaStream_t on = stream != nullptr ? static_cast<cudaStream_t>(stream) : device_stream(device);
   DeviceGuard guard(device);
   cudaEvent_t event = nullptr;
@@ -430,6 +439,7 @@ void* event_record(int device, void* stream) {
 }
 
 void stream_wait_event(int device, void* stream, void* event) {
+  refuse_other_stream(device, "a wait on an event (a copy's completion)");
   const cudaStream_t on = stream != nullptr ? static_cast<cudaStream_t>(stream) : device_stream(device);
   DeviceGuard guard(device);
   VGG_CUDA_CHECK(cudaStreamWaitEvent(on, static_cast<cudaEvent_t>(event), 0));

@@ -193,19 +193,7 @@ void copy_host_into(Tensor& dst, const void* src, size_t bytes, const char* op) 
             " bytes, shape ", shape_str(dst.shape()), " ", dtype_name(dst.dtype()));
   refuse_during_capture(dst.device(), cat(op, ": a host-to-device copy cannot be captured (the host memory is read "
                                               "once, at the copy); fill the graph's input tensors before replay"));
-  if (bytes == 0) return;
-#ifdef VGG_WITH_SIM
-  if (dst.device().type == DeviceType::Sim) {
-    std::memcpy(dst.raw(), src, bytes);
-    simt::mark_host_written(dst.raw());
-    return;
-  }
-#endif
-#ifdef VGG_WITH_CUDA
-  cuda::copy_host_to_device(dst.device().index, dst.raw(), src, bytes);
-#else
-  (void)src;
-#endif
+  dst.write_from_host(0, src, bytes);
 }
 
 void copy_device_into(Tensor& dst, const Tensor& src, const char* op) {

@@ -402,6 +402,9 @@ void Tensor::write_from_host(int64_t offset, const void* src, size_t bytes) cons
   VGG_CHECK(offset >= 0 && static_cast<size_t>(offset) <= nbytes() && bytes <= nbytes() - static_cast<size_t>(offset),
             ValueError, "write_from_host: ", bytes, " bytes at offset ", offset, " do not fit the tensor's ", nbytes(),
             " bytes");
+  if (device().type != DeviceType::CPU)
+    refuse_during_capture(device(), "write_from_host: a host-to-device copy cannot be captured (the host memory is "
+                                    "read once, at the copy); write before the capture or between replays");
   if (bytes == 0) return;
   char* dst = static_cast<char*>(raw()) + offset;
   if (device().is_host_memory()) {

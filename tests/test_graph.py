@@ -274,3 +274,9 @@ def test_a_block_one_graph_made_and_another_read_lives_as_long_as_either_graph()
     np.testing.assert_array_equal(b.numpy(), 2 * np.maximum(np.arange(-8, 8).reshape(4, 4), 0))
     for i, t in enumerate(fills):
         np.testing.assert_array_equal(t.numpy(), np.full((4, 4), 100.0 + i, np.float32))
+
+
+def test_the_cli_flag_reaches_train():
+    from vggcore import cli
+    assert cli.build_parser().parse_args(["train", "--cuda-graph"]).cuda_graph is True
+    assert cli.build_parser().parse_args(["train"]).cuda_graph is False

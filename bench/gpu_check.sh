@@ -275,6 +275,7 @@ run_step "vggcore sees cuda:0" 60 285 "$LOGDIR/devices.log" devices
 run_step "fragment-layout probe (bench/tc_probe.py)" 60 270 "$LOGDIR/probe.log" probe
 run_step "tensor-core tests on cuda:0" 120 240 "$LOGDIR/tc-tests.log" tc_tests
 run_step "nvJPEG vs Pillow and decode images/s (tests/test_decode.py -k nvjpeg, pipeline.py --decode-throughput)" 60 230 "$LOGDIR/decode.log" decode_check
+run_step "bench/step_graph.py (training step: eager vs CUDA graph)" 60 220 "$LOGDIR/step-graph.log" "$PY" -P bench/step_graph.py --device cuda:0
 
 # The benchmarks, the measurement, in order of importance; each step's cap is its share of what is left
 # (the reserve keeps time for the later steps), and conv.py shares its cap among its sections.

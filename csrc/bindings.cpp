@@ -6,6 +6,7 @@
 
 #include "core/async_copy.h"
 #include "core/errors.h"
+#include "core/graph.h"
 #include "core/interrupt.h"
 #include "core/tensor.h"
 #include "ops.h"
@@ -92,6 +93,8 @@ const void* array_memory(const py::array& array, const char* op) {
 // `device`; returns (tensor, ticket).
 py::tuple copy_async(const py::object& source, const std::string& device) {
   const vgg::Device target = vgg::Device::parse(device);
+  vgg::refuse_during_capture(target, "copy_async: a host-to-device copy cannot be captured (the host memory is read "
+                                     "once, at the copy); copy before the capture or between replays");
   Tensor out;
   uint64_t ticket = 0;
   if (py::isinstance<Tensor>(source)) {
@@ -235,7 +238,11 @@ PYBIND11_MODULE(_C, m) {
   m.def("copy_async", &copy_async, py::arg("source"), py::arg("device"),
         "Starts copying pinned host data to device on its copy stream: (tensor, ticket). Order it before the "
         "compute that reads the tensor with wait_copy(ticket)");
-  m.def("wait_copy", &vgg::wait_on_device, py::arg("ticket"),
+  m.def("wait_copy", [](uint64_t ticket) {
+        vgg::refuse_during_any_capture("wait_copy: an asynchronous copy's completion cannot be waited for in a "
+                                       "capture (it is not part of the graph); wait before capturing");
+        vgg::wait_on_device(ticket);
+      }, py::arg("ticket"),
         "The device's compute stream waits for the copy (the host does not block)",
         py::call_guard<py::gil_scoped_release>());
   m.def("copy_done", &vgg::copy_done, py::arg("ticket"), "Has the copy completed (its source may be reused)?");
@@ -251,6 +258,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("pending_copies", &vgg::pending_copies, "Asynchronous copies not yet known to be complete");
   m.def("synchronize", [](const std::string& device) {
         const vgg::Device d = vgg::Device::parse(device);
+        vgg::refuse_during_capture(d, "synchronize waits on the host for the device; call it after replay");
         vgg::synchronize_copies(d);
 #ifdef VGG_WITH_CUDA
         if (d.type == vgg::DeviceType::CUDA) vgg::cuda::synchronize(d.index);
@@ -261,6 +269,7 @@ PYBIND11_MODULE(_C, m) {
       "queued copies are performed)",
       py::call_guard<py::gil_scoped_release>());
   m.def("empty_cache", [] {
+        vgg::refuse_during_any_capture("empty_cache synchronises with the device; empty it outside the capture");
         vgg::empty_host_cache();
 #ifdef VGG_WITH_CUDA
         vgg::cuda::empty_cache();
@@ -337,6 +346,9 @@ PYBIND11_MODULE(_C, m) {
   m.def("relu_backward", &relu_backward, py::arg("x"), py::arg("dy"), release);
   m.def("dropout", &dropout, "Inverted dropout with a Philox mask keyed by seed; element i draws index offset + i",
         py::arg("x"), py::arg("p"), py::arg("seed"), py::arg("offset") = 0, release);
+  m.def("dropout_device_seed", &dropout_device_seed,
+        "dropout with the seed read by the kernel from a 1-element int64 tensor on x's device (graph replay)",
+        py::arg("x"), py::arg("p"), py::arg("device_seed"), py::arg("offset") = 0, release);
   m.def("add", &add, py::arg("a"), py::arg("b"), release);
   m.def("scale", &scale, py::arg("x"), py::arg("alpha"), release);
   m.def("max_pool2d_forward", &max_pool2d_forward, "x (N,H,W,C) -> (y, argmax int32)", py::arg("x"),
@@ -363,7 +375,42 @@ PYBIND11_MODULE(_C, m) {
         py::arg("logp"), py::arg("labels"), py::arg("dloss"), release);
   m.def("sgd_update", &sgd_update, "In-place SGD step (PyTorch's rule)", py::arg("param"), py::arg("grad"),
         py::arg("momentum_buffer"), py::arg("lr"), py::arg("momentum"), py::arg("weight_decay"), py::arg("nesterov"),
-        py::arg("first_step"), release);
+        py::arg("first_step"), py::arg("device_hyper") = std::nullopt, release);
+
+  // ---- graph capture and replay (core/graph.h; the Python API is vggcore.Graph) -----------------------------
+  py::class_<vgg::Graph>(m, "Graph", "Captured device work (sim or cuda), replayed in order; see vggcore.Graph")
+      .def(py::init<>())
+      .def("begin", [](vgg::Graph& g, const std::string& device) { g.begin(vgg::Device::parse(device)); },
+           py::arg("device"))
+      .def("end", &vgg::Graph::end)
+      .def("abort", &vgg::Graph::abort)
+      .def("replay", &vgg::Graph::replay, release)
+      .def_property_readonly("state", &vgg::Graph::state_name)
+      .def_property_readonly("device", [](const vgg::Graph& g) { return g.device().str(); })
+      .def_property_readonly("recorded_steps", &vgg::Graph::recorded_steps);
+  m.def("int64_empty", [](const std::vector<int64_t>& shape, const std::string& device) {
+        return Tensor::empty(shape, DType::Int64, vgg::Device::parse(device));
+      }, py::arg("shape"), py::arg("device"), "An uninitialised int64 tensor (labels, a graph's device scalars)");
+  m.def("capturing", [](const std::string& device) { return vgg::capturing(vgg::Device::parse(device)); },
+        py::arg("device"), "Is a graph capture in progress on the device?");
+  m.def("copy_into", [](Tensor& dst, const py::array& source) {
+        const py::array array = py::array::ensure(source, py::array::c_style);
+        if (!array) throw vgg::TypeError("copy_into: the source must be a numpy array");
+        VGG_CHECK(dst.dtype() != DType::BFloat16 && dtype_of(array) == dst.dtype(), vgg::TypeError,
+                  "copy_into: the source is ", py::str(array.dtype()).cast<std::string>(), ", the destination ",
+                  vgg::dtype_name(dst.dtype()));
+        const std::vector<int64_t> shape(array.shape(), array.shape() + array.ndim());
+        VGG_CHECK(shape == dst.shape(), vgg::ValueError, "copy_into: the source has shape ", vgg::shape_str(shape),
+                  ", the destination ", vgg::shape_str(dst.shape()));
+        const void* src = array.data();
+        const size_t bytes = static_cast<size_t>(array.nbytes());
+        py::gil_scoped_release unlocked;
+        vgg::copy_host_into(dst, src, bytes, "copy_into");
+      }, py::arg("dst"), py::arg("source"), "dst (a sim or cuda tensor) <- a numpy array of its shape and dtype");
+  m.def("copy_into", [](Tensor& dst, const Tensor& source) {
+        py::gil_scoped_release unlocked;
+        vgg::copy_device_into(dst, source, "copy_into");
+      }, py::arg("dst"), py::arg("source"), "dst <- source, both on one sim or cuda device (recorded when capturing)");
 
   m.def("augment_crops", [](const Tensor& images, const Tensor& plans, int64_t crop, double input_scale,
                             const std::string& dtype) {

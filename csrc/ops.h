@@ -52,6 +52,9 @@ Tensor relu_backward(const Tensor& x, const Tensor& dy); // x is the forward inp
 // The backward pass is the same call on dy with the same seed and offset. A data-parallel rank holding rows
 // [r0, r0 + N) of a global batch passes offset = r0 * (elements per row) to draw the single-process mask.
 Tensor dropout(const Tensor& x, double p, uint64_t seed, uint64_t offset = 0);
+// The same with the seed read by the kernel from `device_seed` (one int64 holding the seed's bits, on x's sim or
+// cuda device): a captured graph's replay then uses the seed the host wrote there before it (vggcore.Graph).
+Tensor dropout_device_seed(const Tensor& x, double p, const Tensor& device_seed, uint64_t offset = 0);
 Tensor add(const Tensor& a, const Tensor& b);            // same shape, dtype and device
 Tensor scale(const Tensor& x, double alpha);
 Tensor full(const Shape& shape, double value, DType dtype, const Device& device);
@@ -90,8 +93,11 @@ Tensor cross_entropy_backward(const Tensor& logp, const Tensor& labels, const Te
 
 // ---- optimiser ----------------------------------------------------------------------------------------------------
 // In place on param and momentum_buf (rule in sgd_config.h); momentum_buf must be given iff momentum > 0.
+// device_hyper (sim and cuda): 3 int64 holding the bits of lr, momentum and weight_decay as doubles, on param's
+// device, read by the kernel instead of the three numbers (a captured graph's replay; vggcore.Graph).
 void sgd_update(Tensor& param, const Tensor& grad, const std::optional<Tensor>& momentum_buf, double lr,
-                double momentum, double weight_decay, bool nesterov, bool first_step);
+                double momentum, double weight_decay, bool nesterov, bool first_step,
+                const std::optional<Tensor>& device_hyper = std::nullopt);
 
 // ---- augmentation of decoded images (maths in augment.h) -------------------------------------------------------
 // images (bytes) uint8: decoded RGB images of any sizes packed in one buffer, each (height, width, 3) row-major;

@@ -12,6 +12,10 @@ struct SgdConfig {
   double lr, momentum, weight_decay;
   bool nesterov;
   bool first_step;  // the momentum buffer is uninitialised and must be set to d
+  // sim and cuda: when set, the kernel reads lr, momentum and weight_decay (3 doubles) from this device memory
+  // instead of the values above, so that a captured graph's replay uses what the host wrote there last
+  // (vggcore.Graph). The values above still decide the structure: momentum > 0 means a momentum buffer.
+  const double* device_hyper = nullptr;
 };
 
 }  // namespace vgg

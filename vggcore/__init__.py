@@ -39,6 +39,7 @@ from .autograd import no_grad, enable_grad, is_grad_enabled
 from .random import manual_seed
 from .tensor import Tensor, tensor, zeros, ones, pinned_empty
 from . import nn, optim
+from .graph import Graph
 from . import distributed   # mpi4py and NCCL are imported only when a process group is made
 
 __version__ = "0.1.0"

@@ -178,6 +178,8 @@ def build_parser():
     t.add_argument("--decode", choices=("auto", "cpu", "nvjpeg"), default="auto",
                    help="with --device-augment: where JPEGs are decoded: nvjpeg on the cuda device (needs the "
                         "nvjpeg extra), cpu threads, or auto (nvjpeg when it loads and the device is cuda)")
+    t.add_argument("--cuda-graph", action="store_true",
+                   help="on sim/cuda, capture the training step once and replay it for every full batch")
     t.add_argument("--save-filters", action="store_true", help="write a grid image of conv1_1's filters")
     t.add_argument("--quiet", action="store_true", help="no per-epoch lines")
     t.add_argument("--progress", dest="progress", action="store_true", default=None,

@@ -5,6 +5,7 @@ import numbers
 import numpy as np
 
 from . import _C
+from . import graph as _graph
 from .tensor import Tensor, tensor
 
 
@@ -49,6 +50,11 @@ class SGD:
             p.grad = None
 
     def step(self):
+        """One update of every parameter that has a gradient. Inside a graph capture (``vggcore.Graph``) the
+        kernels read lr, momentum and weight decay from device memory that each replay refreshes from this
+        optimizer, so changing ``lr`` between replays takes effect; the momentum buffers must exist by then (take
+        one eager step before capturing)."""
+        hyper = None
         for i, p in enumerate(self.params):
             if p.grad is None:
                 continue
@@ -62,8 +68,15 @@ class SGD:
                 elif buffer.device != p.device:  # the model moved since the last step
                     buffer = buffer.to(p.device)
                 self._buffers[i] = buffer
+            graph = _graph.capturing(p.device)
+            if graph is not None:
+                if first_step:
+                    raise ValueError(f"SGD.step: parameter {i} has no momentum buffer yet; a graph capture would "
+                                     f"bake in its first step (take one eager step before capturing)")
+                if hyper is None:
+                    hyper = graph._sgd_hyper(self)
             _C.sgd_update(p._data, p.grad._data, buffer, self.lr, self.momentum, self.weight_decay,
-                          self.nesterov, first_step)
+                          self.nesterov, first_step, hyper)
 
     def state_dict(self):
         """Hyper-parameters and the momentum buffers as numpy arrays (None before a parameter's first step)."""

@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import _graph_step
 from . import _parallel
 from . import prefetch as _prefetch
 from . import checkpoint as _ckpt
@@ -318,7 +319,7 @@ def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum
           lr_factor=0.1, max_lr_drops=3, eval_scale=None, flip=True, colour_std=0.1,
           input_scale=_data.DEFAULT_INPUT_SCALE, stats_sample=2000, num_workers=None, save_filters=False,
           verbose=True, progress=None, precision="fp32", overwrite=False, prefetch=2,
-          pin_memory=None, device_augment=False, decode="auto") -> TrainResult:
+          pin_memory=None, device_augment=False, decode="auto", cuda_graph=False) -> TrainResult:
     """Train configuration ``config`` on ``data`` the way the paper did; returns TrainResult(model, history).
 
     data: a folder holding train/<class>/*.{jpg,png,...} and val/<class>/...; None: the built-in shapes set
@@ -364,6 +365,12 @@ def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum
     decode (with device_augment): "nvjpeg" decodes the JPEGs on the cuda device (nvJPEG, the nvjpeg extra; other
     files and any image it fails on are decoded by Pillow); "cpu" decodes on the loader threads; "auto"
     (default): nvjpeg when the library loads and the device is cuda, else cpu. See vggcore.decode.
+    cuda_graph: on sim and cuda, the training step (forward, loss, backward, SGD) of a full batch is captured
+    once, after two eager steps, and replayed for every later full batch (vggcore.Graph: one graph launch instead
+    of a launch per kernel, which pays where the layers are small); a short last batch runs eagerly. The history
+    and weights are those of the eager loop. Off by default (its speed is not measured yet). ValueError on the cpu
+    and for data-parallel runs (whose gradient all-reduces run on a side stream, outside the graph). Tested
+    with precision="bf16" too; with device_augment a batch that lost undecodable images runs eagerly.
     """
     import vggcore as vc
     from .nn import functional as F
@@ -407,6 +414,7 @@ def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum
     if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0:
         raise ValueError(f"train: prefetch must be an int >= 0 (batches copied ahead), got {prefetch!r}")
     device_augment = bool(device_augment)
+    cuda_graph = check_bool("train", "cuda_graph", cuda_graph)
 
     if precision not in _PRECISIONS:
         raise ValueError(f"train: precision must be one of {', '.join(_PRECISIONS)}, got {precision!r}")
@@ -414,6 +422,9 @@ def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum
 
     # Data parallel when started by mpirun/srun with several ranks: batch_size stays the global batch.
     group = _parallel.start_if_launched()
+    if group is not None and cuda_graph:
+        raise ValueError("train: cuda_graph=True is not supported in data-parallel runs (mpirun/srun): the gradient "
+                         "all-reduces run on a side stream, outside the graph")
     if group is not None:
         _parallel.check_batch_size(settings["batch_size"], group.size)      # before reading any data
         device = _parallel.device_for_rank(device)
@@ -428,6 +439,9 @@ def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum
     device = resolve_device(device)
     decoder = _data._resolve_decoder(decode, device_augment, device, op="train")
     precision_scope = _precision_scope(precision, device)
+    if cuda_graph and device == "cpu":
+        raise ValueError("train: cuda_graph=True needs device 'sim' or 'cuda' (a graph of device work); the cpu runs "
+                         "each op as it is called")
 
     ckpt_dir = Path(checkpoint_dir).expanduser() if checkpoint_dir is not None else None
     last_path = ckpt_dir / "last.safetensors" if ckpt_dir else None
@@ -553,6 +567,8 @@ def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum
                          checkpoint=str(last_path) if state is not None else None,
                          best_val_top1_err=schedule["best_val_top1_err"])
     compute = F.autocast("bfloat16") if precision == "bf16" else contextlib.nullcontext()
+    graphed = (_graph_step.GraphedStep(model, optimizer, device, compute, settings["batch_size"])
+               if cuda_graph else None)
     try:
         precision_scope.__enter__()
         for epoch in range(start_epoch, n_epochs):
@@ -593,10 +609,13 @@ def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum
                         y_np = y_np[x_batch.kept]       # without the images no decoder could decode
                         if not len(y_np):
                             continue
-                    with compute:
-                        logits = model(x)
-                        loss = F.cross_entropy(logits, y_np)
-                    loss_value = loss.item()
+                    if graphed is not None:
+                        loss_value = graphed.forward(x, y_np)
+                    else:
+                        with compute:
+                            logits = model(x)
+                            loss = F.cross_entropy(logits, y_np)
+                        loss_value = loss.item()
                 if not math.isfinite(loss_value):
                     where = f"epoch {epoch + 1}, batch {batches + 1}"
                     kept = (f"the last good checkpoint {last_path} (epoch {start_epoch if not history else history[-1]['epoch']}) is kept"
@@ -606,11 +625,15 @@ def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum
                     error.collective = dp is not None       # every rank raises it together
                     raise error
                 if dp is None:
-                    optimizer.zero_grad()
-                    loss.backward()
-                    optimizer.step()
+                    if graphed is not None:
+                        logits_np = graphed.update()
+                    else:
+                        optimizer.zero_grad()
+                        loss.backward()
+                        optimizer.step()
+                        logits_np = logits.numpy()
                     n = len(y_np)
-                    batch_wrong = int((logits.numpy().argmax(axis=1) != y_np).sum())
+                    batch_wrong = int((logits_np.argmax(axis=1) != y_np).sum())
                 seen += n
                 batches += 1
                 loss_sum += loss_value * n

@@ -11,6 +11,7 @@
 #include "errors.h"
 
 #include "async_copy.h"
+#include "graph.h"
 
 #ifdef VGG_WITH_CUDA
 #include "../cuda/runtime.h"
@@ -320,6 +321,10 @@ Tensor Tensor::empty_pinned(const std::vector<int64_t>& shape, DType dtype) {
 }
 
 Tensor Tensor::from_host(const void* src, const std::vector<int64_t>& shape, DType dtype, Device device) {
+  if (device.type != DeviceType::CPU)
+    refuse_during_capture(device, cat("a host-to-device copy of ", shape_str(shape), " ", dtype_name(dtype),
+                                      " cannot be captured (the host memory is read once, at the copy); copy "
+                                      "inputs into the graph's tensors before replay"));
   Tensor t = empty(shape, dtype, device);
   if (t.nbytes() == 0) return t;
   if (device.is_host_memory()) {
@@ -341,7 +346,10 @@ Tensor Tensor::from_host(const void* src, const std::vector<int64_t>& shape, DTy
 Tensor Tensor::zeros(const std::vector<int64_t>& shape, DType dtype, Device device) {
   if (device.is_host_memory()) {
     Tensor t = empty(shape, dtype, device);
-    std::memset(t.raw(), 0, t.nbytes());
+    if (device.type == DeviceType::Sim)
+      sim_memset_zero(t.raw(), t.nbytes());  // a device memset: recorded while capturing
+    else
+      std::memset(t.raw(), 0, t.nbytes());
     return t;
   }
   const std::vector<unsigned char> host(checked_bytes(shape, dtype), 0);
@@ -376,6 +384,10 @@ Tensor Tensor::reshape(const std::vector<int64_t>& shape) const {
 }
 
 void Tensor::copy_to_host(void* dst) const {
+  if (device().type != DeviceType::CPU)
+    refuse_during_capture(device(), cat("a device-to-host copy of ", shape_str(shape_), " ", dtype_name(dtype_),
+                                        " (.numpy(), .item(), a check of its values) reads the device on the host; "
+                                        "read it after replay"));
   if (nbytes() == 0) return;
   if (device().is_host_memory()) {
     std::memcpy(dst, raw(), nbytes());
@@ -390,6 +402,9 @@ void Tensor::write_from_host(int64_t offset, const void* src, size_t bytes) cons
   VGG_CHECK(offset >= 0 && static_cast<size_t>(offset) <= nbytes() && bytes <= nbytes() - static_cast<size_t>(offset),
             ValueError, "write_from_host: ", bytes, " bytes at offset ", offset, " do not fit the tensor's ", nbytes(),
             " bytes");
+  if (device().type != DeviceType::CPU)
+    refuse_during_capture(device(), "write_from_host: a host-to-device copy cannot be captured (the host memory is "
+                                    "read once, at the copy); write before the capture or between replays");
   if (bytes == 0) return;
   char* dst = static_cast<char*>(raw()) + offset;
   if (device().is_host_memory()) {
@@ -406,6 +421,16 @@ void Tensor::write_from_host(int64_t offset, const void* src, size_t bytes) cons
 }
 
 Tensor Tensor::to(const Device& target) const {
+  if (target.type == DeviceType::Sim && device().type == DeviceType::Sim) {
+    Tensor out = empty(shape_, dtype_, target);
+    copy_device_into(out, *this, "to");  // recorded while capturing
+    return out;
+  }
+  if (device().type == DeviceType::Sim && target.type == DeviceType::CPU) {
+    Tensor out = empty(shape_, dtype_, target);
+    copy_to_host(out.raw());
+    return out;
+  }
   if (target.is_host_memory() && device().is_host_memory()) return from_host(raw(), shape_, dtype_, target);
 #ifdef VGG_WITH_CUDA
   if (!target.is_host_memory() && device() == target) {

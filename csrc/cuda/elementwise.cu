@@ -115,7 +115,8 @@ void launch_binary(const char* name, const T* a, const T* b, T* y, int64_t n, Op
 // dropout_uniform in rng.h; the emulator test compares every element's mask with dropout_keep on the host.
 template <typename T>
 __global__ void dropout_kernel(const T* x, T* y, int64_t n4, int64_t n, double p, float keep_scale, uint64_t seed,
-                               uint64_t offset) {
+                               uint64_t offset, const uint64_t* device_seed) {
+  if (device_seed != nullptr) seed = *device_seed;  // a graph's replay: the seed the host wrote before it
   const int64_t stride = elementwise_grid_threads();
   const uint32_t key0 = static_cast<uint32_t>(seed), key1 = static_cast<uint32_t>(seed >> 32);
   for (int64_t i = elementwise_thread_index(); i < n4; i += stride) {
@@ -148,13 +149,13 @@ __global__ void fill_kernel(T* y, int64_t n4, int64_t n, float value) {
 }
 
 template <typename T>
-void launch_dropout(const T* x, T* y, int64_t n, double p, uint64_t seed, uint64_t offset) {
+void launch_dropout(const T* x, T* y, int64_t n, double p, uint64_t seed, uint64_t offset, const uint64_t* device_seed) {
   if (n <= 0) return;
   const float keep_scale = static_cast<float>(1.0 / (1.0 - p));
   const int64_t n4 = elementwise_vector_groups(n, aligned16(x) && aligned16(y) && offset % 4 == 0);
   const int64_t work = n4 + (n - 4 * n4);
   VGG_LAUNCH(elementwise_blocks(work), dim3(kElementwiseThreads), 0,
-             dropout_kernel<T>)(x, y, n4, n, p, keep_scale, seed, offset);
+             dropout_kernel<T>)(x, y, n4, n, p, keep_scale, seed, offset, device_seed);
   VGG_CHECK_LAUNCH("dropout");
 }
 
@@ -182,11 +183,12 @@ void relu_backward(const uint16_t* x, const uint16_t* dy, uint16_t* dx, int64_t 
   launch_binary("relu_backward", x, dy, dx, n, ReluBackwardOp{});
 }
 
-void dropout(const float* x, float* y, int64_t n, double p, uint64_t seed, uint64_t offset) {
-  launch_dropout(x, y, n, p, seed, offset);
+void dropout(const float* x, float* y, int64_t n, double p, uint64_t seed, uint64_t offset, const uint64_t* device_seed) {
+  launch_dropout(x, y, n, p, seed, offset, device_seed);
 }
-void dropout(const uint16_t* x, uint16_t* y, int64_t n, double p, uint64_t seed, uint64_t offset) {
-  launch_dropout(x, y, n, p, seed, offset);
+void dropout(const uint16_t* x, uint16_t* y, int64_t n, double p, uint64_t seed, uint64_t offset,
+             const uint64_t* device_seed) {
+  launch_dropout(x, y, n, p, seed, offset, device_seed);
 }
 
 void add(const float* a, const float* b, float* y, int64_t n) { launch_binary("add", a, b, y, n, AddOp{}); }

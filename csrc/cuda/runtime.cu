@@ -13,9 +13,12 @@
 // runtime may already be torn down, and the driver reclaims the memory anyway.
 #include <cuda_runtime.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
+#include <iterator>
 #include <memory>
 #include <mutex>
 #include <stdexcept>
@@ -61,6 +64,14 @@ struct DeviceState {
   std::unordered_map<void*, size_t> live_blocks;               // handed-out block -> size class
   size_t cached_bytes = 0;
   std::string name;
+  // Graph capture (capture_begin): the pool of the capture in progress (0: none); for each block a graph may
+  // use, live or free, the pools holding it (the capture that made it and every capture open when it was freed:
+  // a second graph can read what the first wrote); the free blocks held by one pool only, by size class (its
+  // capture may reuse them); and the free blocks held by several (reused by none until one holder is left).
+  uint64_t capture_pool = 0;
+  std::unordered_map<void*, std::vector<uint64_t>> pool_holders;
+  std::unordered_map<uint64_t, std::unordered_map<size_t, std::vector<void*>>> pool_free;
+  std::unordered_map<void*, size_t> held_free;
 };
 
 int g_device_count = 0;
@@ -136,6 +147,79 @@ void release_cached_locked(int device, DeviceState& st) {
   st.cached_bytes = 0;
 }
 
+// ---- graph pools (see capture_begin in runtime.h) -----------------------------------------------------------
+std::atomic<uint64_t> g_next_pool{1};
+
+// A block for the capture in progress: the pool's own free blocks first, then the general cache's (their eager
+// users were queued before the graph, on the same stream), then a new cudaMalloc, made under the relaxed capture
+// mode (cudaMalloc is not stream work, but the thread-local mode would refuse it as potentially unsafe). Caller
+// holds st.mutex.
+void* pool_malloc_locked(int device, DeviceState& st, size_t bytes, size_t cls) {
+  void* p = nullptr;
+  for (auto* bins : {&st.pool_free[st.capture_pool], &st.free_blocks}) {
+    auto bin = bins->find(cls);
+    if (bin == bins->end() || bin->second.empty()) continue;
+    p = bin->second.back();
+    bin->second.pop_back();
+    if (bins == &st.free_blocks) st.cached_bytes -= cls;
+    break;
+  }
+  if (p == nullptr) {
+    DeviceGuard guard(device);
+    cudaStreamCaptureMode mode = cudaStreamCaptureModeRelaxed;
+    VGG_CUDA_CHECK(cudaThreadExchangeStreamCaptureMode(&mode));
+    const cudaError_t status = cudaMalloc(&p, cls);
+    (void)cudaThreadExchangeStreamCaptureMode(&mode);  // back to the capture's own mode
+    if (status != cudaSuccess) {
+      (void)cudaGetLastError();
+      throw std::runtime_error("graph capture: could not allocate " + std::to_string(bytes) + " bytes on cuda:" +
+                               std::to_string(device) + " (" + cudaGetErrorString(status) +
+                               "), and the cache cannot be emptied during a capture; capture with more free memory");
+    }
+  }
+  st.live_blocks.emplace(p, cls);
+  st.pool_holders[p] = {st.capture_pool};
+  return p;
+}
+
+// A free block held by graphs: reusable by the capture of its one holder, or by none while several hold it.
+// Caller holds st.mutex.
+void park_held_locked(DeviceState& st, void* p, size_t cls, const std::vector<uint64_t>& pools) {
+  if (pools.size() == 1)
+    st.pool_free[pools.front()][cls].push_back(p);
+  else
+    st.held_free[p] = cls;
+}
+
+// A freed block that a graph holds, or any block freed during a capture (which then holds it too), stays with
+// the graphs. Returns false for an ordinary block. Caller holds st.mutex.
+bool pool_free_locked(DeviceState& st, void* p, size_t cls) {
+  auto held = st.pool_holders.find(p);
+  if (held == st.pool_holders.end()) {
+    if (st.capture_pool == 0) return false;
+    held = st.pool_holders.emplace(p, std::vector<uint64_t>{}).first;
+  }
+  std::vector<uint64_t>& pools = held->second;
+  if (st.capture_pool != 0 && std::find(pools.begin(), pools.end(), st.capture_pool) == pools.end())
+    pools.push_back(st.capture_pool);
+  park_held_locked(st, p, cls, pools);
+  return true;
+}
+
+// Only the device's stream is captured: work queued on another stream would run at capture time, outside the
+// graph, and the graph would not wait for it. Caller holds st.mutex.
+void refuse_other_stream_locked(int device, const DeviceState& st, const char* what) {
+  if (st.capture_pool != 0)
+    throw std::runtime_error(std::string("graph capture: work on ") + what + " of cuda:" + std::to_string(device) +
+                             " is not captured (only the device's stream is); run it outside the capture");
+}
+
+void refuse_other_stream(int device, const char* what) {
+  DeviceState& st = state(device);
+  std::lock_guard<std::mutex> lock(st.mutex);
+  refuse_other_stream_locked(device, st, what);
+}
+
 }  // namespace
 
 int device_count() {
@@ -166,6 +250,7 @@ void* device_malloc(int device, size_t bytes) {
   DeviceState& st = state(device);
   const size_t cls = size_class(bytes);
   std::lock_guard<std::mutex> lock(st.mutex);
+  if (st.capture_pool != 0) return pool_malloc_locked(device, st, bytes, cls);
   auto bin = st.free_blocks.find(cls);
   if (bin != st.free_blocks.end() && !bin->second.empty()) {
     void* p = bin->second.back();
@@ -208,6 +293,10 @@ void device_free(int device, void* ptr) noexcept {
   auto it = st.live_blocks.find(ptr);
   if (it == st.live_blocks.end()) return;  // not ours: nothing sensible to do in a noexcept path
   try {
+    if (pool_free_locked(st, ptr, it->second)) {
+      st.live_blocks.erase(it);
+      return;
+    }
     st.free_blocks[it->second].push_back(ptr);
     st.cached_bytes += it->second;
   } catch (...) {
@@ -278,6 +367,7 @@ void* stream_handle(int device) {
 void* side_stream(int device) {
   DeviceState& st = state(device);
   std::lock_guard<std::mutex> lock(st.mutex);
+  refuse_other_stream_locked(device, st, "the side stream (overlapping work such as NCCL's all-reduces)");
   if (st.side_stream == nullptr) {
     DeviceGuard guard(device);
     VGG_CUDA_CHECK(cudaStreamCreateWithFlags(&st.side_stream, cudaStreamNonBlocking));
@@ -286,6 +376,7 @@ void* side_stream(int device) {
 }
 
 void stream_wait(int device, void* waiter, void* signaller) {
+  refuse_other_stream(device, "a wait between streams (the side stream's work)");
   const cudaStream_t main = device_stream(device);
   const cudaStream_t wait_on = waiter != nullptr ? static_cast<cudaStream_t>(waiter) : main;
   const cudaStream_t signal = signaller != nullptr ? static_cast<cudaStream_t>(signaller) : main;
@@ -318,6 +409,7 @@ void host_free_pinned(void* ptr) noexcept {
 void* copy_stream(int device) {
   DeviceState& st = state(device);
   std::lock_guard<std::mutex> lock(st.mutex);
+  refuse_other_stream_locked(device, st, "the copy stream (asynchronous host-to-device copies)");
   if (st.copy_stream == nullptr) {
     DeviceGuard guard(device);
     VGG_CUDA_CHECK(cudaStreamCreateWithFlags(&st.copy_stream, cudaStreamNonBlocking));
@@ -326,12 +418,14 @@ void* copy_stream(int device) {
 }
 
 void copy_host_to_device_on(int device, void* stream, void* dst, const void* src, size_t bytes) {
+  refuse_other_stream(device, "the copy stream (asynchronous host-to-device copies)");
   if (bytes == 0) return;
   DeviceGuard guard(device);
   VGG_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, static_cast<cudaStream_t>(stream)));
 }
 
 void* event_record(int device, void* stream) {
+  refuse_other_stream(device, "an event (the copy stream's ordering)");
   const cudaStream_t on = stream != nullptr ? static_cast<cudaStream_t>(stream) : device_stream(device);
   DeviceGuard guard(device);
   cudaEvent_t event = nullptr;
@@ -345,6 +439,7 @@ void* event_record(int device, void* stream) {
 }
 
 void stream_wait_event(int device, void* stream, void* event) {
+  refuse_other_stream(device, "a wait on an event (a copy's completion)");
   const cudaStream_t on = stream != nullptr ? static_cast<cudaStream_t>(stream) : device_stream(device);
   DeviceGuard guard(device);
   VGG_CUDA_CHECK(cudaStreamWaitEvent(on, static_cast<cudaEvent_t>(event), 0));
@@ -373,10 +468,115 @@ void after_launch(const std::string& op) {
     return env && *env && std::string(env) != "0";
   }();
   if (!sync) return;
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  if (cudaStreamIsCapturing(current_stream(), &capture) != cudaSuccess) (void)cudaGetLastError();
+  if (capture != cudaStreamCaptureStatusNone) return;  // a captured launch runs at replay: nothing to wait for yet
   const cudaError_t status = cudaStreamSynchronize(current_stream());
   if (status != cudaSuccess)
     throw std::runtime_error(op + ": CUDA kernel failed (reported at its launch by VGG_CUDA_SYNC_LAUNCHES): " +
                              cudaGetErrorString(status));
+}
+
+uint64_t capture_begin(int device) {
+  DeviceState& st = state(device);
+  std::lock_guard<std::mutex> lock(st.mutex);
+  if (st.capture_pool != 0)
+    throw std::runtime_error("graph capture: a capture is already in progress on cuda:" + std::to_string(device));
+  const cudaStream_t stream = stream_locked(device, st);
+  DeviceGuard guard(device);
+  VGG_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+  st.capture_pool = g_next_pool.fetch_add(1);
+  return st.capture_pool;
+}
+
+void* capture_end(int device) {
+  const cudaStream_t stream = device_stream(device);
+  DeviceState& st = state(device);
+  DeviceGuard guard(device);
+  cudaGraph_t graph = nullptr;
+  const cudaError_t ended = cudaStreamEndCapture(stream, &graph);
+  {
+    std::lock_guard<std::mutex> lock(st.mutex);
+    st.capture_pool = 0;
+  }
+  if (ended != cudaSuccess) {
+    if (graph != nullptr) (void)cudaGraphDestroy(graph);
+    (void)cudaGetLastError();
+    throw_cuda_error(ended, "cudaStreamEndCapture", __FILE__, __LINE__);
+  }
+  cudaGraphExec_t exec = nullptr;
+  const cudaError_t made = cudaGraphInstantiate(&exec, graph, 0);
+  (void)cudaGraphDestroy(graph);  // the executable graph is independent of it
+  VGG_CUDA_CHECK(made);
+  return static_cast<void*>(exec);
+}
+
+void capture_abort(int device) noexcept {
+  try {
+    const cudaStream_t stream = device_stream(device);
+    DeviceState& st = state(device);
+    DeviceGuard guard(device);
+    cudaGraph_t graph = nullptr;
+    if (cudaStreamEndCapture(stream, &graph) == cudaSuccess && graph != nullptr) (void)cudaGraphDestroy(graph);
+    (void)cudaGetLastError();  // an invalidated capture reports its error here; it does not outlive the capture
+    std::lock_guard<std::mutex> lock(st.mutex);
+    st.capture_pool = 0;
+  } catch (...) {
+  }
+}
+
+void graph_launch(int device, void* exec) {
+  const cudaStream_t stream = device_stream(device);
+  DeviceGuard guard(device);
+  VGG_CUDA_CHECK(cudaGraphLaunch(static_cast<cudaGraphExec_t>(exec), stream));
+}
+
+void graph_destroy(void* exec) noexcept {
+  if (exec != nullptr) (void)cudaGraphExecDestroy(static_cast<cudaGraphExec_t>(exec));
+}
+
+void release_pool(int device, uint64_t pool) noexcept {
+  if (pool == 0) return;
+  try {
+    DeviceState& st = state(device);
+    std::lock_guard<std::mutex> lock(st.mutex);
+    // A replay still queued on the stream may use these blocks: the general cache serves them only to work
+    // queued after it, on the same stream, so no wait is needed.
+    const auto to_cache = [&st](void* p, size_t cls) {
+      st.free_blocks[cls].push_back(p);
+      st.cached_bytes += cls;
+    };
+    const auto own = st.pool_free.find(pool);  // held by this pool alone
+    if (own != st.pool_free.end()) {
+      for (auto& [cls, blocks] : own->second) {
+        for (void* p : blocks) {
+          to_cache(p, cls);
+          st.pool_holders.erase(p);
+        }
+      }
+      st.pool_free.erase(own);
+    }
+    for (auto it = st.pool_holders.begin(); it != st.pool_holders.end();) {
+      std::vector<uint64_t>& pools = it->second;
+      const auto held = std::find(pools.begin(), pools.end(), pool);
+      if (held == pools.end()) {
+        ++it;
+        continue;
+      }
+      pools.erase(held);
+      const auto free_block = st.held_free.find(it->first);
+      if (free_block != st.held_free.end() && pools.size() <= 1) {
+        if (pools.empty())
+          to_cache(it->first, free_block->second);
+        else
+          park_held_locked(st, it->first, free_block->second, pools);
+        st.held_free.erase(free_block);
+      }
+      // a live block no graph holds any more is an ordinary one
+      it = pools.empty() ? st.pool_holders.erase(it) : std::next(it);
+    }
+  } catch (...) {
+  }
 }
 
 // Kernel scratch (common.cuh): the current device's caching allocator, released right after the launches that

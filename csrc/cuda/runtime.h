@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <stdexcept>
 
 namespace vgg::cuda {
@@ -60,5 +61,24 @@ void stream_wait_event(int device, void* stream, void* event);  // nullptr strea
 bool event_done(void* event);                   // cudaEventQuery: has the work before it completed?
 void event_synchronize(void* event);            // the host blocks until it has
 void event_destroy(void* event) noexcept;
+
+// ---- graph capture (csrc/core/graph.cpp builds vgg::Graph on these) ---------------------------------------------
+// capture_begin: the device's stream starts capturing (cudaStreamBeginCapture, thread-local mode) and a private
+// memory pool opens: until the capture ends, device_malloc serves from it (cudaMalloc for a block it lacks, under
+// the relaxed capture mode; RuntimeError when that fails, since the cache cannot be emptied during a capture),
+// and device_free of any block returns it to it. A pool block stays out of the general cache until
+// release_pool. Work on the side and copy streams is refused while capturing (RuntimeError naming it). Returns
+// the pool's id.
+uint64_t capture_begin(int device);
+// Ends the capture and instantiates the graph: an opaque cudaGraphExec_t. Throws std::runtime_error.
+void* capture_end(int device);
+// Ends a capture that failed, discarding what it recorded and clearing the CUDA error; never throws.
+void capture_abort(int device) noexcept;
+// Launches the instantiated graph on the device's stream.
+void graph_launch(int device, void* exec);
+void graph_destroy(void* exec) noexcept;
+// The graph is gone: the pool's free blocks go to the general cache, and its live blocks (tensors the capture
+// made, still held) become ordinary blocks.
+void release_pool(int device, uint64_t pool) noexcept;
 
 }  // namespace vgg::cuda

@@ -24,6 +24,7 @@ constexpr int64_t kSgdMaxBlocks = 4096;  // grid-stride beyond this
 struct SgdParams {
   double lr, momentum, weight_decay;
   bool use_momentum, nesterov, first_step;
+  const double* hyper;  // lr, momentum, weight_decay in device memory (a graph's replay), or nullptr
 };
 
 // Rounds to the storage of T: float, or float then bfloat16 (the value a store then a load gives back).
@@ -52,6 +53,11 @@ __device__ __forceinline__ void sgd_element(float& p, float g, float& b, const S
 // param (n), grad (n), buf (n) or nullptr -> param, buf updated in place. Float4 groups [0, n4), then [4*n4, n).
 template <typename T>
 __global__ void sgd_update_kernel(T* param, const T* grad, T* buf, int64_t n4, int64_t n, SgdParams c) {
+  if (c.hyper != nullptr) {
+    c.lr = c.hyper[0];
+    c.momentum = c.hyper[1];
+    c.weight_decay = c.hyper[2];
+  }
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   const int64_t start = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   for (int64_t i = start; i < n4; i += stride) {
@@ -85,6 +91,7 @@ void launch_sgd_update(T* param, const T* grad, T* momentum_buf, int64_t n, cons
   c.use_momentum = cfg.momentum != 0.0;
   c.nesterov = cfg.nesterov;
   c.first_step = cfg.first_step;
+  c.hyper = cfg.device_hyper;
   const bool aligned =
       aligned16(param) && aligned16(grad) && (!c.use_momentum || aligned16(momentum_buf));
   const int64_t n4 = aligned ? n / 4 : 0;

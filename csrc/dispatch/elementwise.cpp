@@ -31,6 +31,25 @@ Tensor dropout(const Tensor& x, double p, uint64_t seed, uint64_t offset) {
   return y;
 }
 
+Tensor dropout_device_seed(const Tensor& x, double p, const Tensor& device_seed, uint64_t offset) {
+  check_float("dropout", "input", x);
+  VGG_CHECK(p >= 0.0 && p <= 1.0, ValueError, "dropout: p must be in [0, 1], got ", p);
+  VGG_CHECK(x.device().type != DeviceType::CPU, ValueError,
+            "dropout: a device seed is for sim and cuda (graph replay); on the cpu pass the seed");
+  VGG_CHECK(device_seed.defined() && device_seed.dtype() == DType::Int64 && device_seed.numel() == 1 &&
+                device_seed.device() == x.device(),
+            ValueError, "dropout: device_seed must be one int64 on ", x.device().str(), ", got ",
+            device_seed.defined() ? describe(device_seed) : std::string("nothing"));
+  Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
+  const auto* seed = reinterpret_cast<const uint64_t*>(device_seed.data<int64_t>());
+  if (x.dtype() == DType::BFloat16) {
+    VGG_RUN_GPU(x.device(), dropout, x.data<uint16_t>(), y.data<uint16_t>(), x.numel(), p, 0, offset, seed);
+  } else {
+    VGG_RUN_GPU(x.device(), dropout, x.data<float>(), y.data<float>(), x.numel(), p, 0, offset, seed);
+  }
+  return y;
+}
+
 Tensor add(const Tensor& a, const Tensor& b) {
   check_float("add", "a", a);
   check_same("add", "a", a, "b", b);

@@ -9,7 +9,8 @@ namespace vgg::ops {
 using namespace vgg::detail;
 
 void sgd_update(Tensor& param, const Tensor& grad, const std::optional<Tensor>& momentum_buf, double lr,
-                double momentum, double weight_decay, bool nesterov, bool first_step) {
+                double momentum, double weight_decay, bool nesterov, bool first_step,
+                const std::optional<Tensor>& device_hyper) {
   const char* op = "sgd";
   check_float(op, "param", param);
   check_same(op, "param", param, "grad", grad);
@@ -25,7 +26,16 @@ void sgd_update(Tensor& param, const Tensor& grad, const std::optional<Tensor>& 
     check_same(op, "param", param, "momentum_buffer", *momentum_buf);
     check_shape(op, "momentum_buffer", *momentum_buf, param.shape());
   }
-  const SgdConfig cfg{lr, momentum, weight_decay, nesterov, first_step};
+  SgdConfig cfg{lr, momentum, weight_decay, nesterov, first_step};
+  if (device_hyper) {
+    VGG_CHECK(param.device().type != DeviceType::CPU, ValueError,
+              op, ": device hyper-parameters are for sim and cuda (graph replay); on the cpu pass the numbers");
+    VGG_CHECK(device_hyper->dtype() == DType::Int64 && device_hyper->numel() == 3 &&
+                  device_hyper->device() == param.device(),
+              ValueError, op, ": device_hyper must be 3 int64 (the bits of lr, momentum, weight_decay) on ",
+              param.device().str(), ", got ", describe(*device_hyper));
+    cfg.device_hyper = reinterpret_cast<const double*>(device_hyper->data<int64_t>());
+  }
   VGG_RUN_KERNEL(param.device(), param.dtype(), sgd_update, param.data<T>(), grad.data<T>(),
                  momentum_buf ? momentum_buf->data<T>() : nullptr, param.numel(), cfg);
 }

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "../ops.h"
+#include "../core/graph.h"
 #include "dispatch.h"
 
 namespace vgg::ops {
@@ -90,6 +91,9 @@ Tensor checked_labels(const char* op, const Tensor& logits, const Tensor& target
   const int64_t rows = logits.size(0), classes = logits.size(1);
   VGG_CHECK(target.shape() == Shape{rows}, ValueError, op, ": target must have shape (", rows,
             ",), one label per row of logits ", shape_str(logits.shape()), ", got ", shape_str(target.shape()));
+  // A graph capture cannot read labels on the host: captured with labels already on the logits' device, they are
+  // whatever the host copies there before each replay, and that copy is where they are checked (vc.train does).
+  if (capturing(logits.device()) && target.device() == logits.device()) return target;
   std::vector<int64_t> labels(static_cast<size_t>(rows));
   target.copy_to_host(labels.data());
   for (int64_t i = 0; i < rows; ++i)

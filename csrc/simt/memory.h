@@ -6,7 +6,10 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
+#include <functional>
 #include <string>
+#include <vector>
 
 namespace simt {
 
@@ -17,5 +20,20 @@ void set_allocation_label(void* ptr, std::string label);
 // The host filled the whole allocation with data (an upload): the uninitialised-read check leaves it alone, since
 // data may hold the poison's bits (a NaN with that payload).
 void mark_host_written(void* ptr);
+
+// ---- graph capture (vgg::Graph on device sim, csrc/core/graph.cpp) ----------------------------------------------
+// begin_capture: from now on this host thread's kernel launches (VGG_LAUNCH, simt.h) and the copies and memsets
+// given to record_or_run are recorded instead of run, and a memory pool is open: every allocation made, and every
+// block freed, until end_capture belongs to it and stays allocated (registered, checked) until release_pool, so
+// that no later allocation can be handed memory a replay still writes. One capture at a time (std::runtime_error).
+uint64_t begin_capture();
+// The recorded steps, in order; closes the pool (its blocks stay until release_pool). Safe without a capture.
+std::vector<std::function<void()>> end_capture() noexcept;
+bool capturing() noexcept;  // on this host thread
+// Records `step` while capturing, runs it now otherwise.
+void record_or_run(std::function<void()> step);
+// The graph is gone: frees the blocks their owners have freed and no other live graph holds (a block freed during
+// a second capture is held by both graphs); the pool's live blocks become ordinary ones.
+void release_pool(uint64_t pool) noexcept;
 
 }  // namespace simt

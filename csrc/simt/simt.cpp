@@ -379,11 +379,17 @@ struct Alloc {
   unsigned long long id;
   std::string label;
   bool host_written = false;
+  // The graph pools that may still use it: the capture that made it, and every capture open when it was freed
+  // (a second graph can read what the first wrote). It is freed once it is released and all of them are gone.
+  std::vector<uint64_t> pools;
+  bool released = false;  // freed by its owner, kept alive for the graphs that may still use it
 };
 struct Registry {
   std::mutex mutex;
   std::map<uintptr_t, Alloc> live;  // by data address
   unsigned long long next_id = 1;
+  uint64_t open_pool = 0;           // the pool of the capture in progress (one at a time on sim)
+  uint64_t next_pool = 1;
 };
 Registry& registry() {
   static Registry* r = new Registry;  // leaked: Python may free tensors after static destructors ran
@@ -1254,6 +1260,8 @@ void first_reach_shared(SharedSlot& slot, void* array, size_t bytes, const char*
   }
 }
 
+void validate_launch(const LaunchConfig& config) { validate(config); }
+
 }  // namespace simt::detail
 
 namespace simt {
@@ -1315,6 +1323,7 @@ void* device_alloc(size_t bytes, const char* what) {
     std::lock_guard<std::mutex> lock(R.mutex);
     detail::Alloc& a = R.live[reinterpret_cast<uintptr_t>(base + kAllocGuardBytes)];
     a = detail::Alloc{base, bytes, total, R.next_id++, what};
+    if (R.open_pool != 0) a.pools.push_back(R.open_pool);
     detail::poison_guards(a);
   } catch (...) {
     std::free(base);
@@ -1331,6 +1340,15 @@ void device_free(void* ptr) noexcept {
     std::lock_guard<std::mutex> lock(R.mutex);
     const auto it = R.live.find(reinterpret_cast<uintptr_t>(ptr));
     if (it == R.live.end()) return;  // not ours: leak rather than free a foreign pointer
+    // A recorded launch may still use a block freed during a capture, or one the capture made: the graph's pool
+    // keeps it (registered, so every check still sees it) until the graph is destroyed (release_pool).
+    std::vector<uint64_t>& pools = it->second.pools;
+    if (R.open_pool != 0 && std::find(pools.begin(), pools.end(), R.open_pool) == pools.end())
+      pools.push_back(R.open_pool);
+    if (!pools.empty()) {
+      it->second.released = true;
+      return;
+    }
     base = it->second.base;
 #if SIMT_ASAN
     ASAN_UNPOISON_MEMORY_REGION(base, it->second.total);
@@ -1355,6 +1373,65 @@ void mark_host_written(void* ptr) {
 }
 
 uint64_t block_serial() { return detail::block_serial; }
+
+uint64_t begin_capture() {
+  auto& R = detail::registry();
+  std::lock_guard<std::mutex> lock(R.mutex);
+  if (R.open_pool != 0 || detail::t_recording != nullptr)
+    throw std::runtime_error("graph capture: a capture is already in progress on device sim (one at a time)");
+  detail::t_recording = new detail::Recording();
+  R.open_pool = R.next_pool++;
+  return R.open_pool;
+}
+
+std::vector<std::function<void()>> end_capture() noexcept {
+  std::vector<std::function<void()>> steps;
+  if (detail::t_recording != nullptr) {
+    steps.swap(detail::t_recording->steps);
+    delete detail::t_recording;
+    detail::t_recording = nullptr;
+  }
+  auto& R = detail::registry();
+  std::lock_guard<std::mutex> lock(R.mutex);
+  R.open_pool = 0;
+  return steps;
+}
+
+bool capturing() noexcept { return detail::t_recording != nullptr; }
+
+void record_or_run(std::function<void()> step) {
+  if (detail::t_recording != nullptr) {
+    detail::t_recording->steps.push_back(std::move(step));
+    return;
+  }
+  step();
+}
+
+void release_pool(uint64_t pool) noexcept {
+  if (pool == 0) return;
+  auto& R = detail::registry();
+  std::vector<unsigned char*> bases;
+  {
+    std::lock_guard<std::mutex> lock(R.mutex);
+    for (auto it = R.live.begin(); it != R.live.end();) {
+      detail::Alloc& a = it->second;
+      const auto held = std::find(a.pools.begin(), a.pools.end(), pool);
+      if (held != a.pools.end()) a.pools.erase(held);
+      // Still owned (a tensor the capture made, alive in Python: an ordinary block from now on), or still held by
+      // another graph: kept.
+      if (held == a.pools.end() || !a.released || !a.pools.empty()) {
+        ++it;
+        continue;
+      }
+#if SIMT_ASAN
+      ASAN_UNPOISON_MEMORY_REGION(a.base, a.total);
+#endif
+      bases.push_back(a.base);
+      it = R.live.erase(it);
+    }
+  }
+  for (unsigned char* base : bases) std::free(base);
+}
 
 void* dynamic_shared() {
   auto& E = detail::engine();

@@ -47,11 +47,13 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <stdexcept>
 #include <string>
 #include <tuple>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 // ---- CUDA keywords -----------------------------------------------------------------------------------------------
 #define __global__
@@ -208,6 +210,15 @@ struct LaunchConfig {
 
 // Runs thunk(ctx) once per CUDA thread of the grid; throws simt::Error.
 void run_grid(const LaunchConfig& config, void (*thunk)(void*), void* ctx);
+// The launch-time checks of run_grid (dimensions, dynamic shared memory, __launch_bounds__) without running it.
+void validate_launch(const LaunchConfig& config);
+
+// A graph capture in progress on this host thread (csrc/simt/recording.h): launches, device-to-device copies and
+// memsets are appended to it, in order, instead of running. nullptr when not capturing.
+struct Recording {
+  std::vector<std::function<void()>> steps;
+};
+inline thread_local Recording* t_recording = nullptr;
 
 // A static shared array (VGG_SHARED): poisoned when the first thread of each block reaches its declaration.
 struct SharedSlot {
@@ -231,6 +242,16 @@ class Launcher {
     static_assert(sizeof...(A) == sizeof...(P), "kernel launched with the wrong number of arguments");
     // Each CUDA thread receives its own copy of the arguments (std::apply copies into by-value parameters).
     std::tuple<P...> packed(std::forward<A>(args)...);
+    if (detail::t_recording != nullptr) {
+      // Captured: the arguments are kept by value, as cudaStreamBeginCapture keeps a kernel node's parameters, and
+      // every replay runs the grid with all of the eager launch's checks. A bad configuration fails at capture.
+      detail::validate_launch(config_);
+      detail::t_recording->steps.emplace_back([config = config_, kernel = kernel_, packed]() mutable {
+        Call call{kernel, &packed};
+        detail::run_grid(config, &Call::invoke, &call);
+      });
+      return;
+    }
     Call call{kernel_, &packed};
     detail::run_grid(config_, &Call::invoke, &call);
   }

@@ -16,6 +16,7 @@ import threading
 import numpy as np
 
 from .. import _C
+from .. import graph as _graph
 from .. import random as _random
 from ..tensor import Function
 from ..tensor import Tensor
@@ -165,12 +166,18 @@ def relu(x):
 
 
 class _Dropout(Function):
+    # seed: an int, or (inside a graph capture) a 1-element int64 engine tensor the kernel reads it from
     def forward(self, x, p, seed, offset):
         self.p, self.seed, self.offset = p, seed, offset
-        return _C.dropout(x, p, seed, offset)
+        return self._mask(x)
 
     def backward(self, dy):
-        return (_C.dropout(dy, self.p, self.seed, self.offset),)  # the same mask and scale, recomputed
+        return (self._mask(dy),)  # the same mask and scale, recomputed
+
+    def _mask(self, x):
+        if isinstance(self.seed, int):
+            return _C.dropout(x, self.p, self.seed, self.offset)
+        return _C.dropout_device_seed(x, self.p, self.seed, self.offset)
 
 
 def dropout(x, p=0.5, training=True, seed=None):
@@ -178,6 +185,8 @@ def dropout(x, p=0.5, training=True, seed=None):
 
     The mask is a pure function of (seed, element index) (Philox4x32-10), identical on every device; ``seed``
     defaults to a fresh draw from vggcore's generator (``vggcore.manual_seed``). Identity when not training.
+    Inside a graph capture (``vggcore.Graph``) the default seed is drawn at each replay instead, and read by the
+    kernel from device memory.
     """
     _check_tensor("dropout", "input", x)
     p = _real_arg("dropout", "p", p)
@@ -187,14 +196,19 @@ def dropout(x, p=0.5, training=True, seed=None):
         raise TypeError(f"dropout: training must be True or False, got {type(training).__name__} {training!r}")
     if not training or p == 0.0:
         return x
-    if seed is None:
+    graph = _graph.capturing(x.device) if seed is None else None
+    if graph is not None:
+        seed = graph._dropout_seed()
+    elif seed is None:
         seed = _random.next_seed()
     elif isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise TypeError(f"dropout: seed must be an int, got {type(seed).__name__}")
     # A data-parallel rank's rows start at row_offset() of the global batch (0 in a single process).
     rows = x.shape[0] if x.shape else 1
     offset = _random.row_offset() * (x.numel() // max(rows, 1))
-    return _Dropout.apply(x, p=p, seed=int(seed) & 0xFFFFFFFFFFFFFFFF, offset=offset)
+    if graph is None:
+        seed = int(seed) & 0xFFFFFFFFFFFFFFFF
+    return _Dropout.apply(x, p=p, seed=seed, offset=offset)
 
 
 # ---- pooling ----------------------------------------------------------------------------------------------------
@@ -363,5 +377,10 @@ def cross_entropy(logits, target):
 
     The loss is float32 for bfloat16 logits (computed from them in float32)."""
     _check_tensor("cross_entropy", "logits", logits)
+    if (isinstance(target, Tensor) and target.dtype == "int64" and target.device == logits.device
+            and target.device != "cpu"):
+        # labels already on the device (a graph's fixed labels): the engine checks them, or, while capturing,
+        # leaves that to whoever fills them before each replay
+        return _CrossEntropy.apply(logits, target=target._data)
     labels = _labels("cross_entropy", target)
     return _CrossEntropy.apply(logits, target=labels)

@@ -136,6 +136,19 @@ def _topological_order(root):
     return order
 
 
+def _mark_shared(shared, node_grad, parent_grads):
+    """Adds to ``shared`` (id -> engine tensor, which keeps the ids valid) every parent gradient whose storage
+    another parent gradient of the same node also starts at, or node_grad when that is itself shared. All of them
+    are alive here, so equal addresses mean one storage, never a freed block reused."""
+    given = [g for g in parent_grads if g is not None]
+    if not given:
+        return
+    starts = [g.data_ptr for g in given]
+    for g, start in zip(given, starts):
+        if starts.count(start) > 1 or (id(node_grad) in shared and start == node_grad.data_ptr):
+            shared[id(g)] = g
+
+
 def run_backward(root, grad, retain_graph=False):
     """Propagates ``grad`` (an engine tensor shaped like root) from root to every leaf that requires grad."""
     order = _topological_order(root)
@@ -144,17 +157,25 @@ def run_backward(root, grad, retain_graph=False):
         raise AutogradError("backward: this graph was already backpropagated and its saved tensors freed; call "
                             "backward(retain_graph=True) the first time to backpropagate through it again")
     pending = {id(root): grad}
+    # Gradients whose storage another gradient of this pass also holds: a pass-through backward (a + b, a reshape
+    # view) hands one engine tensor to several inputs. A leaf keeps a copy of such a gradient, so that every .grad
+    # owns its memory: an in-place update of one parameter's gradient (the data-parallel all-reduce sums in place,
+    # on another thread) must not change another's, or a gradient still flowing through the graph.
+    shared = {}
     for node in order:
         node_grad = pending.pop(id(node), None)
         ctx = node.grad_fn
         if ctx is None:  # a leaf
             if node_grad is not None:
+                if id(node_grad) in shared:
+                    node_grad = _C.scale(node_grad, 1.0)
                 node._accumulate_grad(node_grad)
                 for hook in grad_ready_hooks:   # every contribution to this leaf is in (reverse topological order)
                     hook(node)
             continue
         if node_grad is not None:
             parent_grads = ctx.backward(node_grad)
+            _mark_shared(shared, node_grad, parent_grads)
             for parent, needed, parent_grad in zip(ctx.inputs, ctx.needs_input_grad, parent_grads):
                 if not needed or parent_grad is None:
                     continue

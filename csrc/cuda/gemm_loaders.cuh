@@ -94,6 +94,27 @@ __device__ __forceinline__ void load4_or_zero(T (&v)[4], const T* src) {
 // uint16_t holding bfloat16 bits for the tensor-core kernels. With VEC, vec_src() is the address of the 4
 // contiguous elements of the current tile, or nullptr where they are all 0 (what cp.async's zero-fill copies).
 
+// What every loader shares: its traits and load(), which copies vec_src() on the VEC path and calls the loader's
+// load_scalar() otherwise. The base is a CRTP one, so both resolve at compile time: the tile loop gets no branch.
+template <class Loader, bool ALONG_K, bool VEC, class T>
+struct LoaderBase {
+  static constexpr bool kAlongK = ALONG_K;
+  static constexpr bool kVec = VEC;
+  using Elem = T;
+  __device__ __forceinline__ void load(T (&v)[4]) const {
+    const Loader& self = static_cast<const Loader&>(*this);
+    if constexpr (VEC) load4_or_zero(v, self.vec_src());
+    else self.load_scalar(v);
+  }
+};
+
+// The scalar path of a loader whose 4 elements are contiguous at p: the first `left` of them, 0 past the operand.
+template <class T>
+__device__ __forceinline__ void load4_prefix(T (&v)[4], const T* p, int64_t left) {
+  VGG_GEMM_UNROLL
+  for (int j = 0; j < 4; ++j) v[j] = j < left ? p[j] : T{};
+}
+
 // Dense, contiguous along k: element (row, k) = p[row * ld + k]. x or dy of a linear layer, conv weights (K, RSC).
 template <class T>
 struct DenseParamsOf {
@@ -102,10 +123,7 @@ struct DenseParamsOf {
 };
 using DenseParams = DenseParamsOf<float>;
 template <bool VEC, class T = float>
-struct DenseAlongK {
-  static constexpr bool kAlongK = true;
-  static constexpr bool kVec = VEC;
-  using Elem = T;
+struct DenseAlongK : LoaderBase<DenseAlongK<VEC, T>, true, VEC, T> {
   DenseParamsOf<T> prm;
   const T* row_ptr;
   int64_t k;
@@ -117,23 +135,16 @@ struct DenseAlongK {
   }
   // kdim % 4 == 0: the 4 elements are all inside or all outside.
   __device__ __forceinline__ const T* vec_src() const { return row_ok && k < prm.kdim ? row_ptr + k : nullptr; }
-  __device__ __forceinline__ void load(T (&v)[4]) const {
-    if (VEC) {
-      load4_or_zero(v, vec_src());
-    } else {
-      VGG_GEMM_UNROLL
-      for (int j = 0; j < 4; ++j) v[j] = (row_ok && k + j < prm.kdim) ? row_ptr[k + j] : T{};
-    }
+  __device__ __forceinline__ void load_scalar(T (&v)[4]) const {
+    if (row_ok) load4_prefix(v, row_ptr + k, prm.kdim - k);
+    else set_zero(v);
   }
   __device__ __forceinline__ void advance(int bk) { k += bk; }
 };
 
 // Dense, contiguous along the row dimension: element (row, k) = p[k * ld + row]. dy^T, w and x of linear passes.
 template <bool VEC, class T = float>
-struct DenseAlongRows {
-  static constexpr bool kAlongK = false;
-  static constexpr bool kVec = VEC;
-  using Elem = T;
+struct DenseAlongRows : LoaderBase<DenseAlongRows<VEC, T>, false, VEC, T> {
   DenseParamsOf<T> prm;
   int64_t row, k;
   __device__ __forceinline__ void begin(int64_t row0, int64_t k0) {
@@ -144,18 +155,9 @@ struct DenseAlongRows {
   __device__ __forceinline__ const T* vec_src() const {
     return k < prm.kdim && row < prm.rows ? prm.p + k * prm.ld + row : nullptr;
   }
-  __device__ __forceinline__ void load(T (&v)[4]) const {
-    if (VEC) {
-      load4_or_zero(v, vec_src());
-      return;
-    }
-    if (k >= prm.kdim) {
-      set_zero(v);
-      return;
-    }
-    const T* p = prm.p + k * prm.ld + row;
-    VGG_GEMM_UNROLL
-    for (int j = 0; j < 4; ++j) v[j] = (row + j < prm.rows) ? p[j] : T{};
+  __device__ __forceinline__ void load_scalar(T (&v)[4]) const {
+    if (k < prm.kdim) load4_prefix(v, prm.p + k * prm.ld + row, prm.rows - row);
+    else set_zero(v);
   }
   __device__ __forceinline__ void advance(int bk) { k += bk; }
 };
@@ -171,78 +173,91 @@ struct ConvViewOf {
   int stride_h, stride_w, pad_h, pad_w;
 };
 
+// Row m of an image-major GEMM operand is pixel (y, x) of image n, over planes of h x w pixels. Returns n.
+__device__ __forceinline__ int64_t split_pixel_row(int64_t m, int h, int w, int& y, int& x) {
+  const int64_t hw = static_cast<int64_t>(h) * w;
+  const int64_t n = m / hw;
+  const int rem = static_cast<int>(m - n * hw);
+  y = rem / w;
+  x = rem % w;
+  return n;
+}
+
+// The two kAlongK conv loaders (Im2colAlongK, DyGatherAlongK): k = (r, s, lo) with lo the channel of one pixel of
+// `image`, lo_n of them; the loader's tap_offset(r, s) is the offset of the pixel that filter tap reads for this
+// thread's row, or -1 where it reads 0 (padding, stride holes, tails). `taps` holds (r, s, lo) of the current k.
+template <class Loader, bool VEC, class T>
+struct TapGatherAlongK : LoaderBase<Loader, true, VEC, T> {
+  __device__ __forceinline__ const Loader& self() const { return static_cast<const Loader&>(*this); }
+  // begin()'s common part: row_ok, image (row m's image, image_elems elements each) and taps (at k0). Returns
+  // the row's pixel (y, x) over planes of plane_h x plane_w pixels.
+  __device__ __forceinline__ void begin_row(int64_t m, int64_t k0, int plane_h, int plane_w, int64_t image_elems,
+                                            int& y, int& x) {
+    Loader& l = static_cast<Loader&>(*this);
+    l.row_ok = m < l.prm.rows;
+    l.image = l.prm.p + split_pixel_row(l.row_ok ? m : 0, plane_h, plane_w, y, x) * image_elems;
+    l.taps.set(k0, l.prm.S, l.lo_n());
+  }
+  // lo_n % 4 == 0: the 4 channels share (r, s).
+  __device__ __forceinline__ const T* vec_src() const {
+    const Digits& d = self().taps;
+    const int off = self().tap_offset(d.hi, d.mid);
+    return off >= 0 ? self().image + off + d.lo : nullptr;
+  }
+  __device__ __forceinline__ void load_scalar(T (&v)[4]) const {
+    Digits e = self().taps;
+    VGG_GEMM_UNROLL
+    for (int j = 0; j < 4; ++j) {
+      const int off = self().tap_offset(e.hi, e.mid);
+      v[j] = off >= 0 ? self().image[off + e.lo] : T{};
+      e.step(1, self().prm.S, self().lo_n());
+    }
+  }
+  __device__ __forceinline__ void advance(int bk) {
+    Loader& l = static_cast<Loader&>(*this);
+    l.taps.step(bk, l.prm.S, l.lo_n());
+  }
+};
+
 // Conv forward A: im2col(x) without the buffer. Row m = (n, p, q), k = (r, s, c):
 // element = x[n, p*stride_h - pad_h + r, q*stride_w - pad_w + s, c], 0 in the padding.
 template <bool VEC, class T = float>
-struct Im2colAlongK {
-  static constexpr bool kAlongK = true;
-  static constexpr bool kVec = VEC;
-  using Elem = T;
+struct Im2colAlongK : TapGatherAlongK<Im2colAlongK<VEC, T>, VEC, T> {
   ConvViewOf<T> prm;
   const T* image;      // x + n*H*W*C
   int ih0, iw0;
   bool row_ok;
-  Digits rsc;          // (r, s, c) of this thread's first k
+  Digits taps;         // (r, s, c)
+  __device__ __forceinline__ int lo_n() const { return prm.C; }
   __device__ __forceinline__ void begin(int64_t m, int64_t k0) {
-    row_ok = m < prm.rows;
-    const int64_t mm = row_ok ? m : 0;
-    const int64_t pq = static_cast<int64_t>(prm.P) * prm.Q;
-    const int64_t n = mm / pq;
-    const int rem = static_cast<int>(mm - n * pq);
-    ih0 = (rem / prm.Q) * prm.stride_h - prm.pad_h;
-    iw0 = (rem % prm.Q) * prm.stride_w - prm.pad_w;
-    image = prm.p + n * prm.H * prm.W * prm.C;
-    rsc.set(k0, prm.S, prm.C);
+    int p, q;
+    this->begin_row(m, k0, prm.P, prm.Q, static_cast<int64_t>(prm.H) * prm.W * prm.C, p, q);
+    ih0 = p * prm.stride_h - prm.pad_h;
+    iw0 = q * prm.stride_w - prm.pad_w;
   }
-  __device__ __forceinline__ T at(int r, int s, int c) const {
+  __device__ __forceinline__ int tap_offset(int r, int s) const {
     const int ih = ih0 + r, iw = iw0 + s;
     const bool ok = row_ok && r < prm.R && ih >= 0 && ih < prm.H && iw >= 0 && iw < prm.W;
-    return ok ? image[(ih * prm.W + iw) * prm.C + c] : T{};
+    return ok ? (ih * prm.W + iw) * prm.C : -1;
   }
-  // C % 4 == 0: the 4 channels share (r, s).
-  __device__ __forceinline__ const T* vec_src() const {
-    const int ih = ih0 + rsc.hi, iw = iw0 + rsc.mid;
-    const bool ok = row_ok && rsc.hi < prm.R && ih >= 0 && ih < prm.H && iw >= 0 && iw < prm.W;
-    return ok ? image + (ih * prm.W + iw) * prm.C + rsc.lo : nullptr;
-  }
-  __device__ __forceinline__ void load(T (&v)[4]) const {
-    if (VEC) {
-      load4_or_zero(v, vec_src());
-    } else {
-      Digits e = rsc;
-      VGG_GEMM_UNROLL
-      for (int j = 0; j < 4; ++j) {
-        v[j] = at(e.hi, e.mid, e.lo);
-        e.step(1, prm.S, prm.C);
-      }
-    }
-  }
-  __device__ __forceinline__ void advance(int bk) { rsc.step(bk, prm.S, prm.C); }
 };
 
 // Conv backward-data A: row m = (n, h, w) of dx, k = (r, s, kout):
 // element = dy[n, p, q, kout] where h + pad_h = p*stride_h + r and w + pad_w = q*stride_w + s (exact division),
 // else 0.
 template <bool VEC, class T = float>
-struct DyGatherAlongK {
-  static constexpr bool kAlongK = true;
-  static constexpr bool kVec = VEC;
-  using Elem = T;
+struct DyGatherAlongK : TapGatherAlongK<DyGatherAlongK<VEC, T>, VEC, T> {
   ConvViewOf<T> prm;
   const T* image;      // dy + n*P*Q*K
   int hp, wp;          // h + pad_h, w + pad_w
   bool row_ok;
-  Digits rsk;
+  Digits taps;         // (r, s, kout)
+  __device__ __forceinline__ int lo_n() const { return prm.K; }
   __device__ __forceinline__ void begin(int64_t m, int64_t k0) {
-    row_ok = m < prm.rows;
-    const int64_t mm = row_ok ? m : 0;
-    const int64_t hw = static_cast<int64_t>(prm.H) * prm.W;
-    const int64_t n = mm / hw;
-    const int rem = static_cast<int>(mm - n * hw);
-    hp = rem / prm.W + prm.pad_h;
-    wp = rem % prm.W + prm.pad_w;
-    image = prm.p + n * prm.P * prm.Q * prm.K;
-    rsk.set(k0, prm.S, prm.K);
+    int h, w;
+    this->begin_row(m, k0, prm.H, prm.W, static_cast<int64_t>(prm.P) * prm.Q * prm.K, h, w);
+    hp = h + prm.pad_h;
+    wp = w + prm.pad_w;
   }
   // Offset of dy[n, p, q, 0] for filter tap (r, s), or -1 when no output pixel reads (h, w) through that tap.
   __device__ __forceinline__ int tap_offset(int r, int s) const {
@@ -257,33 +272,11 @@ struct DyGatherAlongK {
     if (p >= prm.P || q >= prm.Q) return -1;
     return (p * prm.Q + q) * prm.K;
   }
-  // K % 4 == 0: the 4 output channels share (r, s).
-  __device__ __forceinline__ const T* vec_src() const {
-    const int off = tap_offset(rsk.hi, rsk.mid);
-    return off >= 0 ? image + off + rsk.lo : nullptr;
-  }
-  __device__ __forceinline__ void load(T (&v)[4]) const {
-    if (VEC) {
-      load4_or_zero(v, vec_src());
-    } else {
-      Digits e = rsk;
-      VGG_GEMM_UNROLL
-      for (int j = 0; j < 4; ++j) {
-        const int off = tap_offset(e.hi, e.mid);
-        v[j] = off >= 0 ? image[off + e.lo] : T{};
-        e.step(1, prm.S, prm.K);
-      }
-    }
-  }
-  __device__ __forceinline__ void advance(int bk) { rsk.step(bk, prm.S, prm.K); }
 };
 
 // Conv backward-data B: k = (r, s, kout), column c: element = w[kout, r, s, c]. p = w.
 template <bool VEC, class T = float>
-struct FilterTapsAlongRows {
-  static constexpr bool kAlongK = false;
-  static constexpr bool kVec = VEC;
-  using Elem = T;
+struct FilterTapsAlongRows : LoaderBase<FilterTapsAlongRows<VEC, T>, false, VEC, T> {
   ConvViewOf<T> prm;
   int c;
   Digits rsk;
@@ -297,18 +290,9 @@ struct FilterTapsAlongRows {
   }
   // C % 4 == 0; rsk.hi >= R means k >= R*S*K.
   __device__ __forceinline__ const T* vec_src() const { return rsk.hi < prm.R && c < prm.C ? tap_ptr() : nullptr; }
-  __device__ __forceinline__ void load(T (&v)[4]) const {
-    if (VEC) {
-      load4_or_zero(v, vec_src());
-      return;
-    }
-    if (rsk.hi >= prm.R) {
-      set_zero(v);
-      return;
-    }
-    const T* p = tap_ptr();
-    VGG_GEMM_UNROLL
-    for (int j = 0; j < 4; ++j) v[j] = (c + j < prm.C) ? p[j] : T{};
+  __device__ __forceinline__ void load_scalar(T (&v)[4]) const {
+    if (rsk.hi < prm.R) load4_prefix(v, tap_ptr(), prm.C - c);
+    else set_zero(v);
   }
   __device__ __forceinline__ void advance(int bk) { rsk.step(bk, prm.S, prm.K); }
 };
@@ -316,10 +300,7 @@ struct FilterTapsAlongRows {
 // Conv backward-weight B: k = (n, p, q), column = (r, s, c):
 // element = x[n, p*stride_h - pad_h + r, q*stride_w - pad_w + s, c]. prm.rows = R*S*C (the columns), kdim = N*P*Q.
 template <bool VEC, class T = float>
-struct Im2colAlongRows {
-  static constexpr bool kAlongK = false;
-  static constexpr bool kVec = VEC;
-  using Elem = T;
+struct Im2colAlongRows : LoaderBase<Im2colAlongRows<VEC, T>, false, VEC, T> {
   ConvViewOf<T> prm;
   int r[4], s[4], c[4];  // the 4 columns' taps (VEC: only [0] is used, the 4 channels are consecutive)
   bool col_ok[4];
@@ -336,33 +317,35 @@ struct Im2colAlongRows {
     }
     npq.set(k0, prm.P, prm.Q);
   }
+  // Offset in image npq.hi of column j's pixel for the current (p, q), or -1 in the padding.
+  __device__ __forceinline__ int column_offset(int j) const {
+    const int ih = npq.mid * prm.stride_h - prm.pad_h + r[j], iw = npq.lo * prm.stride_w - prm.pad_w + s[j];
+    const bool ok = col_ok[j] && ih >= 0 && ih < prm.H && iw >= 0 && iw < prm.W;
+    return ok ? (ih * prm.W + iw) * prm.C + c[j] : -1;
+  }
+  __device__ __forceinline__ const T* image() const {
+    return prm.p + static_cast<int64_t>(npq.hi) * prm.H * prm.W * prm.C;
+  }
   // C % 4 == 0: the 4 columns are 4 consecutive channels of one tap. npq.hi >= N means k >= N*P*Q.
   __device__ __forceinline__ const T* vec_src() const {
     if (npq.hi >= prm.N) return nullptr;
-    const int ih = npq.mid * prm.stride_h - prm.pad_h + r[0], iw = npq.lo * prm.stride_w - prm.pad_w + s[0];
-    const bool ok = col_ok[0] && ih >= 0 && ih < prm.H && iw >= 0 && iw < prm.W;
-    return ok ? prm.p + static_cast<int64_t>(npq.hi) * prm.H * prm.W * prm.C + (ih * prm.W + iw) * prm.C + c[0]
-              : nullptr;
+    const int off = column_offset(0);
+    return off >= 0 ? image() + off : nullptr;
   }
-  __device__ __forceinline__ void load(T (&v)[4]) const {
-    if (VEC) {
-      load4_or_zero(v, vec_src());
-      return;
-    }
+  __device__ __forceinline__ void load_scalar(T (&v)[4]) const {
     if (npq.hi >= prm.N) {
       set_zero(v);
       return;
     }
-    const T* image = prm.p + static_cast<int64_t>(npq.hi) * prm.H * prm.W * prm.C;
-    const int ih0 = npq.mid * prm.stride_h - prm.pad_h, iw0 = npq.lo * prm.stride_w - prm.pad_w;
+    const T* img = image();
     VGG_GEMM_UNROLL
     for (int j = 0; j < 4; ++j) {
-      const int ih = ih0 + r[j], iw = iw0 + s[j];
-      const bool ok = col_ok[j] && ih >= 0 && ih < prm.H && iw >= 0 && iw < prm.W;
-      v[j] = ok ? image[(ih * prm.W + iw) * prm.C + c[j]] : T{};
+      const int off = column_offset(j);
+      v[j] = off >= 0 ? img[off] : T{};
     }
   }
   __device__ __forceinline__ void advance(int bk) { npq.step(bk, prm.P, prm.Q); }
 };
+
 
 }  // namespace vgg::VGG_GPU_NS::gemm

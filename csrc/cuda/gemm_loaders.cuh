@@ -108,13 +108,6 @@ struct LoaderBase {
   }
 };
 
-// The scalar path of a loader whose 4 elements are contiguous at p: the first `left` of them, 0 past the operand.
-template <class T>
-__device__ __forceinline__ void load4_prefix(T (&v)[4], const T* p, int64_t left) {
-  VGG_GEMM_UNROLL
-  for (int j = 0; j < 4; ++j) v[j] = j < left ? p[j] : T{};
-}
-
 // Dense, contiguous along k: element (row, k) = p[row * ld + k]. x or dy of a linear layer, conv weights (K, RSC).
 template <class T>
 struct DenseParamsOf {
@@ -136,8 +129,8 @@ struct DenseAlongK : LoaderBase<DenseAlongK<VEC, T>, true, VEC, T> {
   // kdim % 4 == 0: the 4 elements are all inside or all outside.
   __device__ __forceinline__ const T* vec_src() const { return row_ok && k < prm.kdim ? row_ptr + k : nullptr; }
   __device__ __forceinline__ void load_scalar(T (&v)[4]) const {
-    if (row_ok) load4_prefix(v, row_ptr + k, prm.kdim - k);
-    else set_zero(v);
+    VGG_GEMM_UNROLL
+    for (int j = 0; j < 4; ++j) v[j] = (row_ok && k + j < prm.kdim) ? row_ptr[k + j] : T{};
   }
   __device__ __forceinline__ void advance(int bk) { k += bk; }
 };
@@ -156,8 +149,13 @@ struct DenseAlongRows : LoaderBase<DenseAlongRows<VEC, T>, false, VEC, T> {
     return k < prm.kdim && row < prm.rows ? prm.p + k * prm.ld + row : nullptr;
   }
   __device__ __forceinline__ void load_scalar(T (&v)[4]) const {
-    if (k < prm.kdim) load4_prefix(v, prm.p + k * prm.ld + row, prm.rows - row);
-    else set_zero(v);
+    if (k >= prm.kdim) {
+      set_zero(v);
+      return;
+    }
+    const T* p = prm.p + k * prm.ld + row;
+    VGG_GEMM_UNROLL
+    for (int j = 0; j < 4; ++j) v[j] = (row + j < prm.rows) ? p[j] : T{};
   }
   __device__ __forceinline__ void advance(int bk) { k += bk; }
 };
@@ -183,85 +181,41 @@ __device__ __forceinline__ int64_t split_pixel_row(int64_t m, int h, int w, int&
   return n;
 }
 
-// The two kAlongK conv loaders (Im2colAlongK, DyGatherAlongK): k = (r, s, lo) with lo the channel of one pixel of
-// `image`, lo_n of them; the loader's tap_offset(r, s) is the offset of the pixel that filter tap reads for this
-// thread's row, or -1 where it reads 0 (padding, stride holes, tails). `taps` holds (r, s, lo) of the current k.
-template <class Loader, bool VEC, class T>
-struct TapGatherAlongK : LoaderBase<Loader, true, VEC, T> {
-  __device__ __forceinline__ const Loader& self() const { return static_cast<const Loader&>(*this); }
-  // begin()'s common part: row_ok, image (row m's image, image_elems elements each) and taps (at k0). Returns
-  // the row's pixel (y, x) over planes of plane_h x plane_w pixels.
-  __device__ __forceinline__ void begin_row(int64_t m, int64_t k0, int plane_h, int plane_w, int64_t image_elems,
-                                            int& y, int& x) {
-    Loader& l = static_cast<Loader&>(*this);
-    l.row_ok = m < l.prm.rows;
-    l.image = l.prm.p + split_pixel_row(l.row_ok ? m : 0, plane_h, plane_w, y, x) * image_elems;
-    l.taps.set(k0, l.prm.S, l.lo_n());
-  }
-  // lo_n % 4 == 0: the 4 channels share (r, s).
-  __device__ __forceinline__ const T* vec_src() const {
-    const Digits& d = self().taps;
-    const int off = self().tap_offset(d.hi, d.mid);
-    return off >= 0 ? self().image + off + d.lo : nullptr;
-  }
-  __device__ __forceinline__ void load_scalar(T (&v)[4]) const {
-    Digits e = self().taps;
-    VGG_GEMM_UNROLL
-    for (int j = 0; j < 4; ++j) {
-      const int off = self().tap_offset(e.hi, e.mid);
-      v[j] = off >= 0 ? self().image[off + e.lo] : T{};
-      e.step(1, self().prm.S, self().lo_n());
+// The two kAlongK conv loaders, k = (r, s, lo) with lo a channel of one pixel (c of x, or kout of dy):
+//   Im2colAlongK (DY false), conv forward A: im2col(x) without the buffer. Row m = (n, p, q):
+//     element = x[n, p*stride_h - pad_h + r, q*stride_w - pad_w + s, c], 0 in the padding.
+//   DyGatherAlongK (DY true), conv backward-data A: row m = (n, h, w) of dx:
+//     element = dy[n, p, q, kout] where h + pad_h = p*stride_h + r and w + pad_w = q*stride_w + s (exact
+//     division), else 0.
+// They differ only in where a row starts (begin) and which pixel a filter tap reads (tap): DY is a template
+// parameter, so each compiles to its own code with no branch on it.
+template <bool DY, bool VEC, class T>
+struct TapGatherAlongK : LoaderBase<TapGatherAlongK<DY, VEC, T>, true, VEC, T> {
+  ConvViewOf<T> prm;
+  const T* image;      // x + n*H*W*C, or dy + n*P*Q*K
+  int oh, ow;          // x: (p*stride_h - pad_h, q*stride_w - pad_w), the row's first input pixel;
+                       // dy: (h + pad_h, w + pad_w)
+  bool row_ok;
+  Digits taps;         // (r, s, lo) of this thread's current k
+  __device__ __forceinline__ int lo_n() const { return DY ? prm.K : prm.C; }
+  __device__ __forceinline__ void begin(int64_t m, int64_t k0) {
+    row_ok = m < prm.rows;
+    const int64_t mm = row_ok ? m : 0;
+    int y, x;
+    if constexpr (DY) {
+      image = prm.p + split_pixel_row(mm, prm.H, prm.W, y, x) * prm.P * prm.Q * prm.K;
+      oh = y + prm.pad_h;
+      ow = x + prm.pad_w;
+    } else {
+      image = prm.p + split_pixel_row(mm, prm.P, prm.Q, y, x) * prm.H * prm.W * prm.C;
+      oh = y * prm.stride_h - prm.pad_h;
+      ow = x * prm.stride_w - prm.pad_w;
     }
+    taps.set(k0, prm.S, lo_n());
   }
-  __device__ __forceinline__ void advance(int bk) {
-    Loader& l = static_cast<Loader&>(*this);
-    l.taps.step(bk, l.prm.S, l.lo_n());
-  }
-};
-
-// Conv forward A: im2col(x) without the buffer. Row m = (n, p, q), k = (r, s, c):
-// element = x[n, p*stride_h - pad_h + r, q*stride_w - pad_w + s, c], 0 in the padding.
-template <bool VEC, class T = float>
-struct Im2colAlongK : TapGatherAlongK<Im2colAlongK<VEC, T>, VEC, T> {
-  ConvViewOf<T> prm;
-  const T* image;      // x + n*H*W*C
-  int ih0, iw0;
-  bool row_ok;
-  Digits taps;         // (r, s, c)
-  __device__ __forceinline__ int lo_n() const { return prm.C; }
-  __device__ __forceinline__ void begin(int64_t m, int64_t k0) {
-    int p, q;
-    this->begin_row(m, k0, prm.P, prm.Q, static_cast<int64_t>(prm.H) * prm.W * prm.C, p, q);
-    ih0 = p * prm.stride_h - prm.pad_h;
-    iw0 = q * prm.stride_w - prm.pad_w;
-  }
-  __device__ __forceinline__ int tap_offset(int r, int s) const {
-    const int ih = ih0 + r, iw = iw0 + s;
-    const bool ok = row_ok && r < prm.R && ih >= 0 && ih < prm.H && iw >= 0 && iw < prm.W;
-    return ok ? (ih * prm.W + iw) * prm.C : -1;
-  }
-};
-
-// Conv backward-data A: row m = (n, h, w) of dx, k = (r, s, kout):
-// element = dy[n, p, q, kout] where h + pad_h = p*stride_h + r and w + pad_w = q*stride_w + s (exact division),
-// else 0.
-template <bool VEC, class T = float>
-struct DyGatherAlongK : TapGatherAlongK<DyGatherAlongK<VEC, T>, VEC, T> {
-  ConvViewOf<T> prm;
-  const T* image;      // dy + n*P*Q*K
-  int hp, wp;          // h + pad_h, w + pad_w
-  bool row_ok;
-  Digits taps;         // (r, s, kout)
-  __device__ __forceinline__ int lo_n() const { return prm.K; }
-  __device__ __forceinline__ void begin(int64_t m, int64_t k0) {
-    int h, w;
-    this->begin_row(m, k0, prm.H, prm.W, static_cast<int64_t>(prm.P) * prm.Q * prm.K, h, w);
-    hp = h + prm.pad_h;
-    wp = w + prm.pad_w;
-  }
-  // Offset of dy[n, p, q, 0] for filter tap (r, s), or -1 when no output pixel reads (h, w) through that tap.
-  __device__ __forceinline__ int tap_offset(int r, int s) const {
-    const int th = hp - r, tw = wp - s;
+  // dy: the offset of dy[n, p, q, 0] for filter tap (r, s), or -1 when no output pixel reads (h, w) through it.
+  __device__ __forceinline__ int dy_offset(int r, int s) const {
+    const int th = oh - r, tw = ow - s;
     if (!row_ok || r >= prm.R || th < 0 || tw < 0) return -1;
     int p = th, q = tw;
     if (prm.stride_h != 1 || prm.stride_w != 1) {  // stride 1 (all of VGG): a block-uniform branch past the divisions
@@ -272,7 +226,39 @@ struct DyGatherAlongK : TapGatherAlongK<DyGatherAlongK<VEC, T>, VEC, T> {
     if (p >= prm.P || q >= prm.Q) return -1;
     return (p * prm.Q + q) * prm.K;
   }
+  // Whether filter tap (r, s) reads a pixel for this row, and its offset in image (channel 0) when it does; the
+  // element is 0 where it does not: padding, tails, and for dy the taps through which no output pixel reads (h, w).
+  __device__ __forceinline__ bool tap(int r, int s, int& off) const {
+    if constexpr (DY) {
+      off = dy_offset(r, s);
+      return off >= 0;
+    } else {
+      const int ih = oh + r, iw = ow + s;
+      const bool ok = row_ok && r < prm.R && ih >= 0 && ih < prm.H && iw >= 0 && iw < prm.W;
+      off = (ih * prm.W + iw) * prm.C;
+      return ok;
+    }
+  }
+  // lo_n % 4 == 0: the 4 channels share (r, s).
+  __device__ __forceinline__ const T* vec_src() const {
+    int off;
+    return tap(taps.hi, taps.mid, off) ? image + off + taps.lo : nullptr;
+  }
+  __device__ __forceinline__ void load_scalar(T (&v)[4]) const {
+    Digits e = taps;
+    VGG_GEMM_UNROLL
+    for (int j = 0; j < 4; ++j) {
+      int off;
+      v[j] = tap(e.hi, e.mid, off) ? image[off + e.lo] : T{};
+      e.step(1, prm.S, lo_n());
+    }
+  }
+  __device__ __forceinline__ void advance(int bk) { taps.step(bk, prm.S, lo_n()); }
 };
+template <bool VEC, class T = float>
+using Im2colAlongK = TapGatherAlongK<false, VEC, T>;
+template <bool VEC, class T = float>
+using DyGatherAlongK = TapGatherAlongK<true, VEC, T>;
 
 // Conv backward-data B: k = (r, s, kout), column c: element = w[kout, r, s, c]. p = w.
 template <bool VEC, class T = float>
@@ -291,8 +277,13 @@ struct FilterTapsAlongRows : LoaderBase<FilterTapsAlongRows<VEC, T>, false, VEC,
   // C % 4 == 0; rsk.hi >= R means k >= R*S*K.
   __device__ __forceinline__ const T* vec_src() const { return rsk.hi < prm.R && c < prm.C ? tap_ptr() : nullptr; }
   __device__ __forceinline__ void load_scalar(T (&v)[4]) const {
-    if (rsk.hi < prm.R) load4_prefix(v, tap_ptr(), prm.C - c);
-    else set_zero(v);
+    if (rsk.hi >= prm.R) {
+      set_zero(v);
+      return;
+    }
+    const T* p = tap_ptr();
+    VGG_GEMM_UNROLL
+    for (int j = 0; j < 4; ++j) v[j] = (c + j < prm.C) ? p[j] : T{};
   }
   __device__ __forceinline__ void advance(int bk) { rsk.step(bk, prm.S, prm.K); }
 };
@@ -317,31 +308,26 @@ struct Im2colAlongRows : LoaderBase<Im2colAlongRows<VEC, T>, false, VEC, T> {
     }
     npq.set(k0, prm.P, prm.Q);
   }
-  // Offset in image npq.hi of column j's pixel for the current (p, q), or -1 in the padding.
-  __device__ __forceinline__ int column_offset(int j) const {
-    const int ih = npq.mid * prm.stride_h - prm.pad_h + r[j], iw = npq.lo * prm.stride_w - prm.pad_w + s[j];
-    const bool ok = col_ok[j] && ih >= 0 && ih < prm.H && iw >= 0 && iw < prm.W;
-    return ok ? (ih * prm.W + iw) * prm.C + c[j] : -1;
-  }
-  __device__ __forceinline__ const T* image() const {
-    return prm.p + static_cast<int64_t>(npq.hi) * prm.H * prm.W * prm.C;
-  }
   // C % 4 == 0: the 4 columns are 4 consecutive channels of one tap. npq.hi >= N means k >= N*P*Q.
   __device__ __forceinline__ const T* vec_src() const {
     if (npq.hi >= prm.N) return nullptr;
-    const int off = column_offset(0);
-    return off >= 0 ? image() + off : nullptr;
+    const int ih = npq.mid * prm.stride_h - prm.pad_h + r[0], iw = npq.lo * prm.stride_w - prm.pad_w + s[0];
+    const bool ok = col_ok[0] && ih >= 0 && ih < prm.H && iw >= 0 && iw < prm.W;
+    return ok ? prm.p + static_cast<int64_t>(npq.hi) * prm.H * prm.W * prm.C + (ih * prm.W + iw) * prm.C + c[0]
+              : nullptr;
   }
   __device__ __forceinline__ void load_scalar(T (&v)[4]) const {
     if (npq.hi >= prm.N) {
       set_zero(v);
       return;
     }
-    const T* img = image();
+    const T* image = prm.p + static_cast<int64_t>(npq.hi) * prm.H * prm.W * prm.C;
+    const int ih0 = npq.mid * prm.stride_h - prm.pad_h, iw0 = npq.lo * prm.stride_w - prm.pad_w;
     VGG_GEMM_UNROLL
     for (int j = 0; j < 4; ++j) {
-      const int off = column_offset(j);
-      v[j] = off >= 0 ? img[off] : T{};
+      const int ih = ih0 + r[j], iw = iw0 + s[j];
+      const bool ok = col_ok[j] && ih >= 0 && ih < prm.H && iw >= 0 && iw < prm.W;
+      v[j] = ok ? image[(ih * prm.W + iw) * prm.C + c[j]] : T{};
     }
   }
   __device__ __forceinline__ void advance(int bk) { npq.step(bk, prm.P, prm.Q); }

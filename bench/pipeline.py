@@ -28,6 +28,7 @@ figure trains a thin VGG-A on the cpu device from the loader and from the same b
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import os
 import sys
@@ -332,15 +333,12 @@ def _timed_steps(batches, todo, step):
     """Runs ``step(x, y)`` on up to ``todo`` batches of the iterator ``batches``. Returns (steps run, seconds spent
     in next(): the time the step waited for a batch that was not ready)."""
     done, wait = 0, 0.0
-    while done < todo:
-        tw = time.perf_counter()
-        try:
-            x, y = next(batches)
-        except StopIteration:
-            break
-        wait += time.perf_counter() - tw
+    asked = time.perf_counter()
+    for x, y in itertools.islice(batches, todo):
+        wait += time.perf_counter() - asked
         step(x, y)
         done += 1
+        asked = time.perf_counter()
     return done, wait
 
 

@@ -28,6 +28,7 @@ figure trains a thin VGG-A on the cpu device from the loader and from the same b
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import os
 import sys
@@ -144,15 +145,21 @@ def baseline_transform(s, crop, path, rng, stages):
     return out
 
 
-def vggcore_transform(tf, path, rng, stages, out):
-    """data.load_planned's steps, timed one by one (the same calls, in the same order)."""
-    t0 = cpu_clock()
+def _decode_planned(tf, path, rng):
+    """data.load_planned's decode: the image's plan, JPEG draft-mode decoding where the plan allows it, RGB.
+    Returns (image, plan)."""
     im = Image.open(path)
     plan = tf.plan(im.size, rng)
     if im.format == "JPEG" and min(im.size) >= 2 * min(plan.scaled):
         im.draft("RGB", tuple(plan.scaled))
     im.load()
-    img = im if im.mode == "RGB" else im.convert("RGB")
+    return (im if im.mode == "RGB" else im.convert("RGB")), plan
+
+
+def vggcore_transform(tf, path, rng, stages, out):
+    """data.load_planned's steps, timed one by one (the same calls, in the same order)."""
+    t0 = cpu_clock()
+    img, plan = _decode_planned(tf, path, rng)
     t1 = cpu_clock()
     arr = data._resample_crop(img, plan.scaled, plan.box)
     t2 = cpu_clock()
@@ -165,12 +172,7 @@ def vggcore_transform(tf, path, rng, stages, out):
 def packed_transform(tf, path, rng, stages):
     """data.load_packed's steps, timed: decode as load_planned does, then the pixels and plan row (batch)."""
     t0 = cpu_clock()
-    im = Image.open(path)
-    plan = tf.plan(im.size, rng)
-    if im.format == "JPEG" and min(im.size) >= 2 * min(plan.scaled):
-        im.draft("RGB", tuple(plan.scaled))
-    im.load()
-    img = im if im.mode == "RGB" else im.convert("RGB")
+    img, plan = _decode_planned(tf, path, rng)
     t1 = cpu_clock()
     pixels = np.asarray(img, dtype=np.uint8)
     row = np.empty(11, np.float64)
@@ -327,6 +329,19 @@ def loader_scaling(folder, tf, batch, max_workers, reps, device_augment=False):
     return rows
 
 
+def _timed_steps(batches, todo, step):
+    """Runs ``step(x, y)`` on up to ``todo`` batches of the iterator ``batches``. Returns (steps run, seconds spent
+    in next(): the time the step waited for a batch that was not ready)."""
+    done, wait = 0, 0.0
+    asked = time.perf_counter()
+    for x, y in itertools.islice(batches, todo):
+        wait += time.perf_counter() - asked
+        step(x, y)
+        done += 1
+        asked = time.perf_counter()
+    return done, wait
+
+
 def end_to_end(folder, tf, batch, steps, workers):
     """Training images/s of a thin VGG-A (224 crops) fed by the loader, and fed from batches in memory."""
     import vggcore.nn.functional as F
@@ -356,17 +371,8 @@ def end_to_end(folder, tf, batch, steps, workers):
     done, wait, epoch = 0, 0.0, 1
     t0 = time.perf_counter()
     while done < steps:
-        it = loader.epoch(epoch)
-        while done < steps:
-            tw = time.perf_counter()
-            try:
-                x_np, y_np = next(it)
-            except StopIteration:
-                break
-            wait += time.perf_counter() - tw
-            step(x_np, y_np)
-            done += 1
-        epoch += 1
+        n, w = _timed_steps(loader.epoch(epoch), steps - done, step)
+        done, wait, epoch = done + n, wait + w, epoch + 1
     fed = steps * batch / (time.perf_counter() - t0)
     loader.close()
     return mem, fed, wait / (time.perf_counter() - t0)
@@ -418,18 +424,10 @@ def end_to_end_device(folder, tf, batch, steps, workers, device, config="A", wid
         t0 = time.perf_counter()
         while done < steps:
             it = DevicePrefetcher(loader.epoch(epoch), device, prefetch)
-            while done < steps:
-                tw = time.perf_counter()
-                try:
-                    x, y_np = next(it)
-                except StopIteration:
-                    break
-                wait += time.perf_counter() - tw
-                step(x, y_np)
-                done += 1
+            n, w = _timed_steps(it, steps - done, step)
             it.close()
-            copies, batches = copies + it.async_copies, batches + done
-            epoch += 1
+            done, wait, epoch = done + n, wait + w, epoch + 1
+            copies, batches = copies + it.async_copies, batches + n
         elapsed = time.perf_counter() - t0
         return steps * batch / elapsed, wait / elapsed
 

@@ -57,16 +57,38 @@ def _with_schedules(devices, dtype_of=None):
 
 
 @contextlib.contextmanager
-def sim_schedule(schedule):
-    if schedule is None:
+def _sim_setting(name, value):
+    """Sets the emulator's ``name`` setting (schedule or checks) to ``value`` for the block, then restores it;
+    nothing when value is None."""
+    if value is None:
         yield
         return
-    previous = vc._C.sim_get_schedule()
-    vc._C.sim_set_schedule(schedule)
+    get, put = getattr(vc._C, f"sim_get_{name}"), getattr(vc._C, f"sim_set_{name}")
+    previous = get()
+    put(value)
     try:
         yield
     finally:
-        vc._C.sim_set_schedule(previous)
+        put(previous)
+
+
+def sim_schedule(schedule):
+    """The emulator's thread order (sim_set_schedule) for the block."""
+    return _sim_setting("schedule", schedule)
+
+
+@pytest.fixture
+def every_sim_check():
+    """A test with every emulator check on (races, uninit, bounds, ...): pytest.mark.usefixtures("every_sim_check")."""
+    with _sim_setting("checks", "all"):
+        yield
+
+
+@pytest.fixture
+def linear_sim_schedule():
+    """A test pinned to the emulator's linear thread order, whatever its sim_schedule mark."""
+    with sim_schedule("linear"):
+        yield
 
 
 @pytest.fixture(autouse=True)

@@ -2,19 +2,17 @@
 segfault or a hang fails the test instead of killing or stalling the suite), Ctrl-C during long ops, and the
 softmax family at extreme logits on every device."""
 
-import os
-import signal
 import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 
 import numpy as np
 import pytest
 
 import vggcore as vc
 import vggcore.nn.functional as F
+from child_process import interrupt_after_start
 
 DEVICES = [d for d in vc.devices() if d in ("cpu", "sim") or d.startswith("cuda")]
 
@@ -169,20 +167,7 @@ def test_sigint_stops_a_long_op_promptly(case):
                      vc.tensor(np.ones((3, 3, 3, 2), np.float32), device="{device}"), None, padding=1)
         print("alive", float(y.numpy()[0, 1, 1, 0]), flush=True)
     """)
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            cwd=CHILD_CWD)
-    try:
-        assert proc.stdout.readline().strip() == "start"
-        time.sleep(0.3)
-        sent = time.monotonic()
-        proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=60)
-        stopped = time.monotonic() - sent
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0, out
+    out, stopped, _ = interrupt_after_start(code, CHILD_CWD, timeout=60)
     assert "interrupted" in out and "Ctrl-C" in out, out
     assert "alive 18.0" in out, out          # the engine still works after the interrupted op
     print(f"{case}: stopped {stopped:.2f} s after SIGINT")

@@ -5,7 +5,6 @@ anything is allocated (a net or a test scale bigger than memory). Ctrl-C cases r
 timeouts."""
 
 import math
-import signal
 import subprocess
 import sys
 import tempfile
@@ -17,6 +16,7 @@ import pytest
 
 import vggcore as vc
 import vggcore.nn.functional as F
+from child_process import interrupt_after_start
 from vggcore import datasets
 
 CHILD_CWD = tempfile.mkdtemp(prefix="vggcore-probe-test-")   # outside the source tree: the installed package
@@ -41,28 +41,7 @@ def _interrupt(setup, op, wait_s=0.3):
     """) + textwrap.dedent(setup) + TRY.format(op=op) + textwrap.dedent("""
         print("alive", float(F.relu(vc.ones(3)).numpy().sum()), flush=True)
     """)
-    proc = subprocess.Popen([sys.executable, "-c", src], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            cwd=CHILD_CWD)
-    try:
-        lines = []
-        while True:
-            line = proc.stdout.readline()
-            assert line, "".join(lines)
-            lines.append(line)
-            if line.startswith("start"):
-                break
-        full = float(line.split()[1]) if len(line.split()) > 1 else None
-        time.sleep(wait_s if full is None else min(wait_s, 0.1 * full))
-        sent = time.monotonic()
-        proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=120)
-        stopped = time.monotonic() - sent
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    out = "".join(lines) + out
-    assert proc.returncode == 0, out
+    out, stopped, full = interrupt_after_start(src, CHILD_CWD, wait_s)
     assert "interrupted" in out and "Ctrl-C" in out and "finished" not in out, out
     assert "alive 3.0" in out, out            # the engine still works after the interrupted op
     return out, stopped, full

@@ -10,15 +10,8 @@ from gpu_plans import forced_gemm_plan
 import vggcore.nn.functional as F
 
 C = vc._C
-pytestmark = pytest.mark.skipif("sim" not in vc.devices(), reason="built without the SIMT emulator")
-
-
-@pytest.fixture(autouse=True)
-def every_check():
-    before = C.sim_get_checks()
-    C.sim_set_checks("all")
-    yield
-    C.sim_set_checks(before)
+pytestmark = [pytest.mark.skipif("sim" not in vc.devices(), reason="built without the SIMT emulator"),
+              pytest.mark.usefixtures("every_sim_check")]
 
 
 def run(device, rng_seed):

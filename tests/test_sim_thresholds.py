@@ -13,15 +13,8 @@ import vggcore as vc
 from gpu_plans import forced_gemm_plan
 
 C = vc._C
-pytestmark = pytest.mark.skipif("sim" not in vc.devices(), reason="built without the SIMT emulator")
-
-
-@pytest.fixture(autouse=True)
-def linear_schedule():
-    before = C.sim_get_schedule()
-    C.sim_set_schedule("linear")
-    yield
-    C.sim_set_schedule(before)
+pytestmark = [pytest.mark.skipif("sim" not in vc.devices(), reason="built without the SIMT emulator"),
+              pytest.mark.usefixtures("linear_sim_schedule")]
 
 
 def on(device, a):

@@ -103,6 +103,23 @@ std::string drain_sim(State& s, uint64_t upto) {
   return error;
 }
 
+// drain_sim, throwing the first failed check. Caller holds the mutex.
+void drain_sim_or_throw(State& s, uint64_t upto) {
+  const std::string error = drain_sim(s, upto);
+  if (!error.empty()) throw std::runtime_error(error);
+}
+
+// Copy `ticket` when it is a cuda copy that may still be in flight, else copies.end(): a ticket not found has
+// completed, and a sim copy (with the sim copies before it) is performed here. The emulator's kernels run on the
+// calling thread, in order, so performing the copies now is what any wait on the copy stream would see. Throws the
+// first failed sim check. Caller holds the mutex.
+std::map<uint64_t, Copy>::iterator pending_cuda_copy(State& s, uint64_t ticket) {
+  const auto it = s.copies.find(ticket);
+  if (it == s.copies.end() || it->second.device.type != DeviceType::Sim) return it;
+  drain_sim_or_throw(s, ticket);
+  return s.copies.end();
+}
+
 void raise_deferred(State& s) {
   if (s.deferred_error.empty()) return;
   std::string e = std::move(s.deferred_error);
@@ -126,13 +143,8 @@ void retire_done(State& s) {
 
 // Completes copy `ticket` (and, sim, the ones before it) with the host waiting. Caller holds the mutex.
 void complete(State& s, uint64_t ticket) {
-  const auto it = s.copies.find(ticket);
+  const auto it = pending_cuda_copy(s, ticket);
   if (it == s.copies.end()) return;
-  if (it->second.device.type == DeviceType::Sim) {
-    const std::string error = drain_sim(s, ticket);
-    if (!error.empty()) throw std::runtime_error(error);
-    return;
-  }
 #ifdef VGG_WITH_CUDA
   cuda::event_synchronize(it->second.event);
   cuda::event_destroy(it->second.event);
@@ -258,15 +270,9 @@ void wait_on_device(uint64_t ticket) {
   State& s = state();
   std::lock_guard<std::mutex> lock(s.mutex);
   raise_deferred(s);
-  const auto it = s.copies.find(ticket);
+  // sim: the compute stream waiting on the copy stream means the copies are performed before the next kernel.
+  const auto it = pending_cuda_copy(s, ticket);
   if (it == s.copies.end()) return;
-  if (it->second.device.type == DeviceType::Sim) {
-    // The emulator's kernels run on the calling thread, in order: the compute stream waiting on the copy stream
-    // means the copies have been performed before the next kernel starts.
-    const std::string error = drain_sim(s, ticket);
-    if (!error.empty()) throw std::runtime_error(error);
-    return;
-  }
 #ifdef VGG_WITH_CUDA
   cuda::stream_wait_event(it->second.device.index, nullptr, it->second.event);
   // From here the compute stream runs after the copy: the destination block may go back to the caching allocator
@@ -318,8 +324,7 @@ void synchronize_copies(const Device& device) {
   std::lock_guard<std::mutex> lock(s.mutex);
   raise_deferred(s);
   if (device.type == DeviceType::Sim) {
-    const std::string error = drain_sim(s, ~uint64_t{0});
-    if (!error.empty()) throw std::runtime_error(error);
+    drain_sim_or_throw(s, ~uint64_t{0});
     return;
   }
 #ifdef VGG_WITH_CUDA

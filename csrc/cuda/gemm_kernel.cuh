@@ -92,6 +92,21 @@ __device__ __forceinline__ void load_fragment(float (&f)[N], const float* row, i
   }
 }
 
+// Where one block of a GEMM kernel works: C from row m0 and column n0, and the k tiles (BK wide, num_tiles of them,
+// 0 for a split past the end) of split blockIdx.z's Kdim range, from k_begin. Block-uniform. Both kernels
+// (gemm_tile_kernel, tc_gemm_kernel) start here.
+struct GemmBlockRange {
+  int64_t m0, n0, k_begin;
+  int num_tiles;
+};
+template <int BM, int BN, int BK>
+__device__ __forceinline__ GemmBlockRange gemm_block_range(int64_t kdim, int64_t k_per_split) {
+  const int64_t k_begin = static_cast<int64_t>(blockIdx.z) * k_per_split;
+  const int64_t k_end = k_begin + k_per_split < kdim ? k_begin + k_per_split : kdim;
+  return {static_cast<int64_t>(blockIdx.x) * BM, static_cast<int64_t>(blockIdx.y) * BN, k_begin,
+          k_end > k_begin ? static_cast<int>((k_end - k_begin + BK - 1) / BK) : 0};
+}
+
 // C (M, N) [split z] = A (M, Kdim range z) * B (Kdim range z, N) [+ bias].
 // grid (ceil(M/BM), ceil(N/BN), splits), block Cfg::kThreads, dynamic shared memory Cfg::kSharedBytes.
 template <class Cfg, class ALoader, class BLoader>
@@ -101,11 +116,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, ALoader::kVec&& BLoader::kVec ?
   VGG_DYNAMIC_SHARED(float, smem);  // [2 stages][As: BK x kLdA | Bs: BK x kLdB]
 
   const int tid = static_cast<int>(threadIdx.x);
-  const int64_t m0 = static_cast<int64_t>(blockIdx.x) * BM;
-  const int64_t n0 = static_cast<int64_t>(blockIdx.y) * BN;
-  const int64_t k_begin = static_cast<int64_t>(blockIdx.z) * args.k_per_split;
-  const int64_t k_end = k_begin + args.k_per_split < args.kdim ? k_begin + args.k_per_split : args.kdim;
-  const int num_tiles = k_end > k_begin ? static_cast<int>((k_end - k_begin + BK - 1) / BK) : 0;
+  const auto [m0, n0, k_begin, num_tiles] = gemm_block_range<BM, BN, BK>(args.kdim, args.k_per_split);
 
   // Where this thread's 4-vector sits inside the A and B tiles.
   const int a_row = ALoader::kAlongK ? tid / (BK / 4) : (tid % (BM / 4)) * 4;

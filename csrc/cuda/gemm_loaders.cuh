@@ -94,6 +94,20 @@ __device__ __forceinline__ void load4_or_zero(T (&v)[4], const T* src) {
 // uint16_t holding bfloat16 bits for the tensor-core kernels. With VEC, vec_src() is the address of the 4
 // contiguous elements of the current tile, or nullptr where they are all 0 (what cp.async's zero-fill copies).
 
+// What every loader shares: its traits and load(), which copies vec_src() on the VEC path and calls the loader's
+// load_scalar() otherwise. The base is a CRTP one, so both resolve at compile time: the tile loop gets no branch.
+template <class Loader, bool ALONG_K, bool VEC, class T>
+struct LoaderBase {
+  static constexpr bool kAlongK = ALONG_K;
+  static constexpr bool kVec = VEC;
+  using Elem = T;
+  __device__ __forceinline__ void load(T (&v)[4]) const {
+    const Loader& self = static_cast<const Loader&>(*this);
+    if constexpr (VEC) load4_or_zero(v, self.vec_src());
+    else self.load_scalar(v);
+  }
+};
+
 // Dense, contiguous along k: element (row, k) = p[row * ld + k]. x or dy of a linear layer, conv weights (K, RSC).
 template <class T>
 struct DenseParamsOf {
@@ -102,10 +116,7 @@ struct DenseParamsOf {
 };
 using DenseParams = DenseParamsOf<float>;
 template <bool VEC, class T = float>
-struct DenseAlongK {
-  static constexpr bool kAlongK = true;
-  static constexpr bool kVec = VEC;
-  using Elem = T;
+struct DenseAlongK : LoaderBase<DenseAlongK<VEC, T>, true, VEC, T> {
   DenseParamsOf<T> prm;
   const T* row_ptr;
   int64_t k;
@@ -117,23 +128,16 @@ struct DenseAlongK {
   }
   // kdim % 4 == 0: the 4 elements are all inside or all outside.
   __device__ __forceinline__ const T* vec_src() const { return row_ok && k < prm.kdim ? row_ptr + k : nullptr; }
-  __device__ __forceinline__ void load(T (&v)[4]) const {
-    if (VEC) {
-      load4_or_zero(v, vec_src());
-    } else {
-      VGG_GEMM_UNROLL
-      for (int j = 0; j < 4; ++j) v[j] = (row_ok && k + j < prm.kdim) ? row_ptr[k + j] : T{};
-    }
+  __device__ __forceinline__ void load_scalar(T (&v)[4]) const {
+    VGG_GEMM_UNROLL
+    for (int j = 0; j < 4; ++j) v[j] = (row_ok && k + j < prm.kdim) ? row_ptr[k + j] : T{};
   }
   __device__ __forceinline__ void advance(int bk) { k += bk; }
 };
 
 // Dense, contiguous along the row dimension: element (row, k) = p[k * ld + row]. dy^T, w and x of linear passes.
 template <bool VEC, class T = float>
-struct DenseAlongRows {
-  static constexpr bool kAlongK = false;
-  static constexpr bool kVec = VEC;
-  using Elem = T;
+struct DenseAlongRows : LoaderBase<DenseAlongRows<VEC, T>, false, VEC, T> {
   DenseParamsOf<T> prm;
   int64_t row, k;
   __device__ __forceinline__ void begin(int64_t row0, int64_t k0) {
@@ -144,11 +148,7 @@ struct DenseAlongRows {
   __device__ __forceinline__ const T* vec_src() const {
     return k < prm.kdim && row < prm.rows ? prm.p + k * prm.ld + row : nullptr;
   }
-  __device__ __forceinline__ void load(T (&v)[4]) const {
-    if (VEC) {
-      load4_or_zero(v, vec_src());
-      return;
-    }
+  __device__ __forceinline__ void load_scalar(T (&v)[4]) const {
     if (k >= prm.kdim) {
       set_zero(v);
       return;
@@ -171,82 +171,51 @@ struct ConvViewOf {
   int stride_h, stride_w, pad_h, pad_w;
 };
 
-// Conv forward A: im2col(x) without the buffer. Row m = (n, p, q), k = (r, s, c):
-// element = x[n, p*stride_h - pad_h + r, q*stride_w - pad_w + s, c], 0 in the padding.
-template <bool VEC, class T = float>
-struct Im2colAlongK {
-  static constexpr bool kAlongK = true;
-  static constexpr bool kVec = VEC;
-  using Elem = T;
-  ConvViewOf<T> prm;
-  const T* image;      // x + n*H*W*C
-  int ih0, iw0;
-  bool row_ok;
-  Digits rsc;          // (r, s, c) of this thread's first k
-  __device__ __forceinline__ void begin(int64_t m, int64_t k0) {
-    row_ok = m < prm.rows;
-    const int64_t mm = row_ok ? m : 0;
-    const int64_t pq = static_cast<int64_t>(prm.P) * prm.Q;
-    const int64_t n = mm / pq;
-    const int rem = static_cast<int>(mm - n * pq);
-    ih0 = (rem / prm.Q) * prm.stride_h - prm.pad_h;
-    iw0 = (rem % prm.Q) * prm.stride_w - prm.pad_w;
-    image = prm.p + n * prm.H * prm.W * prm.C;
-    rsc.set(k0, prm.S, prm.C);
-  }
-  __device__ __forceinline__ T at(int r, int s, int c) const {
-    const int ih = ih0 + r, iw = iw0 + s;
-    const bool ok = row_ok && r < prm.R && ih >= 0 && ih < prm.H && iw >= 0 && iw < prm.W;
-    return ok ? image[(ih * prm.W + iw) * prm.C + c] : T{};
-  }
-  // C % 4 == 0: the 4 channels share (r, s).
-  __device__ __forceinline__ const T* vec_src() const {
-    const int ih = ih0 + rsc.hi, iw = iw0 + rsc.mid;
-    const bool ok = row_ok && rsc.hi < prm.R && ih >= 0 && ih < prm.H && iw >= 0 && iw < prm.W;
-    return ok ? image + (ih * prm.W + iw) * prm.C + rsc.lo : nullptr;
-  }
-  __device__ __forceinline__ void load(T (&v)[4]) const {
-    if (VEC) {
-      load4_or_zero(v, vec_src());
-    } else {
-      Digits e = rsc;
-      VGG_GEMM_UNROLL
-      for (int j = 0; j < 4; ++j) {
-        v[j] = at(e.hi, e.mid, e.lo);
-        e.step(1, prm.S, prm.C);
-      }
-    }
-  }
-  __device__ __forceinline__ void advance(int bk) { rsc.step(bk, prm.S, prm.C); }
-};
+// Row m of an image-major GEMM operand is pixel (y, x) of image n, over planes of h x w pixels. Returns n.
+__device__ __forceinline__ int64_t split_pixel_row(int64_t m, int h, int w, int& y, int& x) {
+  const int64_t hw = static_cast<int64_t>(h) * w;
+  const int64_t n = m / hw;
+  const int rem = static_cast<int>(m - n * hw);
+  y = rem / w;
+  x = rem % w;
+  return n;
+}
 
-// Conv backward-data A: row m = (n, h, w) of dx, k = (r, s, kout):
-// element = dy[n, p, q, kout] where h + pad_h = p*stride_h + r and w + pad_w = q*stride_w + s (exact division),
-// else 0.
-template <bool VEC, class T = float>
-struct DyGatherAlongK {
-  static constexpr bool kAlongK = true;
-  static constexpr bool kVec = VEC;
-  using Elem = T;
+// The two kAlongK conv loaders, k = (r, s, lo) with lo a channel of one pixel (c of x, or kout of dy):
+//   Im2colAlongK (DY false), conv forward A: im2col(x) without the buffer. Row m = (n, p, q):
+//     element = x[n, p*stride_h - pad_h + r, q*stride_w - pad_w + s, c], 0 in the padding.
+//   DyGatherAlongK (DY true), conv backward-data A: row m = (n, h, w) of dx:
+//     element = dy[n, p, q, kout] where h + pad_h = p*stride_h + r and w + pad_w = q*stride_w + s (exact
+//     division), else 0.
+// They differ only in where a row starts (begin) and which pixel a filter tap reads (tap): DY is a template
+// parameter, so each compiles to its own code with no branch on it.
+template <bool DY, bool VEC, class T>
+struct TapGatherAlongK : LoaderBase<TapGatherAlongK<DY, VEC, T>, true, VEC, T> {
   ConvViewOf<T> prm;
-  const T* image;      // dy + n*P*Q*K
-  int hp, wp;          // h + pad_h, w + pad_w
+  const T* image;      // x + n*H*W*C, or dy + n*P*Q*K
+  int oh, ow;          // x: (p*stride_h - pad_h, q*stride_w - pad_w), the row's first input pixel;
+                       // dy: (h + pad_h, w + pad_w)
   bool row_ok;
-  Digits rsk;
+  Digits taps;         // (r, s, lo) of this thread's current k
+  __device__ __forceinline__ int lo_n() const { return DY ? prm.K : prm.C; }
   __device__ __forceinline__ void begin(int64_t m, int64_t k0) {
     row_ok = m < prm.rows;
     const int64_t mm = row_ok ? m : 0;
-    const int64_t hw = static_cast<int64_t>(prm.H) * prm.W;
-    const int64_t n = mm / hw;
-    const int rem = static_cast<int>(mm - n * hw);
-    hp = rem / prm.W + prm.pad_h;
-    wp = rem % prm.W + prm.pad_w;
-    image = prm.p + n * prm.P * prm.Q * prm.K;
-    rsk.set(k0, prm.S, prm.K);
+    int y, x;
+    if constexpr (DY) {
+      image = prm.p + split_pixel_row(mm, prm.H, prm.W, y, x) * prm.P * prm.Q * prm.K;
+      oh = y + prm.pad_h;
+      ow = x + prm.pad_w;
+    } else {
+      image = prm.p + split_pixel_row(mm, prm.P, prm.Q, y, x) * prm.H * prm.W * prm.C;
+      oh = y * prm.stride_h - prm.pad_h;
+      ow = x * prm.stride_w - prm.pad_w;
+    }
+    taps.set(k0, prm.S, lo_n());
   }
-  // Offset of dy[n, p, q, 0] for filter tap (r, s), or -1 when no output pixel reads (h, w) through that tap.
-  __device__ __forceinline__ int tap_offset(int r, int s) const {
-    const int th = hp - r, tw = wp - s;
+  // dy: the offset of dy[n, p, q, 0] for filter tap (r, s), or -1 when no output pixel reads (h, w) through it.
+  __device__ __forceinline__ int dy_offset(int r, int s) const {
+    const int th = oh - r, tw = ow - s;
     if (!row_ok || r >= prm.R || th < 0 || tw < 0) return -1;
     int p = th, q = tw;
     if (prm.stride_h != 1 || prm.stride_w != 1) {  // stride 1 (all of VGG): a block-uniform branch past the divisions
@@ -257,33 +226,43 @@ struct DyGatherAlongK {
     if (p >= prm.P || q >= prm.Q) return -1;
     return (p * prm.Q + q) * prm.K;
   }
-  // K % 4 == 0: the 4 output channels share (r, s).
-  __device__ __forceinline__ const T* vec_src() const {
-    const int off = tap_offset(rsk.hi, rsk.mid);
-    return off >= 0 ? image + off + rsk.lo : nullptr;
-  }
-  __device__ __forceinline__ void load(T (&v)[4]) const {
-    if (VEC) {
-      load4_or_zero(v, vec_src());
+  // Whether filter tap (r, s) reads a pixel for this row, and its offset in image (channel 0) when it does; the
+  // element is 0 where it does not: padding, tails, and for dy the taps through which no output pixel reads (h, w).
+  __device__ __forceinline__ bool tap(int r, int s, int& off) const {
+    if constexpr (DY) {
+      off = dy_offset(r, s);
+      return off >= 0;
     } else {
-      Digits e = rsk;
-      VGG_GEMM_UNROLL
-      for (int j = 0; j < 4; ++j) {
-        const int off = tap_offset(e.hi, e.mid);
-        v[j] = off >= 0 ? image[off + e.lo] : T{};
-        e.step(1, prm.S, prm.K);
-      }
+      const int ih = oh + r, iw = ow + s;
+      const bool ok = row_ok && r < prm.R && ih >= 0 && ih < prm.H && iw >= 0 && iw < prm.W;
+      off = (ih * prm.W + iw) * prm.C;
+      return ok;
     }
   }
-  __device__ __forceinline__ void advance(int bk) { rsk.step(bk, prm.S, prm.K); }
+  // lo_n % 4 == 0: the 4 channels share (r, s).
+  __device__ __forceinline__ const T* vec_src() const {
+    int off;
+    return tap(taps.hi, taps.mid, off) ? image + off + taps.lo : nullptr;
+  }
+  __device__ __forceinline__ void load_scalar(T (&v)[4]) const {
+    Digits e = taps;
+    VGG_GEMM_UNROLL
+    for (int j = 0; j < 4; ++j) {
+      int off;
+      v[j] = tap(e.hi, e.mid, off) ? image[off + e.lo] : T{};
+      e.step(1, prm.S, lo_n());
+    }
+  }
+  __device__ __forceinline__ void advance(int bk) { taps.step(bk, prm.S, lo_n()); }
 };
+template <bool VEC, class T = float>
+using Im2colAlongK = TapGatherAlongK<false, VEC, T>;
+template <bool VEC, class T = float>
+using DyGatherAlongK = TapGatherAlongK<true, VEC, T>;
 
 // Conv backward-data B: k = (r, s, kout), column c: element = w[kout, r, s, c]. p = w.
 template <bool VEC, class T = float>
-struct FilterTapsAlongRows {
-  static constexpr bool kAlongK = false;
-  static constexpr bool kVec = VEC;
-  using Elem = T;
+struct FilterTapsAlongRows : LoaderBase<FilterTapsAlongRows<VEC, T>, false, VEC, T> {
   ConvViewOf<T> prm;
   int c;
   Digits rsk;
@@ -297,11 +276,7 @@ struct FilterTapsAlongRows {
   }
   // C % 4 == 0; rsk.hi >= R means k >= R*S*K.
   __device__ __forceinline__ const T* vec_src() const { return rsk.hi < prm.R && c < prm.C ? tap_ptr() : nullptr; }
-  __device__ __forceinline__ void load(T (&v)[4]) const {
-    if (VEC) {
-      load4_or_zero(v, vec_src());
-      return;
-    }
+  __device__ __forceinline__ void load_scalar(T (&v)[4]) const {
     if (rsk.hi >= prm.R) {
       set_zero(v);
       return;
@@ -316,10 +291,7 @@ struct FilterTapsAlongRows {
 // Conv backward-weight B: k = (n, p, q), column = (r, s, c):
 // element = x[n, p*stride_h - pad_h + r, q*stride_w - pad_w + s, c]. prm.rows = R*S*C (the columns), kdim = N*P*Q.
 template <bool VEC, class T = float>
-struct Im2colAlongRows {
-  static constexpr bool kAlongK = false;
-  static constexpr bool kVec = VEC;
-  using Elem = T;
+struct Im2colAlongRows : LoaderBase<Im2colAlongRows<VEC, T>, false, VEC, T> {
   ConvViewOf<T> prm;
   int r[4], s[4], c[4];  // the 4 columns' taps (VEC: only [0] is used, the 4 channels are consecutive)
   bool col_ok[4];
@@ -344,11 +316,7 @@ struct Im2colAlongRows {
     return ok ? prm.p + static_cast<int64_t>(npq.hi) * prm.H * prm.W * prm.C + (ih * prm.W + iw) * prm.C + c[0]
               : nullptr;
   }
-  __device__ __forceinline__ void load(T (&v)[4]) const {
-    if (VEC) {
-      load4_or_zero(v, vec_src());
-      return;
-    }
+  __device__ __forceinline__ void load_scalar(T (&v)[4]) const {
     if (npq.hi >= prm.N) {
       set_zero(v);
       return;
@@ -364,5 +332,6 @@ struct Im2colAlongRows {
   }
   __device__ __forceinline__ void advance(int bk) { npq.step(bk, prm.P, prm.Q); }
 };
+
 
 }  // namespace vgg::VGG_GPU_NS::gemm

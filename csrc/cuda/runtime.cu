@@ -364,15 +364,24 @@ void* stream_handle(int device) {
   return static_cast<void*>(device_stream(device));
 }
 
-void* side_stream(int device) {
+namespace {
+// The non-blocking stream of `device` held in member `slot` of its state, created at its first use. `what` names
+// the stream's use for refuse_other_stream_locked.
+void* lazy_stream(int device, cudaStream_t DeviceState::*slot, const char* what) {
   DeviceState& st = state(device);
   std::lock_guard<std::mutex> lock(st.mutex);
-  refuse_other_stream_locked(device, st, "the side stream (overlapping work such as NCCL's all-reduces)");
-  if (st.side_stream == nullptr) {
+  refuse_other_stream_locked(device, st, what);
+  if (st.*slot == nullptr) {
     DeviceGuard guard(device);
-    VGG_CUDA_CHECK(cudaStreamCreateWithFlags(&st.side_stream, cudaStreamNonBlocking));
+    VGG_CUDA_CHECK(cudaStreamCreateWithFlags(&(st.*slot), cudaStreamNonBlocking));
   }
-  return static_cast<void*>(st.side_stream);
+  return static_cast<void*>(st.*slot);
+}
+}  // namespace
+
+void* side_stream(int device) {
+  return lazy_stream(device, &DeviceState::side_stream,
+                     "the side stream (overlapping work such as NCCL's all-reduces)");
 }
 
 void stream_wait(int device, void* waiter, void* signaller) {
@@ -407,14 +416,7 @@ void host_free_pinned(void* ptr) noexcept {
 }
 
 void* copy_stream(int device) {
-  DeviceState& st = state(device);
-  std::lock_guard<std::mutex> lock(st.mutex);
-  refuse_other_stream_locked(device, st, "the copy stream (asynchronous host-to-device copies)");
-  if (st.copy_stream == nullptr) {
-    DeviceGuard guard(device);
-    VGG_CUDA_CHECK(cudaStreamCreateWithFlags(&st.copy_stream, cudaStreamNonBlocking));
-  }
-  return static_cast<void*>(st.copy_stream);
+  return lazy_stream(device, &DeviceState::copy_stream, "the copy stream (asynchronous host-to-device copies)");
 }
 
 void copy_host_to_device_on(int device, void* stream, void* dst, const void* src, size_t bytes) {

@@ -179,11 +179,7 @@ __global__ void VGG_LAUNCH_BOUNDS(Tiles::kThreads) tc_gemm_kernel(ALoader a0, BL
   VGG_DYNAMIC_SHARED(unsigned char, smem);  // [STAGES][A tile | B tile]
 
   const int tid = static_cast<int>(threadIdx.x);
-  const int64_t m0 = static_cast<int64_t>(blockIdx.x) * BM;
-  const int64_t n0 = static_cast<int64_t>(blockIdx.y) * BN;
-  const int64_t k_begin = static_cast<int64_t>(blockIdx.z) * args.k_per_split;
-  const int64_t k_end = k_begin + args.k_per_split < args.kdim ? k_begin + args.k_per_split : args.kdim;
-  const int num_tiles = k_end > k_begin ? static_cast<int>((k_end - k_begin + BK - 1) / BK) : 0;
+  const auto [m0, n0, k_begin, num_tiles] = gemm_block_range<BM, BN, BK>(args.kdim, args.k_per_split);
 
   // This thread's 4-vectors of each k tile, one loader each.
   ALoader a[L::kVecA];

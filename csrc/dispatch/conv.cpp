@@ -121,11 +121,9 @@ Tensor conv2d_backward_data(const Tensor& dy, const Tensor& w, const Conv2dShape
   return dx;
 }
 
+// The bindings' entry points without a forward's geometry: derive it, then the one path above.
 Tensor conv2d_backward_data(const Tensor& dy, const Tensor& w, const Shape& x_shape, int64_t stride, int64_t pad) {
-  const char* op = "conv2d_backward_data";
-  check_float(op, "grad_output", dy);
-  check_same(op, "grad_output", dy, "weight", w);
-  return conv2d_backward_data(dy, w, conv_geometry(op, x_shape, w.shape(), stride, pad));
+  return conv2d_backward_data(dy, w, conv_geometry("conv2d_backward_data", x_shape, w.shape(), stride, pad));
 }
 
 Tensor conv2d_backward_weight(const Tensor& x, const Tensor& dy, const Conv2dShape& s) {
@@ -139,10 +137,7 @@ Tensor conv2d_backward_weight(const Tensor& x, const Tensor& dy, const Conv2dSha
 }
 
 Tensor conv2d_backward_weight(const Tensor& x, const Tensor& dy, const Shape& w_shape, int64_t stride, int64_t pad) {
-  const char* op = "conv2d_backward_weight";
-  check_float(op, "input", x);
-  check_same(op, "input", x, "grad_output", dy);
-  return conv2d_backward_weight(x, dy, conv_geometry(op, x.shape(), w_shape, stride, pad));
+  return conv2d_backward_weight(x, dy, conv_geometry("conv2d_backward_weight", x.shape(), w_shape, stride, pad));
 }
 
 Tensor bias_backward(const Tensor& dy) {

@@ -30,18 +30,20 @@ def _check_tensor(op, name, value, optional=False):
         raise TypeError(f"{op}: {name} must be a vggcore Tensor, got {type(value).__name__}")
 
 
-def _int_arg(op, name, value, minimum):
-    """An int >= minimum; a pair (a, a) is accepted for PyTorch-style calls, a pair (a, b) is not supported."""
+def _int_arg(op, name, value):
+    """An int the engine's int64 holds; a pair (a, a) is accepted for PyTorch-style calls, a pair (a, b) is not
+    supported. Its range (stride >= 1, padding >= 0, ...) is the op's to check, in dispatch (csrc/dispatch)."""
     if isinstance(value, (tuple, list)):
         if len(value) != 2 or value[0] != value[1]:
             raise ValueError(f"{op}: {name} must be one int (the same along height and width), got {value!r}")
         value = value[0]
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{op}: {name} must be an int, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{op}: {name} must be >= {minimum}, got {value}")
-    if value > 2**63 - 1:   # the engine's int64 (pybind11 would refuse it with its signature dump)
+    # Beyond int64, pybind11 would refuse the call with its signature dump instead of naming the argument.
+    if value > 2**63 - 1:
         raise ValueError(f"{op}: {name} must be < 2**63, got {value}")
+    if value < -2**63:
+        raise ValueError(f"{op}: {name} must be >= -2**63, got {value}")
     return int(value)
 
 
@@ -120,8 +122,8 @@ def conv2d(x, weight, bias=None, stride=1, padding=0):
     _check_tensor("conv2d", "input", x)
     _check_tensor("conv2d", "weight", weight)
     _check_tensor("conv2d", "bias", bias, optional=True)
-    stride = _int_arg("conv2d", "stride", stride, 1)
-    padding = _int_arg("conv2d", "padding", padding, 0)
+    stride = _int_arg("conv2d", "stride", stride)
+    padding = _int_arg("conv2d", "padding", padding)
     x, weight, bias = _autocast_inputs(x, weight, bias)
     return _Conv2d.apply(x, weight, bias, stride=stride, padding=padding)
 
@@ -227,8 +229,8 @@ class _MaxPool2d(Function):
 def max_pool2d(x, kernel_size=2, stride=2):
     """Max over kernel_size x kernel_size windows, floor mode, no padding; stride=None means kernel_size."""
     _check_tensor("max_pool2d", "input", x)
-    kernel_size = _int_arg("max_pool2d", "kernel_size", kernel_size, 1)
-    stride = kernel_size if stride is None else _int_arg("max_pool2d", "stride", stride, 1)
+    kernel_size = _int_arg("max_pool2d", "kernel_size", kernel_size)
+    stride = kernel_size if stride is None else _int_arg("max_pool2d", "stride", stride)
     return _MaxPool2d.apply(x, kernel=kernel_size, stride=stride)
 
 
@@ -244,8 +246,8 @@ class _AvgPool2d(Function):
 def avg_pool2d(x, kernel_size=2, stride=2):
     """Mean over kernel_size x kernel_size windows, floor mode, no padding; stride=None means kernel_size."""
     _check_tensor("avg_pool2d", "input", x)
-    kernel_size = _int_arg("avg_pool2d", "kernel_size", kernel_size, 1)
-    stride = kernel_size if stride is None else _int_arg("avg_pool2d", "stride", stride, 1)
+    kernel_size = _int_arg("avg_pool2d", "kernel_size", kernel_size)
+    stride = kernel_size if stride is None else _int_arg("avg_pool2d", "stride", stride)
     return _AvgPool2d.apply(x, kernel=kernel_size, stride=stride)
 
 
@@ -286,7 +288,7 @@ def local_response_norm(x, size=5, alpha=1e-4, beta=0.75, k=1.0):
     """
     op = "local_response_norm"
     _check_tensor(op, "input", x)
-    size = _int_arg(op, "size", size, 1)
+    size = _int_arg(op, "size", size)
     return _LocalResponseNorm.apply(x, size=size, alpha=_real_arg(op, "alpha", alpha),
                                     beta=_real_arg(op, "beta", beta), k=_real_arg(op, "k", k))
 

@@ -183,6 +183,12 @@ void relu_backward(const uint16_t* x, const uint16_t* dy, uint16_t* dx, int64_t 
   launch_binary("relu_backward", x, dy, dx, n, ReluBackwardOp{});
 }
 
+void dropout(const float* x, float* y, int64_t n, double p, uint64_t seed, uint64_t offset) {
+  launch_dropout(x, y, n, p, seed, offset, nullptr);
+}
+void dropout(const uint16_t* x, uint16_t* y, int64_t n, double p, uint64_t seed, uint64_t offset) {
+  launch_dropout(x, y, n, p, seed, offset, nullptr);
+}
 void dropout(const float* x, float* y, int64_t n, double p, uint64_t seed, uint64_t offset, const uint64_t* device_seed) {
   launch_dropout(x, y, n, p, seed, offset, device_seed);
 }

@@ -57,9 +57,11 @@ void linear_backward_weight_bf16(const uint16_t* x, const uint16_t* dy, uint16_t
   void bias_backward(const T* dy, T* db, int64_t rows, int64_t cols);                                         \
   void relu_forward(const T* x, T* y, int64_t n);                                                             \
   void relu_backward(const T* x, const T* dy, T* dx, int64_t n);                                              \
-  /* device_seed: read the seed from device memory (a graph's replay) instead of `seed` */                  \
-  void dropout(const T* x, T* y, int64_t n, double p, uint64_t seed, uint64_t offset,                        \
-               const uint64_t* device_seed = nullptr);                                                       \
+  void dropout(const T* x, T* y, int64_t n, double p, uint64_t seed, uint64_t offset);                        \
+  /* the same, reading the seed from device memory (a graph's replay) instead of `seed`; no default */        \
+  /* argument: the kernel labs include this header once per kernel file, and C++ allows a default once */     \
+  void dropout(const T* x, T* y, int64_t n, double p, uint64_t seed, uint64_t offset,                         \
+               const uint64_t* device_seed);                                                                  \
   void add(const T* a, const T* b, T* y, int64_t n);                                                          \
   void scale(const T* x, T* y, double alpha, int64_t n);                                                      \
   void fill(T* y, double value, int64_t n);                                                                   \

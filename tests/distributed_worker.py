@@ -3,7 +3,8 @@
     python distributed_worker.py DATA OUT.npz [--epochs N] [--batch-size B] [--checkpoint-dir D] [--resume]
                                  [--die-at STEP] [--hang-at STEP] [--nan-at STEP]
 
-Trains the tests' tiny VGG-A with vc.train and, on rank 0, writes the final parameters and the history to OUT.npz.
+Trains the tests' tiny VGG-A with vc.train and, on rank 0, writes the final parameters and the history to OUT.npz;
+a rank whose vc.train raises writes the exception's type and message to OUT.npz.rankN.error first.
 --die-at / --hang-at / --nan-at make rank 1 kill itself (SIGKILL), sleep forever or feed NaN images at its STEP-th
 training step (counted over the whole run), to check that a dead or hung rank ends the job and that a NaN on one
 rank stops every rank.
@@ -58,8 +59,17 @@ def main():
 
         _parallel.DataParallel.train_step = faulty_step
 
-    result = vc.train(data=args.data, epochs=args.epochs, batch_size=args.batch_size,
-                      checkpoint_dir=args.checkpoint_dir, resume=args.resume, verbose=True, progress=False, **NET)
+    try:
+        result = vc.train(data=args.data, epochs=args.epochs, batch_size=args.batch_size,
+                          checkpoint_dir=args.checkpoint_dir, resume=args.resume, verbose=True, progress=False,
+                          **NET)
+    except Exception as error:
+        # Each rank writes its own error to OUT.rankN.error: mpirun merges the ranks' stderr streams without
+        # regard to lines, so two tracebacks printed at once can interleave mid-line.
+        rank = os.environ.get("OMPI_COMM_WORLD_RANK", "0")
+        with open(f"{args.out}.rank{rank}.error", "w") as f:
+            f.write(f"{type(error).__name__}: {error}\n")
+        raise
     if dist.rank() == 0:
         params = {name: p.numpy() for name, p in result.model.named_parameters()}
         np.savez(args.out, history=json.dumps(result.history), world_size=dist.world_size(), **params)

@@ -26,6 +26,14 @@ GPU_DEVICES = [d for d in DEVICES if d != "cpu"]
 SIM_SCHEDULES = ["linear", "reverse", "random:7"]
 
 
+# The emulator's access hooks (VGG_SIM_HOOKS) carry its races, uninit and bounds checks and the interleave
+# schedule. An AddressSanitizer build (VGG_SIM_ASAN, VGG_HOST_SANITIZE) has none, and ASan aborts the process on the
+# overruns some tests make on purpose to see the emulator report them: those tests skip themselves there.
+SIM_ACCESS_HOOKS = "sim" in vc.devices() and vc._C.sim_access_checks_built()
+needs_sim_access_hooks = pytest.mark.skipif(
+    not SIM_ACCESS_HOOKS, reason="tests the emulator's own checks: needs its access hooks (not built with ASan)")
+
+
 def device_dtypes(device):
     return ("float32", "float64") if device == "cpu" else ("float32",)
 

@@ -8,7 +8,10 @@ import struct
 
 import pytest
 
+from conftest import needs_sim_access_hooks
 from simt_module import S
+
+pytestmark = needs_sim_access_hooks
 
 SCHEDULES = ["linear", "reverse", "random:3"]
 

@@ -7,6 +7,7 @@ raised as RuntimeError without leaving the emulator broken.
 """
 import pytest
 
+from conftest import needs_sim_access_hooks
 from simt_module import S as C  # noqa: N812 (the self-test module: its own engine, schedule and checks)
 
 SCHEDULES = ["linear", "reverse", "random:1", "random:12345"]
@@ -126,6 +127,7 @@ def test_shuffle_width_arithmetic(schedule):
         assert idx[t] == shfl_reference("idx", t, 9, 8)
 
 
+@needs_sim_access_hooks   # overruns dynamic shared memory on purpose
 @pytest.mark.parametrize("overshoot", [1, 5, -1])
 def test_dynamic_shared_overflow_raises(overshoot):
     with pytest.raises(RuntimeError, match="shared memory overflow") as info:

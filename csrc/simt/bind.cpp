@@ -25,6 +25,14 @@ void bind_settings(py::module_& m) {
         "The emulator's costly checks, comma-separated: 'races', 'uninit', 'bounds', 'all' or '' (default: "
         "VGG_SIM_CHECKS).");
   m.def("sim_get_checks", &simt::get_checks, "The emulator's checks that are on, comma-separated ('' for none).");
+  m.def("sim_access_checks_built", [] {
+#ifdef VGG_SIM_ACCESS_HOOKS
+        return true;
+#else
+        return false;
+#endif
+      }, "Whether the sim kernels were built with the access hooks that the races, uninit and bounds checks and the "
+         "interleave schedule need (VGG_SIM_HOOKS; an AddressSanitizer build has none).");
 }
 
 }  // namespace simt

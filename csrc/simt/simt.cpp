@@ -1444,7 +1444,10 @@ void* dynamic_shared() {
 // ---- instrumentation hooks -------------------------------------------------------------------------------------
 // g++ -fsanitize=thread makes every load and store in the kernel sources call these (the kernel files are built
 // with it; this file is not). They stand in for libtsan, which is never linked: a call that finds the checks
-// off costs one predictable branch. Hidden, so that _C and _simt_selftest each keep their own.
+// off costs one predictable branch. Hidden, so that _C and _simt_selftest each keep their own. Left out of the
+// AddressSanitizer build (VGG_SIM_ASAN), which turns the hooks off: its -fsanitize=address declares the __tsan_*
+// builtins too, with signatures these definitions would contradict.
+#if !SIMT_ASAN
 #define SIMT_HOOK_ extern "C" __attribute__((visibility("hidden")))
 #define SIMT_ACCESS_HOOKS_(n)                                                                                     \
   SIMT_HOOK_ void __tsan_read##n(void* p) {                                                                       \
@@ -1532,3 +1535,4 @@ SIMT_ATOMIC_HOOKS_(32, uint32_t)
 SIMT_ATOMIC_HOOKS_(64, uint64_t)
 SIMT_HOOK_ void __tsan_atomic_thread_fence(int) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 SIMT_HOOK_ void __tsan_atomic_signal_fence(int) { __atomic_signal_fence(__ATOMIC_SEQ_CST); }
+#endif  // !SIMT_ASAN

@@ -380,8 +380,9 @@ PYBIND11_MODULE(_C, m) {
   // ---- graph capture and replay (core/graph.h; the Python API is vggcore.Graph) -----------------------------
   py::class_<vgg::Graph>(m, "Graph", "Captured device work (sim or cuda), replayed in order; see vggcore.Graph")
       .def(py::init<>())
-      .def("begin", [](vgg::Graph& g, const std::string& device) { g.begin(vgg::Device::parse(device)); },
-           py::arg("device"))
+      .def("begin", [](vgg::Graph& g, const std::string& device, const vgg::Graph* share) {
+             g.begin(vgg::Device::parse(device), share);
+           }, py::arg("device"), py::arg("share") = nullptr)
       .def("end", &vgg::Graph::end)
       .def("abort", &vgg::Graph::abort)
       .def("replay", &vgg::Graph::replay, release)

@@ -50,8 +50,9 @@ def _eager_run(batches, lrs):
     return losses, [p.numpy() for p in model.parameters()]
 
 
-def _graphed_run(batches, lrs):
-    """One eager step, then forward+loss and backward+SGD captured as two graphs and replayed for the rest."""
+def _graphed_run(batches, lrs, share_pool=False):
+    """One eager step, then forward+loss and backward+SGD captured as two graphs (the second in the first's pool
+    with share_pool) and replayed for the rest."""
     model, opt = _net()
     opt.lr = lrs[0]
     losses = [_eager_step(model, opt, *batches[0])]
@@ -60,7 +61,7 @@ def _graphed_run(batches, lrs):
     with forward.capture(DEV):
         logits = model(sx)
         loss = F.cross_entropy(logits, sy)
-    with update.capture(DEV):
+    with update.capture(DEV, pool=forward if share_pool else None):
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -79,10 +80,11 @@ def test_replayed_training_step_is_bit_identical_to_eager_steps_with_dropout_and
     batches = _batches(5)
     lrs = [0.05, 0.05, 0.02, 0.0, 0.1]
     eager_losses, eager_weights = _eager_run(batches, lrs)
-    graph_losses, graph_weights = _graphed_run(batches, lrs)
-    assert graph_losses == eager_losses
-    for e, g in zip(eager_weights, graph_weights):
-        assert np.array_equal(e, g)
+    for share_pool in (False, True):      # the update graph in its own pool, then in the forward graph's
+        graph_losses, graph_weights = _graphed_run(batches, lrs, share_pool)
+        assert graph_losses == eager_losses
+        for e, g in zip(eager_weights, graph_weights):
+            assert np.array_equal(e, g)
     # the same run with lr held at 0.05: a graph that baked in its capture-time lr would give these weights
     _, fixed_lr_weights = _eager_run(batches, [0.05] * 5)
     assert not all(np.array_equal(e, f) for e, f in zip(eager_weights, fixed_lr_weights))
@@ -274,6 +276,96 @@ def test_a_block_one_graph_made_and_another_read_lives_as_long_as_either_graph()
     np.testing.assert_array_equal(b.numpy(), 2 * np.maximum(np.arange(-8, 8).reshape(4, 4), 0))
     for i, t in enumerate(fills):
         np.testing.assert_array_equal(t.numpy(), np.full((4, 4), 100.0 + i, np.float32))
+
+
+def test_a_capture_into_another_graphs_pool_reuses_the_blocks_that_one_freed():
+    x = vc.tensor(np.arange(-8, 8, dtype=np.float32).reshape(4, 4), device=DEV)
+    results = {}
+    for share in (False, True):
+        first, second = Graph(), Graph()
+        with first.capture(DEV):
+            a = F.relu(x)
+            doubled = a + a
+            freed = a._data.data_ptr
+            del a                                # its block goes back to first's pool
+        with second.capture(DEV, pool=first if share else None):
+            b = x + x                            # the same size as a: handed a's block only from first's pool
+        results[share] = b._data.data_ptr == freed
+        for values in (np.arange(-8, 8), np.arange(16, 0, -1)):
+            copy_into(x, values.reshape(4, 4).astype(np.float32))
+            first.replay()
+            second.replay()
+            np.testing.assert_array_equal(doubled.numpy(), 2 * np.maximum(values.reshape(4, 4), 0))
+            np.testing.assert_array_equal(b.numpy(), 2 * values.reshape(4, 4))
+        del first                                # the shared pool lives on with the second graph
+        second.replay()
+        np.testing.assert_array_equal(b.numpy(), 2 * np.arange(16, 0, -1).reshape(4, 4))
+        del second, doubled, b                   # nothing of this round left for the next one's captures
+    assert results == {False: False, True: True}
+
+
+@pytest.mark.usefixtures("every_sim_check")
+def test_a_replay_reading_a_reused_block_it_never_wrote_is_an_uninitialised_read():
+    """The bug the per-replay poison makes visible: on cuda, the second graph would silently read what the
+    first one's replay left in the block it reuses (here int64 labels 1, 1, 1, 1, written as relu's output)."""
+    ones = np.zeros(8, np.int32)
+    ones[::2] = 1                                # little-endian int64 [1, 1, 1, 1] as eight float32 words
+    x = vc.tensor(ones.view(np.float32), device=DEV)
+    logits = vc.tensor(np.zeros((4, 3), np.float32), device=DEV)
+    first, second = Graph(), Graph()
+    with first.capture(DEV):
+        a = F.relu(x)                            # 32 bytes; relu keeps the denormal bit patterns
+        kept = a + a
+        del a
+    with second.capture(DEV, pool=first):
+        labels = vc.Tensor._from_engine(_C.int64_empty([4], DEV))   # a's block again; nothing writes it
+        loss = F.cross_entropy(logits, labels)
+    first.replay()
+    with pytest.raises(RuntimeError, match="uninitialised device memory read"):
+        second.replay()
+    del kept, loss
+
+
+def test_a_replayed_label_out_of_range_gives_a_nan_loss_not_a_wild_read():
+    """A replay cannot range-check the labels copied into its label tensor (vc.train checks them on the host);
+    the kernel must not index outside the logits row with them."""
+    logits = vc.tensor(np.zeros((4, 5), np.float32), device=DEV, requires_grad=True)
+    labels = _labels([0, 1, 2, 3])
+    g = Graph()
+    with g.capture(DEV):
+        loss = F.cross_entropy(logits, labels)
+        loss.backward()
+    g.replay()
+    assert loss.item() == pytest.approx(np.log(5.0))
+    for bad in ([0, 1, 5, 3], [0, -1, 2, 3], [0, 1, 2, 2**40]):
+        copy_into(labels, np.array(bad, np.int64))
+        g.replay()
+        assert np.isnan(loss.item()), bad
+        assert np.isfinite(logits.grad.numpy()).all()
+
+
+def test_pool_sharing_is_refused_when_it_cannot_work():
+    x = vc.tensor(np.ones((2, 2), np.float32), device=DEV)
+    with pytest.raises(TypeError, match="pool must be a vggcore.Graph"):
+        with Graph().capture(DEV, pool="first"):
+            pass
+    empty = Graph()
+    with pytest.raises(ValueError, match="pool= must be a captured graph .ready., got one that is empty"):
+        with Graph().capture(DEV, pool=empty):
+            pass
+    g = Graph()
+    with pytest.raises(ValueError, match="pool= must be another graph"):
+        with g.capture(DEV, pool=g):
+            pass
+    ready = Graph()
+    with ready.capture(DEV):
+        y = x + x
+    if any(d.startswith("cuda") for d in vc.devices()):
+        with pytest.raises(ValueError, match="pool= is a graph of sim, not of cuda:0"):
+            with Graph().capture("cuda:0", pool=ready):
+                pass
+    ready.replay()
+    np.testing.assert_array_equal(y.numpy(), 2 * np.ones((2, 2)))
 
 
 def test_the_cli_flag_reaches_train():

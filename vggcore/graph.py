@@ -25,16 +25,21 @@ replayed step draws the seeds the eager step would) and SGD's lr, momentum and w
 values at replay time, so ``optimizer.lr = ...`` between replays takes effect). A dropout ``seed=`` given
 explicitly is baked in; so is dropout's row offset (a data-parallel rank's, constant over a run).
 
-Memory: blocks allocated during the capture come from a pool private to the graph; blocks freed during it, or
-later when Python drops a tensor the capture made, go back to that pool and never to the general cache, so an
-eager op after the capture is never handed memory a replay writes. The pool is released with the graph.
+Memory: blocks allocated during the capture come from the graph's memory pool; blocks freed during it, or later
+when Python drops a tensor the capture made, go back to that pool and never to the general cache, so an eager op
+after the capture is never handed memory a replay writes. ``g2.capture(device, pool=g1)`` captures into g1's pool
+(like ``torch.cuda.graph(..., pool=...)``): g2 may reuse the blocks g1 freed, such as activations g1 saved and
+g2's backward frees, so the two hold little more than the eager step. Replay them in the order they were captured:
+a replay of g1 may overwrite what g2 left in a reused block (g2's outputs stay valid until g1 runs again). The pool
+is released with the last graph that uses it. On sim every captured allocation is filled with the poison word
+again at its point of each replay, so reading memory that the replay did not write is an error every time.
 
 Refused inside a capture, with a RuntimeError naming the op (the capture is ended; the device stays usable):
 anything that makes the host wait for the device or read its memory (``.numpy()``, ``.item()``, moving a
 tensor to the cpu, ``vc.tensor(..., device=...)`` and other host-to-device copies, ``empty_cache``,
 ``synchronize``), and work on cuda's side or copy streams. The labels of a captured ``cross_entropy`` must
-already be on the device (an int64 Tensor); they are not range-checked at replay, so check them on the host
-before ``copy_into`` (``vc.train`` does).
+already be on the device (an int64 Tensor); a replay cannot range-check them (a label outside [0, classes)
+gives a NaN loss), so check them on the host before ``copy_into`` (``vc.train`` does).
 """
 
 import contextlib
@@ -87,17 +92,21 @@ class Graph:
         return self._engine.state
 
     @contextlib.contextmanager
-    def capture(self, device):
+    def capture(self, device, pool=None):
         """Records the device work of the ``with`` body on ``device`` ('sim' or 'cuda[:N]'); an exception in the
-        body ends the capture (the graph is then 'failed') and propagates."""
+        body ends the capture (the graph is then 'failed') and propagates. ``pool``: a Graph captured before on
+        the same device whose memory pool this capture shares (see "Memory" in the module docstring)."""
         if not isinstance(device, str):
             raise TypeError(f"Graph.capture: device must be a string such as 'sim' or 'cuda:0', got "
                             f"{type(device).__name__}")
+        if pool is not None and not isinstance(pool, Graph):
+            raise TypeError(f"Graph.capture: pool must be a vggcore.Graph (whose memory pool to share) or None, "
+                            f"got {type(pool).__name__}")
         device = "cuda:0" if device == "cuda" else device
         if device == "cpu":
             raise ValueError("Graph.capture: device cpu cannot be captured (its ops run on the host as they are "
                              "called); use 'sim' or 'cuda'")
-        self._engine.begin(device)
+        self._engine.begin(device, None if pool is None else pool._engine)
         self._device = device
         _capturing[device] = self
         try:

@@ -47,6 +47,19 @@ void forget_capture(const Device& device, const Graph* graph) {
 
 }  // namespace
 
+struct Graph::Pool {
+  Device device;
+  uint64_t id;
+  ~Pool() {
+#ifdef VGG_WITH_SIM
+    if (device.type == DeviceType::Sim) simt::release_pool(id);
+#endif
+#ifdef VGG_WITH_CUDA
+    if (device.type == DeviceType::CUDA) cuda::release_pool(device.index, id);
+#endif
+  }
+};
+
 Graph::~Graph() {
   abort();
   release();
@@ -62,10 +75,17 @@ const char* Graph::state_name() const {
   return "?";
 }
 
-void Graph::begin(const Device& device) {
+void Graph::begin(const Device& device, const Graph* share) {
   VGG_CHECK(device.type != DeviceType::CPU, ValueError,
             "Graph.capture: device cpu cannot be captured (its ops run on the host as they are called); use 'sim' "
             "or 'cuda'");
+  if (share != nullptr) {
+    VGG_CHECK(share != this, ValueError, "Graph.capture: pool= must be another graph, not the one being captured");
+    VGG_CHECK(share->state_ == State::ready, ValueError, "Graph.capture: pool= must be a captured graph (ready), "
+              "got one that is ", share->state_name());
+    VGG_CHECK(share->device_ == device, ValueError, "Graph.capture: pool= is a graph of ", share->device_.str(),
+              ", not of ", device.str(), " (a pool belongs to one device)");
+  }
   if (state_ != State::empty)
     throw std::runtime_error(cat("Graph.capture: this graph is ", state_name(), "; a graph is captured once (make a "
                                  "new vggcore.Graph() for another capture)"));
@@ -77,12 +97,15 @@ void Graph::begin(const Device& device) {
     r.capturing[key_of(device)] = this;
   }
   try {
+    const uint64_t shared_id = share != nullptr ? share->pool_->id : 0;
+    uint64_t id = 0;
 #ifdef VGG_WITH_SIM
-    if (device.type == DeviceType::Sim) pool_ = simt::begin_capture();
+    if (device.type == DeviceType::Sim) id = simt::begin_capture(shared_id);
 #endif
 #ifdef VGG_WITH_CUDA
-    if (device.type == DeviceType::CUDA) pool_ = cuda::capture_begin(device.index);
+    if (device.type == DeviceType::CUDA) id = cuda::capture_begin(device.index, shared_id);
 #endif
+    pool_ = share != nullptr ? share->pool_ : std::shared_ptr<Pool>(new Pool{device, id});
   } catch (...) {
     forget_capture(device, this);
     throw;
@@ -143,17 +166,11 @@ void Graph::replay() {
 
 void Graph::release() noexcept {
 #ifdef VGG_WITH_CUDA
-  if (device_.type == DeviceType::CUDA) {
-    if (exec_ != nullptr) cuda::graph_destroy(exec_);
-    cuda::release_pool(device_.index, pool_);
-  }
+  if (device_.type == DeviceType::CUDA && exec_ != nullptr) cuda::graph_destroy(exec_);
 #endif
   steps_.clear();  // the recorded arguments point into the pool: drop them before it goes
-#ifdef VGG_WITH_SIM
-  if (device_.type == DeviceType::Sim) simt::release_pool(pool_);
-#endif
   exec_ = nullptr;
-  pool_ = 0;
+  pool_.reset();   // the pool itself goes with the last graph that uses it
 }
 
 bool capturing(const Device& device) { return capture_on(device) != nullptr; }

@@ -3,10 +3,13 @@
 // begin(device) starts recording the work this host thread queues on `device`: cuda captures the device's stream
 // (cudaStreamBeginCapture, thread-local mode) and sim records each launch, device-to-device copy and memset
 // (csrc/simt/memory.h). Nothing runs while capturing; end() finishes the graph and replay() runs it, in order,
-// as often as wanted. Allocations made during the capture come from a pool private to the graph, and every block
+// as often as wanted. Allocations made during the capture come from the graph's memory pool, and every block
 // freed during it (or later, when Python drops a tensor the capture made) goes back to that pool, never to the
 // general cache, so eager work after the capture is never handed memory a replay writes. The pool is released
-// when the graph is destroyed.
+// with the last graph that uses it: begin(device, share) captures into the pool of `share`, a graph already
+// captured on the device, so that the second capture reuses the blocks the first one's capture freed (the two
+// must then be replayed in the order they were captured: a replay of the first may overwrite what the second
+// left in them).
 //
 // Work the host would have to wait for cannot be captured: a device-to-host read, a host-to-device copy, emptying
 // the allocator cache, synchronising. refuse_during_capture() ends the capture cleanly (the graph is "failed")
@@ -15,6 +18,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -33,7 +37,8 @@ class Graph {
 
   // ValueError for the cpu (nothing to capture: its ops run on the host at once); RuntimeError when this graph
   // was already captured or another capture is in progress on the device.
-  void begin(const Device& device);
+  // `share`: a ready graph on the same device whose pool this capture uses too (ValueError otherwise).
+  void begin(const Device& device, const Graph* share = nullptr);
   void end();              // RuntimeError unless capturing; an abort() before it leaves the graph failed
   void abort() noexcept;   // ends the capture and discards it (state failed)
   void replay();           // RuntimeError unless ready
@@ -48,7 +53,8 @@ class Graph {
 
   State state_ = State::empty;
   Device device_{};
-  uint64_t pool_ = 0;                          // sim and cuda: the private memory pool's id
+  struct Pool;                                 // a memory pool's id, released when the last graph lets go
+  std::shared_ptr<Pool> pool_;                 // sim and cuda: the graph's memory pool
   std::vector<std::function<void()>> steps_;  // sim: the recorded work
   void* exec_ = nullptr;                       // cuda: the instantiated cudaGraphExec_t
 };

@@ -479,7 +479,7 @@ void after_launch(const std::string& op) {
                              cudaGetErrorString(status));
 }
 
-uint64_t capture_begin(int device) {
+uint64_t capture_begin(int device, uint64_t share) {
   DeviceState& st = state(device);
   std::lock_guard<std::mutex> lock(st.mutex);
   if (st.capture_pool != 0)
@@ -487,7 +487,7 @@ uint64_t capture_begin(int device) {
   const cudaStream_t stream = stream_locked(device, st);
   DeviceGuard guard(device);
   VGG_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
-  st.capture_pool = g_next_pool.fetch_add(1);
+  st.capture_pool = share != 0 ? share : g_next_pool.fetch_add(1);
   return st.capture_pool;
 }
 

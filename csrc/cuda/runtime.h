@@ -68,8 +68,9 @@ void event_destroy(void* event) noexcept;
 // the relaxed capture mode; RuntimeError when that fails, since the cache cannot be emptied during a capture),
 // and device_free of any block returns it to it. A pool block stays out of the general cache until
 // release_pool. Work on the side and copy streams is refused while capturing (RuntimeError naming it). Returns
-// the pool's id.
-uint64_t capture_begin(int device);
+// the pool's id: a new one, or `share` (the pool of a graph captured before, whose free blocks this capture may
+// take; vgg::Graph releases a shared pool once, with its last graph).
+uint64_t capture_begin(int device, uint64_t share = 0);
 // Ends the capture and instantiates the graph: an opaque cudaGraphExec_t. Throws std::runtime_error.
 void* capture_end(int device);
 // Ends a capture that failed, discarding what it recorded and clearing the CUDA error; never throws.

@@ -107,6 +107,8 @@ __global__ void log_softmax_backward_kernel(const float* y, const float* dy, flo
 
 // logits (rows, cols), target (rows) -> logp (rows, cols) = log_softmax(logits), row_loss (rows) = -logp[target].
 // Block (32, 8). Lane 0 recomputes logp at the target with the same expression, so row_loss matches logp exactly.
+// A target outside [0, cols) gives a NaN row loss rather than a read outside the row: the host checks the labels
+// of every eager call, but a graph replay reads whatever its label tensor holds.
 template <typename T>
 __global__ void cross_entropy_rows_kernel(const T* logits, const int64_t* target, float* logp, float* row_loss,
                                           int64_t rows, int64_t cols) {
@@ -116,7 +118,10 @@ __global__ void cross_entropy_rows_kernel(const T* logits, const int64_t* target
     const RowStats st = row_stats(xr, cols, lane);
     const float log_sum = logf(st.sum_exp);
     for (int64_t c = lane; c < cols; c += 32) logp[row * cols + c] = (load_element(xr, c) - st.max) - log_sum;
-    if (lane == 0) row_loss[row] = -((load_element(xr, target[row]) - st.max) - log_sum);
+    if (lane == 0) {
+      const int64_t t = target[row];
+      row_loss[row] = t >= 0 && t < cols ? -((load_element(xr, t) - st.max) - log_sum) : __int_as_float(0x7fc00000);
+    }
   }
 }
 

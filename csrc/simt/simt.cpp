@@ -1312,13 +1312,53 @@ std::string get_checks() {
   return out;
 }
 
+namespace detail {
+
+// A capture's allocation: a freed block of the open pool with exactly `bytes` (held by that pool alone), made
+// the caller's again; nullptr when there is none. Caller holds R.mutex.
+unsigned char* reuse_pool_block_locked(Registry& R, size_t bytes, const char* what) {
+  for (auto& [data, a] : R.live) {
+    if (!a.released || a.bytes != bytes || a.pools.size() != 1 || a.pools.front() != R.open_pool) continue;
+    a.released = false;
+    a.host_written = false;
+    a.id = R.next_id++;
+    a.label = what;
+    return reinterpret_cast<unsigned char*>(data);
+  }
+  return nullptr;
+}
+
+// The step a capture records for each of its allocations: at this point of every replay, the block holds the
+// poison word again, unless the host fills it between replays.
+void record_poison_at_replay(unsigned char* data) {
+  record_or_run([data] {
+    Registry& R = registry();
+    std::lock_guard<std::mutex> lock(R.mutex);
+    const auto it = R.live.find(reinterpret_cast<uintptr_t>(data));
+    if (it != R.live.end() && !it->second.host_written) fill_poison(data, it->second.bytes);
+  });
+}
+
+}  // namespace detail
+
 void* device_alloc(size_t bytes, const char* what) {
   using detail::kAllocGuardBytes;
+  auto& R = detail::registry();
+  if (detail::t_recording != nullptr) {
+    unsigned char* reused = nullptr;
+    {
+      std::lock_guard<std::mutex> lock(R.mutex);
+      reused = detail::reuse_pool_block_locked(R, bytes, what);
+    }
+    if (reused != nullptr) {
+      detail::record_poison_at_replay(reused);
+      return reused;
+    }
+  }
   const size_t total = kAllocGuardBytes + ((bytes + 63) & ~size_t{63}) + kAllocGuardBytes;
   auto* base = static_cast<unsigned char*>(std::aligned_alloc(64, total));
   if (!base) throw std::bad_alloc();
   detail::fill_poison(base + kAllocGuardBytes, bytes);
-  auto& R = detail::registry();
   try {
     std::lock_guard<std::mutex> lock(R.mutex);
     detail::Alloc& a = R.live[reinterpret_cast<uintptr_t>(base + kAllocGuardBytes)];
@@ -1329,6 +1369,7 @@ void* device_alloc(size_t bytes, const char* what) {
     std::free(base);
     throw;
   }
+  if (detail::t_recording != nullptr) detail::record_poison_at_replay(base + kAllocGuardBytes);
   return base + kAllocGuardBytes;
 }
 
@@ -1374,13 +1415,15 @@ void mark_host_written(void* ptr) {
 
 uint64_t block_serial() { return detail::block_serial; }
 
-uint64_t begin_capture() {
+uint64_t begin_capture(uint64_t share) {
   auto& R = detail::registry();
   std::lock_guard<std::mutex> lock(R.mutex);
   if (R.open_pool != 0 || detail::t_recording != nullptr)
     throw std::runtime_error("graph capture: a capture is already in progress on device sim (one at a time)");
+  if (share >= R.next_pool)
+    throw std::runtime_error("graph capture: no memory pool " + std::to_string(share) + " on device sim");
   detail::t_recording = new detail::Recording();
-  R.open_pool = R.next_pool++;
+  R.open_pool = share != 0 ? share : R.next_pool++;
   return R.open_pool;
 }
 

@@ -5,6 +5,7 @@ import pytest
 from PIL import Image
 
 import vggcore as vc
+from conftest import needs_sim_access_hooks
 from vggcore import _C, _graph_step, nn
 from vggcore import data as vdata
 from vggcore.graph import Graph, copy_into
@@ -304,6 +305,7 @@ def test_a_capture_into_another_graphs_pool_reuses_the_blocks_that_one_freed():
     assert results == {False: False, True: True}
 
 
+@needs_sim_access_hooks
 @pytest.mark.usefixtures("every_sim_check")
 def test_a_replay_reading_a_reused_block_it_never_wrote_is_an_uninitialised_read():
     """The bug the per-replay poison makes visible: on cuda, the second graph would silently read what the

@@ -77,6 +77,24 @@ def test_sigint_stops_a_small_batch_linear_promptly():
     assert ran < 0.5 * full, f"the {full:.2f} s linear ran {ran:.2f} s despite SIGINT at {0.1 * full:.2f} s:\n{out}"
 
 
+@pytest.mark.parametrize("direction", ["forward", "backward"])
+def test_sigint_stops_a_cpu_lrn_promptly(direction):
+    """The probe found Ctrl-C waiting for a 2 s LRN to finish. The child times one uninterrupted run, then SIGINT
+    at a tenth of that must stop the second run in under half of it."""
+    out, stopped, full = _interrupt("""
+        x = vc.ones(64, 56, 56, 256, requires_grad=True)
+        y = F.local_response_norm(x, size=5, alpha=5e-4, beta=0.75, k=2.0)
+        g = vc.ones(*y.shape)
+        run = (lambda: F.local_response_norm(x, size=5, alpha=5e-4, beta=0.75, k=2.0)) if "%s" == "forward" else \
+              (lambda: y.backward(g, retain_graph=True))
+        t = time.time(); run(); full = time.time() - t
+        print("start", full, flush=True)
+    """ % direction, "run()")
+    ran = float(next(line for line in out.splitlines() if line.startswith("interrupted")).split()[1])
+    print(f"cpu LRN {direction}: {full:.2f} s uninterrupted, stopped after {ran:.2f} s")
+    assert ran < 0.5 * full, f"the {full:.2f} s LRN ran {ran:.2f} s despite SIGINT at {0.1 * full:.2f} s:\n{out}"
+
+
 def test_sigint_stops_a_sim_linear_promptly():
     out, stopped, _ = _interrupt("""
         x = vc.ones(8, 8192, device="sim"); w = vc.ones(2048, 8192, device="sim")

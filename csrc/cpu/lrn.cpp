@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "../core/interrupt.h"
 #include "cpu_kernels.h"
 
 namespace vgg::cpu {
@@ -42,6 +43,7 @@ void lrn_forward(const T* x, T* y, T* scale, const LrnShape& s) {
     std::vector<double> sq(static_cast<size_t>(C)), acc(static_cast<size_t>(C));
 #pragma omp for schedule(static)
     for (int64_t row = 0; row < s.rows; ++row) {
+      if (interrupt_pending()) continue;  // Ctrl-C: skip the remaining rows (no exception inside the region)
       const T* xr = x + row * C;
       T* yr = y + row * C;
       T* sr = scale + row * C;
@@ -55,6 +57,7 @@ void lrn_forward(const T* x, T* y, T* scale, const LrnShape& s) {
       }
     }
   }
+  throw_if_interrupted();
 }
 
 // x, y, scale, dy (rows, C) -> dx (rows, C):
@@ -71,6 +74,7 @@ void lrn_backward(const T* x, const T* y, const T* scale, const T* dy, T* dx, co
     std::vector<double> ratio(static_cast<size_t>(C)), acc(static_cast<size_t>(C));
 #pragma omp for schedule(static)
     for (int64_t row = 0; row < s.rows; ++row) {
+      if (interrupt_pending()) continue;
       const int64_t o = row * C;
 #pragma omp simd
       for (int64_t c = 0; c < C; ++c)
@@ -83,6 +87,7 @@ void lrn_backward(const T* x, const T* y, const T* scale, const T* dy, T* dx, co
       }
     }
   }
+  throw_if_interrupted();
 }
 
 #define VGG_INSTANTIATE(T)                                                                      \

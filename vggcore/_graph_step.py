@@ -78,7 +78,8 @@ class GraphedStep:
         with self.compute, forward_graph.capture(self.device):
             self.logits = self.model(self.x)
             self.loss = F.cross_entropy(self.logits, self.y)
-        # One pool: the update's gradients reuse the activations its backward frees (the graphs replay in order).
+        # One pool: the update graph may reuse what the forward capture freed (temporaries, kernel workspaces);
+        # the two always replay in the order they were captured.
         with update_graph.capture(self.device, pool=forward_graph):
             self.optimizer.zero_grad()
             self.loss.backward()

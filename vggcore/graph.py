@@ -28,8 +28,8 @@ explicitly is baked in; so is dropout's row offset (a data-parallel rank's, cons
 Memory: blocks allocated during the capture come from the graph's memory pool; blocks freed during it, or later
 when Python drops a tensor the capture made, go back to that pool and never to the general cache, so an eager op
 after the capture is never handed memory a replay writes. ``g2.capture(device, pool=g1)`` captures into g1's pool
-(like ``torch.cuda.graph(..., pool=...)``): g2 may reuse the blocks g1 freed, such as activations g1 saved and
-g2's backward frees, so the two hold little more than the eager step. Replay them in the order they were captured:
+(like ``torch.cuda.graph(..., pool=...)``): g2 may reuse the blocks g1 freed (its temporaries and workspaces, and
+any of its outputs dropped since), instead of holding memory of its own beside them. Replay them in capture order:
 a replay of g1 may overwrite what g2 left in a reused block (g2's outputs stay valid until g1 runs again). The pool
 is released with the last graph that uses it. On sim every captured allocation is filled with the poison word
 again at its point of each replay, so reading memory that the replay did not write is an error every time.

@@ -16,6 +16,9 @@
 #   7. compute-sanitizer memcheck over the cuda op tests; racecheck and synccheck over the small-shape ones
 #      (the cuda twins of the tests the emulator runs)
 #   (6 and 7 are skipped with --bench-only)
+#   Between 4 and 5, the input pipeline's GPU figures (issue 14): nvJPEG against Pillow and its decode rate, the
+#   training step eager against a CUDA graph (bench/step_graph.py), and the VGG-16 step fed by the DataLoader
+#   against the same step fed from memory (bench/pipeline.py --end-to-end).
 #
 # and writes ONE results file, bench/results/gpu-<date>-<gpu>.md (GPU, driver, CUDA, commit, the step table,
 # test and sanitizer summaries, the ptxas register report, the benchmark tables), rewritten after every step
@@ -178,6 +181,24 @@ write_results() {
     echo
     log_tail "$LOGDIR/tc-tests.log" 30
     echo
+    echo "## Input pipeline and training step on cuda:0 (issue 14)"
+    echo
+    echo "nvJPEG against Pillow and the decode rate (tests/test_decode.py -k nvjpeg, pipeline.py --decode-throughput):"
+    echo
+    log_tail "$LOGDIR/decode.log" 30
+    echo
+    echo "The training step eager against a CUDA graph (bench/step_graph.py):"
+    echo
+    log_tail "$LOGDIR/step-graph.log" 30
+    echo
+    if [ -s "$LOGDIR/e2e.md" ]; then
+      sed -e 's/^# /### /' -e 's/^## /### /' "$LOGDIR/e2e.md"
+    else
+      echo "End-to-end VGG-16 step, data included against from memory (bench/pipeline.py --end-to-end):"
+      echo
+      log_tail "$LOGDIR/e2e.log" 30
+    fi
+    echo
     echo "## Tests: pytest -q (whole suite)"
     echo
     log_tail "$LOGDIR/pytest.log" 40
@@ -265,7 +286,14 @@ bench() {
     --out "$LOGDIR/bench-$precision.md" "$@"
 }
 decode_check() { "$PY" -P -m pytest -q -s -k nvjpeg tests/test_decode.py && "$PY" bench/pipeline.py --decode-throughput --device cuda:0 --images 64 --reps 2 --folder "$LOGDIR/photos"; }
-export -f build devices probe tc_tests pytest_all sanitize bench decode_check
+# Issue 14's end-to-end figure: the paper's VGG-16 training step (fp32, batch 64) fed by the DataLoader with all
+# the machine's cores against the same step fed from memory. 320 generated JPEGs are 5 batches an epoch, so epoch
+# restarts do not dominate; 8 steps a pass, best of 2 passes of each.
+e2e_check() {
+  "$PY" -P bench/pipeline.py --end-to-end --device cuda:0 --config D --width 1 --fc-width 4096 --e2e-batch 64 \
+    --steps 8 --reps 2 --images 320 --max-workers "$(nproc)" --folder "$LOGDIR/photos-e2e" --append "$LOGDIR/e2e.md"
+}
+export -f build devices probe tc_tests pytest_all sanitize bench decode_check e2e_check
 
 run_step "build + install" 300 285 "$LOGDIR/build.log" build
 
@@ -276,6 +304,7 @@ run_step "fragment-layout probe (bench/tc_probe.py)" 60 270 "$LOGDIR/probe.log" 
 run_step "tensor-core tests on cuda:0" 120 240 "$LOGDIR/tc-tests.log" tc_tests
 run_step "nvJPEG vs Pillow and decode images/s (tests/test_decode.py -k nvjpeg, pipeline.py --decode-throughput)" 60 230 "$LOGDIR/decode.log" decode_check
 run_step "bench/step_graph.py (training step: eager vs CUDA graph)" 60 220 "$LOGDIR/step-graph.log" "$PY" -P bench/step_graph.py --device cuda:0
+run_step "bench/pipeline.py --end-to-end (VGG-16 step fed by the loader vs from memory)" 90 200 "$LOGDIR/e2e.log" e2e_check
 
 # The benchmarks, the issue's measurement, in order of importance; each step's cap is its share of what is left
 # (the reserve keeps time for the later steps), and conv.py shares its cap among its sections.

@@ -18,6 +18,17 @@ def _nonnegative(name, value):
     return value
 
 
+def _hyper_parameters(op, lr, momentum, weight_decay, nesterov):
+    """(lr, momentum, weight_decay, nesterov) checked: the constructor's rules, which load_state_dict keeps too."""
+    values = [_nonnegative(name, value) for name, value in (("lr", lr), ("momentum", momentum),
+                                                             ("weight_decay", weight_decay))]
+    if not isinstance(nesterov, (bool, np.bool_)) and nesterov not in (0, 1):
+        raise TypeError(f"{op}: nesterov must be True or False, got {nesterov!r}")
+    if nesterov and values[1] == 0:
+        raise ValueError(f"{op}: nesterov momentum needs momentum > 0")
+    return (*values, bool(nesterov))
+
+
 class SGD:
     """d = grad + weight_decay * p;  buf = momentum * buf + d (buf = d at the first step);
     d = d + momentum * buf if nesterov else buf;  p -= lr * d."""
@@ -26,15 +37,16 @@ class SGD:
         self.params = list(params)
         if not self.params:
             raise ValueError("SGD: got an empty parameter list")
+        first_index = {}
         for i, p in enumerate(self.params):
             if not isinstance(p, Tensor) or not p.requires_grad:
                 raise TypeError(f"SGD: parameter {i} is not a Tensor that requires grad")
-        self.lr = lr
-        self.momentum = _nonnegative("momentum", momentum)
-        self.weight_decay = _nonnegative("weight_decay", weight_decay)
-        if nesterov and self.momentum == 0:
-            raise ValueError("SGD: nesterov momentum needs momentum > 0")
-        self.nesterov = bool(nesterov)
+            if id(p) in first_index:     # it would be updated twice a step, with two momentum buffers
+                raise ValueError(f"SGD: parameters {first_index[id(p)]} and {i} are the same tensor (shape "
+                                 f"{p.shape}); pass each parameter once (Module.parameters() lists shared ones once)")
+            first_index[id(p)] = i
+        self.lr, self.momentum, self.weight_decay, self.nesterov = _hyper_parameters(
+            "SGD", lr, momentum, weight_decay, nesterov)
         self._buffers = [None] * len(self.params)  # engine tensors, created at each parameter's first step
 
     @property
@@ -96,9 +108,10 @@ class SGD:
         for i, (p, b) in enumerate(zip(self.params, buffers)):
             if b is not None and tuple(np.shape(b)) != p.shape:
                 raise ValueError(f"SGD.load_state_dict: buffer {i} has shape {np.shape(b)}, parameter {p.shape}")
-        self.lr = state["lr"]
-        self.momentum = _nonnegative("momentum", state["momentum"])
-        self.weight_decay = _nonnegative("weight_decay", state["weight_decay"])
-        self.nesterov = bool(state["nesterov"])
-        self._buffers = [None if b is None else tensor(np.asarray(b), dtype=p.dtype, device=p.device)._data
-                         for p, b in zip(self.params, buffers)]
+        hyper = _hyper_parameters("SGD.load_state_dict", state["lr"], state["momentum"], state["weight_decay"],
+                                  state["nesterov"])
+        loaded = [None if b is None else tensor(np.asarray(b), dtype=p.dtype, device=p.device)._data
+                  for p, b in zip(self.params, buffers)]
+        # only after every check and copy: a refused state leaves the optimiser as it was
+        self.lr, self.momentum, self.weight_decay, self.nesterov = hyper
+        self._buffers = loaded

@@ -56,6 +56,14 @@ def _check_shape(op, shape, allow_inferred=False):
     return out
 
 
+def check_device_holds(op, device, dtype, what):
+    """float64 lives on the cpu only (the GPU kernels and the emulator run float32 and bfloat16): refused here,
+    naming the op and ``what`` is moved, instead of by the engine's allocator under the name "tensor"."""
+    if dtype == "float64" and device != "cpu":
+        raise TypeError(f"{op}: {device} holds float32 and bfloat16 only, and {what} is float64; convert it to "
+                        f"float32 first")
+
+
 def _check_device(device, op="tensor"):
     if not isinstance(device, str):
         raise TypeError(f"{op}: device must be a string such as 'cpu', 'sim' or 'cuda:0', got {type(device).__name__}")
@@ -70,7 +78,7 @@ class Tensor:
     values as float32, exactly).
     """
 
-    __slots__ = ("_data", "requires_grad_", "grad", "grad_fn", "__weakref__")
+    __slots__ = ("_data", "requires_grad_", "_grad", "grad_fn", "__weakref__")
 
     def __init__(self, *args, **kwargs):
         raise TypeError("use vggcore.tensor(data, dtype=None, device='cpu', requires_grad=False) to create a Tensor")
@@ -80,7 +88,7 @@ class Tensor:
         t = object.__new__(cls)
         t._data = data
         t.requires_grad_ = bool(requires_grad)
-        t.grad = None
+        t._grad = None
         t.grad_fn = grad_fn
         return t
 
@@ -115,6 +123,26 @@ class Tensor:
     def __repr__(self):
         extra = ", requires_grad=True" if self.requires_grad else ""
         return f"vggcore.Tensor(shape={self.shape}, dtype={self.dtype}, device={self.device!r}{extra})"
+
+    @property
+    def grad(self):
+        """The accumulated gradient (a Tensor like this one), or None."""
+        return self._grad
+
+    @grad.setter
+    def grad(self, value):
+        # Checked here, as PyTorch does: a mismatched .grad would otherwise surface at the next backward or
+        # optimiser step as an error of some internal op ("add: b must have shape ...").
+        if value is not None:
+            if not isinstance(value, Tensor):
+                raise TypeError(f"grad: must be None or a vggcore Tensor of shape {self.shape}, got "
+                                f"{type(value).__name__}")
+            if value.shape != self.shape:
+                raise ValueError(f"grad: a tensor of shape {self.shape} cannot take a gradient of shape {value.shape}")
+            if value.dtype != self.dtype or value.device != self.device:
+                raise TypeError(f"grad: this tensor of shape {self.shape} is {self.dtype} on {self.device}; the "
+                                f"gradient assigned is {value.dtype} on {value.device}")
+        self._grad = value
 
     @property
     def is_leaf(self):
@@ -164,6 +192,8 @@ class Tensor:
             _check_device(device, "to")
         dtype = _dtype_name(dtype, "to")
         same_device = device is None or device == self.device or (device == "cuda" and self.device == "cuda:0")
+        if not same_device:
+            check_device_holds("to", device, dtype or self.dtype, f"this tensor of shape {self.shape}")
         out = self
         if non_blocking and not same_device and device != "cpu":
             if self.device != "cpu" or not self._data.is_pinned:
@@ -264,13 +294,13 @@ class Tensor:
             return
         if engine_grad.device != self.device:
             engine_grad = engine_grad.to(self.device)
-        if self.grad is None:
-            self.grad = Tensor._from_engine(engine_grad)
+        if self._grad is None:
+            self._grad = Tensor._from_engine(engine_grad)
         else:
-            self.grad = Tensor._from_engine(_C.add(self.grad._data, engine_grad))
+            self._grad = Tensor._from_engine(_C.add(self._grad._data, engine_grad))
 
     def zero_grad(self):
-        self.grad = None
+        self._grad = None
 
     # ---- a little arithmetic, enough for losses and tests ----------------------------------------------------
     def __add__(self, other):
@@ -401,6 +431,7 @@ def tensor(data, dtype=None, device="cpu", requires_grad=False, non_blocking=Fal
     write the array again before ``_C.pinned_ready(data)``. Any other source raises ValueError.
     """
     dtype = _dtype_name(dtype)
+    device = "cpu" if device is None else device       # as torch.tensor(device=None): the default device
     _check_device(device)
     requires_grad = _check_requires_grad(requires_grad)
     if non_blocking and device != "cpu":

@@ -125,7 +125,11 @@ def conv2d(x, weight, bias=None, stride=1, padding=0):
     stride = _int_arg("conv2d", "stride", stride)
     padding = _int_arg("conv2d", "padding", padding)
     x, weight, bias = _autocast_inputs(x, weight, bias)
-    return _Conv2d.apply(x, weight, bias, stride=stride, padding=padding)
+    try:
+        return _Conv2d.apply(x, weight, bias, stride=stride, padding=padding)
+    except MemoryError as error:   # the allocator names "tensor"; say which call asked for that much
+        raise MemoryError(f"conv2d: input {x.shape}, weight {weight.shape}, stride {stride}, padding {padding}: "
+                          f"{error}") from None
 
 
 class _Linear(Function):
@@ -335,8 +339,8 @@ def log_softmax(x, dim=-1):
     return _LogSoftmax.apply(x)
 
 
-def _labels(op, target):
-    """Integer class labels as an int64 engine tensor on the cpu (the engine checks their range)."""
+def _labels(op, target, logits_shape):
+    """Integer class labels as an int64 engine tensor on the cpu (the engine checks the upper end of their range)."""
     if isinstance(target, Tensor):
         values = target.numpy()
     elif isinstance(target, (str, bytes)) or target is None:
@@ -350,14 +354,15 @@ def _labels(op, target):
     if values.dtype.kind == "f":
         if not np.all(np.isfinite(values)) or not np.all(values == np.round(values)):
             raise ValueError(f"{op}: target must hold integer class labels, got non-integer values")
-    elif values.dtype.kind not in "biu":
+    elif values.dtype.kind not in "iu":      # bools too (as PyTorch): True would silently read as class 1
         raise TypeError(f"{op}: target must hold integer class labels, got dtype {values.dtype}")
     # Checked before the cast to int64, which would wrap 1e20 or 2**64 - 1 into some other number.
-    bad = np.flatnonzero((values < 0) | (values >= 2**62)) if values.size and values.dtype.kind != "b" else []
+    bad = np.flatnonzero((values < 0) | (values >= 2**62)) if values.size else []
     if len(bad):
-        index = np.unravel_index(bad[0], values.shape) if values.ndim > 1 else int(bad[0])
-        raise ValueError(f"{op}: target[{index}] = {values.flat[bad[0]]!r} is not a class label (labels are 0 .. "
-                         f"classes - 1)")
+        index = tuple(map(int, np.unravel_index(bad[0], values.shape))) if values.ndim > 1 else int(bad[0])
+        label = values.flat[bad[0]].item()        # 3 or -1.0, not np.int64(3)
+        raise ValueError(f"{op}: target[{index}] = {label} is out of range for {logits_shape[-1] if logits_shape else 0} classes (logits "
+                         f"{logits_shape}; labels are 0 .. classes - 1)")
     values = np.ascontiguousarray(values, dtype=np.int64)
     return _C.Tensor.from_numpy(values, "cpu")
 
@@ -384,5 +389,5 @@ def cross_entropy(logits, target):
         # labels already on the device (a graph's fixed labels): the engine checks them, or, while capturing,
         # leaves that to whoever fills them before each replay
         return _CrossEntropy.apply(logits, target=target._data)
-    labels = _labels("cross_entropy", target)
+    labels = _labels("cross_entropy", target, logits.shape)
     return _CrossEntropy.apply(logits, target=labels)

@@ -10,8 +10,17 @@ from collections import OrderedDict
 import numpy as np
 
 from .. import random as _random
-from ..tensor import Tensor, tensor
+from ..tensor import Tensor, check_device_holds, tensor
 from . import functional as F
+
+
+def _size_arg(op, name, value, minimum):
+    """A layer's int geometry (kernel size, stride, padding, LRN size), an int or a pair (a, a), checked when the
+    layer is built rather than at its first forward."""
+    value = F._int_arg(op, name, value)
+    if value < minimum:
+        raise ValueError(f"{op}: {name} must be >= {minimum}, got {value}")
+    return value
 
 
 class Parameter(Tensor):
@@ -57,10 +66,16 @@ class Module:
         return self.forward(*args, **kwargs)
 
     # ---- traversal ----------------------------------------------------------------------------------------------
-    def named_modules(self, prefix=""):
-        stack = [(prefix, self)]
+    def named_modules(self, prefix="", remove_duplicate=True):
+        """(name, module) depth first, self first. A module used in two places (weight tying) is listed once, under
+        its first name, unless remove_duplicate=False (PyTorch's rule)."""
+        stack, seen = [(prefix, self)], set()
         while stack:
             name, module = stack.pop()
+            if remove_duplicate:
+                if id(module) in seen:
+                    continue
+                seen.add(id(module))
             yield name, module
             children = [(f"{name}.{child}" if name else child, m) for child, m in module._modules.items()]
             stack.extend(reversed(children))
@@ -74,9 +89,17 @@ class Module:
     def children(self):
         return iter(self._modules.values())
 
-    def named_parameters(self, prefix=""):
-        for module_name, module in self.named_modules(prefix):
+    def named_parameters(self, prefix="", remove_duplicate=True):
+        """(name, Parameter) in registration order. A Parameter shared by two layers is listed once (under its
+        first name), as in PyTorch, so an optimiser updates it once per step; remove_duplicate=False lists every
+        name (what state_dict() holds)."""
+        seen = set()
+        for module_name, module in self.named_modules(prefix, remove_duplicate=remove_duplicate):
             for name, param in module._parameters.items():
+                if remove_duplicate:
+                    if id(param) in seen:
+                        continue
+                    seen.add(id(param))
                 yield (f"{module_name}.{name}" if module_name else name), param
 
     def parameters(self):
@@ -87,6 +110,8 @@ class Module:
 
     # ---- modes and devices ------------------------------------------------------------------------------------
     def train(self, mode=True):
+        if not isinstance(mode, (bool, np.bool_)):     # train("no") would otherwise be truthy: training mode
+            raise TypeError(f"Module.train: mode must be True or False, got {mode!r}")
         for module in self.modules():
             object.__setattr__(module, "training", bool(mode))
         return self
@@ -103,8 +128,9 @@ class Module:
             raise TypeError(f"Module.to: device must be a string such as 'cpu', 'sim' or 'cuda:0', got "
                             f"{type(device).__name__}")
         moves = []
-        for param in self.parameters():
+        for name, param in self.named_parameters():
             if param.device != device:
+                check_device_holds("Module.to", device, param.dtype, f"parameter {name} of shape {param.shape}")
                 grad = param.grad.detach().to(device) if param.grad is not None else None
                 moves.append((param, param._data.to(device), grad))
         for param, data, grad in moves:
@@ -120,11 +146,11 @@ class Module:
     # ---- state ------------------------------------------------------------------------------------------------------
     def state_dict(self):
         """{name: numpy array copy} of every parameter, in registration order."""
-        return OrderedDict((name, param.numpy()) for name, param in self.named_parameters())
+        return OrderedDict((name, param.numpy()) for name, param in self.named_parameters(remove_duplicate=False))
 
     def load_state_dict(self, state_dict, strict=True):
         """Copies arrays (numpy or Tensor) into the parameters, checking names and shapes first."""
-        own = OrderedDict(self.named_parameters())
+        own = OrderedDict(self.named_parameters(remove_duplicate=False))
         missing = [name for name in own if name not in state_dict]
         unexpected = [name for name in state_dict if name not in own]
         if strict and (missing or unexpected):
@@ -166,12 +192,13 @@ class Conv2d(Module):
     def __init__(self, in_channels, out_channels, kernel_size=3, stride=1, padding=0, bias=True,
                  dtype="float32", device="cpu"):
         super().__init__()
-        for name, value in (("in_channels", in_channels), ("out_channels", out_channels),
-                            ("kernel_size", kernel_size)):
+        for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"Conv2d: {name} must be a positive int, got {value!r}")
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
-        self.kernel_size, self.stride, self.padding = int(kernel_size), stride, padding
+        self.kernel_size = _size_arg("Conv2d", "kernel_size", kernel_size, 1)
+        self.stride = _size_arg("Conv2d", "stride", stride, 1)
+        self.padding = _size_arg("Conv2d", "padding", padding, 0)
         # PyTorch's default initialisation: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias.
         bound = 1.0 / np.sqrt(self.in_channels * self.kernel_size ** 2)
         self.weight = _uniform((self.out_channels, self.kernel_size, self.kernel_size, self.in_channels), bound,
@@ -212,9 +239,14 @@ class ReLU(Module):
 
 
 class MaxPool2d(Module):
+    """kernel_size x kernel_size windows, floor mode; stride=None means kernel_size, as torch.nn.MaxPool2d (the
+    functional F.max_pool2d defaults to stride 2, as the API contract writes it; the two agree for VGG's 2x2)."""
+
     def __init__(self, kernel_size=2, stride=None):
         super().__init__()
-        self.kernel_size, self.stride = kernel_size, kernel_size if stride is None else stride
+        op = type(self).__name__
+        self.kernel_size = _size_arg(op, "kernel_size", kernel_size, 1)
+        self.stride = self.kernel_size if stride is None else _size_arg(op, "stride", stride, 1)
 
     def forward(self, x):
         return F.max_pool2d(x, self.kernel_size, self.stride)
@@ -224,6 +256,8 @@ class MaxPool2d(Module):
 
 
 class AvgPool2d(MaxPool2d):
+    """Mean over the windows; the same geometry and defaults as MaxPool2d."""
+
     def forward(self, x):
         return F.avg_pool2d(x, self.kernel_size, self.stride)
 
@@ -240,7 +274,10 @@ class LocalResponseNorm(Module):
 
     def __init__(self, size=5, alpha=1e-4, beta=0.75, k=1.0):
         super().__init__()
-        self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
+        op = "LocalResponseNorm"
+        self.size = _size_arg(op, "size", size, 1)
+        self.alpha, self.beta, self.k = (F._real_arg(op, name, value)
+                                         for name, value in (("alpha", alpha), ("beta", beta), ("k", k)))
 
     def forward(self, x):
         return F.local_response_norm(x, self.size, self.alpha, self.beta, self.k)

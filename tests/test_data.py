@@ -1,6 +1,7 @@
 """The embedded dataset, ImageFolder checks, the paper's augmentation and the prefetching loader."""
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -105,6 +106,76 @@ def test_corrupt_and_empty_files_are_skipped_named_once_and_counted(tmp_path):
         warnings.simplefilter("error")           # the second epoch warns no more
         assert sum(len(y) for x, y in loader.epoch(1)) == 6
     assert folder.num_skipped == 2
+
+
+def test_images_in_nested_subfolders_are_found_in_torchvision_order(tmp_path):
+    root = _folder(tmp_path / "d", classes=("a", "b"), per_class=2)
+    _write(root / "a" / "more" / "x.png", np.zeros((10, 12, 3)))
+    _write(root / "a" / "more" / "deeper" / "y.png", np.zeros((10, 12, 3)))
+    _write(root / "a" / "z.png", np.zeros((10, 12, 3)))
+    _write(root / "a" / ".hidden" / "h.png", np.zeros((10, 12, 3)))      # hidden folders stay skipped
+    _write(root / "b" / ".h.png", np.zeros((10, 12, 3)))
+    (root / "b" / "loop").symlink_to(root / "b", target_is_directory=True)   # walked once, no endless paths
+    (root / "nested_only" / "inner").mkdir(parents=True)
+    _write(root / "nested_only" / "inner" / "n.png", np.zeros((10, 12, 3)))
+    f = data.ImageFolder(root)
+    assert f.classes == ["a", "b", "nested_only"]
+    rel = [str(Path(p).relative_to(root)) for p, _ in f.samples]
+    # torchvision's make_dataset: sorted(os.walk(class_dir, followlinks=True)), the files sorted in each folder
+    assert rel == ["a/0.png", "a/1.png", "a/z.png", "a/more/x.png", "a/more/deeper/y.png", "b/0.png", "b/1.png",
+                   "nested_only/inner/n.png"]
+    assert list(f.targets) == [0, 0, 0, 0, 0, 1, 1, 2]
+    assert data.ImageFolder(root).samples == f.samples
+    (root / "c" / "sub").mkdir(parents=True)
+    with pytest.raises(ValueError, match=r"[/\\]c holds no images, in it or in its subfolders"):
+        data.ImageFolder(root)
+
+
+def test_nested_images_reach_the_statistics_and_the_loader(tmp_path, monkeypatch):
+    monkeypatch.setenv("VGGCORE_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "d"
+    _write(root / "a" / "0.png", np.full((10, 12, 3), 0))
+    _write(root / "a" / "sub" / "1.png", np.full((10, 12, 3), 200))      # only the nested image is bright
+    folder = data.ImageFolder(root)
+    stats = data.compute_stats(folder, sample=10, cache=False, num_workers=1)
+    assert stats["mean_rgb"] == pytest.approx([100.0] * 3)
+    loader = data.DataLoader(folder, 2, data.EvalTransform(10, [0, 0, 0], crop=8, input_scale=1.0), num_workers=1)
+    (x, y), = list(loader.epoch(0))
+    assert x.shape == (2, 8, 8, 3) and sorted(x[:, 0, 0, 0]) == [0.0, 200.0]
+
+
+def test_broken_symlink_is_a_skipped_file_with_a_warning(tmp_path):
+    root = _folder(tmp_path / "d", per_class=2)
+    (root / "a" / "broken.png").symlink_to(tmp_path / "gone.png")
+    folder = data.ImageFolder(root)
+    assert len(folder) == 5
+    loader = data.DataLoader(folder, 5, data.EvalTransform(10, [0, 0, 0], crop=8), num_workers=1)
+    with pytest.warns(data.CorruptImageWarning, match=r"skipping .*broken\.png"):
+        assert sum(len(y) for x, y in loader.epoch(0)) == 4
+    assert folder.skipped == {str(root / "a" / "broken.png")}
+
+
+def test_class_names_that_print_alike_are_shown_with_ascii(tmp_path):
+    nfc, nfd = "caf\u00e9", "cafe\u0301"
+    train = data.ImageFolder(_folder(tmp_path / "train", classes=("a", nfc)))
+    val = data.ImageFolder(_folder(tmp_path / "val", classes=("a", nfd)))
+    with pytest.raises(ValueError) as info:
+        data.check_same_classes(train, val)
+    message = str(info.value)
+    assert "only in train: ['caf\\xe9']; only in val: ['cafe\\u0301']" in message
+    assert "Unicode normalisation" in message
+    # names that differ visibly keep their plain form
+    assert data.class_differences(["caf\u00e9"], ["tea"], "x", "y") == "only in x: ['caf\u00e9']; only in y: ['tea']"
+    assert "'a\\u200b'" in data.class_differences(["a\u200b"], ["a"], "x", "y")          # a zero-width space
+
+
+def test_scale_must_be_ints(tmp_path):
+    for scale, error in (((36.9, 48.2), TypeError), ("48", TypeError), (40.0, TypeError), (True, TypeError),
+                         ((40, 48, 56), ValueError), ((40, True), TypeError)):
+        with pytest.raises(error, match="TrainTransform: scale must be an int S or a pair"):
+            data.TrainTransform(crop=32, scale=scale, mean_rgb=[0, 0, 0])
+    assert data.TrainTransform(crop=32, scale=np.array([40, 48]), mean_rgb=[0, 0, 0]).smax == 48
+    assert data.TrainTransform(crop=32, scale=np.int64(40), mean_rgb=[0, 0, 0]).smin == 40
 
 
 # ---------------------------------------------------------------------------------------------- transforms

@@ -20,6 +20,7 @@ import itertools
 import json
 import os
 import threading
+import unicodedata
 import warnings
 from collections import deque
 from pathlib import Path
@@ -28,8 +29,8 @@ import numpy as np
 from PIL import Image
 
 __all__ = [
-    "IMAGE_EXTENSIONS", "CorruptImageWarning", "ImageFolder", "check_same_classes", "load_rgb", "rescale",
-    "compute_stats", "TrainTransform", "EvalTransform", "DataLoader", "default_workers", "load_planned",
+    "IMAGE_EXTENSIONS", "CorruptImageWarning", "ImageFolder", "check_same_classes", "class_differences", "load_rgb",
+    "rescale", "compute_stats", "TrainTransform", "EvalTransform", "DataLoader", "default_workers", "load_planned",
     "PackedBatch", "load_packed", "load_encoded", "augment_batch",
 ]
 
@@ -46,16 +47,55 @@ def default_workers() -> int:
     return max(2, min(8, os.cpu_count() or 2))
 
 
-class ImageFolder:
-    """``root/<class>/<image>`` files, classes being the sorted subfolder names (as torchvision's ImageFolder).
+def _image_files(folder: Path, extensions) -> list:
+    """The image files under ``folder``, subfolders included, in torchvision's order (its ``make_dataset``:
+    ``sorted(os.walk(folder, followlinks=True))``, then the sorted names of each folder's files).
 
-    Raises FileNotFoundError for a missing root, NotADirectoryError for a file, and ValueError for a folder
-    with no class subfolders or a class subfolder with no image files, all before any image is decoded.
-    Undecodable files found later are skipped: ``load`` warns once per file (CorruptImageWarning naming it)
-    and records it in ``skipped``.
+    Hidden names (a leading ".") are skipped, folders and files. A folder whose real path was already walked
+    (a symbolic link back to a parent, or two links to one folder) is not walked again: torchvision would
+    list its images once per path, or loop until the paths grow too long. Only regular files and symbolic
+    links whose target is missing are listed: a broken link is then skipped, with a warning, when it fails to
+    open, like any unreadable file, rather than vanishing from the count; a FIFO or socket named ``x.png``
+    (which would block the reader) is left out.
+    """
+    walked, found = set(), []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in walked:
+            dirnames[:] = []
+            continue
+        walked.add(real)
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        files = []
+        for name in filenames:
+            if name.startswith(".") or os.path.splitext(name)[1].lower() not in extensions:
+                continue
+            path = os.path.join(dirpath, name)
+            if os.path.isfile(path) or (os.path.islink(path) and not os.path.exists(path)):
+                files.append(path)
+        found.append((dirpath, sorted(files)))
+    return [path for _, files in sorted(found) for path in files]
+
+
+class ImageFolder:
+    """``root/<class>/**/<image>`` files, classes being the sorted subfolder names (as torchvision's ImageFolder).
+
+    A class's images are every image file under its folder, subfolders included (followed through symbolic
+    links, as torchvision's ``os.walk(..., followlinks=True)``; a folder reached twice through links is read
+    once), in torchvision's order: folder by folder (sorted paths), files sorted within each. Names starting
+    with "." (``.DS_Store``, ``._0.jpg``, ``.git/``) are skipped, files and folders alike. A symbolic link whose
+    target is missing is listed like any file and skipped as undecodable when it is read.
+
+    Raises TypeError for a root that is not a path, FileNotFoundError for a missing root, NotADirectoryError for
+    a file, and ValueError for a folder with no class subfolders or a class subfolder with no image files, all
+    before any image is decoded. Undecodable files found later are skipped: ``load`` warns once per file
+    (CorruptImageWarning naming it) and records it in ``skipped``.
     """
 
     def __init__(self, root, extensions=IMAGE_EXTENSIONS):
+        if not isinstance(root, (str, os.PathLike)):
+            raise TypeError(f"ImageFolder: root must be a folder path (str or os.PathLike), got "
+                            f"{type(root).__name__} {root!r}")
         self.root = Path(root)
         if not self.root.exists():
             raise FileNotFoundError(f"data folder {self.root} does not exist")
@@ -70,11 +110,11 @@ class ImageFolder:
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
         self.samples = []
         for label, folder in enumerate(class_dirs):
-            files = sorted(p for p in folder.iterdir()
-                           if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in extensions)
+            files = _image_files(folder, extensions)
             if not files:
-                raise ValueError(f"class folder {folder} holds no images (looked for {', '.join(extensions)})")
-            self.samples.extend((str(p), label) for p in files)
+                raise ValueError(f"class folder {folder} holds no images, in it or in its subfolders (looked for "
+                                 f"{', '.join(extensions)}; names starting with '.' are skipped)")
+            self.samples.extend((path, label) for path in files)
         self.targets = np.array([label for _, label in self.samples], dtype=np.int64)
         self.skipped = set()
         self._warned = set()
@@ -113,13 +153,34 @@ class ImageFolder:
                           f"({len(self.skipped)} skipped so far)", CorruptImageWarning, stacklevel=3)
 
 
+def class_differences(ours, theirs, our_name: str, their_name: str) -> str:
+    """'only in <our_name>: [...]; only in <their_name>: [...]' for two lists of class names, for error messages.
+
+    Names that print alike but differ are shown with ``ascii()`` so that the difference is visible: names equal
+    after Unicode normalisation (NFC 'caf\\xe9' against NFD 'cafe\\u0301', as copying a folder from macOS can
+    make; a note then says so), and names holding invisible or control characters. Otherwise they print as
+    Python strings (``repr``).
+    """
+    only_ours = sorted(set(ours) - set(theirs))
+    only_theirs = sorted(set(theirs) - set(ours))
+    normalised = {unicodedata.normalize("NFC", n) for n in only_ours}
+    same_when_normalised = any(unicodedata.normalize("NFC", n) in normalised for n in only_theirs)
+    show = ascii if same_when_normalised or not all(n.isprintable() for n in only_ours + only_theirs) else repr
+    text = (f"only in {our_name}: {show(only_ours) if only_ours else 'none'}; "
+            f"only in {their_name}: {show(only_theirs) if only_theirs else 'none'}")
+    if same_when_normalised:
+        text += (" (some names differ only in their Unicode normalisation, e.g. NFC against NFD as a macOS copy "
+                 "can make: they are different folder names, so rename one side's folders to the other's form)")
+    elif not only_ours and not only_theirs:
+        text += " (same names, different order)"
+    return text
+
+
 def check_same_classes(train: ImageFolder, val: ImageFolder):
     """Raise ValueError naming the differences when the two folders do not hold the same classes."""
     if train.classes != val.classes:
-        only_train = sorted(set(train.classes) - set(val.classes))
-        only_val = sorted(set(val.classes) - set(train.classes))
         raise ValueError(f"the classes of {val.root} differ from those of {train.root}: "
-                         f"only in train: {only_train or 'none'}; only in val: {only_val or 'none'}")
+                         f"{class_differences(train.classes, val.classes, 'train', 'val')}")
 
 
 def load_rgb(path):
@@ -167,17 +228,33 @@ def rescale(img: Image.Image, smallest_side: int) -> Image.Image:
     return img.resize(size, Image.BILINEAR)
 
 
-def _scale_range(scale):
-    """(Smin, Smax) from an int S or a pair; validates it."""
-    if isinstance(scale, (int, np.integer)):
+def _scale_range(scale, op="TrainTransform"):
+    """(Smin, Smax) from an int S or a pair of ints; validates it (``op`` names the caller in the errors).
+
+    Only ints (Python's or NumPy's) are taken, as evaluate takes its Q: int() would truncate a float pair
+    (36.9, 48.2) to (36, 48) and read the string "48" as the pair ('4', '8'). TypeError for another type,
+    ValueError for a wrong length or range.
+    """
+    def is_int(v):
+        return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+    if isinstance(scale, np.ndarray):
+        scale = scale.tolist()
+    if is_int(scale):
         lo = hi = int(scale)
     else:
-        try:
-            lo, hi = (int(s) for s in scale)
-        except (TypeError, ValueError):
-            raise ValueError(f"scale must be an int S or a pair (Smin, Smax), got {scale!r}") from None
+        if isinstance(scale, (str, bytes)) or not isinstance(scale, (list, tuple)):
+            raise TypeError(f"{op}: scale must be an int S or a pair (Smin, Smax) of ints, got "
+                            f"{type(scale).__name__} {scale!r}")
+        if len(scale) != 2:
+            raise ValueError(f"{op}: scale must be an int S or a pair (Smin, Smax) of ints, got {len(scale)} "
+                             f"values {scale!r}")
+        if not all(is_int(s) for s in scale):
+            raise TypeError(f"{op}: scale must be an int S or a pair (Smin, Smax) of ints, got {scale!r} "
+                            f"({', '.join(type(s).__name__ for s in scale)})")
+        lo, hi = (int(s) for s in scale)
     if lo < 1 or hi < lo:
-        raise ValueError(f"scale must satisfy 1 <= Smin <= Smax, got {scale!r}")
+        raise ValueError(f"{op}: scale must satisfy 1 <= Smin <= Smax, got {scale!r}")
     return lo, hi
 
 

@@ -143,6 +143,43 @@ def test_ensemble_averages_posteriors(folder7, nets):
     assert not np.allclose(a, b, atol=1e-3)            # two different nets: the average is not trivial
 
 
+def test_every_ensemble_member_is_checked_against_the_folder(folder7):
+    anonymous = _net(5)
+    anonymous.class_names = None                       # e.g. torchvision weights: no names, 7 classes
+    other = _net(6)
+    other.class_names = CLASSES7[:6] + ["zzz"]
+    with pytest.raises(ValueError, match=r"those of model 1 of the ensemble: only in model 1 of the ensemble: "
+                                         r"\['zzz'\]; only in the data: \['k6'\]"):
+        evaluate([anonymous, other], folder7, scale=32, num_workers=1)
+    # the named members against each other, whichever comes first (also without a folder)
+    with pytest.raises(ValueError, match=r"name their classes differently: only in model 1: \['k6'\]; "
+                                         r"only in model 2: \['zzz'\]"):
+        evaluate([anonymous, _net(7), other], folder7, scale=32, num_workers=1)
+    with pytest.raises(ValueError, match="name their classes differently"):
+        protocol_settings([anonymous, _net(7), other])
+    fewer = _net(8, classes=5)
+    fewer.class_names = None
+    with pytest.raises(ValueError, match="model 0 has 7, model 1 5"):
+        evaluate([anonymous, fewer], folder7, scale=32, num_workers=1)
+    assert evaluate([anonymous, _net(7)], folder7, scale=32, num_workers=1)["n"] == 7
+
+
+def test_no_decodable_image_is_an_error_not_nan(tmp_path, nets):
+    root = tmp_path / "junk"
+    for c in CLASSES7:
+        (root / c).mkdir(parents=True)
+        (root / c / "0.jpg").write_bytes(b"junk")
+    with pytest.warns(data.CorruptImageWarning):
+        with pytest.raises(ValueError, match=r"evaluate: no image of .*junk could be decoded \(7 of 7"):
+            evaluate(nets[0], root, scale=32, num_workers=1)
+
+
+def test_data_of_the_wrong_type_is_named(nets):
+    for bad in (None, 3, ["dir"]):
+        with pytest.raises(TypeError, match="evaluate: data must be a folder path"):
+            evaluate(nets[0], bad)
+
+
 class CountingFolder(data.ImageFolder):
     def __init__(self, root):
         super().__init__(root)

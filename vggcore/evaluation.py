@@ -110,18 +110,28 @@ def predict_loader(model, loader, device, dense=False):
     return np.concatenate(probs), np.concatenate(labels)
 
 
-def _folder_for(model, data_root):
-    folder = data_root if isinstance(data_root, _data.ImageFolder) else _data.ImageFolder(data_root)
-    names = getattr(model, "class_names", None)
-    if names is not None:
-        if list(names) != folder.classes:
-            only_model = sorted(set(names) - set(folder.classes))
-            only_data = sorted(set(folder.classes) - set(names))
-            raise ValueError(f"evaluate: the classes of {folder.root} differ from the model's: only in the "
-                             f"model: {only_model or 'none'}; only in the data: {only_data or 'none'}"
-                             + ("" if only_model or only_data else " (same names, different order)"))
-    elif len(folder.classes) != model.num_classes:
-        raise ValueError(f"evaluate: {folder.root} has {len(folder.classes)} classes, the model {model.num_classes}")
+def _folder_for(models, data_root):
+    """The ImageFolder of ``data_root``, checked against every model: a model that names its classes must name
+    the folder's, in its order (the posteriors are averaged and scored by class index); one without names
+    (torchvision's or Caffe's weights) must have as many classes."""
+    if isinstance(data_root, _data.ImageFolder):
+        folder = data_root
+    elif isinstance(data_root, (str, os.PathLike)):
+        folder = _data.ImageFolder(data_root)
+    else:
+        raise TypeError(f"evaluate: data must be a folder path (str or os.PathLike) or a vggcore.data.ImageFolder, "
+                        f"got {type(data_root).__name__} {data_root!r}")
+    for i, model in enumerate(models):
+        which = "the model" if len(models) == 1 else f"model {i} of the ensemble"
+        names = getattr(model, "class_names", None)
+        if names is not None:
+            if list(names) != folder.classes:
+                whose = "the model's" if len(models) == 1 else f"those of {which}"
+                raise ValueError(f"evaluate: the classes of {folder.root} differ from {whose}: "
+                                 + _data.class_differences(list(names), folder.classes, which, "the data"))
+        elif len(folder.classes) != model.num_classes:
+            raise ValueError(f"evaluate: {folder.root} has {len(folder.classes)} classes, {which} "
+                             f"{model.num_classes} (and no class names)")
     return folder
 
 
@@ -268,13 +278,18 @@ def _as_models(model):
         if not hasattr(m, "preprocess") or not hasattr(m, "num_classes"):
             raise TypeError(f"evaluate: expected a VGG model or the path of its weights, got {type(m).__name__}")
         out.append(m)
-    first = out[0]
-    for m in out[1:]:
-        if m.num_classes != first.num_classes:
-            raise ValueError(f"evaluate: the ensemble's models have {first.num_classes} and {m.num_classes} classes")
-        named = m.class_names is not None and first.class_names is not None
-        if named and list(m.class_names) != list(first.class_names):
-            raise ValueError("evaluate: the ensemble's models name their classes differently")
+    # Every member against the first one with names (not only against model 0, which may have none).
+    named = [(i, m) for i, m in enumerate(out) if getattr(m, "class_names", None) is not None]
+    for i, m in enumerate(out[1:], 1):
+        if m.num_classes != out[0].num_classes:
+            raise ValueError(f"evaluate: the ensemble's models have different class counts: model 0 has "
+                             f"{out[0].num_classes}, model {i} {m.num_classes}")
+    for i, m in named[1:]:
+        j, ref = named[0]
+        if list(m.class_names) != list(ref.class_names):
+            raise ValueError(f"evaluate: the ensemble's models name their classes differently: "
+                             + _data.class_differences(list(ref.class_names), list(m.class_names), f"model {j}",
+                                                       f"model {i}"))
     return out
 
 
@@ -395,7 +410,9 @@ def evaluate(model, data, crop=None, scale=None, dense=False, flip=False, device
     """Top-1/top-5 error of ``model`` (or a list of models: their averaged posteriors) on the ImageFolder ``data``.
 
     model: a VGG, the path of its weights (vggcore checkpoint, torchvision .pth, Caffe .caffemodel), or a
-    list of those (an ensemble; same classes). crop: the crop size (default each model's input_size).
+    list of those (an ensemble). data: a folder path or an ImageFolder; every model that names its classes must
+    name the folder's, in order, and one without names must have as many (ValueError naming the model's index
+    and the differing classes otherwise). crop: the crop size (default each model's input_size).
     scale: Q, or a list of Q (default: the training scale S, (Smin + Smax) / 2 for a jittered model, the
     model's test_scale, else the crop). dense: the fully convolutional net on the whole rescaled image.
     multi_crop: the 5x5 grid of crops and their mirrors per scale; with dense, both posteriors are averaged.
@@ -404,12 +421,13 @@ def evaluate(model, data, crop=None, scale=None, dense=False, flip=False, device
 
     Returns ``{"top1_err", "top5_err", "top5_reported", "n", "skipped"}``: top5_reported is False for 5
     classes or fewer (top5_err is then 0 by construction and says nothing); ``protocol_settings`` with the same arguments names the scales, crop, methods and views used.
-    Each image is decoded once whatever the number of scales, flips, crops and models.
+    Each image is decoded once whatever the number of scales, flips, crops and models. ValueError when no
+    image of the folder can be decoded (there is no error rate to report).
     """
     _check_arguments(crop, scale, dense, flip, multi_crop, batch_size, num_workers)
     models = _as_models(model)
     crops, scales = _resolve_protocol(models, crop, scale, dense, multi_crop)
-    folder = _folder_for(models[0], data)
+    folder = _folder_for(models, data)
     if progress is None:
         progress = sys.stderr.isatty()
     labels_all = np.array([label for _, label in folder.samples], dtype=np.int64)
@@ -417,8 +435,12 @@ def evaluate(model, data, crop=None, scale=None, dense=False, flip=False, device
                        batch_size, num_workers, progress, "eval")
     folder.warn_skipped()
     labels = labels_all[kept]
+    if not len(labels):
+        # no error rate to report, and a NaN one would read as a number (train raises the same way)
+        raise ValueError(f"evaluate: no image of {folder.root} could be decoded ({folder.num_skipped} of "
+                         f"{len(folder)} file(s) skipped, each named by a CorruptImageWarning)")
     classes = models[0].num_classes
-    top1, top5 = topk_errors(probs, labels, k=(1, 5)) if len(labels) else (float("nan"), float("nan"))
+    top1, top5 = topk_errors(probs, labels, k=(1, 5))
     return {"top1_err": top1, "top5_err": top5, "top5_reported": classes > 5, "n": int(len(labels)),
             "skipped": folder.num_skipped}
 

@@ -5,6 +5,8 @@ the plateau rule that waits for a net to leave chance, and one-line CLI errors."
 import json
 import os
 import struct
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -106,6 +108,56 @@ def test_overwrite_replaces_the_old_run_and_cleans_stale_temporaries(shapes, tmp
     assert len(result.history) == 1
 
 
+def test_resume_without_last_is_refused_and_keeps_the_old_best(shapes, tmp_path):
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    (ck / "best.safetensors").write_bytes(b"the previous run's best model")
+    with pytest.raises(FileExistsError, match=r"cannot resume in checkpoint_dir .*ck: it holds best.safetensors "
+                                              r"of a run but no last.safetensors.*--overwrite"):
+        train(data=shapes, epochs=1, checkpoint_dir=ck, resume=True, **TINY)
+    assert (ck / "best.safetensors").read_bytes() == b"the previous run's best model"
+    assert sorted(p.name for p in ck.iterdir()) == ["best.safetensors"]
+
+
+def test_resume_and_overwrite_together_are_refused(shapes, tmp_path, capsys):
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    (ck / "last.safetensors").write_bytes(b"a run")
+    with pytest.raises(ValueError, match="train: resume=True and overwrite=True conflict"):
+        train(data=shapes, epochs=1, checkpoint_dir=ck, resume=True, overwrite=True, **TINY)
+    with pytest.raises(SystemExit) as info:
+        cli_main(["train", "--data", str(shapes), "--checkpoint-dir", str(ck), "--resume", "--overwrite"])
+    assert info.value.code == 2
+    assert "--overwrite: not allowed with argument --resume" in capsys.readouterr().err
+    assert (ck / "last.safetensors").read_bytes() == b"a run"
+
+
+def test_data_path_is_stored_absolute_and_eval_finds_it_from_anywhere(shapes, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(shapes.parent)
+    ck = tmp_path / "new" / "ck"        # resume=True into a missing folder starts a new run
+    train(data=shapes.name, epochs=1, checkpoint_dir=ck, resume=True, **TINY)
+    assert checkpoint.load_state(ck / "last.safetensors")["data"] == str(shapes.resolve())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert cli_main(["eval", str(ck / "last.safetensors"), "--workers", "1"]) == 0
+    assert "(20 images, crop 32" in capsys.readouterr().out
+
+
+def test_train_names_data_and_scale_of_the_wrong_type(shapes, tmp_path):
+    for bad in (3, b"dir", ["dir"]):
+        with pytest.raises(TypeError, match="train: data must be a folder path"):
+            train(data=bad, epochs=1, **TINY)
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    with pytest.raises(NotADirectoryError, match="train: data folder .*afile is not a directory"):
+        train(data=afile, epochs=1, **TINY)
+    for scale, error in (((36.9, 48.2), TypeError), ("40", TypeError), (40.5, TypeError), (40.0, TypeError),
+                         (False, TypeError), ((40,), ValueError)):
+        with pytest.raises(error, match="train: scale must be an int S or a pair"):
+            train(data=shapes, epochs=1, **dict(TINY, scale=scale))
+
+
 def test_unwritable_checkpoint_folder_is_reported_before_the_first_epoch(shapes, tmp_path, monkeypatch):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
@@ -198,6 +250,33 @@ def test_cli_errors_are_one_line(shapes, tmp_path, capsys):
     (ck / "last.safetensors").write_bytes(b"x")
     err = _one_line_error(capsys, ["train", "--data", str(shapes), "--checkpoint-dir", str(ck)])
     assert "already holds a run" in err and "--overwrite" in err
+
+
+def test_cli_eval_of_a_run_folder_says_it_is_one(tmp_path, capsys):
+    ck = tmp_path / "run"
+    ck.mkdir()
+    (ck / "best.safetensors").write_bytes(b"x")
+    (ck / "last.safetensors").write_bytes(b"x")
+    err = _one_line_error(capsys, ["eval", str(ck)])
+    assert f"eval: {ck} is a directory, not a weights file; did you mean {ck / 'best.safetensors'} or " \
+           f"{ck / 'last.safetensors'}?" in err
+    assert "is a directory, not a weights file; give a weights file" in _one_line_error(capsys, ["eval", str(tmp_path)])
+
+
+def test_cli_prints_warnings_on_one_line(shapes, tmp_path):
+    # --quiet without matplotlib: the curves.png note is one "warning: ..." line, not Python's
+    # "<file>:<line>: UserWarning: ..." followed by the source line
+    script = ("import sys; sys.modules['matplotlib'] = None\n"          # import matplotlib -> ImportError
+              "from vggcore.cli import main\n"
+              f"sys.exit(main(['train', '--data', {str(shapes)!r}, '--checkpoint-dir', {str(tmp_path / 'ck')!r}, "
+              "'--epochs', '1', '--batch-size', '16', '--scale', '32,40', '--crop', '32', '--width', '1/16', "
+              "'--fc-width', '16', '--stats-sample', '20', '--workers', '1', '--device', 'cpu', '--quiet']))")
+    env = dict(os.environ, VGGCORE_CACHE=str(tmp_path / "cache"), PYTHONWARNINGS="default")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300,
+                         cwd=tmp_path)     # not the repository: the installed package
+    assert run.returncode == 0, run.stderr
+    assert "warning: train: curves.png is not written: matplotlib is not installed" in run.stderr
+    assert "UserWarning" not in run.stderr and "train(" not in run.stderr, run.stderr
 
 
 def test_train_refuses_values_it_would_ignore(shapes):

@@ -2,7 +2,9 @@
 
 * A folder that already holds a run (``last.safetensors`` or ``best.safetensors``) is refused unless the caller
   resumes it or asks to overwrite it; overwriting removes the old run's checkpoints first, so the old best model
-  cannot later pass for the new run's.
+  cannot later pass for the new run's. Resuming needs ``last.safetensors``: a folder holding only the best of a
+  run has nothing to continue from, and a new run there would replace that best, so it is refused too. Resuming
+  into an empty or missing folder starts a new run (so one command line can start and later continue a run).
 * The folder must be writable: a probe file is written, fsynced and removed before any training, so a read-only
   or missing-permission folder is reported at once instead of after the first epoch.
 * Temporary files left by a killed run (``.last.safetensors.*.tmp`` and the like, from the atomic writes in
@@ -40,6 +42,10 @@ def prepare(folder, resume: bool, overwrite: bool, op: str = "train") -> Path:
         raise FileExistsError(f"{op}: checkpoint_dir {folder} already holds a run ({', '.join(existing)}); "
                               f"resume it (resume=True, --resume), replace it (overwrite=True, --overwrite) or "
                               f"pick another folder")
+    if existing and resume and "last.safetensors" not in existing:
+        raise FileExistsError(f"{op}: cannot resume in checkpoint_dir {folder}: it holds {', '.join(existing)} of a "
+                              f"run but no last.safetensors to continue from; replace that run (overwrite=True, "
+                              f"--overwrite, without resume) or pick another folder")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / f".write-test-{os.getpid()}.tmp"

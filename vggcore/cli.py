@@ -15,6 +15,7 @@ import math
 import pickle
 import sys
 import time
+import warnings
 from fractions import Fraction
 
 __all__ = ["main", "build_parser"]
@@ -151,10 +152,13 @@ def build_parser():
                         "(bfloat16 activations, float32 weights; sim/cuda only)")
     t.add_argument("--checkpoint-dir", default=None, type=_path,
                    help="where checkpoints and curves go (default runs/vgg-<config>)")
-    t.add_argument("--resume", action="store_true", help="continue from CHECKPOINT_DIR/last.safetensors")
-    t.add_argument("--overwrite", action="store_true",
-                   help="start a new run in a CHECKPOINT_DIR that already holds one, deleting its checkpoints "
-                        "(without --resume or --overwrite such a folder is refused)")
+    run = t.add_mutually_exclusive_group()      # one continues the folder's run, the other deletes it
+    run.add_argument("--resume", action="store_true",
+                     help="continue from CHECKPOINT_DIR/last.safetensors (a new run when the folder holds no run; "
+                          "refused when it holds a best.safetensors but no last.safetensors)")
+    run.add_argument("--overwrite", action="store_true",
+                     help="start a new run in a CHECKPOINT_DIR that already holds one, deleting its checkpoints "
+                          "(without --resume or --overwrite such a folder is refused; not with --resume)")
     t.add_argument("--lr-patience", type=_int_at_least(1), default=3,
                    help="epochs without a better val top-1 error before the lr is divided by 10 (default 3)")
     t.add_argument("--lr-factor", type=_finite(0, 1, lo_open=True), default=0.1)
@@ -266,9 +270,25 @@ def _saved_val_folder(path):
 
 
 
+def _check_weights_file(path, op):
+    """ValueError when ``path`` is a folder, naming the run's checkpoints in it (a common slip: the run folder
+    given instead of its best.safetensors); anything else is left to load_weights."""
+    from pathlib import Path
+    folder = Path(path)
+    if not folder.is_dir():
+        return
+    from ._rundir import RUN_FILES
+    inside = [str(folder / name) for name in reversed(RUN_FILES) if (folder / name).is_file()]
+    hint = (f"; did you mean {' or '.join(inside)}?" if inside
+            else "; give a weights file (a training checkpoint such as best.safetensors, a .pth or a .caffemodel)")
+    raise ValueError(f"{op}: {path} is a directory, not a weights file{hint}")
+
+
 def _cmd_eval(args):
     from .evaluation import evaluate, protocol_settings
     from .interop import load_weights
+    for path in args.checkpoint:
+        _check_weights_file(path, "eval")
     models = [load_weights(path) for path in args.checkpoint]
     data = args.data
     if data is None:
@@ -309,6 +329,8 @@ def _cmd_predict(args):
     from .interop import load_weights
     if args.topk < 1:
         raise ValueError(f"predict: --topk must be positive, got {args.topk}")
+    for path in args.model:
+        _check_weights_file(path, "predict")
     models = [load_weights(path) for path in args.model]
     model = models if len(models) > 1 else models[0]
     classes = models[0].num_classes
@@ -370,6 +392,8 @@ def main(argv=None):
         parser.print_help()
         return 2
     handler = {"train": _cmd_train, "eval": _cmd_eval, "predict": _cmd_predict, "info": _cmd_info}[args.command]
+    previous_format = warnings.formatwarning
+    warnings.formatwarning = _one_line_warning
     try:
         return handler(args)
     except KeyboardInterrupt:
@@ -380,6 +404,15 @@ def main(argv=None):
         # Every error a user can cause ends as one line (no traceback): the op or flag, and the value.
         print(f"error: {_one_line(error)}", file=sys.stderr)
         return 1
+    finally:
+        warnings.formatwarning = previous_format
+
+
+def _one_line_warning(message, category, filename, lineno, line=None):
+    """A warning as the CLI prints it: "warning: <message>" on one line. Python's default format adds the
+    source file, the line number and the source line, which point into vggcore rather than at the user's
+    input (the Python API keeps them)."""
+    return f"warning: {' '.join(str(message).split())}\n"
 
 
 def _one_line(error):

@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+import os
 import sys
 import time
 import warnings
@@ -244,16 +245,21 @@ def _check_numbers(settings, max_lr_drops, stats_sample):
 
 
 def _parse_scale(scale):
-    lo, hi = _data._scale_range(scale)
+    lo, hi = _data._scale_range(scale, op="train")
     return lo if lo == hi else (lo, hi)
 
 
 def _resolve_data(data):
     if data is None:
         return _datasets.ensure_dataset()
+    if not isinstance(data, (str, os.PathLike)):
+        raise TypeError(f"train: data must be a folder path (str or os.PathLike) or None for the built-in set, "
+                        f"got {type(data).__name__} {data!r}")
     root = Path(data).expanduser()
     if not root.exists():
         raise FileNotFoundError(f"train: data folder {root} does not exist")
+    if not root.is_dir():
+        raise NotADirectoryError(f"train: data folder {root} is not a directory")
     missing = [d for d in ("train", "val") if not (root / d).is_dir()]
     if missing:
         raise FileNotFoundError(f"train: {root} must hold train/<class>/* and val/<class>/* image folders; "
@@ -322,23 +328,28 @@ def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum
           pin_memory=None, device_augment=False, decode="auto", cuda_graph=False) -> TrainResult:
     """Train configuration ``config`` on ``data`` the way the paper did; returns TrainResult(model, history).
 
-    data: a folder holding train/<class>/*.{jpg,png,...} and val/<class>/...; None: the built-in shapes set
-    (generated once into the cache folder). epochs, batch_size, scale, crop, width, fc_width, init, dropout
-    default to the paper's settings (74, 256, 256, 224, 1.0, 4096, "glorot", 0.5) for your data (with "he" init
-    for a thin net, width < 1, where Glorot's stalls at chance), and to a
-    small, fast net on 32-pixel crops for the built-in set (PAPER_DEFAULTS and BUILTIN_DEFAULTS). scale: S, or (Smin, Smax) for scale
-    jittering. device: "auto" (a GPU when there is one), "cpu", "cuda:0", "sim". init_from: a trained net A
-    (model or checkpoint path) whose first four conv layers and three FC layers initialise this net; or
-    weights of the same configuration (a vggcore checkpoint, torchvision .pth/.safetensors, Caffe .caffemodel)
-    to fine-tune: every layer is copied, fc8 replaced when the class count differs, and the weights'
-    preprocessing kept (mean, scale; torchvision's std folded into conv1_1).
-    checkpoint_dir: where last.safetensors and best.safetensors go each epoch; resume=True continues the run
-    saved there; a folder that already holds a run is refused unless resume=True or overwrite=True (which
-    deletes that run's checkpoints). lr_patience: epochs without a better validation top-1 error, counted from
-    the first real improvement over chance, before lr *= lr_factor (at most max_lr_drops times). eval_scale:
-    the validation Q (default S, or (Smin + Smax) / 2). colour_std: std of the
-    AlexNet colour shift (0 turns it off). input_scale: pixels are (RGB - mean) * input_scale; 1/255 keeps
-    Glorot-initialised activations in a range where lr=1e-2 is stable (the paper's Caffe models used 1.0).
+    data: a folder holding train/<class>/*.{jpg,png,...} and val/<class>/... (a class's images may sit in subfolders
+    of its folder, as torchvision's ImageFolder finds them); None: the built-in shapes set (generated once into the
+    cache folder). TypeError when data is neither; FileNotFoundError, NotADirectoryError or ValueError naming the
+    path for a folder that is missing, a file, or not laid out so. epochs, batch_size, scale, crop, width, fc_width,
+    init, dropout default to the paper's settings (74, 256, 256, 224, 1.0, 4096, "glorot", 0.5) for your data (with
+    "he" init for a thin net, width < 1, where Glorot's stalls at chance), and to a small, fast net on 32-pixel
+    crops for the built-in set (PAPER_DEFAULTS and BUILTIN_DEFAULTS). scale: an int S, or a pair of ints (Smin,
+    Smax) for scale jittering (floats, bools and strings are refused, as evaluate refuses them). device: "auto" (a
+    GPU when there is one), "cpu", "cuda:0", "sim". init_from: a trained net A (model or checkpoint path) whose first
+    four conv layers and three FC layers initialise this net; or weights of the same configuration (a vggcore
+    checkpoint, torchvision .pth/.safetensors, Caffe .caffemodel) to fine-tune: every layer is copied, fc8 replaced
+    when the class count differs, and the weights' preprocessing kept (mean, scale; torchvision's std folded into
+    conv1_1).
+    checkpoint_dir: where last.safetensors and best.safetensors go each epoch (with the data folder's absolute
+    path); resume=True continues the run saved in its last.safetensors (a new run when the folder holds no run;
+    FileExistsError when it holds a best.safetensors but no last); a folder that already holds a run is refused
+    unless resume=True or overwrite=True (which deletes that run's checkpoints); both together are a ValueError.
+    lr_patience: epochs without a better validation top-1 error, counted from the first real improvement over
+    chance, before lr *= lr_factor (at most max_lr_drops times). eval_scale: the validation Q (default S, or
+    (Smin + Smax) / 2). colour_std: std of the AlexNet colour shift (0 turns it off). input_scale: pixels are
+    (RGB - mean) * input_scale; 1/255 keeps Glorot-initialised activations in a range where lr=1e-2 is stable (the
+    paper's Caffe models used 1.0).
     verbose prints what is done before training (the preprocessing statistics, with progress) and one line per
     epoch; progress draws in-place bars with ETAs (default: when stderr is a terminal).
 
@@ -415,6 +426,12 @@ def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum
         raise ValueError(f"train: prefetch must be an int >= 0 (batches copied ahead), got {prefetch!r}")
     device_augment = bool(device_augment)
     cuda_graph = check_bool("train", "cuda_graph", cuda_graph)
+    resume, overwrite = check_bool("train", "resume", resume), check_bool("train", "overwrite", overwrite)
+    if resume and overwrite:
+        # resume continues the run in checkpoint_dir, overwrite deletes it: honouring either one silently
+        # would do the opposite of what the other asked for
+        raise ValueError("train: resume=True and overwrite=True conflict (resume continues the run in "
+                         "checkpoint_dir, overwrite deletes its checkpoints and starts a new one); pass only one")
 
     if precision not in _PRECISIONS:
         raise ValueError(f"train: precision must be one of {', '.join(_PRECISIONS)}, got {precision!r}")
@@ -433,6 +450,8 @@ def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum
 
     # Everything that can be wrong with the data is found here, before any training.
     root = _resolve_data(data)
+    # The checkpoint names the data by its absolute path, so that `eval CKPT` finds its val/ from any directory.
+    data_path = str(root.resolve())
     train_folder = _data.ImageFolder(root / "train")
     val_folder = _data.ImageFolder(root / "val")
     _data.check_same_classes(train_folder, val_folder)
@@ -473,9 +492,10 @@ def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum
                 settings[key] = saved[key]
             if isinstance(settings["scale"], list):
                 settings["scale"] = tuple(settings["scale"])
-            if state["model_info"]["class_names"] != train_folder.classes:
-                raise ValueError(f"train: the classes of {root / 'train'} differ from the checkpoint's "
-                                 f"{state['model_info']['class_names']}")
+            saved_names = state["model_info"]["class_names"]
+            if saved_names != train_folder.classes:
+                differences = _data.class_differences(saved_names, train_folder.classes, "the checkpoint", "the data")
+                raise ValueError(f"train: the classes of {root / 'train'} differ from the checkpoint's: {differences}")
         elif verbose:
             print(f"no checkpoint at {last_path}; starting a new run")
 
@@ -705,7 +725,7 @@ def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum
                         "model_info": describe(model), "optimizer": optimizer.state_dict(),
                         "rng": _random.get_state(), "schedule": dict(schedule), "history": history,
                         "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in settings.items()},
-                        "stats": stats, "data": str(root), "precision": precision}
+                        "stats": stats, "data": data_path, "precision": precision}
                 # best first: `last` records this epoch's improvement, so it must not exist without that best
                 if improved:
                     _ckpt.save_state(ckpt_dir / "best.safetensors", ckpt)

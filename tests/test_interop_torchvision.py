@@ -273,3 +273,36 @@ def test_save_torchvision(tmp_path, tv_file):
     loaded = torch.load(pth, weights_only=True)
     assert all(np.array_equal(loaded[k].numpy(), state[k]) for k in state)
     assert json.dumps(sorted(loaded)) == json.dumps(sorted(state))
+
+
+def _same_state(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    assert list(sa) == list(sb)
+    for k in sa:
+        assert sa[k].shape == sb[k].shape and np.array_equal(sa[k], sb[k]), k
+
+
+@pytest.mark.parametrize("config", ["A", "B", "C", "D", "E"])
+def test_fractional_widths_round_trip(config):
+    # vgg() rounds each layer's channels on its own (width 0.3: 19, 38, 77, 154), so conv1_1's 19 / 64 is not
+    # the width: the inverse must find one that reproduces every layer, and the original when it is simple.
+    vc.manual_seed(5)
+    for width, recovered in ((0.3, 0.3), (0.2, 0.2), (0.7, 0.7), (1 / 3, 1 / 3), (0.125, 0.125), (0.33, None),
+                             (0.01, None)):
+        net = vc.models.vgg(config, num_classes=3, width=width, fc_width=8, input_size=32, init="he")
+        again = from_torchvision(net.to_torchvision())
+        assert again.config == config
+        if recovered is not None:
+            assert again.width == recovered, (width, again.width)
+        _same_state(net, again)            # same channels everywhere, weights bit-identical
+
+
+def test_no_width_reproduces_the_channels_is_a_clear_error():
+    sd = to_torchvision(vc.models.vgg("A", num_classes=3, width=0.5, fc_width=8, input_size=32, init=None))
+    sd["features.0.weight"] = np.zeros((19, 3, 3, 3), np.float32)     # conv1_1 as at width 0.3
+    sd["features.0.bias"] = np.zeros(19, np.float32)
+    sd["features.3.weight"] = np.zeros((64, 19, 3, 3), np.float32)
+    with pytest.raises(ValueError, match=r"no width reproduces the conv channels per stage \[\[19\], \[64\], "
+                                         r"\[128, 128\].*conv4_1's 256 channels need width >= 0.499023 "
+                                         r"while conv1_1's 19 channels need width <= 0.304688"):
+        from_torchvision(sd)

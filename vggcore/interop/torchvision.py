@@ -14,7 +14,9 @@ tensors: any other global (``os.system``, ``builtins.eval``, a pickled Module, .
 from __future__ import annotations
 
 import collections
+import fractions
 import io
+import math
 import os
 import pickle
 import zipfile
@@ -280,8 +282,7 @@ def _infer(sd):
     if config is None:
         raise ValueError(f"from_torchvision: conv layers per stage {[len(s) for s in stages]} (kernels {stages}) "
                          "match none of the configurations A, B, C, D, E")
-    c1 = int(sd[f"features.{indices[0]}.weight"].shape[0])
-    width = c1 / 64.0
+    width = _infer_width(config, [int(sd[f"features.{index}.weight"].shape[0]) for index in indices])
     fc6 = sd["classifier.0.weight"]
     fc8 = sd["classifier.6.weight"]
     if fc6.ndim != 2 or fc8.ndim != 2:
@@ -301,13 +302,66 @@ def _infer(sd):
             want = (want[0], want[3], want[1], want[2]) if kind == "weight" else want
             if got != want:
                 raise ValueError(f"from_torchvision: features.{index}.{kind} ({name}) has shape {got}; VGG-{config} "
-                                 f"at width {width:g} (from conv1_1's {c1} channels) needs {want}")
+                                 f"at width {width:g} (inferred from the conv channels) needs {want}")
     for tv, name in _CLASSIFIER:
         for kind in ("weight", "bias"):
             got, want = tuple(sd[f"{tv}.{kind}"].shape), expected[f"{name}.{kind}"]
             if got != want:
                 raise ValueError(f"from_torchvision: {tv}.{kind} ({name}) has shape {got}, expected {want}")
     return config, width, fc_width, 32 * side, num_classes
+
+
+def _simplest_between(lo, hi):
+    """The fraction with the smallest denominator strictly between ``lo`` and ``hi`` (0 <= lo < hi, Fractions;
+    hi None is infinity): the Stern-Brocot search, one continued-fraction term per step."""
+    n = math.floor(lo) + 1
+    if hi is None or n < hi:
+        return fractions.Fraction(n)
+    whole = n - 1
+    return whole + 1 / _simplest_between(1 / (hi - whole), None if lo == whole else 1 / (lo - whole))
+
+
+def _infer_width(config, channels):
+    """The width with which vgg() gives every conv layer of ``config`` the ``channels`` found in the weights.
+
+    vgg() rounds each layer's channels separately, max(1, round(base * width)), so conv1_1's channels / 64 is
+    not always the width the net was built with (width 0.3: conv1_1 has 19 channels, 19 / 64 gives conv3_1
+    round(256 * 0.296875) = 76 channels where the net has round(256 * 0.3) = 77). Each layer allows an interval
+    of widths; their intersection holds the original width. c1 / 64 is kept when it works (the widths 1, 1/2,
+    1/8, ... that always round-tripped); otherwise the simplest fraction inside, which is the original width
+    whenever that was a simple one such as 0.3 or 1/3. Every candidate is checked with vgg()'s own rounding.
+    """
+    from ..models.vgg import CONFIGS, _channels
+    bases = [item[1] for convs in CONFIGS[config] for item in convs if item != "LRN"]
+    names = [name for _, name in _feature_indices(config)]
+    lo, hi = fractions.Fraction(0), None       # widths every layer so far allows (endpoints by half-to-even)
+    lo_layer = hi_layer = None
+    for name, base, k in zip(names, bases, channels):
+        low = fractions.Fraction(0) if k == 1 else fractions.Fraction(2 * k - 1, 2 * base)
+        high = fractions.Fraction(2 * k + 1, 2 * base)   # 1 channel: any width that rounds below 1.5 channels
+        if low > lo:
+            lo, lo_layer = low, (name, k)
+        if hi is None or high < hi:
+            hi, hi_layer = high, (name, k)
+    per_stage, pos = [], 0
+    for convs in CONFIGS[config]:
+        n = sum(1 for item in convs if item != "LRN")
+        per_stage.append(channels[pos:pos + n])
+        pos += n
+    if lo > hi:
+        raise ValueError(f"from_torchvision: no width reproduces the conv channels per stage {per_stage} of VGG-{config}: "
+                         f"vgg() gives each layer round(base * width) channels (bases 64, 128, 256, 512, 512), and "
+                         f"{lo_layer[0]}'s {lo_layer[1]} channels need width >= {float(lo):.6g} while "
+                         f"{hi_layer[0]}'s {hi_layer[1]} channels need width <= {float(hi):.6g}")
+    candidates = [channels[0] / 64.0]
+    if lo < hi:
+        candidates.append(float(_simplest_between(lo, hi)))
+    candidates += [float((lo + hi) / 2), float(lo), float(hi)]
+    for width in candidates:
+        if width > 0 and all(_channels(base, width) == k for base, k in zip(bases, channels)):
+            return width
+    raise ValueError(f"from_torchvision: no width reproduces the conv channels per stage {per_stage} of VGG-{config} "
+                     f"(vgg() gives each layer round(base * width) channels, bases 64, 128, 256, 512, 512)")
 
 
 def from_torchvision(source, num_classes=None):

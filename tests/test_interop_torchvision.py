@@ -306,3 +306,16 @@ def test_no_width_reproduces_the_channels_is_a_clear_error():
                                          r"\[128, 128\].*conv4_1's 256 channels need width >= 0.499023 "
                                          r"while conv1_1's 19 channels need width <= 0.304688"):
         from_torchvision(sd)
+
+
+def test_missing_tensors_are_value_errors_naming_the_key():
+    sd = random_state("A", width=0.0625, fc=8, classes=3)
+    for key in ("classifier.0.weight", "classifier.0.bias", "classifier.3.bias", "classifier.6.weight",
+                "classifier.6.bias"):
+        with pytest.raises(ValueError, match=rf"from_torchvision: the state dict has no {key}"):
+            from_torchvision({k: v for k, v in sd.items() if k != key})
+    # the stage pattern of A, numbered from features.2: conv1_1 (features.0) is missing
+    shifted = {(f"features.{int(k.split('.')[1]) + 2}.{k.split('.')[2]}" if k.startswith("features.") else k): v
+               for k, v in sd.items()}
+    with pytest.raises(ValueError, match=r"conv layers are features.\[0, 3, 6, 8, .*\(no features.0.weight\)"):
+        from_torchvision(shifted)

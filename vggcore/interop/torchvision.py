@@ -251,6 +251,10 @@ def _infer(sd):
     classifier = sorted({int(k.split(".")[1]) for k in keys if k.startswith("classifier.")})
     if classifier != [0, 3, 6]:
         raise ValueError(f"from_torchvision: classifier layers {classifier}, torchvision's VGG has 0, 3 and 6")
+    for tv, name in _CLASSIFIER:
+        for kind in ("weight", "bias"):
+            if f"{tv}.{kind}" not in sd:
+                raise ValueError(f"from_torchvision: the state dict has no {tv}.{kind} ({name}'s {kind})")
     for index, kinds in conv.items():
         if kinds != {"weight", "bias"}:
             raise ValueError(f"from_torchvision: features.{index} lacks its {({'weight', 'bias'} - kinds).pop()}")
@@ -282,6 +286,13 @@ def _infer(sd):
     if config is None:
         raise ValueError(f"from_torchvision: conv layers per stage {[len(s) for s in stages]} (kernels {stages}) "
                          "match none of the configurations A, B, C, D, E")
+    expected_indices = [index for index, _ in _feature_indices(config)]
+    if indices != expected_indices:
+        # the stage pattern fits but the numbering is shifted (features.0 is always conv1_1 in torchvision)
+        missing = sorted(set(expected_indices) - set(indices))
+        raise ValueError(f"from_torchvision: VGG-{config}'s conv layers are features.{expected_indices} in "
+                         f"torchvision's layout, the state dict has features.{indices} (no "
+                         f"features.{missing[0]}.weight)")
     width = _infer_width(config, [int(sd[f"features.{index}.weight"].shape[0]) for index in indices])
     fc6 = sd["classifier.0.weight"]
     fc8 = sd["classifier.6.weight"]

@@ -319,3 +319,41 @@ def test_missing_tensors_are_value_errors_naming_the_key():
                for k, v in sd.items()}
     with pytest.raises(ValueError, match=r"conv layers are features.\[0, 3, 6, 8, .*\(no features.0.weight\)"):
         from_torchvision(shifted)
+
+
+def test_input_size_not_a_multiple_of_32_round_trips():
+    # fc6 only records the last map's side (100 // 32 = 3): the default is 96, input_size=100 restores the net
+    vc.manual_seed(6)
+    net = vc.models.vgg("A", num_classes=3, width=1 / 16, fc_width=8, input_size=100, init="he").eval()
+    sd = net.to_torchvision()
+    assert from_torchvision(sd).input_size == 96
+    again = from_torchvision(sd, input_size=100).eval()
+    assert again.input_size == 100
+    _same_state(net, again)
+    x = vc.tensor(np.random.default_rng(0).standard_normal((1, 100, 100, 3)).astype(np.float32))
+    with vc.no_grad():
+        assert np.array_equal(again(x).numpy(), net(x).numpy())
+    assert vc.interop.load_weights(sd, input_size=100).input_size == 100
+    for bad, error, message in ((128, ValueError, r"input_size=128 gives a 4x4 map at fc6, but classifier.0.weight "
+                                                  r"reads a 3x3 map of 32 channels \(input_size 96 to 127\)"),
+                                (95, ValueError, "input_size=95 gives a 2x2 map"),
+                                (31, ValueError, "from_torchvision: input_size must be >= 32"),
+                                (100.0, TypeError, "from_torchvision: input_size must be an int")):
+        with pytest.raises(error, match=message):
+            from_torchvision(sd, input_size=bad)
+    with pytest.raises(ValueError, match="load_weights: input_size=64, but the model takes 100x100"):
+        vc.interop.load_weights(net, input_size=64)
+
+
+def test_num_classes_is_checked_like_vgg():
+    sd = random_state("A", width=0.0625, fc=8, classes=3)
+    for bad in (2.7, "5", True):
+        with pytest.raises(TypeError, match="from_torchvision: num_classes must be an int"):
+            from_torchvision(sd, num_classes=bad)
+    for bad in (0, -2):
+        with pytest.raises(ValueError, match="from_torchvision: num_classes must be >= 1"):
+            from_torchvision(sd, num_classes=bad)
+    with pytest.raises(TypeError, match="load_weights: num_classes must be an int"):
+        vc.interop.load_weights(sd, num_classes=2.5)
+    assert from_torchvision(sd, num_classes=np.int64(5)).num_classes == 5
+    assert vc.interop.load_weights(from_torchvision(sd), num_classes=4).num_classes == 4

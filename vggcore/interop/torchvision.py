@@ -230,8 +230,9 @@ def _feature_indices(config):
 _CLASSIFIER = (("classifier.0", "fc6"), ("classifier.3", "fc7"), ("classifier.6", "fc8"))
 
 
-def _infer(sd):
-    """(config, width, fc_width, input_size, num_classes) from torchvision-layout keys and shapes."""
+def _infer(sd, input_size=None):
+    """(config, width, fc_width, input_size, num_classes) from torchvision-layout keys and shapes; input_size, when
+    given, is checked against fc6's input map (else it is 32 * the map's side)."""
     from ..models.vgg import CONFIGS, param_shapes
     keys = list(sd)
     if any("running_mean" in k or "running_var" in k for k in keys):
@@ -305,7 +306,13 @@ def _infer(sd):
     if side < 1 or side * side * c5 != fc6.shape[1]:
         raise ValueError(f"from_torchvision: classifier.0.weight has {fc6.shape[1]} inputs, not a square map of "
                          f"{c5} channels")
-    expected = param_shapes(config, num_classes=num_classes, width=width, fc_width=fc_width, input_size=32 * side)
+    if input_size is None:
+        input_size = 32 * side
+    elif input_size // 32 != side:
+        raise ValueError(f"from_torchvision: input_size={input_size} gives a {input_size // 32}x{input_size // 32} map "
+                         f"at fc6, but classifier.0.weight reads a {side}x{side} map of {c5} channels (input_size "
+                         f"{32 * side} to {32 * side + 31})")
+    expected = param_shapes(config, num_classes=num_classes, width=width, fc_width=fc_width, input_size=input_size)
     for index, name in _feature_indices(config):
         for kind in ("weight", "bias"):
             got = tuple(sd[f"features.{index}.{kind}"].shape)
@@ -319,7 +326,7 @@ def _infer(sd):
             got, want = tuple(sd[f"{tv}.{kind}"].shape), expected[f"{name}.{kind}"]
             if got != want:
                 raise ValueError(f"from_torchvision: {tv}.{kind} ({name}) has shape {got}, expected {want}")
-    return config, width, fc_width, 32 * side, num_classes
+    return config, width, fc_width, input_size, num_classes
 
 
 def _simplest_between(lo, hi):
@@ -375,7 +382,7 @@ def _infer_width(config, channels):
                      f"(vgg() gives each layer round(base * width) channels, bases 64, 128, 256, 512, 512)")
 
 
-def from_torchvision(source, num_classes=None):
+def from_torchvision(source, num_classes=None, input_size=None):
     """A VGG from torchvision-layout weights (``features.N.*``, ``classifier.{0,3,6}.*``).
 
     source: a state dict (name -> numpy array or torch tensor) or the path of a ``.pth`` (read without torch
@@ -384,10 +391,19 @@ def from_torchvision(source, num_classes=None):
     torchvision's: RGB scaled to [0, 1], minus the mean, divided by the std per channel; evaluated at Q=256.
     num_classes: when given and different from the weights', fc8 is replaced by a freshly initialised layer
     of that size (for fine-tuning; class names are then unset).
+    input_size: the image side the net takes. torchvision's layout does not record it: fc6 only gives the side
+    of the last feature map (input_size // 32), so the default is 32 * that side (224 for torchvision's own
+    weights). A net built for, say, 100 pixels (a 3x3 map) comes back at 96 unless input_size=100 is passed; a
+    size whose map is not fc6's is a ValueError.
     """
+    from .._checks import check_int
     from ..models.vgg import VGG
+    if num_classes is not None:
+        num_classes = check_int("from_torchvision", "num_classes", num_classes, 1)
+    if input_size is not None:
+        input_size = check_int("from_torchvision", "input_size", input_size, 32)   # five 2x2 max-pools
     sd = read_state_dict(source)
-    config, width, fc_width, input_size, classes = _infer(sd)
+    config, width, fc_width, input_size, classes = _infer(sd, input_size)
     model = VGG(config, num_classes=classes, width=width, fc_width=fc_width, input_size=input_size, init=None)
     state = {}
     for index, name in _feature_indices(config):
@@ -405,8 +421,8 @@ def from_torchvision(source, num_classes=None):
     model.input_scale = 1.0 / 255.0
     model.std_rgb = list(TORCHVISION_STD)
     model.test_scale = TORCHVISION_TEST_SCALE
-    if num_classes is not None and int(num_classes) != classes:
-        model = model.with_num_classes(int(num_classes))
+    if num_classes is not None and num_classes != classes:
+        model = model.with_num_classes(num_classes)
     return model
 
 

@@ -357,3 +357,74 @@ def test_num_classes_is_checked_like_vgg():
         vc.interop.load_weights(sd, num_classes=2.5)
     assert from_torchvision(sd, num_classes=np.int64(5)).num_classes == 5
     assert vc.interop.load_weights(from_torchvision(sd), num_classes=4).num_classes == 4
+
+
+def test_bad_weight_files_say_what_is_wrong(tmp_path):
+    import re
+    good = tmp_path / "good.pth"
+    _zip_pickle(good, pickle.dumps({"a": 1}, protocol=2) + b"\0" * 4096)
+    data = good.read_bytes()
+    cut = tmp_path / "cut.pth"
+    cut.write_bytes(data[:len(data) * 9 // 10])                  # a download cut short: no central directory
+    with pytest.raises(ValueError, match="damaged or truncated zip archive") as error:
+        from_torchvision(cut)
+    assert "1.6" not in str(error.value)
+    legacy = tmp_path / "legacy.pth"
+    legacy.write_bytes(pickle.dumps({"a": 1}, protocol=2))
+    with pytest.raises(ValueError, match=r"not a torch zip archive but a bare pickle, as torch < 1.6"):
+        read_pth(legacy)
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"GIF89a..")
+    with pytest.raises(ValueError, match=r"not a torch zip archive \(nor a legacy torch pickle: it starts with b'GIF8'"):
+        read_pth(junk)
+    for op in (from_torchvision, read_pth, vc.interop.load_weights):
+        with pytest.raises(IsADirectoryError, match=rf"{op.__name__}: .* is a directory"):
+            op(tmp_path)
+        with pytest.raises(FileNotFoundError, match=rf"{op.__name__}: .* does not exist"):
+            op(tmp_path / "missing.pth")
+    # a pickle the reader cannot parse names the function and the file
+    garbled = tmp_path / "garbled.pth"
+    for payload, error in ((b"\x80\xc8", ValueError), (b"\xff\xff", pickle.UnpicklingError), (b"\x80\x02}", ValueError)):
+        _zip_pickle(garbled, payload)
+        with pytest.raises(error, match=rf"read_pth: {re.escape(str(garbled))}: its archive/data.pkl is damaged"):
+            read_pth(garbled)
+
+
+def test_safetensors_suffix_is_case_insensitive(tmp_path):
+    net = vc.models.vgg("A", num_classes=3, width=1 / 16, fc_width=8, input_size=32, init="he")
+    path = save_torchvision(net, tmp_path / "w.SafeTensors")      # without torch: safetensors, not torch.save
+    assert path.read_bytes()[8:9] == b"{"
+    _same_state(net, from_torchvision(path))
+    _same_state(net, vc.interop.load_weights(path))
+
+
+def test_expanded_views_are_refused_before_allocating(tmp_path):
+    import tracemalloc
+    torch = pytest.importorskip("torch")
+    path = tmp_path / "expanded.pth"
+    # 8 bytes of storage posing as a 16 MB tensor: copying it out would let a tiny file ask for any allocation
+    torch.save({"state_dict": {"classifier.0.bias": torch.zeros(3)[::2], "features.0.weight":
+                               torch.zeros(2, 1).expand(2000, 2, 1000)}}, path)
+    assert path.stat().st_size < 4096
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=r"tensor 'state_dict/features.0.weight' of shape \(2000, 2, 1000\) "
+                                             r"\(stride \(0, 1, 0\)\) has 4000000 elements but its storage \S+ "
+                                             r"holds 2 \(from offset 0\)"):
+            read_pth(path)
+        assert tracemalloc.get_traced_memory()[1] < 2 ** 20
+    finally:
+        tracemalloc.stop()
+    # overlapping views that fit in their storage (and every ordinary view) still load
+    torch.save({"t": torch.arange(6.0).as_strided((2, 3), (1, 1)), "v": torch.arange(6.0).reshape(2, 3).t()}, path)
+    got = read_pth(path)
+    assert np.array_equal(got["t"], [[0, 1, 2], [1, 2, 3]]) and np.array_equal(got["v"], [[0, 3], [1, 4], [2, 5]])
+
+
+def test_pickle_cannot_set_the_readers_objects(tmp_path):
+    # a storage from a persistent id, then BUILD with a dict: pickle would set its attributes (numel, reader)
+    storage = b"(X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x000X\x03\x00\x00\x00cpuK\x01tQ"
+    path = tmp_path / "build.pth"
+    _zip_pickle(path, b"\x80\x02" + storage + b"}X\x05\x00\x00\x00numelK\x00sb.")
+    with pytest.raises(pickle.UnpicklingError, match="sets the state of a Storage"):
+        read_pth(path)

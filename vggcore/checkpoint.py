@@ -47,6 +47,11 @@ _METADATA_ENTRY = "__metadata__"   # the checksum list's entry for the metadata 
 _MAX_HEADER = 100_000_000
 
 
+def bfloat16_to_float32(bits):
+    """float32 values of bfloat16 ``bits`` (uint16 array): the top half of a float32, so the widening is exact."""
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
 def _current_umask():
     mask = os.umask(0o022)
     os.umask(mask)

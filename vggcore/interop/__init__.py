@@ -4,12 +4,11 @@ Caffe and ONNX out. Nothing here downloads anything; torch, protobuf and onnx ar
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from .caffe import CAFFE_MEAN_BGR, from_caffe, read_caffemodel, to_caffe, write_caffemodel
 from .onnx_export import OPSET, export_onnx
 from .torchvision import (TORCHVISION_MEAN, TORCHVISION_STD, from_torchvision, read_pth, read_state_dict,
                           save_torchvision, to_torchvision)
+from .torchvision import _weights_file
 
 __all__ = ["from_torchvision", "to_torchvision", "save_torchvision", "from_caffe", "to_caffe", "export_onnx",
            "load_weights", "read_pth", "read_state_dict", "read_caffemodel", "write_caffemodel", "OPSET",
@@ -34,9 +33,7 @@ def load_weights(source, num_classes=None, device="cpu", input_size=None):
     elif isinstance(source, dict):
         model = from_torchvision(source, num_classes=num_classes, input_size=input_size)
     else:
-        path = Path(source)
-        if not path.is_file():
-            raise FileNotFoundError(f"load_weights: {path} does not exist")
+        path = _weights_file("load_weights", source)
         suffix = path.suffix.lower()
         if suffix == ".caffemodel":
             model = from_caffe(path, num_classes=num_classes, input_size=input_size)

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .torchvision import _weights_file
+
 __all__ = ["from_caffe", "to_caffe", "read_caffemodel", "write_caffemodel", "CAFFE_MEAN_BGR"]
 
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
@@ -108,9 +110,7 @@ def _blob(buf):
 
 def read_caffemodel(path) -> list:
     """[(layer name, layer type, [blobs as float32 arrays])] of the layers that carry blobs, in file order."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"from_caffe: {path} does not exist")
+    path = _weights_file("from_caffe", path)
     buf = memoryview(path.read_bytes())
     layers = []
     for number, wire, value in _fields(buf):

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..checkpoint import bfloat16_to_float32
+
 __all__ = ["from_torchvision", "to_torchvision", "save_torchvision", "read_pth", "read_state_dict",
            "TORCHVISION_MEAN", "TORCHVISION_STD"]
 
@@ -41,8 +43,20 @@ _STORAGE_DTYPES = {
 }
 
 
-class _Storage:
+class _NoState:
+    """Refuses pickle's BUILD opcode, which would otherwise set attributes of the reader's own objects."""
+
+    __slots__ = ()
+
+    def __setstate__(self, state):
+        raise pickle.UnpicklingError(f"read_pth: the pickle sets the state of a {type(self).__name__[1:]}, "
+                                     "which torch never does")
+
+
+class _Storage(_NoState):
     """A torch storage named by the pickle: its element type, key (file in the zip) and element count."""
+
+    __slots__ = ("dtype", "key", "numel", "_reader", "_array")
 
     def __init__(self, dtype, key, numel, reader):
         self.dtype, self.key, self.numel, self._reader = dtype, key, int(numel), reader
@@ -51,39 +65,73 @@ class _Storage:
     def array(self):
         if self._array is None:
             raw = self._reader(self.key)
-            if self.dtype == "bfloat16":
-                bits = np.frombuffer(raw, dtype="<u2", count=self.numel)
-                self._array = (bits.astype(np.uint32) << 16).view(np.float32)
-            else:
-                dt = np.dtype(self._dtype_le())
-                if len(raw) < dt.itemsize * self.numel:
-                    raise ValueError(f"read_pth: storage {self.key} holds {len(raw)} bytes, "
-                                     f"{self.numel} elements of {dt} need {dt.itemsize * self.numel}")
-                self._array = np.frombuffer(raw, dtype=dt, count=self.numel)
+            bf16 = self.dtype == "bfloat16"
+            dt = np.dtype(np.uint16 if bf16 else self.dtype)     # bfloat16: its bits, widened below
+            dt = dt if dt.itemsize == 1 else dt.newbyteorder(self._reader.byteorder)
+            if len(raw) < dt.itemsize * self.numel:
+                raise ValueError(f"read_pth: {self._reader.path}: storage {self.key} holds {len(raw)} bytes, "
+                                 f"{self.numel} elements of {'bfloat16' if bf16 else dt} need "
+                                 f"{dt.itemsize * self.numel}")
+            self._array = np.frombuffer(raw, dtype=dt, count=self.numel)
+            if bf16:
+                self._array = bfloat16_to_float32(self._array)
         return self._array
 
-    def _dtype_le(self):
-        dt = np.dtype(self.dtype)
-        return dt if dt.itemsize == 1 else dt.newbyteorder(self._reader.byteorder)
+
+class _Tensor(_NoState):
+    """A tensor named by the pickle, read from its storage only after unpickling, when its key in the state
+    dict is known (so errors can name it) and its size has been checked against the storage."""
+
+    __slots__ = ("storage", "offset", "size", "stride")
+
+    def __init__(self, storage, offset, size, stride):
+        self.storage, self.offset, self.size, self.stride = storage, offset, size, stride
+
+    def array(self, name, path):
+        storage, offset, size, stride = self.storage, self.offset, self.size, self.stride
+        count = math.prod(size)
+        if count > storage.numel - offset:
+            # only a view whose elements overlap (stride 0, from expand()) can name more elements than its
+            # storage holds; copying it out would let a tiny file allocate any amount of memory
+            raise ValueError(f"read_pth: {path}: tensor {name!r} of shape {size} (stride {stride}) has {count} "
+                             f"elements but its storage {storage.key} holds {storage.numel} (from offset {offset}): "
+                             "an expanded or overlapping view; save a contiguous copy (tensor.contiguous().clone())")
+        if count == 0:
+            return np.zeros(size, storage.array().dtype.newbyteorder("="))
+        flat = storage.array()
+        last = offset + sum((n - 1) * s for n, s in zip(size, stride))
+        if last >= flat.size:
+            raise pickle.UnpicklingError(f"read_pth: {path}: tensor {name!r} of size {size}, stride {stride}, "
+                                         f"offset {offset} reaches past its storage of {flat.size} elements")
+        view = np.lib.stride_tricks.as_strided(flat[offset:], shape=size,
+                                               strides=tuple(s * flat.itemsize for s in stride), writeable=False)
+        return np.array(view, dtype=flat.dtype.newbyteorder("="), order="C")
 
 
 def _rebuild_tensor(storage, offset, size, stride, *_ignored):
-    """The numpy copy of a strided view of ``storage`` (torch._utils._rebuild_tensor_v2's arguments)."""
+    """A strided view of ``storage`` (torch._utils._rebuild_tensor_v2's arguments), read after unpickling."""
     if not isinstance(storage, _Storage):
         raise pickle.UnpicklingError("read_pth: a tensor refers to something that is not a storage")
     size, stride, offset = tuple(int(s) for s in size), tuple(int(s) for s in stride), int(offset)
     if len(size) != len(stride) or any(s < 0 for s in size) or any(s < 0 for s in stride) or offset < 0:
         raise pickle.UnpicklingError(f"read_pth: invalid tensor geometry size={size} stride={stride}")
-    flat = storage.array()
-    if 0 in size:
-        return np.zeros(size, flat.dtype)
-    last = offset + sum((n - 1) * s for n, s in zip(size, stride))
-    if last >= flat.size:
-        raise pickle.UnpicklingError(f"read_pth: tensor of size {size}, stride {stride}, offset {offset} "
-                                     f"reaches past its storage of {flat.size} elements")
-    view = np.lib.stride_tricks.as_strided(flat[offset:], shape=size,
-                                           strides=tuple(s * flat.itemsize for s in stride), writeable=False)
-    return np.array(view, dtype=flat.dtype.newbyteorder("="), order="C")
+    return _Tensor(storage, offset, size, stride)
+
+
+def _materialise(obj, path, name=""):
+    """``obj`` with every tensor read into a numpy array, named by its key path (``state_dict/features.0.weight``)."""
+    if isinstance(obj, _Tensor):
+        return obj.array(name or "<the file's object>", path)
+    if isinstance(obj, dict):
+        for key, value in list(obj.items()):
+            obj[key] = _materialise(value, path, f"{name}/{key}" if name else str(key))
+    elif isinstance(obj, list):
+        obj[:] = [_materialise(v, path, f"{name}/{i}" if name else str(i)) for i, v in enumerate(obj)]
+    elif isinstance(obj, tuple):
+        obj = tuple(_materialise(v, path, f"{name}/{i}" if name else str(i)) for i, v in enumerate(obj))
+    elif isinstance(obj, _Storage):
+        raise ValueError(f"read_pth: {path}: {name or 'the file'} is a bare storage, not a tensor")
+    return obj
 
 
 def _rebuild_parameter(data, *_ignored):
@@ -129,31 +177,52 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 
 class _ZipReader:
-    def __init__(self, archive: zipfile.ZipFile, prefix: str, byteorder: str):
-        self.archive, self.prefix, self.byteorder = archive, prefix, byteorder
+    def __init__(self, archive: zipfile.ZipFile, prefix: str, byteorder: str, path):
+        self.archive, self.prefix, self.byteorder, self.path = archive, prefix, byteorder, path
 
     def __call__(self, key):
         try:
             return self.archive.read(f"{self.prefix}data/{key}")
         except KeyError:
-            raise ValueError(f"read_pth: the file has no storage {key!r} ({self.prefix}data/{key})") from None
+            raise ValueError(f"read_pth: {self.path} has no storage {key!r} ({self.prefix}data/{key})") from None
+
+
+def _weights_file(op, path) -> Path:
+    """``path`` as a Path, if it is an existing file (else FileNotFoundError, or IsADirectoryError, naming ``op``)."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{op}: {path} is a directory, not a weights file")
+    if not path.is_file():
+        raise FileNotFoundError(f"{op}: {path} does not exist")
+    return path
 
 
 def read_pth(path) -> dict:
     """The object in a ``torch.save`` zip file (torch >= 1.6), built from tensors and plain containers only.
 
     Tensors come back as NumPy arrays (bfloat16 as float32). Raises ``pickle.UnpicklingError`` for a file
-    that names any other Python object, and ValueError for a file that is not a torch zip archive.
+    that names any other Python object, ValueError for a file that is not a torch zip archive or is damaged
+    (truncated, failing a CRC, a garbled pickle, a tensor that is an expanded view larger than its storage),
+    FileNotFoundError for a missing file.
     """
-    path = Path(path)
+    path = _weights_file("read_pth", path)
     if not zipfile.is_zipfile(path):
-        raise ValueError(f"read_pth: {path} is not a torch zip archive (files written by torch < 1.6 with "
-                         "_use_new_zipfile_serialization=False are not supported; re-save them with a recent torch)")
+        with open(path, "rb") as f:
+            head = f.read(4)
+        if head.startswith(b"PK"):       # a zip whose end (the central directory) is missing: cut short
+            raise ValueError(f"read_pth: {path} is a damaged or truncated zip archive (its central directory, at "
+                             "the end of the file, is missing or unreadable); copy or download it again")
+        if head.startswith(b"\x80"):     # a bare pickle (protocol 2+): torch's legacy format
+            raise ValueError(f"read_pth: {path} is not a torch zip archive but a bare pickle, as torch < 1.6 (or "
+                             "_use_new_zipfile_serialization=False) writes, which is not supported; re-save it with "
+                             "a recent torch")
+        raise ValueError(f"read_pth: {path} is not a torch zip archive (nor a legacy torch pickle: it starts with "
+                         f"{head!r})")
     try:
         return _read_pth_archive(path)
     except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as error:
         # a damaged archive (a member failing its CRC-32, a truncated stream): named, as any other bad file
-        raise ValueError(f"read_pth: {path} is a damaged zip archive ({error})") from None
+        raise ValueError(f"read_pth: {path} is a damaged or truncated zip archive ({error})") from None
 
 
 def _read_pth_archive(path):
@@ -168,17 +237,28 @@ def _read_pth_archive(path):
             byteorder = "little"
         if byteorder not in ("little", "big"):
             raise ValueError(f"read_pth: {path} has an unknown byteorder {byteorder!r}")
-        reader = _ZipReader(archive, prefix, "<" if byteorder == "little" else ">")
-        return _RestrictedUnpickler(io.BytesIO(archive.read(pickles[0])), reader).load()
+        reader = _ZipReader(archive, prefix, "<" if byteorder == "little" else ">", path)
+        try:
+            obj = _RestrictedUnpickler(io.BytesIO(archive.read(pickles[0])), reader).load()
+        except pickle.UnpicklingError as error:
+            text = str(error)        # the refusals above start "read_pth: "; pickle's own errors do not
+            text = text[len("read_pth: "):] if text.startswith("read_pth: ") else f"its {pickles[0]} is damaged ({text})"
+            raise pickle.UnpicklingError(f"read_pth: {path}: {text}") from None
+        except (ValueError, EOFError, TypeError, AttributeError, IndexError, KeyError, OverflowError) as error:
+            # pickle's own errors for a garbled stream (an unknown protocol, data cut short, a bad opcode argument)
+            raise ValueError(f"read_pth: {path}: its {pickles[0]} is damaged or not written by torch "
+                             f"({type(error).__name__}: {error})") from None
+        try:
+            return _materialise(obj, path)
+        except RecursionError:
+            raise ValueError(f"read_pth: {path}: its {pickles[0]} is nested too deeply") from None
 
 
 def read_state_dict(source) -> dict:
     """``{name: numpy array}`` from a state dict (numpy arrays or torch tensors) or a .pth/.safetensors path."""
     if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        if not path.is_file():
-            raise FileNotFoundError(f"from_torchvision: {path} does not exist")
-        if path.suffix == ".safetensors":
+        path = _weights_file("from_torchvision", source)
+        if path.suffix.lower() == ".safetensors":
             from ..checkpoint import load_file
             obj, _ = load_file(path)
         else:
@@ -455,7 +535,7 @@ def save_torchvision(model, path):
     reads it), ``.pth`` with ``torch.save`` (needs torch; ``torch.load(path)`` then gives the state dict)."""
     path = Path(path)
     state = to_torchvision(model)
-    if path.suffix == ".safetensors":
+    if path.suffix.lower() == ".safetensors":
         from ..checkpoint import save_file
         save_file(path, state)
         return path

@@ -428,3 +428,18 @@ def test_pickle_cannot_set_the_readers_objects(tmp_path):
     _zip_pickle(path, b"\x80\x02" + storage + b"}X\x05\x00\x00\x00numelK\x00sb.")
     with pytest.raises(pickle.UnpicklingError, match="sets the state of a Storage"):
         read_pth(path)
+
+
+def test_bf16_safetensors_from_torch_load_silently(tmp_path):
+    import warnings
+    torch = pytest.importorskip("torch")
+    st = pytest.importorskip("safetensors.torch")
+    sd = {k: torch.from_numpy(v) for k, v in random_state("A", width=0.0625, fc=8, classes=3).items()}
+    st.save_file({k: v.to(torch.bfloat16) for k, v in sd.items()}, str(tmp_path / "bf16.safetensors"))
+    st.save_file(sd, str(tmp_path / "f32.safetensors"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")          # a third-party file has no vggcore checksums to miss
+        bf16 = from_torchvision(tmp_path / "bf16.safetensors")
+        vc.interop.load_weights(tmp_path / "f32.safetensors")
+    want = from_torchvision({k: v.to(torch.bfloat16) for k, v in sd.items()})       # torch's own widening
+    _same_state(want, bf16)

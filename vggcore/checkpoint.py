@@ -35,7 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["save_file", "load_file", "save_state", "load_state", "atomic_write_bytes", "read_metadata"]
+__all__ = ["save_file", "load_file", "save_state", "load_state", "atomic_write_bytes", "read_metadata",
+           "check_output_path"]
 
 _DTYPES = {
     "F64": np.float64, "F32": np.float32, "F16": np.float16,
@@ -79,11 +80,31 @@ def _fsync_dir(folder):
         os.close(fd)
 
 
+def check_output_path(op, path) -> Path:
+    """``path`` as a Path if a file can be created there, else ValueError naming ``op``: the path is a directory,
+    or one of its parents is a file (mkdir would fail with a bare FileExistsError / NotADirectoryError)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{op}: {path} is a directory; pass the path of the file to write")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"{op}: cannot write {path}: {parent} is a file, not a folder")
+            break
+    return path
+
+
 def _atomic_write(path, write):
     path = Path(path)
+    missing = []                     # the folders this write creates, deepest first: removed again if it fails
+    for parent in path.parents:
+        if parent.exists():
+            break
+        missing.append(parent)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             if hasattr(os, "fchmod"):
                 os.fchmod(f.fileno(), _FILE_MODE)
@@ -92,10 +113,16 @@ def _atomic_write(path, write):
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as error:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+        for folder in missing:
+            try:
+                os.rmdir(folder)
+            except OSError:
+                break                # a folder someone else filled meanwhile stays, and so do its parents
         if isinstance(error, OSError) and error.filename is None and error.errno:
             # a failed write (ENOSPC, EIO) names no file: name the checkpoint being written
             raise OSError(error.errno, error.strerror or str(error), str(path)) from error

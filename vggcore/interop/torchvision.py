@@ -531,12 +531,13 @@ def to_torchvision(model) -> dict:
 
 
 def save_torchvision(model, path):
-    """Write ``to_torchvision(model)`` to ``path``: ``.safetensors`` without torch (``safetensors.torch.load_file``
-    reads it), ``.pth`` with ``torch.save`` (needs torch; ``torch.load(path)`` then gives the state dict)."""
-    path = Path(path)
+    """Write ``to_torchvision(model)`` to ``path``, atomically: ``.safetensors`` without torch
+    (``safetensors.torch.load_file`` reads it), ``.pth`` with ``torch.save`` (needs torch; ``torch.load(path)``
+    then gives the state dict)."""
+    from ..checkpoint import atomic_write_bytes, check_output_path, save_file
+    path = check_output_path("save_torchvision", path)
     state = to_torchvision(model)
     if path.suffix.lower() == ".safetensors":
-        from ..checkpoint import save_file
         save_file(path, state)
         return path
     try:
@@ -544,5 +545,7 @@ def save_torchvision(model, path):
     except ImportError:
         raise ImportError("save_torchvision: writing a .pth needs torch; write a .safetensors file instead, "
                           "which torch users read with safetensors.torch.load_file") from None
-    torch.save(collections.OrderedDict((k, torch.from_numpy(np.array(v))) for k, v in state.items()), path)
+    buffer = io.BytesIO()          # written whole, then atomically, as every other file vggcore writes
+    torch.save(collections.OrderedDict((k, torch.from_numpy(np.array(v))) for k, v in state.items()), buffer)
+    atomic_write_bytes(path, buffer.getvalue())
     return path

@@ -102,6 +102,7 @@ def test_input_size_and_num_classes_are_checked(tmp_path):
     path = to_caffe(net, tmp_path / "vgg.caffemodel")
     assert from_caffe(path).input_size == 96
     assert from_caffe(path, input_size=100).input_size == 100
+    assert vc.models.from_caffe(path, input_size=100).input_size == 100
     with pytest.raises(ValueError, match="input_size=128 gives a 4x4 map"):
         from_caffe(path, input_size=128)
     with pytest.raises(TypeError, match="from_caffe: num_classes must be an int"):

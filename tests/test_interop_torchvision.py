@@ -334,6 +334,7 @@ def test_input_size_not_a_multiple_of_32_round_trips():
     with vc.no_grad():
         assert np.array_equal(again(x).numpy(), net(x).numpy())
     assert vc.interop.load_weights(sd, input_size=100).input_size == 100
+    assert vc.models.from_torchvision(sd, input_size=100).input_size == 100     # the public name forwards it
     for bad, error, message in ((128, ValueError, r"input_size=128 gives a 4x4 map at fc6, but classifier.0.weight "
                                                   r"reads a 3x3 map of 32 channels \(input_size 96 to 127\)"),
                                 (95, ValueError, "input_size=95 gives a 2x2 map"),

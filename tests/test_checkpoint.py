@@ -136,3 +136,48 @@ def test_unsupported_values_raise(tmp_path):
     with pytest.raises(TypeError, match="unsupported dtype"):
         checkpoint.save_file(tmp_path / "x.safetensors", {"c": np.zeros(2, np.complex64)})
     assert not list(tmp_path.iterdir())
+
+
+def _write_foreign(path, tensors, metadata=None):
+    """A safetensors file as another program writes it: {name: (dtype code, shape, raw bytes)}, no checksums."""
+    header, body = {}, b""
+    for name, (code, shape, raw) in tensors.items():
+        header[name] = {"dtype": code, "shape": shape, "data_offsets": [len(body), len(body) + len(raw)]}
+        body += raw
+    if metadata is not None:
+        header["__metadata__"] = metadata
+    blob = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(blob)) + blob + body)
+
+
+def test_bf16_tensors_read_as_float32_exactly(tmp_path):
+    # 1, -2.5, the largest finite, inf, the smallest subnormal, -0, nan: a bfloat16 is a float32's top 16 bits
+    bits = np.array([0x3F80, 0xC020, 0x7F7F, 0x7F80, 0x0001, 0x8000, 0x7FC1], dtype="<u2")
+    path = tmp_path / "bf16.safetensors"
+    _write_foreign(path, {"w": ("BF16", [7, 1], bits.tobytes()), "b": ("F32", [2], np.ones(2, "<f4").tobytes())})
+    tensors, _ = checkpoint.load_file(path)
+    w = tensors["w"]
+    assert w.dtype == np.float32 and w.shape == (7, 1)
+    assert np.array_equal(w.reshape(-1).view(np.uint32), bits.astype(np.uint32) << 16)
+    assert w[0, 0] == 1.0 and w[1, 0] == -2.5 and np.isinf(w[3, 0]) and w[4, 0] == np.float32(2.0 ** -133)
+    _write_foreign(path, {"w": ("BF16", [3], bits[:2].tobytes())})          # 4 bytes where 3 elements need 6
+    with pytest.raises(ValueError, match=r"tensor 'w' data offsets 0..4 do not fit its shape \(3,\) BF16"):
+        checkpoint.load_file(path)
+
+
+def test_only_vggcore_files_without_checksums_warn(tmp_path):
+    import warnings
+    path = tmp_path / "foreign.safetensors"
+    _write_foreign(path, {"a": ("F32", [2], np.ones(2, "<f4").tobytes())}, {"format": "pt"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")          # another program's file never had checksums: nothing to say
+        tensors, meta = checkpoint.load_file(path)
+    assert np.array_equal(tensors["a"], [1, 1]) and meta == {"format": "pt"}
+    checkpoint.save_state(path, {"w": np.ones(2, np.float32)})
+    header_len = struct.unpack("<Q", path.read_bytes()[:8])[0]
+    header = json.loads(path.read_bytes()[8:8 + header_len])
+    meta = header.pop("__metadata__")
+    del meta["vggcore_crc32"]                   # an older vggcore's checkpoint: still said
+    _write_foreign(path, {"w": ("F32", [2], np.ones(2, "<f4").tobytes())}, meta)
+    with pytest.warns(UserWarning, match="no per-tensor checksums"):
+        assert np.array_equal(checkpoint.load_state(path)["w"], [1, 1])

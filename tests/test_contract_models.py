@@ -226,3 +226,18 @@ def test_to_fully_convolutional_at_224_same_scores():
     if r is not None and r is not m:  # the original stays usable
         assert_close(m(x).numpy(), y, TOL["float32"], "original after conversion")
 
+
+
+def test_init_from_and_load_state_dict_refuse_non_mappings():
+    a = vc.models.vgg("A", **SMALL)
+    d = vc.models.vgg("D", **SMALL)
+    before = d.state_dict()
+    for bad, name in ((None, "NoneType"), ([("fc8.bias", np.zeros(3))], "list"), ("conv1_1", "str")):
+        with pytest.raises(TypeError, match=rf"init_from: net_a must be a VGG .* or its state_dict\(\), got {name}"):
+            vc.models.init_from(d, bad)
+        with pytest.raises(TypeError, match=rf"load_state_dict: state_dict must be a mapping .*, got {name}"):
+            d.load_state_dict(bad)
+    with pytest.raises(TypeError, match="init_from: model must be a vggcore VGG .*, got NoneType"):
+        vc.models.init_from(None, a)
+    assert all(np.array_equal(v, before[k]) for k, v in d.state_dict().items())    # nothing changed
+    vc.models.init_from(d, a.state_dict())                                           # a mapping still works

@@ -93,3 +93,17 @@ def test_varints():
         enc = _enc_varint(v)
         assert _varint(enc, 0) == (v, len(enc))
     assert _enc_varint(300) == b"\xac\x02"                 # the protobuf documentation's example
+
+
+def test_input_size_and_num_classes_are_checked(tmp_path):
+    # fc6's 3x3 map fits 96..127 pixel images; the layout cannot say which, so the caller can
+    net = vc.models.vgg("A", num_classes=4, width=1 / 16, fc_width=8, input_size=100, init="he")
+    net.input_scale = 1.0                                  # Caffe's preprocessing: no warning from to_caffe
+    path = to_caffe(net, tmp_path / "vgg.caffemodel")
+    assert from_caffe(path).input_size == 96
+    assert from_caffe(path, input_size=100).input_size == 100
+    assert vc.models.from_caffe(path, input_size=100).input_size == 100
+    with pytest.raises(ValueError, match="input_size=128 gives a 4x4 map"):
+        from_caffe(path, input_size=128)
+    with pytest.raises(TypeError, match="from_caffe: num_classes must be an int"):
+        from_caffe(path, num_classes=2.7)

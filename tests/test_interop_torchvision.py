@@ -273,3 +273,174 @@ def test_save_torchvision(tmp_path, tv_file):
     loaded = torch.load(pth, weights_only=True)
     assert all(np.array_equal(loaded[k].numpy(), state[k]) for k in state)
     assert json.dumps(sorted(loaded)) == json.dumps(sorted(state))
+
+
+def _same_state(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    assert list(sa) == list(sb)
+    for k in sa:
+        assert sa[k].shape == sb[k].shape and np.array_equal(sa[k], sb[k]), k
+
+
+@pytest.mark.parametrize("config", ["A", "B", "C", "D", "E"])
+def test_fractional_widths_round_trip(config):
+    # vgg() rounds each layer's channels on its own (width 0.3: 19, 38, 77, 154), so conv1_1's 19 / 64 is not
+    # the width: the inverse must find one that reproduces every layer, and the original when it is simple.
+    vc.manual_seed(5)
+    for width, recovered in ((0.3, 0.3), (0.2, 0.2), (0.7, 0.7), (1 / 3, 1 / 3), (0.125, 0.125), (0.33, None),
+                             (0.01, None)):
+        net = vc.models.vgg(config, num_classes=3, width=width, fc_width=8, input_size=32, init="he")
+        again = from_torchvision(net.to_torchvision())
+        assert again.config == config
+        if recovered is not None:
+            assert again.width == recovered, (width, again.width)
+        _same_state(net, again)            # same channels everywhere, weights bit-identical
+
+
+def test_no_width_reproduces_the_channels_is_a_clear_error():
+    sd = to_torchvision(vc.models.vgg("A", num_classes=3, width=0.5, fc_width=8, input_size=32, init=None))
+    sd["features.0.weight"] = np.zeros((19, 3, 3, 3), np.float32)     # conv1_1 as at width 0.3
+    sd["features.0.bias"] = np.zeros(19, np.float32)
+    sd["features.3.weight"] = np.zeros((64, 19, 3, 3), np.float32)
+    with pytest.raises(ValueError, match=r"no width reproduces the conv channels per stage \[\[19\], \[64\], "
+                                         r"\[128, 128\].*conv4_1's 256 channels need width >= 0.499023 "
+                                         r"while conv1_1's 19 channels need width <= 0.304688"):
+        from_torchvision(sd)
+
+
+def test_missing_tensors_are_value_errors_naming_the_key():
+    sd = random_state("A", width=0.0625, fc=8, classes=3)
+    for key in ("classifier.0.weight", "classifier.0.bias", "classifier.3.bias", "classifier.6.weight",
+                "classifier.6.bias"):
+        with pytest.raises(ValueError, match=rf"from_torchvision: the state dict has no {key}"):
+            from_torchvision({k: v for k, v in sd.items() if k != key})
+    # the stage pattern of A, numbered from features.2: conv1_1 (features.0) is missing
+    shifted = {(f"features.{int(k.split('.')[1]) + 2}.{k.split('.')[2]}" if k.startswith("features.") else k): v
+               for k, v in sd.items()}
+    with pytest.raises(ValueError, match=r"conv layers are features.\[0, 3, 6, 8, .*\(no features.0.weight\)"):
+        from_torchvision(shifted)
+
+
+def test_input_size_not_a_multiple_of_32_round_trips():
+    # fc6 only records the last map's side (100 // 32 = 3): the default is 96, input_size=100 restores the net
+    vc.manual_seed(6)
+    net = vc.models.vgg("A", num_classes=3, width=1 / 16, fc_width=8, input_size=100, init="he").eval()
+    sd = net.to_torchvision()
+    assert from_torchvision(sd).input_size == 96
+    again = from_torchvision(sd, input_size=100).eval()
+    assert again.input_size == 100
+    _same_state(net, again)
+    x = vc.tensor(np.random.default_rng(0).standard_normal((1, 100, 100, 3)).astype(np.float32))
+    with vc.no_grad():
+        assert np.array_equal(again(x).numpy(), net(x).numpy())
+    assert vc.interop.load_weights(sd, input_size=100).input_size == 100
+    assert vc.models.from_torchvision(sd, input_size=100).input_size == 100     # the public name forwards it
+    for bad, error, message in ((128, ValueError, r"input_size=128 gives a 4x4 map at fc6, but classifier.0.weight "
+                                                  r"reads a 3x3 map of 32 channels \(input_size 96 to 127\)"),
+                                (95, ValueError, "input_size=95 gives a 2x2 map"),
+                                (31, ValueError, "from_torchvision: input_size must be >= 32"),
+                                (100.0, TypeError, "from_torchvision: input_size must be an int")):
+        with pytest.raises(error, match=message):
+            from_torchvision(sd, input_size=bad)
+    with pytest.raises(ValueError, match="load_weights: input_size=64, but the model takes 100x100"):
+        vc.interop.load_weights(net, input_size=64)
+
+
+def test_num_classes_is_checked_like_vgg():
+    sd = random_state("A", width=0.0625, fc=8, classes=3)
+    for bad in (2.7, "5", True):
+        with pytest.raises(TypeError, match="from_torchvision: num_classes must be an int"):
+            from_torchvision(sd, num_classes=bad)
+    for bad in (0, -2):
+        with pytest.raises(ValueError, match="from_torchvision: num_classes must be >= 1"):
+            from_torchvision(sd, num_classes=bad)
+    with pytest.raises(TypeError, match="load_weights: num_classes must be an int"):
+        vc.interop.load_weights(sd, num_classes=2.5)
+    assert from_torchvision(sd, num_classes=np.int64(5)).num_classes == 5
+    assert vc.interop.load_weights(from_torchvision(sd), num_classes=4).num_classes == 4
+
+
+def test_bad_weight_files_say_what_is_wrong(tmp_path):
+    import re
+    good = tmp_path / "good.pth"
+    _zip_pickle(good, pickle.dumps({"a": 1}, protocol=2) + b"\0" * 4096)
+    data = good.read_bytes()
+    cut = tmp_path / "cut.pth"
+    cut.write_bytes(data[:len(data) * 9 // 10])                  # a download cut short: no central directory
+    with pytest.raises(ValueError, match="damaged or truncated zip archive") as error:
+        from_torchvision(cut)
+    assert "1.6" not in str(error.value)
+    legacy = tmp_path / "legacy.pth"
+    legacy.write_bytes(pickle.dumps({"a": 1}, protocol=2))
+    with pytest.raises(ValueError, match=r"not a torch zip archive but a bare pickle, as torch < 1.6"):
+        read_pth(legacy)
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"GIF89a..")
+    with pytest.raises(ValueError, match=r"not a torch zip archive \(nor a legacy torch pickle: it starts with b'GIF8'"):
+        read_pth(junk)
+    for op in (from_torchvision, read_pth, vc.interop.load_weights):
+        with pytest.raises(IsADirectoryError, match=rf"{op.__name__}: .* is a directory"):
+            op(tmp_path)
+        with pytest.raises(FileNotFoundError, match=rf"{op.__name__}: .* does not exist"):
+            op(tmp_path / "missing.pth")
+    # a pickle the reader cannot parse names the function and the file
+    garbled = tmp_path / "garbled.pth"
+    for payload, error in ((b"\x80\xc8", ValueError), (b"\xff\xff", pickle.UnpicklingError), (b"\x80\x02}", ValueError)):
+        _zip_pickle(garbled, payload)
+        with pytest.raises(error, match=rf"read_pth: {re.escape(str(garbled))}: its archive/data.pkl is damaged"):
+            read_pth(garbled)
+
+
+def test_safetensors_suffix_is_case_insensitive(tmp_path):
+    net = vc.models.vgg("A", num_classes=3, width=1 / 16, fc_width=8, input_size=32, init="he")
+    path = save_torchvision(net, tmp_path / "w.SafeTensors")      # without torch: safetensors, not torch.save
+    assert path.read_bytes()[8:9] == b"{"
+    _same_state(net, from_torchvision(path))
+    _same_state(net, vc.interop.load_weights(path))
+
+
+def test_expanded_views_are_refused_before_allocating(tmp_path):
+    import tracemalloc
+    torch = pytest.importorskip("torch")
+    path = tmp_path / "expanded.pth"
+    # 8 bytes of storage posing as a 16 MB tensor: copying it out would let a tiny file ask for any allocation
+    torch.save({"state_dict": {"classifier.0.bias": torch.zeros(3)[::2], "features.0.weight":
+                               torch.zeros(2, 1).expand(2000, 2, 1000)}}, path)
+    assert path.stat().st_size < 4096
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=r"tensor 'state_dict/features.0.weight' of shape \(2000, 2, 1000\) "
+                                             r"\(stride \(0, 1, 0\)\) has 4000000 elements but its storage \S+ "
+                                             r"holds 2 \(from offset 0\)"):
+            read_pth(path)
+        assert tracemalloc.get_traced_memory()[1] < 2 ** 20
+    finally:
+        tracemalloc.stop()
+    # overlapping views that fit in their storage (and every ordinary view) still load
+    torch.save({"t": torch.arange(6.0).as_strided((2, 3), (1, 1)), "v": torch.arange(6.0).reshape(2, 3).t()}, path)
+    got = read_pth(path)
+    assert np.array_equal(got["t"], [[0, 1, 2], [1, 2, 3]]) and np.array_equal(got["v"], [[0, 3], [1, 4], [2, 5]])
+
+
+def test_pickle_cannot_set_the_readers_objects(tmp_path):
+    # a storage from a persistent id, then BUILD with a dict: pickle would set its attributes (numel, reader)
+    storage = b"(X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x000X\x03\x00\x00\x00cpuK\x01tQ"
+    path = tmp_path / "build.pth"
+    _zip_pickle(path, b"\x80\x02" + storage + b"}X\x05\x00\x00\x00numelK\x00sb.")
+    with pytest.raises(pickle.UnpicklingError, match="sets the state of a Storage"):
+        read_pth(path)
+
+
+def test_bf16_safetensors_from_torch_load_silently(tmp_path):
+    import warnings
+    torch = pytest.importorskip("torch")
+    st = pytest.importorskip("safetensors.torch")
+    sd = {k: torch.from_numpy(v) for k, v in random_state("A", width=0.0625, fc=8, classes=3).items()}
+    st.save_file({k: v.to(torch.bfloat16) for k, v in sd.items()}, str(tmp_path / "bf16.safetensors"))
+    st.save_file(sd, str(tmp_path / "f32.safetensors"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")          # a third-party file has no vggcore checksums to miss
+        bf16 = from_torchvision(tmp_path / "bf16.safetensors")
+        vc.interop.load_weights(tmp_path / "f32.safetensors")
+    want = from_torchvision({k: v.to(torch.bfloat16) for k, v in sd.items()})       # torch's own widening
+    _same_state(want, bf16)

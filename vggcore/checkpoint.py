@@ -13,8 +13,11 @@ Every file written here also stores, in the metadata entry ``"vggcore_crc32"``, 
 name, dtype, shape and bytes, so a flipped bit or a tensor re-declared with another dtype or shape is refused on
 load, naming the tensor; its entry ``"__metadata__"`` is a CRC-32 of the other metadata entries (the training
 state's JSON), so a changed epoch, rate or class name is refused too. Headers are checked too: known dtypes,
-non-negative shapes, offsets that match the shape and tile the data section without overlaps or holes. Files without checksums (written before they
-existed, or by another program) still load, with a warning that their data could not be verified.
+non-negative shapes, offsets that match the shape and tile the data section without overlaps or holes. vggcore
+checkpoints without checksums (written before they existed) still load, with a warning that their data could not
+be verified; files written by other programs (no vggcore metadata, e.g. torchvision weights saved by
+``safetensors.torch``) never had them and load without one. BF16 tensors, which other programs write and NumPy has
+no dtype for, are read as float32 (exactly: a bfloat16 is the top half of a float32).
 
 Writes are atomic: a temporary file in the target's folder is written, flushed and fsynced, renamed over the
 target with ``os.replace``, and the folder is fsynced, so a crash leaves either the old file or the new one.
@@ -32,19 +35,27 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["save_file", "load_file", "save_state", "load_state", "atomic_write_bytes", "read_metadata"]
+__all__ = ["save_file", "load_file", "save_state", "load_state", "atomic_write_bytes", "read_metadata",
+           "check_output_path"]
 
 _DTYPES = {
     "F64": np.float64, "F32": np.float32, "F16": np.float16,
     "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8,
     "U64": np.uint64, "U32": np.uint32, "U16": np.uint16, "U8": np.uint8, "BOOL": np.bool_,
 }
+# what is read: the written dtypes, and BF16 (as its uint16 bits, widened to float32 by load_file)
+_READ_DTYPES = dict(_DTYPES, BF16=np.uint16)
 _CODES = {np.dtype(v).newbyteorder("<"): k for k, v in _DTYPES.items()}
 _CODES[np.dtype(np.bool_)] = "BOOL"
 _METADATA_KEY = "vggcore"
 _CHECKSUM_KEY = "vggcore_crc32"
 _METADATA_ENTRY = "__metadata__"   # the checksum list's entry for the metadata (no tensor can have this name)
 _MAX_HEADER = 100_000_000
+
+
+def bfloat16_to_float32(bits):
+    """float32 values of bfloat16 ``bits`` (uint16 array): the top half of a float32, so the widening is exact."""
+    return (bits.astype(np.uint32) << 16).view(np.float32)
 
 
 def _current_umask():
@@ -69,11 +80,31 @@ def _fsync_dir(folder):
         os.close(fd)
 
 
+def check_output_path(op, path) -> Path:
+    """``path`` as a Path if a file can be created there, else ValueError naming ``op``: the path is a directory,
+    or one of its parents is a file (mkdir would fail with a bare FileExistsError / NotADirectoryError)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{op}: {path} is a directory; pass the path of the file to write")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"{op}: cannot write {path}: {parent} is a file, not a folder")
+            break
+    return path
+
+
 def _atomic_write(path, write):
     path = Path(path)
+    missing = []                     # the folders this write creates, deepest first: removed again if it fails
+    for parent in path.parents:
+        if parent.exists():
+            break
+        missing.append(parent)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             if hasattr(os, "fchmod"):
                 os.fchmod(f.fileno(), _FILE_MODE)
@@ -82,10 +113,16 @@ def _atomic_write(path, write):
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as error:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+        for folder in missing:
+            try:
+                os.rmdir(folder)
+            except OSError:
+                break                # a folder someone else filled meanwhile stays, and so do its parents
         if isinstance(error, OSError) and error.filename is None and error.errno:
             # a failed write (ENOSPC, EIO) names no file: name the checkpoint being written
             raise OSError(error.errno, error.strerror or str(error), str(path)) from error
@@ -195,7 +232,7 @@ def load_file(path):
     entries = []
     for name, info in header.items():
         code, shape, begin, end = _header_entry(path, name, info)
-        itemsize = np.dtype(_DTYPES[code]).itemsize
+        itemsize = np.dtype(_READ_DTYPES[code]).itemsize
         count = 1
         for extent in shape:
             count *= extent
@@ -206,8 +243,10 @@ def load_file(path):
         entries.append((begin, end, name, code, shape, count))
     _check_layout(path, entries, len(data))
     if checksums is None:
-        warnings.warn(f"{path} has no per-tensor checksums (written by an older vggcore or another program): "
-                      f"its data cannot be verified", stacklevel=2)
+        if _METADATA_KEY in metadata or metadata.get("format", "").startswith("vggcore"):
+            # a vggcore checkpoint from before the checksums; another program's file never had any to check
+            warnings.warn(f"{path} has no per-tensor checksums (written by an older vggcore): its data cannot be "
+                          f"verified", stacklevel=2)
     else:
         # files written before the metadata had a checksum (tensor checksums only) still load
         if _METADATA_ENTRY in checksums and checksums[_METADATA_ENTRY] != _metadata_checksum(metadata):
@@ -224,9 +263,12 @@ def load_file(path):
         if checksums is not None and _checksum(name, code, shape, view[begin:end]) != checksums[name]:
             raise ValueError(f"{path}: tensor {name!r} fails its checksum (its bytes, dtype or shape changed after "
                              f"it was written): the file is damaged")
-        dtype = np.dtype(_DTYPES[code]).newbyteorder("<")
+        dtype = np.dtype(_READ_DTYPES[code]).newbyteorder("<")
         arr = np.frombuffer(data, dtype=dtype, count=count, offset=begin).reshape(shape)
-        tensors[name] = arr.astype(_DTYPES[code], copy=True)   # native byte order, owns its memory
+        if code == "BF16":
+            tensors[name] = bfloat16_to_float32(arr)                 # a new float32 array
+        else:
+            tensors[name] = arr.astype(_DTYPES[code], copy=True)   # native byte order, owns its memory
     return tensors, metadata
 
 
@@ -251,8 +293,8 @@ def _header_entry(path, name, info):
     if not isinstance(info, dict):
         raise ValueError(f"{path}: bad header entry for tensor {name!r}: {info!r}")
     code, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
-    if not isinstance(code, str) or code not in _DTYPES:
-        raise ValueError(f"{path}: tensor {name!r} has unknown dtype {code!r} (known: {', '.join(_DTYPES)})")
+    if not isinstance(code, str) or code not in _READ_DTYPES:
+        raise ValueError(f"{path}: tensor {name!r} has unknown dtype {code!r} (known: {', '.join(_READ_DTYPES)})")
     if not isinstance(shape, list) or not all(_is_count(e) for e in shape):
         raise ValueError(f"{path}: tensor {name!r} has an invalid shape {shape!r} (a list of integers >= 0)")
     if (not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_count(o) for o in offsets)

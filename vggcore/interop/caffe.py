@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .torchvision import _weights_file
+
 __all__ = ["from_caffe", "to_caffe", "read_caffemodel", "write_caffemodel", "CAFFE_MEAN_BGR"]
 
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
@@ -108,9 +110,7 @@ def _blob(buf):
 
 def read_caffemodel(path) -> list:
     """[(layer name, layer type, [blobs as float32 arrays])] of the layers that carry blobs, in file order."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"from_caffe: {path} does not exist")
+    path = _weights_file("from_caffe", path)
     buf = memoryview(path.read_bytes())
     layers = []
     for number, wire, value in _fields(buf):
@@ -198,15 +198,19 @@ def _prototxt_input_size(path):
     return None
 
 
-def from_caffe(caffemodel, prototxt=None, num_classes=None):
+def from_caffe(caffemodel, prototxt=None, num_classes=None, input_size=None):
     """A VGG from the paper's Caffe release (VGG_ILSVRC_16_layers / _19_layers) or any caffemodel whose layers
     are named conv{stage}_{i}, fc6, fc7, fc8 (the configuration comes from those names and shapes).
 
     BGR weights become RGB (conv1_1's input channels reversed) and the preprocessing is Caffe's mean pixel,
-    unscaled. prototxt (the deploy file, optional) only confirms the input size. num_classes: as in
-    ``from_torchvision`` (a different count replaces fc8 with a freshly initialised layer).
+    unscaled. prototxt (the deploy file, optional) only confirms the input size. num_classes and input_size: as
+    in ``from_torchvision`` (a different class count replaces fc8 with a freshly initialised layer; input_size
+    defaults to 32 * the side of fc6's input map).
     """
+    from .._checks import check_int
     from .torchvision import from_torchvision
+    if num_classes is not None:
+        num_classes = check_int("from_caffe", "num_classes", num_classes, 1)
     layers = read_caffemodel(caffemodel)
     by_name = {}
     for name, kind, blobs in layers:
@@ -248,7 +252,7 @@ def from_caffe(caffemodel, prototxt=None, num_classes=None):
         w, b = blobs
         sd[f"{tv}.weight"] = w.reshape(w.shape[-2], w.shape[-1]) if w.ndim > 2 else w
         sd[f"{tv}.bias"] = b.reshape(-1)
-    model = from_torchvision(sd)
+    model = from_torchvision(sd, input_size=input_size)
     # from_torchvision names torchvision's preprocessing; these weights expect Caffe's.
     model.mean_rgb = [float(v) for v in CAFFE_MEAN_BGR[::-1]]
     model.input_scale = 1.0
@@ -259,8 +263,8 @@ def from_caffe(caffemodel, prototxt=None, num_classes=None):
         if size is not None and size != model.input_size:
             raise ValueError(f"from_caffe: {prototxt} declares {size}x{size} inputs, the weights' fc6 fits "
                              f"{model.input_size}x{model.input_size}")
-    if num_classes is not None and int(num_classes) != model.num_classes:
-        model = model.with_num_classes(int(num_classes))
+    if num_classes is not None and num_classes != model.num_classes:
+        model = model.with_num_classes(num_classes)
     return model
 
 

@@ -12,7 +12,6 @@ enter the graph already normalised: x = (rgb - mean_rgb) * input_scale / std_rgb
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 
@@ -26,18 +25,22 @@ def export_onnx(model, path, input_size=224):
 
     input_size: the image side of the plain net's input (must equal ``model.input_size``); for a fully
     convolutional net, the smallest side it is checked against (the exported H and W stay free).
+    The file is written atomically (a temporary file in the same folder, fsynced, then renamed over ``path``):
+    a failed write (a full disk, a quota) raises OSError and leaves any previous file at ``path`` as it was.
     """
     try:
         import onnx
         from onnx import TensorProto, helper, numpy_helper
     except ImportError:
         raise ImportError("export_onnx needs the onnx package: pip install 'vggcore[onnx]'") from None
+    from ..checkpoint import atomic_write_bytes, check_output_path
     from ..models.vgg import LRN_PARAMS, VGG
     from .._checks import check_int
     from .torchvision import to_torchvision
     if not isinstance(model, VGG):
         raise TypeError(f"export_onnx: model must be a vggcore VGG, got {type(model).__name__}")
     input_size = check_int("export_onnx", "input_size", input_size, 1)   # int(nan) would say nothing useful
+    path = check_output_path("export_onnx", path)
     dense = model.fully_convolutional
     if not dense and input_size != model.input_size:
         raise ValueError(f"export_onnx: this net takes {model.input_size}x{model.input_size} images, got "
@@ -132,7 +135,9 @@ def export_onnx(model, path, input_size=224):
         "vggcore.class_names": json.dumps(None if model.class_names is None else list(model.class_names)),
         "vggcore.config": config})
     onnx.checker.check_model(onnx_model)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(onnx_model, str(path))
+    try:
+        atomic_write_bytes(path, onnx_model.SerializeToString())
+    except OSError as error:
+        message = f"export_onnx: cannot write {path} ({error.strerror or error})"
+        raise (OSError(error.errno, message) if error.errno else OSError(message)) from error
     return path

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -375,7 +376,16 @@ def init_from(model: VGG, net_a) -> VGG:
     their random initialisation. ``net_a`` is a model or its ``state_dict()``; shapes must agree (same
     width, fc_width, input_size and classes), else ValueError naming the layer.
     """
-    source = net_a.state_dict() if hasattr(net_a, "state_dict") else dict(net_a)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"init_from: model must be a vggcore VGG (the deeper net to initialise), got "
+                        f"{type(model).__name__}")
+    if hasattr(net_a, "state_dict"):
+        source = net_a.state_dict()
+    elif isinstance(net_a, Mapping):
+        source = dict(net_a)
+    else:
+        raise TypeError(f"init_from: net_a must be a VGG (the trained net A) or its state_dict(), got "
+                        f"{type(net_a).__name__}")
     if getattr(net_a, "fully_convolutional", False):
         raise ValueError("init_from: net_a is fully convolutional; pass the original net")
     target = model.state_dict()

@@ -6,6 +6,7 @@ order the network was built.
 """
 
 from collections import OrderedDict
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -150,6 +151,9 @@ class Module:
 
     def load_state_dict(self, state_dict, strict=True):
         """Copies arrays (numpy or Tensor) into the parameters, checking names and shapes first."""
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"load_state_dict: state_dict must be a mapping of parameter name -> array, got "
+                            f"{type(state_dict).__name__}")
         own = OrderedDict(self.named_parameters(remove_duplicate=False))
         missing = [name for name in own if name not in state_dict]
         unexpected = [name for name in state_dict if name not in own]

@@ -222,7 +222,7 @@ def read_pth(path) -> dict:
         return _read_pth_archive(path)
     except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as error:
         # a damaged archive (a member failing its CRC-32, a truncated stream): named, as any other bad file
-        raise ValueError(f"read_pth: {path} is a damaged or truncated zip archive ({error})") from None
+        raise ValueError(f"read_pth: {path} is a damaged zip archive ({error})") from None
 
 
 def _read_pth_archive(path):

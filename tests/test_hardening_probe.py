@@ -240,6 +240,51 @@ def test_cli_reports_a_damaged_pth_in_one_line(tmp_path, shapes, capsys):
     assert len(err) == 1 and err[0].startswith("error: read_pth:") and "damaged zip archive" in err[0], err
 
 
+def _redeflate(source, target):
+    """``source``'s zip archive written again with every member deflated (as `zip -r` would), same names."""
+    import zipfile
+    with zipfile.ZipFile(source) as src, zipfile.ZipFile(target, "w", compression=zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info))
+    return target
+
+
+def test_a_deflated_pth_still_reads(tmp_path):
+    torch = pytest.importorskip("torch")
+    weights = {"features.0.weight": torch.arange(24, dtype=torch.float32).reshape(2, 3, 2, 2)}
+    torch.save(weights, tmp_path / "stored.pth")
+    got = vc.interop.read_pth(_redeflate(tmp_path / "stored.pth", tmp_path / "deflated.pth"))
+    np.testing.assert_array_equal(got["features.0.weight"], np.arange(24, dtype=np.float32).reshape(2, 3, 2, 2))
+
+
+@pytest.mark.parametrize("member", ["storage", "pickle"])
+def test_a_decompression_bomb_pth_is_refused_before_it_expands(tmp_path, member):
+    """80 MiB of zeros deflate to about 80 KB: read_pth must refuse the member, not allocate the 80 MiB."""
+    torch = pytest.importorskip("torch")
+    import pickle
+    import tracemalloc
+    import zipfile
+    torch.save({"features.0.weight": torch.zeros(2)}, tmp_path / "small.pth")
+    bomb = tmp_path / "bomb.pth"
+    with zipfile.ZipFile(tmp_path / "small.pth") as src, zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            if member == "storage" and info.filename.endswith("/data/0"):
+                data = bytes(80 << 20)
+            if member == "pickle" and info.filename.endswith("data.pkl"):
+                data = pickle.dumps({"pad": b"\0" * (80 << 20)}, protocol=2)
+            dst.writestr(info.filename, data)
+    assert bomb.stat().st_size < 1 << 20
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=r"read_pth: .*bomb.pth: member .* expand to 8388\d+ .*decompression bomb"):
+            vc.interop.read_pth(bomb)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20, f"read_pth allocated {peak} bytes before refusing the member"
+
+
 # ---- environment and CLI paths ----------------------------------------------------------------------------------
 
 def _child(code, **env):

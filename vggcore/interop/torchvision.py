@@ -176,15 +176,35 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return _Storage(dtype, str(key), numel, self._reader)
 
 
+# torch.save stores its members uncompressed. A member someone deflated again shrinks to about 1/1.1 for weights,
+# but deflate can also pack a gigabyte of zeros into a megabyte, so a tiny file could make read_pth allocate any
+# amount of memory: a compressed member expanding past both bounds below is refused before it is read.
+MAX_EXPANSION_RATIO = 256
+MAX_EXPANDED_BYTES = 64 << 20
+
+
 class _ZipReader:
     def __init__(self, archive: zipfile.ZipFile, prefix: str, byteorder: str, path):
         self.archive, self.prefix, self.byteorder, self.path = archive, prefix, byteorder, path
 
     def __call__(self, key):
+        name = f"{self.prefix}data/{key}"
         try:
-            return self.archive.read(f"{self.prefix}data/{key}")
+            info = self.archive.getinfo(name)
         except KeyError:
-            raise ValueError(f"read_pth: {self.path} has no storage {key!r} ({self.prefix}data/{key})") from None
+            raise ValueError(f"read_pth: {self.path} has no storage {key!r} ({name})") from None
+        check_expansion(info, self.path)
+        return self.archive.read(info)
+
+
+def check_expansion(info: zipfile.ZipInfo, path):
+    """Refuse a compressed zip member whose declared size is a decompression bomb's (see MAX_EXPANSION_RATIO)."""
+    if info.compress_type == zipfile.ZIP_STORED or info.file_size <= MAX_EXPANDED_BYTES:
+        return
+    if info.file_size > MAX_EXPANSION_RATIO * max(info.compress_size, 1):
+        raise ValueError(f"read_pth: {path}: member {info.filename} is compressed {info.compress_size} bytes that "
+                         f"expand to {info.file_size} (more than {MAX_EXPANSION_RATIO}x): refusing it as a "
+                         "decompression bomb; torch.save writes members uncompressed, re-save the weights with it")
 
 
 def _weights_file(op, path) -> Path:
@@ -202,7 +222,8 @@ def read_pth(path) -> dict:
 
     Tensors come back as NumPy arrays (bfloat16 as float32). Raises ``pickle.UnpicklingError`` for a file
     that names any other Python object, ValueError for a file that is not a torch zip archive or is damaged
-    (truncated, failing a CRC, a garbled pickle, a tensor that is an expanded view larger than its storage),
+    (truncated, failing a CRC, a garbled pickle, a tensor that is an expanded view larger than its storage, a
+    compressed member that would expand more than 256x past 64 MiB: a decompression bomb),
     FileNotFoundError for a missing file.
     """
     path = _weights_file("read_pth", path)
@@ -238,6 +259,7 @@ def _read_pth_archive(path):
         if byteorder not in ("little", "big"):
             raise ValueError(f"read_pth: {path} has an unknown byteorder {byteorder!r}")
         reader = _ZipReader(archive, prefix, "<" if byteorder == "little" else ">", path)
+        check_expansion(archive.getinfo(pickles[0]), path)
         try:
             obj = _RestrictedUnpickler(io.BytesIO(archive.read(pickles[0])), reader).load()
         except pickle.UnpicklingError as error:

@@ -194,6 +194,11 @@ class Tensor:
         same_device = device is None or device == self.device or (device == "cuda" and self.device == "cuda:0")
         if not same_device:
             check_device_holds("to", device, dtype or self.dtype, f"this tensor of shape {self.shape}")
+        elif dtype == "float64" and self.device != "cpu":
+            # refused here, naming "to" (the engine's refusal would name its internal op "cast")
+            raise TypeError(f"to: {self.device} holds float32 and bfloat16 only; this {self.dtype} tensor of shape "
+                            f"{self.shape} cannot become float64 there (move it to the cpu: .to(\"cpu\", "
+                            f"\"float64\"))")
         out = self
         if non_blocking and not same_device and device != "cpu":
             if self.device != "cpu" or not self._data.is_pinned:

@@ -161,3 +161,13 @@ def test_to_float64_on_a_gpu_style_device_names_to():
                  lambda: x.to(dtype="bfloat16").to(dtype=np.float64)):
         with pytest.raises(TypeError, match="^to: .*float32 and bfloat16 only.*float64"):
             call()
+
+
+def test_a_torch_bfloat16_tensor_as_data_is_a_type_error_naming_tensor():
+    torch = pytest.importorskip("torch")
+    with pytest.raises(TypeError, match=r"^tensor: data of type Tensor cannot be read.*\.float\(\)\.numpy\(\)"):
+        vc.tensor(torch.ones(2, dtype=torch.bfloat16), dtype="bfloat16")
+    # the suggested route is exact
+    values = torch.tensor([1.5, -3.0, 2.0 ** -9], dtype=torch.bfloat16)
+    np.testing.assert_array_equal(vc.tensor(values.float().numpy(), dtype="bfloat16").numpy(),
+                                  values.float().numpy())

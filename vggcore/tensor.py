@@ -413,6 +413,9 @@ def _as_array(data, dtype):
             array = np.asarray(data)
         except ValueError as error:  # ragged nested lists
             raise ValueError(f"tensor: data is not a rectangular array ({error})") from None
+        except TypeError as error:   # an object numpy cannot read, e.g. a torch bfloat16 tensor (numpy has none)
+            raise TypeError(f"tensor: data of type {type(data).__name__} cannot be read as a numpy array ({error}); "
+                            f"pass float32 values, e.g. a torch tensor's .float().numpy()") from None
     if array.dtype.kind not in "biuf":
         raise TypeError(f"tensor: data must be numeric, got numpy dtype {array.dtype}")
     if dtype is None and isinstance(data, Tensor):

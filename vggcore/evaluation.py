@@ -89,8 +89,11 @@ def resolve_device(device, model=None):
 def _forward_scores(model, x_np, device):
     """Class scores of one NHWC batch as a float64 numpy array: (N, classes) or (N, h, w, classes)."""
     import vggcore as vc
+    # The images in the model's dtype: a model converted with Module.to(dtype=...) (bfloat16 on sim/cuda, float64
+    # on the cpu) takes its input in that dtype, as every op refuses mixed dtypes.
+    dtype = next(iter(model.parameters())).dtype
     with vc.no_grad():
-        return check_finite_scores(model(vc.tensor(x_np, device=device)).numpy().astype(np.float64))
+        return check_finite_scores(model(vc.tensor(x_np, dtype=dtype, device=device)).numpy().astype(np.float64))
 
 
 def predict_loader(model, loader, device, dense=False):

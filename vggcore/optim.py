@@ -77,8 +77,15 @@ class SGD:
                 if buffer is None or tuple(buffer.shape) != p.shape:
                     buffer = _C.full(list(p.shape), 0.0, p.dtype, p.device)
                     first_step = True
-                elif buffer.device != p.device:  # the model moved since the last step
-                    buffer = buffer.to(p.device)
+                else:
+                    # The model moved (Module.to) or changed dtype (Module.to(dtype=...)) since the last step: the
+                    # state follows. Converted where both dtypes exist (float64 lives on the cpu only), then moved.
+                    if buffer.dtype != p.dtype and buffer.device == "cpu":
+                        buffer = _C.cast(buffer, p.dtype)
+                    if buffer.device != p.device:
+                        buffer = buffer.to(p.device)
+                    if buffer.dtype != p.dtype:
+                        buffer = _C.cast(buffer, p.dtype)
                 self._buffers[i] = buffer
             graph = _graph.capturing(p.device)
             if graph is not None:

@@ -194,6 +194,11 @@ class Tensor:
         same_device = device is None or device == self.device or (device == "cuda" and self.device == "cuda:0")
         if not same_device:
             check_device_holds("to", device, dtype or self.dtype, f"this tensor of shape {self.shape}")
+        elif dtype == "float64" and self.device != "cpu":
+            # refused here, naming "to" (the engine's refusal would name its internal op "cast")
+            raise TypeError(f"to: {self.device} holds float32 and bfloat16 only; this {self.dtype} tensor of shape "
+                            f"{self.shape} cannot become float64 there (move it to the cpu: .to(\"cpu\", "
+                            f"\"float64\"))")
         out = self
         if non_blocking and not same_device and device != "cpu":
             if self.device != "cpu" or not self._data.is_pinned:
@@ -408,6 +413,9 @@ def _as_array(data, dtype):
             array = np.asarray(data)
         except ValueError as error:  # ragged nested lists
             raise ValueError(f"tensor: data is not a rectangular array ({error})") from None
+        except TypeError as error:   # an object numpy cannot read, e.g. a torch bfloat16 tensor (numpy has none)
+            raise TypeError(f"tensor: data of type {type(data).__name__} cannot be read as a numpy array ({error}); "
+                            f"pass float32 values, e.g. a torch tensor's .float().numpy()") from None
     if array.dtype.kind not in "biuf":
         raise TypeError(f"tensor: data must be numeric, got numpy dtype {array.dtype}")
     if dtype is None and isinstance(data, Tensor):

@@ -92,19 +92,16 @@ def _matmul_precision(value):
 
 
 def _precision_scope(precision, device):
-    """The global setting a run's precision needs, as a context manager; ValueError where it cannot run."""
-    import vggcore as vc
+    """The global setting a run's precision needs, as a context manager; ValueError where it cannot run.
+
+    The run's precision argument, not the process-wide vc.set_float32_matmul_precision, decides what its float32
+    conv/linear do: "tf32" sets "high" for the run, "fp32" and "bf16" set "highest" (a caller's earlier "high"
+    would otherwise run TF32 kernels in an "fp32" run that history and checkpoints record as fp32). The caller's
+    setting is restored when the run ends."""
     if precision == "bf16" and device == "cpu":
         raise ValueError("train: precision='bf16' needs device 'sim' or 'cuda' (the cpu kernels compute float32 "
                          "and float64 only); use precision='fp32' on the cpu")
-    if precision != "tf32":
-        return contextlib.nullcontext()
-    if not hasattr(vc, "set_float32_matmul_precision"):
-        if device == "cpu":  # the cpu computes exact float32 whatever the setting says
-            return contextlib.nullcontext()
-        raise ValueError(f"train: precision='tf32' needs vc.set_float32_matmul_precision, which this build of "
-                         f"vggcore lacks; use precision='fp32' on {device}")
-    return _matmul_precision("high")
+    return _matmul_precision("high" if precision == "tf32" else "highest")
 
 
 # What a resumed run reads from `last`.
@@ -364,7 +361,8 @@ def train(config="A", data=None, epochs=None, batch_size=None, lr=1e-2, momentum
     prefetch: training batches whose host-to-device copies are kept in flight ahead of the compute on sim and cuda
     (vggcore.prefetch.DevicePrefetcher; 0 copies each batch when it is used). pin_memory: the loader assembles
     batches in page-locked host memory, which the copies need to run asynchronously (default: on for cuda).
-    precision: "fp32" (default); "tf32": float32 conv/linear may use TF32 tensor cores (sets
+    precision: "fp32" (default): exact float32 conv/linear (vc.set_float32_matmul_precision("highest") for the
+    run, whatever the caller set; restored after); "tf32": float32 conv/linear may use TF32 tensor cores (sets
     vc.set_float32_matmul_precision("high") for the run, restored after; on the cpu, which is exact float32,
     it changes nothing); "bf16": mixed precision on sim/cuda (activations and their gradients in bfloat16,
     float32 master weights, momentum, loss and softmax, no loss scaling; checkpoints stay float32).

@@ -264,9 +264,7 @@ class VGG(nn.Module):
         net.load_state_dict(state)
         net.copy_preprocessing(self)
         net.class_names = None
-        device = _device_of(self)
-        if device != "cpu":
-            net.to(device)
+        net.to(*_device_and_dtype_of(self))     # where this net is, in its dtype (bfloat16, float64 stay so)
         return net
 
     def to_torchvision(self) -> dict:
@@ -330,9 +328,7 @@ class VGG(nn.Module):
         state["fc8.weight"] = state["fc8.weight"].reshape(self.num_classes, 1, 1, self.fc_width)
         net.load_state_dict(state)
         net.copy_preprocessing(self)
-        device = _device_of(self)
-        if device != "cpu":
-            net.to(device)
+        net.to(*_device_and_dtype_of(self))     # where this net is, in its dtype (bfloat16, float64 stay so)
         net.train(self.training)
         return net
 
@@ -341,10 +337,10 @@ class VGG(nn.Module):
 _PREPROCESSING_FIELDS = ("class_names", "mean_rgb", "input_scale", "std_rgb", "train_scale", "test_scale")
 
 
-def _device_of(model):
+def _device_and_dtype_of(model):
     for p in model.parameters():
-        return p.device
-    return "cpu"
+        return p.device, p.dtype
+    return "cpu", "float32"
 
 
 def vgg(config="A", num_classes=1000, width=1.0, fc_width=4096, input_size=224, dropout=0.5, init="glorot"):

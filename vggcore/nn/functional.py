@@ -62,7 +62,8 @@ _autocast_state = threading.local()
 
 class autocast:
     """Context manager (per thread): conv2d and linear inside run in ``dtype`` ("bfloat16", or "float32" to turn an
-    outer autocast off for a region), as ``torch.autocast`` does for these ops. Casts are differentiable: the
+    outer autocast off for a region), as ``torch.autocast`` does for these ops, on sim and cuda (the cpu computes
+    no bfloat16: its ops run as they are). Casts are differentiable: the
     gradient of a cast is the cast back, so a float32 weight receives a float32 gradient. No loss scaling is needed
     for bfloat16 (it has float32's exponent range). ``enabled=False`` makes it a no-op.
     """
@@ -90,7 +91,10 @@ def autocast_dtype():
 
 def _autocast_inputs(*tensors):
     dtype = autocast_dtype()
-    if dtype is None:
+    # The cpu kernels compute float32 and float64 only: there autocast leaves the op alone, as torch.autocast for
+    # one device type leaves the others' ops alone (casting would make every cpu conv2d/linear raise "input is
+    # bfloat16 on the cpu" for float32 tensors the caller never converted).
+    if dtype is None or tensors[0].device == "cpu":
         return tensors
     return tuple(t if t is None or t.dtype == dtype else t.to(dtype=dtype) for t in tensors)
 

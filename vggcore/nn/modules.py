@@ -11,7 +11,8 @@ from collections.abc import Mapping
 import numpy as np
 
 from .. import random as _random
-from ..tensor import Tensor, check_device_holds, tensor
+from ..tensor import _DTYPES as _DTYPE_NAMES
+from ..tensor import Tensor, _dtype_name, check_device_holds, tensor
 from . import functional as F
 
 
@@ -120,25 +121,44 @@ class Module:
     def eval(self):
         return self.train(False)
 
-    def to(self, device):
-        """Moves every parameter (and its gradient) to ``device`` in place; the Parameter objects stay the same,
-        so an optimiser built before the move keeps working. All or nothing: every copy is made before any
-        parameter is switched, so a move that fails (unknown device, out of memory, a float64 parameter for a
-        float32-only device) leaves the whole model where it was instead of split across devices."""
-        if not isinstance(device, str):
+    def to(self, device=None, dtype=None):
+        """Moves every parameter (and its gradient) to ``device`` and/or converts it to ``dtype`` ("float32",
+        "float64" (cpu only), "bfloat16"), in place, as PyTorch's ``Module.to``: ``model.to("sim")``,
+        ``model.to(dtype="bfloat16")``, ``model.to("bfloat16")``, ``model.to("sim", "bfloat16")``. The Parameter
+        objects stay the same, so an optimiser built before the move keeps working (its momentum buffers follow
+        at the next step). All or nothing: every copy is made before any parameter is switched, so a move that
+        fails (unknown device, out of memory, a float64 parameter for a float32-only device) leaves the whole
+        model where it was instead of split across devices or dtypes."""
+        if isinstance(device, str) and device in _DTYPE_NAMES and dtype is None:
+            device, dtype = None, device         # model.to("bfloat16"), as Tensor.to
+        if device is not None and not isinstance(device, str):
             raise TypeError(f"Module.to: device must be a string such as 'cpu', 'sim' or 'cuda:0', got "
                             f"{type(device).__name__}")
+        dtype = _dtype_name(dtype, "Module.to")
         moves = []
         for name, param in self.named_parameters():
-            if param.device != device:
-                check_device_holds("Module.to", device, param.dtype, f"parameter {name} of shape {param.shape}")
-                grad = param.grad.detach().to(device) if param.grad is not None else None
-                moves.append((param, param._data.to(device), grad))
+            target_device = param.device if device is None else device
+            target_dtype = param.dtype if dtype is None else dtype
+            if param.device == target_device and param.dtype == target_dtype:
+                continue
+            what = f"parameter {name} of shape {param.shape}"
+            check_device_holds("Module.to", target_device, target_dtype, what)
+            # Tensor.to converts where both dtypes exist (float64: the cpu) and moves the smaller copy.
+            data = param.detach().to(target_device, target_dtype)._data
+            grad = param.grad.detach().to(target_device, target_dtype) if param.grad is not None else None
+            moves.append((param, data, grad))
         for param, data, grad in moves:
             param._data = data
-            if grad is not None:
-                param.grad = grad
+            param._grad = grad
         return self
+
+    def float(self):
+        """``self.to(dtype="float32")``."""
+        return self.to(dtype="float32")
+
+    def bfloat16(self):
+        """``self.to(dtype="bfloat16")`` (bfloat16 computes on sim and cuda)."""
+        return self.to(dtype="bfloat16")
 
     def zero_grad(self):
         for param in self.parameters():

@@ -264,22 +264,43 @@ def test_pool_and_lrn_forward_backward_equal_the_rounded_float32_result(gpu_devi
     np.testing.assert_array_equal(x16.grad.numpy(), want)
 
 
-def test_loss_ops_on_bfloat16_logits_are_float32(gpu_device):
+def test_cross_entropy_on_bfloat16_logits_is_float32(gpu_device):
     g = np.random.default_rng(6)
     logits = rounded(g.standard_normal((3, 11)) * 4)
     labels = [0, 10, 4]
-    for name, fn in [("softmax", F.softmax), ("log_softmax", F.log_softmax),
-                     ("cross_entropy", lambda t: F.cross_entropy(t, labels))]:
-        x16 = on(gpu_device, logits, requires_grad=True)
-        x32 = on(gpu_device, logits, "float32", requires_grad=True)
-        y16, y32 = fn(x16), fn(x32)
-        assert y16.dtype == "float32", name
-        np.testing.assert_array_equal(y16.numpy(), y32.numpy(), err_msg=name)   # same float32 math from the same values
-        dy = np.ones(y16.shape, np.float32) if y16.shape == () else g.standard_normal(y16.shape).astype(np.float32)
-        y16.backward(on(gpu_device, dy, "float32") if y16.shape else None)
-        y32.backward(on(gpu_device, dy, "float32") if y32.shape else None)
-        assert x16.grad.dtype == "bfloat16", name
-        np.testing.assert_array_equal(x16.grad.numpy(), rounded(x32.grad.numpy()), err_msg=name)
+    x16 = on(gpu_device, logits, requires_grad=True)
+    x32 = on(gpu_device, logits, "float32", requires_grad=True)
+    y16, y32 = F.cross_entropy(x16, labels), F.cross_entropy(x32, labels)
+    assert y16.dtype == "float32"
+    np.testing.assert_array_equal(y16.numpy(), y32.numpy())      # same float32 math from the same values
+    y16.backward()
+    y32.backward()
+    assert x16.grad.dtype == "bfloat16"
+    np.testing.assert_array_equal(x16.grad.numpy(), rounded(x32.grad.numpy()))
+
+
+@pytest.mark.parametrize("name", ["softmax", "log_softmax"])
+@pytest.mark.parametrize("autocast", [False, True])
+def test_softmax_family_on_bfloat16_is_float32_math_in_pytorchs_dtype(gpu_device, name, autocast):
+    """PyTorch's rule: bfloat16 in, bfloat16 out (computed in float32, rounded once); inside autocast, which runs
+    the softmax family in float32, a float32 result. The gradient into the bfloat16 input is the float32 one
+    (from the unrounded output, with the output gradient as given) rounded once."""
+    fn = getattr(F, name)
+    g = np.random.default_rng(6)
+    logits = rounded(g.standard_normal((3, 11)) * 4)
+    x16 = on(gpu_device, logits, requires_grad=True)
+    x32 = on(gpu_device, logits, "float32", requires_grad=True)
+    with F.autocast("bfloat16", enabled=autocast):
+        y16 = fn(x16)
+    y32 = fn(x32)
+    assert y16.dtype == ("float32" if autocast else "bfloat16")
+    want = y32.numpy() if autocast else rounded(y32.numpy())
+    np.testing.assert_array_equal(y16.numpy(), want)
+    dy = rounded(g.standard_normal(y16.shape))
+    y16.backward(on(gpu_device, dy, y16.dtype))
+    y32.backward(on(gpu_device, dy, "float32"))
+    assert x16.grad.dtype == "bfloat16"
+    np.testing.assert_array_equal(x16.grad.numpy(), rounded(x32.grad.numpy()))
 
 
 def test_bias_gradient_and_fill(gpu_device):

@@ -4,10 +4,11 @@ Every op checks its Python-level arguments here (types, ranges) and leaves shape
 engine, which validates them once and raises ValueError/TypeError naming the op, the argument and the shapes.
 
 dtypes: every op computes in its inputs' dtype (float32, float64 on the cpu, bfloat16 on sim/cuda), and mixing
-dtypes in one op is a TypeError, as in PyTorch; softmax, log_softmax and cross_entropy on bfloat16 input return
-float32. ``autocast("bfloat16")`` is mixed precision: inside it conv2d and linear cast their input, weight and bias
-to bfloat16 first (differentiably), so float32 master weights get float32 gradients and the activations between
-the layers are bfloat16.
+dtypes in one op is a TypeError, as in PyTorch. softmax and log_softmax compute in float32 for bfloat16 input and
+return bfloat16 (PyTorch's rule), float32 inside ``autocast`` (as PyTorch's autocast runs them); cross_entropy,
+the loss, returns float32 for bfloat16 logits. ``autocast("bfloat16")`` is mixed precision: inside it conv2d and
+linear cast their input, weight and bias to bfloat16 first (differentiably), so float32 master weights get float32
+gradients and the activations between the layers are bfloat16.
 """
 
 import numbers
@@ -307,19 +308,27 @@ def _check_last_axis(op, dim, x):
         raise ValueError(f"{op}: only the last axis is supported (dim=-1), got dim={dim} for shape {x.shape}")
 
 
+def _softmax_output(y, x):
+    """A softmax-family result (float32 for bfloat16 x: the kernels compute and store in float32) in the dtype
+    PyTorch returns: x's own dtype, except inside autocast, which runs the softmax family in float32."""
+    return _C.cast(y, x.dtype) if y.dtype != x.dtype and autocast_dtype() is None else y
+
+
 class _Softmax(Function):
     def forward(self, x):
         y = _C.softmax_forward(x)
-        self.save_for_backward(y)
-        return y
+        self.save_for_backward(y)       # float32 for bfloat16 x: the backward uses the unrounded output
+        return _softmax_output(y, x)
 
     def backward(self, dy):
         (y,) = self.saved_tensors
+        dy = dy if dy.dtype == y.dtype else _C.cast(dy, y.dtype)
         return (_grad_in_dtype(_C.softmax_backward(y, dy), self.inputs[0].dtype),)
 
 
 def softmax(x, dim=-1):
-    """exp(x) / sum(exp(x)) over the last axis, computed stably; float32 for bfloat16 x."""
+    """exp(x) / sum(exp(x)) over the last axis, computed stably (in float32 for bfloat16 x, which gets a bfloat16
+    result outside autocast and a float32 one inside it, as in PyTorch)."""
     _check_tensor("softmax", "input", x)
     _check_last_axis("softmax", dim, x)
     return _Softmax.apply(x)
@@ -328,16 +337,18 @@ def softmax(x, dim=-1):
 class _LogSoftmax(Function):
     def forward(self, x):
         y = _C.log_softmax_forward(x)
-        self.save_for_backward(y)
-        return y
+        self.save_for_backward(y)       # float32 for bfloat16 x, as in _Softmax
+        return _softmax_output(y, x)
 
     def backward(self, dy):
         (y,) = self.saved_tensors
+        dy = dy if dy.dtype == y.dtype else _C.cast(dy, y.dtype)
         return (_grad_in_dtype(_C.log_softmax_backward(y, dy), self.inputs[0].dtype),)
 
 
 def log_softmax(x, dim=-1):
-    """x - logsumexp(x) over the last axis, computed stably; float32 for bfloat16 x."""
+    """x - logsumexp(x) over the last axis, computed stably (in float32 for bfloat16 x; the result's dtype as for
+    softmax)."""
     _check_tensor("log_softmax", "input", x)
     _check_last_axis("log_softmax", dim, x)
     return _LogSoftmax.apply(x)

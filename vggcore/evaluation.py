@@ -91,7 +91,9 @@ def _forward_scores(model, x_np, device):
     import vggcore as vc
     # The images in the model's dtype: a model converted with Module.to(dtype=...) (bfloat16 on sim/cuda, float64
     # on the cpu) takes its input in that dtype, as every op refuses mixed dtypes.
-    dtype = next(iter(model.parameters())).dtype
+    # A model without parameters (or a plain callable) gets float32.
+    params = model.parameters() if hasattr(model, "parameters") else ()
+    dtype = next((p.dtype for p in params), "float32")
     with vc.no_grad():
         return check_finite_scores(model(vc.tensor(x_np, dtype=dtype, device=device)).numpy().astype(np.float64))
 
